@@ -1,0 +1,2 @@
+//! The lb role: one listener per VIP, backend pools with health and admin state,
+//! selection algorithms, the L4 proxy and (later) the L7 proxy.

@@ -1,0 +1,485 @@
+//! The validated configuration model.
+//!
+//! Everything here has already been checked: addresses parsed, durations resolved,
+//! names unique, cross-references resolved. Roles (`lb`, `gss`) consume only these
+//! types, never the raw TOML structs, so a config that reaches them is known-good.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A whole Portico configuration file: which roles run and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the file was read from, so reloads re-read the same file.
+    pub path: PathBuf,
+    /// Admin socket; absent means no socket (tests and `check` only).
+    pub admin: Option<AdminConfig>,
+    /// Status and metrics HTTP listener.
+    pub http: Option<HttpConfig>,
+    /// How long shutdown waits for established connections before exiting.
+    pub drain_timeout: Duration,
+    /// Load-balanced VIPs (the lb role); empty means the lb role does not run.
+    pub vips: Vec<VipConfig>,
+    /// The DNS global site selector role, when configured.
+    pub gss: Option<GssConfig>,
+}
+
+/// The admin socket's location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Unix socket path, created mode 0600 and removed on exit.
+    pub socket: PathBuf,
+}
+
+/// The status/metrics listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Serves `GET /status` and `GET /metrics`.
+    pub listen: SocketAddr,
+}
+
+/// How a VIP treats the bytes it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VipMode {
+    /// L4: bytes are spliced between client and backend.
+    Tcp,
+    /// L7 plain HTTP reverse proxy.
+    Http,
+    /// L7 reverse proxy terminating TLS.
+    Https,
+}
+
+impl VipMode {
+    /// The spelling used in config, `show vips` and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VipMode::Tcp => "tcp",
+            VipMode::Http => "http",
+            VipMode::Https => "https",
+        }
+    }
+}
+
+/// Backend selection algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's algorithm).
+    RoundRobin,
+    /// Fewest active connections relative to weight.
+    LeastConn,
+    /// Consistent hash of the client address: a client keeps its node.
+    SourceHash,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyVersion {
+    /// Human-readable `PROXY TCP4 ...` line.
+    V1,
+    /// Binary header; also what probes send (as `LOCAL`).
+    V2,
+}
+
+/// The application protocol a TCP VIP carries, so it can refuse politely in kind
+/// when no backend is in rotation instead of resetting the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MailProtocol {
+    /// `421 4.3.2 Service not available` so senders queue and retry.
+    Smtp,
+    /// `* BYE ...`.
+    Imap,
+    /// `-ERR ...`.
+    Pop3,
+    /// Opaque TCP: the connection is closed.
+    None,
+}
+
+/// One virtual service: a listener and its pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VipConfig {
+    /// Unique VIP name, used in admin identifiers `VIP/BACKEND`.
+    pub name: String,
+    /// Address the VIP accepts clients on.
+    pub listen: SocketAddr,
+    /// L4 or L7.
+    pub mode: VipMode,
+    /// Selection algorithm.
+    pub balance: Balance,
+    /// PROXY header sent to backends on proxied connections.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Protocol spoken when refusing; defaults from the probe kind.
+    pub protocol: MailProtocol,
+    /// The pool, in config order.
+    pub backends: Vec<BackendConfig>,
+    /// Active health check applied to every backend.
+    pub probe: ProbeConfig,
+    /// Further backends tried after a failed connect.
+    pub retries: u32,
+    /// Bound on connecting to a backend.
+    pub connect_timeout: Duration,
+    /// A proxied connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent client connections the VIP accepts; beyond it new ones are refused.
+    pub max_connections: Option<u32>,
+    /// Concurrent connections from one client address.
+    pub max_connections_per_source: Option<u32>,
+    /// The VIP reports `up` while at least this many backends are up and in rotation.
+    pub min_healthy: usize,
+    /// Passive ejection policy shared by L4 (connect failures) and L7 (5xx).
+    pub ejection: EjectionConfig,
+    /// Certificates for `mode = "https"`.
+    pub tls: Option<TlsConfig>,
+    /// L7 options (ignored for `mode = "tcp"`).
+    pub http: HttpVipConfig,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Unique within its VIP.
+    pub name: String,
+    /// Where connections and probes go.
+    pub address: SocketAddr,
+    /// Relative share of new connections (≥ 1).
+    pub weight: u32,
+    /// Standby: takes traffic only while no primary is in rotation.
+    pub backup: bool,
+}
+
+/// Passive ejection: consecutive failures take a backend out for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EjectionConfig {
+    /// Consecutive failed connects (L4) or 5xx/gateway failures (L7) that eject.
+    pub consecutive_failures: u32,
+    /// First ejection's length; doubles on each repeat.
+    pub base_time: Duration,
+    /// Cap on the doubled ejection time.
+    pub max_time: Duration,
+    /// Never eject more than this percentage of a pool.
+    pub max_percent: u32,
+    /// A backend healthy for this long has its doubling reset.
+    pub reset_after: Duration,
+}
+
+/// TLS termination certificates; the first pair is the default when SNI matches none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certificate/key pairs, chosen by SNI against each certificate's names.
+    pub certs: Vec<CertPair>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// L7 proxy options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpVipConfig {
+    /// Slowloris guard: the whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// Largest accepted request head in bytes.
+    pub max_header_size: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_h2_streams: u32,
+    /// Bound on waiting for a backend's response head; `None` waits (long-poll).
+    pub backend_timeout: Option<Duration>,
+    /// Cookie stickiness, when set.
+    pub sticky_cookie: Option<String>,
+    /// Speak TLS to backends.
+    pub backend_tls: bool,
+    /// CA bundle for backend TLS (system roots otherwise).
+    pub backend_ca: Option<PathBuf>,
+    /// SNI/verification name for backend TLS.
+    pub backend_sni: Option<String>,
+    /// Verify backend certificates.
+    pub backend_tls_verify: bool,
+    /// Add a `Via` header.
+    pub via: bool,
+}
+
+impl Default for HttpVipConfig {
+    fn default() -> Self {
+        HttpVipConfig {
+            header_timeout: Duration::from_secs(10),
+            max_header_size: 64 * 1024,
+            max_h2_streams: 100,
+            backend_timeout: None,
+            sticky_cookie: None,
+            backend_tls: false,
+            backend_ca: None,
+            backend_sni: None,
+            backend_tls_verify: true,
+            via: false,
+        }
+    }
+}
+
+/// Which conversation a probe holds with its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// Connect only.
+    Tcp,
+    /// Greeting, EHLO, QUIT (optionally STARTTLS / implicit TLS).
+    Smtp,
+    /// Greeting, CAPABILITY, LOGOUT.
+    Imap,
+    /// Greeting, QUIT.
+    Pop3,
+    /// GET with expected status.
+    Http,
+    /// MAPI-over-HTTP PING.
+    Mapi,
+    /// A Portico lb's `/status`: passes while the named VIPs are up.
+    LbStatus,
+}
+
+impl ProbeKind {
+    /// The spelling used in config and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Smtp => "smtp",
+            ProbeKind::Imap => "imap",
+            ProbeKind::Pop3 => "pop3",
+            ProbeKind::Http => "http",
+            ProbeKind::Mapi => "mapi",
+            ProbeKind::LbStatus => "lb_status",
+        }
+    }
+}
+
+/// Probe cadence and hysteresis; shared by lb probes and gss keepalives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTiming {
+    /// Time between probes (jittered by ±10 %).
+    pub interval: Duration,
+    /// A probe not finished by then fails with `timeout after ...`.
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+}
+
+impl Default for ProbeTiming {
+    fn default() -> Self {
+        ProbeTiming {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// A fully resolved probe definition (the target address is supplied separately).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// Protocol of the conversation.
+    pub kind: ProbeKind,
+    /// Cadence and hysteresis.
+    pub timing: ProbeTiming,
+    /// Implicit TLS (SMTPS 465, IMAPS 993, POP3S 995, HTTPS).
+    pub tls: bool,
+    /// Upgrade with STARTTLS (SMTP, IMAP, POP3 `STLS`) and complete a handshake.
+    pub starttls: bool,
+    /// Verify the backend certificate; `false` only for labs.
+    pub tls_verify: bool,
+    /// CA bundle used instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// TLS server name; defaults to `host`, then the target IP.
+    pub sni: Option<String>,
+    /// HTTP/MAPI/lb_status path.
+    pub path: String,
+    /// HTTP `Host` header; defaults to the target address.
+    pub host: Option<String>,
+    /// Accepted HTTP statuses.
+    pub expect_status: Vec<u16>,
+    /// Substring the HTTP body must contain.
+    pub expect_body: Option<String>,
+    /// Send a PROXY v2 `LOCAL` header first (backends expecting PROXY reject probes without it).
+    pub send_proxy: bool,
+    /// Name sent in `EHLO`.
+    pub helo: String,
+    /// `lb_status`: VIPs that must be up; empty means all.
+    pub vips: Vec<String>,
+}
+
+impl ProbeConfig {
+    /// A probe of `kind` with every option at its default, for tests and fallbacks.
+    pub fn new(kind: ProbeKind) -> Self {
+        ProbeConfig {
+            kind,
+            timing: ProbeTiming::default(),
+            tls: false,
+            starttls: false,
+            tls_verify: true,
+            ca: None,
+            sni: None,
+            path: match kind {
+                ProbeKind::Mapi => "/mapi/emsmdb/".to_string(),
+                ProbeKind::LbStatus => "/status".to_string(),
+                _ => "/".to_string(),
+            },
+            host: None,
+            expect_status: vec![200],
+            expect_body: None,
+            send_proxy: false,
+            helo: "portico.invalid".to_string(),
+            vips: Vec::new(),
+        }
+    }
+}
+
+/// The gss role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GssConfig {
+    /// UDP and TCP address.
+    pub listen: SocketAddr,
+    /// Apex of the delegated zone, lower case, without trailing dot.
+    pub zone: String,
+    /// TTL of site-selected answers.
+    pub ttl: u32,
+    /// Apex NS names (fully qualified, no trailing dot).
+    pub nameservers: Vec<String>,
+    /// SOA fields.
+    pub soa: SoaConfig,
+    /// Sites in config order.
+    pub sites: Vec<SiteConfig>,
+    /// Site-selected names.
+    pub names: Vec<NameConfig>,
+    /// Static records served as-is.
+    pub records: Vec<StaticRecord>,
+}
+
+/// SOA fields beyond the serial (which the gss derives from answer changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoaConfig {
+    /// Primary master name (default: first nameserver).
+    pub mname: String,
+    /// Responsible mailbox in domain form (default `hostmaster.ZONE`).
+    pub rname: String,
+    /// SOA refresh.
+    pub refresh: u32,
+    /// SOA retry.
+    pub retry: u32,
+    /// SOA expire.
+    pub expire: u32,
+    /// Negative-caching TTL; kept small so failover is not cached negatively.
+    pub minimum: u32,
+    /// TTL of the SOA and NS records.
+    pub ttl: u32,
+}
+
+/// How many keepalives must pass for a site to be up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinUp {
+    /// An absolute count.
+    Count(u32),
+    /// A percentage of the site's keepalives (rounded up).
+    Percent(u32),
+}
+
+/// One data center and the checks that establish its health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteConfig {
+    /// Unique site name.
+    pub name: String,
+    /// Aggregation threshold.
+    pub min_up: MinUp,
+    /// At least one.
+    pub keepalives: Vec<KeepaliveConfig>,
+}
+
+/// One keepalive: a probe aimed at a site's VIP or lb.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepaliveConfig {
+    /// Display name, e.g. `smtp 127.0.0.1:2525` or the lb_status URL.
+    pub name: String,
+    /// Where the probe connects (for `lb_status`, the URL's host:port).
+    pub address: SocketAddr,
+    /// The probe with the site's `probe_defaults` merged in.
+    pub probe: ProbeConfig,
+}
+
+/// Site-selection policy of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// First healthy site in order.
+    Failover,
+    /// Answers split across healthy sites by weight.
+    Weighted,
+}
+
+/// When clients return to a recovered preferred site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failback {
+    /// After the site has been continuously up for this long.
+    Auto(Duration),
+    /// Only after an operator runs `site auto SITE`.
+    Manual,
+}
+
+/// Behaviour when every site of a name is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Fail open: answer with the first site's addresses.
+    First,
+    /// Answer SERVFAIL.
+    Servfail,
+}
+
+/// Source-address rule: clients in `networks` get `sites` as their order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRule {
+    /// Client (or ECS) networks the rule matches.
+    pub networks: Vec<IpNet>,
+    /// Site order for those clients.
+    pub sites: Vec<String>,
+}
+
+/// A site-selected name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameConfig {
+    /// Owner name, lower case, fully qualified without trailing dot.
+    pub fqdn: String,
+    /// Selection policy.
+    pub policy: Policy,
+    /// Default site order.
+    pub sites: Vec<String>,
+    /// Weights for `weighted` (site → weight, default 1).
+    pub weights: BTreeMap<String, u32>,
+    /// Addresses per site.
+    pub answers: BTreeMap<String, Vec<IpAddr>>,
+    /// Failback behaviour.
+    pub failback: Failback,
+    /// All-down behaviour.
+    pub all_down: AllDown,
+    /// Per-client site orders, first match wins.
+    pub clients: Vec<ClientRule>,
+    /// TTL override for this name.
+    pub ttl: u32,
+}
+
+/// A static record, validated for syntax of name, TTL and type; rdata is
+/// presentation format parsed by the gss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticRecord {
+    /// Owner, lower case, fully qualified without trailing dot.
+    pub fqdn: String,
+    /// Record TTL.
+    pub ttl: u32,
+    /// Record type mnemonic, upper case (`A`, `MX`, `TXT`, ...).
+    pub rtype: String,
+    /// Presentation-format rdata.
+    pub rdata: String,
+}

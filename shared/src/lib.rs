@@ -1,0 +1,16 @@
+//! Everything both roles stand on: the config model, protocol probes, the rise/fall
+//! health state machine, the admin socket protocol, the event log, status types and
+//! the status/metrics HTTP listener. This crate knows neither the lb nor the gss; they
+//! plug into it (admin handlers, status sources) from above.
+
+pub mod admin;
+pub mod config;
+pub mod events;
+pub mod health;
+pub mod probe;
+pub mod proxy_protocol;
+pub mod status;
+pub mod tls;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
