@@ -299,8 +299,14 @@ mod tests {
         // An over-long line closes only this connection.
         w.write_all(&vec![b'x'; MAX_LINE * 4]).await.unwrap();
         let mut rest = String::new();
-        r.read_to_string(&mut rest).await.unwrap();
+        r.read_line(&mut rest).await.unwrap();
         assert!(rest.starts_with("error: line longer"), "{rest}");
+        // The server closed this connection: the next read sees EOF or a reset.
+        let mut tail = String::new();
+        r.read_line(&mut tail).await.unwrap();
+        assert_eq!(tail, "\n");
+        tail.clear();
+        assert!(matches!(r.read_line(&mut tail).await, Ok(0) | Err(_)));
         assert_eq!(request(&dir.sock(), "show vips").await.unwrap(), "smtp up\n");
         cancel.cancel();
     }
