@@ -10,6 +10,7 @@ pub mod health;
 pub mod probe;
 pub mod proxy_protocol;
 pub mod status;
+pub mod status_server;
 pub mod tls;
 
 #[cfg(any(test, feature = "testing"))]

@@ -1,0 +1,171 @@
+//! The status/metrics HTTP listener: `GET /status` (the SPEC's JSON document) and
+//! `GET /metrics` (Prometheus text). Both bodies come from closures the binary
+//! supplies, so this crate stays ignorant of the roles and of the metrics exporter.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::StatusDoc;
+
+/// Produces the current status document.
+pub type StatusFn = Arc<dyn Fn() -> StatusDoc + Send + Sync>;
+/// Produces the current Prometheus exposition.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn route(req: &Request<Incoming>, status: &StatusFn, metrics: &MetricsFn) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    match req.uri().path() {
+        "/status" => match serde_json::to_vec(&status()) {
+            Ok(body) => reply(StatusCode::OK, "application/json", body),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /status or /metrics\n",
+        ),
+    }
+}
+
+/// Serves `/status` and `/metrics` on an already bound listener until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    status: StatusFn,
+    metrics: MetricsFn,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("status listener accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let status = status.clone();
+        let metrics = metrics.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = route(&req, &status, &metrics);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::timeout(Duration::from_secs(60), conn) => {}
+            }
+        });
+    }
+}
+
+/// Binds the status listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("status listener {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{SiteStatus, VipStatus};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_status_json_and_metrics_text() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status: StatusFn = Arc::new(|| StatusDoc {
+            vips: vec![VipStatus {
+                name: "smtp".into(),
+                up: true,
+                healthy: 1,
+                total: 2,
+                backends: vec![],
+            }],
+            sites: vec![SiteStatus {
+                name: "dc1".into(),
+                up: false,
+                override_state: Some("down".into()),
+            }],
+        });
+        let metrics: MetricsFn = Arc::new(|| "portico_up 1\n".to_string());
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, status, metrics, cancel.clone()));
+
+        let resp = get(addr, "/status").await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["vips"][0]["name"], "smtp");
+        assert_eq!(doc["sites"][0]["override"], "down");
+        let back: StatusDoc = serde_json::from_str(body).unwrap();
+        assert_eq!(back.vips[0].healthy, 1);
+
+        let resp = get(addr, "/metrics").await;
+        assert!(
+            resp.contains("text/plain; version=0.0.4") && resp.ends_with("portico_up 1\n"),
+            "{resp}"
+        );
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        cancel.cancel();
+    }
+}
