@@ -1,3 +1,140 @@
-//! The `portico` command line: wires the lb, gss and shared crates together.
+//! The `portico` command line: parses arguments and hands over to [`app`] (the
+//! process supervisor that wires the lb, gss and shared crates), [`demo`] or the
+//! admin client. Everything with real logic lives in the library crates.
 
-fn main() {}
+mod app;
+mod demo;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Portico: health-checking load balancer and DNS global site selector for mail.
+#[derive(Parser, Debug)]
+#[command(name = "portico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run every role the config file configures until SIGTERM/SIGINT.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file; prints FILE:LINE:COL: message per error.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send one command to a running Portico's admin socket.
+    Ctl {
+        /// Admin socket path.
+        #[arg(long, short)]
+        socket: PathBuf,
+        /// The command, e.g. `show backends` or `drain smtp/mx1`.
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Start a complete two-site demo on loopback, needing nothing installed.
+    Demo {
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => check(&config),
+        Cmd::Ctl { socket, command } => ctl(&socket, &command.join(" ")),
+        Cmd::Run { config, log_format } => {
+            logging::init(log_format);
+            let config = match shared::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            exit(runtime().and_then(|rt| rt.block_on(app::run(config, None))))
+        }
+        Cmd::Demo { log_format } => {
+            logging::init(log_format);
+            exit(runtime().and_then(|rt| rt.block_on(demo::run())))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("portico: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match shared::config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} VIPs{})",
+                path.display(),
+                cfg.vips.len(),
+                if cfg.gss.is_some() { ", gss" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ctl(socket: &std::path::Path, command: &str) -> ExitCode {
+    let reply = runtime().and_then(|rt| {
+        rt.block_on(shared::admin::server::request(socket, command))
+            .map_err(|e| anyhow::anyhow!("admin socket {}: {e}; is portico running with this admin.socket?", socket.display()))
+    });
+    match reply {
+        Ok(text) => {
+            print!("{text}");
+            if text.starts_with("error: ") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("portico: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

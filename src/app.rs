@@ -1,0 +1,252 @@
+//! The process supervisor behind `portico run`: starts the roles a config asks for,
+//! the status/metrics listener and the admin socket; reloads on SIGHUP or `reload`;
+//! drains and exits on SIGTERM/SIGINT. It only wires the library crates together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use shared::admin::server::{Dispatcher, SocketGuard};
+use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
+use shared::config::Config;
+use shared::events::EventLog;
+use shared::status::StatusDoc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// The running process: current config and the roles it runs.
+pub struct App {
+    config: ArcSwap<Config>,
+    events: Arc<EventLog>,
+    lb: lb::Lb,
+    gss: ArcSwapOption<gss::Gss>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// The `/status` document: every VIP of the lb and every site of the gss.
+    pub fn status(&self) -> StatusDoc {
+        StatusDoc {
+            vips: self.lb.status(),
+            sites: self.gss.load().as_ref().map(|g| g.status()).unwrap_or_default(),
+        }
+    }
+
+    /// Re-reads the config file and applies it; on any error the old config keeps
+    /// serving and the errors are returned for the operator.
+    pub async fn reload(&self, who: &str) -> Result<(), String> {
+        let _serial = self.reload_lock.lock().await;
+        let path = self.config.load().path.clone();
+        let new = match shared::config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
+                self.events.record(
+                    "config",
+                    format!("reload refused ({who}): {} error(s); the running config keeps serving", errors.0.len()),
+                );
+                for e in &errors.0 {
+                    tracing::warn!("{e}");
+                }
+                return Err(errors.to_string());
+            }
+        };
+        let old = self.config.load_full();
+        if old.admin != new.admin || old.http != new.http {
+            tracing::warn!("admin socket and http listener changes take effect on restart");
+        }
+        if let Err(e) = self.lb.reload(&new.vips).await {
+            metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
+            self.events.record("config", format!("reload failed ({who}): {e}"));
+            return Err(e.to_string());
+        }
+        let current = self.gss.load_full();
+        match (current, &new.gss) {
+            (Some(g), Some(c)) => {
+                if let Err(e) = g.reload(c).await {
+                    metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
+                    self.events.record("config", format!("reload failed ({who}): {e}"));
+                    return Err(e.to_string());
+                }
+            }
+            (None, Some(c)) => match gss::Gss::start(c, self.events.clone()).await {
+                Ok(g) => self.gss.store(Some(Arc::new(g))),
+                Err(e) => {
+                    metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
+                    self.events.record("config", format!("reload failed ({who}): {e}"));
+                    return Err(e.to_string());
+                }
+            },
+            (Some(g), None) => {
+                g.shutdown().await;
+                self.gss.store(None);
+            }
+            (None, None) => {}
+        }
+        self.config.store(Arc::new(new));
+        metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
+        self.events.record("config", format!("reloaded from {} ({who})", path.display()));
+        Ok(())
+    }
+}
+
+/// Routes admin commands: `reload` to the app, site commands to the gss, the rest to
+/// the lb. Looks the gss up per command because a reload may start or stop it.
+struct AppAdmin(Arc<App>);
+
+impl AdminHandler for AppAdmin {
+    fn handle<'a>(&'a self, cmd: &'a Command, peer: Peer) -> Option<HandlerFuture<'a>> {
+        let app = &self.0;
+        match cmd {
+            Command::Reload => Some(Box::pin(async move {
+                let who = format!("admin uid {}", peer.uid.map_or("?".into(), |u| u.to_string()));
+                match app.reload(&who).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => Reply::Error(format!("reload refused, old config still serving: {e}")),
+                }
+            })),
+            Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
+                let gss = app.gss.load_full()?;
+                Some(Box::pin(async move {
+                    let handler = gss.admin();
+                    match handler.handle(cmd, peer) {
+                        Some(f) => f.await,
+                        None => Reply::error("the gss does not handle this command"),
+                    }
+                }))
+            }
+            _ => {
+                let handler = app.lb.admin();
+                Some(Box::pin(async move {
+                    match handler.handle(cmd, peer) {
+                        Some(f) => f.await,
+                        None => Reply::error("the lb does not handle this command"),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit: every proxied connection costs
+/// two descriptors and mail clients hold thousands of idle IMAP sessions.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &buckets)
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("metrics recorder not installed: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `config` until SIGTERM/SIGINT (or `stop`), then drains up to
+/// `drain_timeout` and returns. `ready` is signalled once every listener is open.
+pub async fn run(config: Config, ready: Option<oneshot::Sender<()>>) -> anyhow::Result<()> {
+    run_until(config, ready, CancellationToken::new()).await
+}
+
+/// As [`run`], also stopping when `stop` is cancelled (the demo's Ctrl-C path).
+pub async fn run_until(
+    config: Config,
+    ready: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    raise_nofile_limit();
+    let prometheus = install_metrics();
+    let events = Arc::new(EventLog::new(1000));
+    let lb = lb::Lb::start(&config.vips, events.clone()).await.context("starting the lb")?;
+    let gss = match &config.gss {
+        Some(g) => Some(Arc::new(gss::Gss::start(g, events.clone()).await.context("starting the gss")?)),
+        None => None,
+    };
+    let app = Arc::new(App {
+        config: ArcSwap::from_pointee(config.clone()),
+        events: events.clone(),
+        lb,
+        gss: ArcSwapOption::new(gss),
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+    let background = CancellationToken::new();
+
+    if let Some(http) = &config.http {
+        let listener = shared::status_server::bind(http.listen).await?;
+        let status_app = app.clone();
+        let status: shared::status_server::StatusFn = Arc::new(move || status_app.status());
+        let metrics: shared::status_server::MetricsFn = match prometheus {
+            Some(h) => Arc::new(move || h.render()),
+            None => Arc::new(String::new),
+        };
+        tokio::spawn(shared::status_server::serve(listener, status, metrics, background.clone()));
+    }
+
+    let _socket_guard = match &config.admin {
+        Some(admin) => {
+            let listener = shared::admin::server::bind(&admin.socket)
+                .with_context(|| format!("admin socket {}", admin.socket.display()))?;
+            let dispatcher = Arc::new(Dispatcher::new(events.clone(), vec![Arc::new(AppAdmin(app.clone()))]));
+            tokio::spawn(shared::admin::server::serve(listener, dispatcher, background.clone()));
+            Some(SocketGuard(admin.socket.clone()))
+        }
+        None => None,
+    };
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!("portico running");
+    if let Some(tx) = ready {
+        let _ = tx.send(());
+    }
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(e) = app.reload("SIGHUP").await {
+                    tracing::warn!("reload refused: {e}");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = stop.cancelled() => break,
+        }
+    }
+
+    let drain = app.config.load().drain_timeout;
+    events.record("process", format!("shutting down: draining up to {}", humantime::format_duration(drain)));
+    app.lb.stop_accepting();
+    if let Some(g) = app.gss.load_full() {
+        g.shutdown().await;
+    }
+    let deadline = tokio::time::Instant::now() + drain;
+    while app.lb.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = app.lb.active_connections();
+    if left > 0 {
+        tracing::warn!("drain_timeout reached with {left} connections open; closing them");
+    }
+    app.lb.shutdown().await;
+    background.cancel();
+    tracing::info!("portico stopped");
+    Ok(())
+}
