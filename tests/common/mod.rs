@@ -1,0 +1,192 @@
+//! Helpers for end-to-end tests of the `portico` binary: temp dirs, free loopback
+//! ports, starting the binary on a config and waiting (with a bound) for it to serve,
+//! admin commands, and locating real Debian tools that CI installs.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "portico-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (for the gss).
+pub fn free_udp_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `portico` process, killed on drop if still alive.
+pub struct Portico {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portico")
+}
+
+impl Portico {
+    /// Writes `config` to `dir/portico.toml` and starts `portico run` on it; waits
+    /// until the admin socket answers.
+    pub fn start(dir: &TempDir, config: &str) -> Portico {
+        let path = dir.path("portico.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.path("portico.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("spawn portico");
+        let mut p = Portico {
+            child,
+            socket: dir.path("admin.sock"),
+            config: path,
+            log,
+        };
+        let up = poll(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("portico exited early ({status}):\n{}", p.log_text());
+            }
+            p.ctl_raw(&["help"]).ok().filter(|(ok, _)| *ok).map(|_| ())
+        });
+        assert!(up.is_some(), "portico did not come up:\n{}", p.log_text());
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `portico ctl`; returns (exit ok, stdout).
+    pub fn ctl_raw(&self, args: &[&str]) -> std::io::Result<(bool, String)> {
+        let out = Command::new(bin())
+            .args(["ctl", "--socket"])
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Runs `portico ctl` and expects success.
+    pub fn ctl(&self, cmd: &str) -> String {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        let (ok, out) = self.ctl_raw(&args).expect("run ctl");
+        assert!(ok, "`{cmd}` failed: {out}\nlog:\n{}", self.log_text());
+        out
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        poll(limit, || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a real tool; `None` outside CI when it is not installed (the test then
+/// skips with a message), a panic under `CI=true` where `.ci/run` installs it.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{name} is required under CI; .ci/run installs it");
+    }
+    eprintln!("skipping: {name} is not installed (apt-get install it, or run .ci/run)");
+    None
+}
+
+/// A child process killed on drop (real backends started by tests).
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
+    poll(limit, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(|_| ())
+    })
+    .is_some()
+}
