@@ -1,0 +1,210 @@
+//! The L4 balancer against real mail software from Debian: Postfix's `smtp-sink` as
+//! SMTP backends with `swaks` as the client, and Dovecot as an IMAP backend that
+//! requires Portico's PROXY v2 header and must see the real client address.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
+
+fn smtp_sink(port: u16) -> Option<Daemon> {
+    let sink = tool("smtp-sink")?;
+    let child = Command::new(sink)
+        .args(["-u", "nobody", "-c", &format!("127.0.0.1:{port}"), "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtp-sink");
+    let d = Daemon(child);
+    assert!(wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)));
+    Some(d)
+}
+
+fn swaks(port: u16) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--from", "sender@example.test", "--to", "rcpt@example.test"])
+        .args(["--helo", "client.example.test", "--timeout", "10"])
+        .output()
+        .expect("run swaks");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn swaks_through_the_vip_to_smtp_sink_survives_a_backend_kill() {
+    let Some(_) = tool("swaks") else { return };
+    let (p1, p2, vip) = (free_port(), free_port(), free_port());
+    let Some(sink1) = smtp_sink(p1) else { return };
+    let Some(_sink2) = smtp_sink(p2) else { return };
+    let dir = TempDir::new("sink");
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "smtp"
+listen = "127.0.0.1:{vip}"
+balance = "round_robin"
+backends = [
+  {{ name = "sink1", address = "127.0.0.1:{p1}" }},
+  {{ name = "sink2", address = "127.0.0.1:{p2}" }},
+]
+probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display()
+    );
+    let portico = Portico::start(&dir, &config);
+    let both_up = poll(Duration::from_secs(10), || {
+        let out = portico.ctl("show backends smtp");
+        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == 2).then_some(())
+    });
+    assert!(both_up.is_some(), "{}", portico.ctl("show backends"));
+
+    for i in 0..6 {
+        let (ok, text) = swaks(vip);
+        assert!(ok, "mail {i} through the VIP failed:\n{text}");
+        assert!(text.contains("250"), "{text}");
+    }
+
+    // Kill one sink: mail keeps flowing, first via connect retries, then via ejection.
+    drop(sink1);
+    for i in 0..6 {
+        let (ok, text) = swaks(vip);
+        assert!(ok, "mail {i} after the kill failed:\n{text}");
+    }
+    let down = poll(Duration::from_secs(10), || {
+        let out = portico.ctl("show backends smtp");
+        out.lines()
+            .find(|l| l.starts_with("smtp/sink1 "))
+            .filter(|l| l.split_whitespace().nth(2) != Some("up"))
+            .map(str::to_string)
+    });
+    assert!(down.is_some(), "sink1 never left rotation:\n{}", portico.ctl("show backends"));
+}
+
+fn dovecot_conf(dir: &TempDir, port: u16) -> String {
+    let home = dir.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::create_dir_all(dir.path("run")).unwrap();
+    std::fs::create_dir_all(dir.path("state")).unwrap();
+    format!(
+        r#"
+protocols = imap
+listen = 127.0.0.1
+base_dir = {run}
+state_dir = {state}
+log_path = {log}
+info_log_path = {log}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+haproxy_trusted_networks = 127.0.0.0/8
+passdb {{
+  driver = static
+  args = password=secret
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={home}/%u
+}}
+mail_location = maildir:~/Maildir
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imap_haproxy {{
+    port = {port}
+    haproxy = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"#,
+        run = dir.path("run").display(),
+        state = dir.path("state").display(),
+        log = dir.path("dovecot.log").display(),
+        home = home.display(),
+    )
+}
+
+#[test]
+fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
+    let Some(dovecot) = tool("dovecot") else { return };
+    let dir = TempDir::new("dovecot");
+    let (backend, vip) = (free_port(), free_port());
+    let conf = dir.path("dovecot.conf");
+    std::fs::write(&conf, dovecot_conf(&dir, backend)).unwrap();
+    let _dovecot = Daemon(
+        Command::new(dovecot)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dovecot"),
+    );
+    assert!(
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], backend)), Duration::from_secs(15)),
+        "dovecot did not start: {}",
+        std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default()
+    );
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "imap"
+listen = "127.0.0.1:{vip}"
+proxy_protocol = "v2"
+backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
+probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display()
+    );
+    let portico = Portico::start(&dir, &config);
+    // The IMAP probe (with its PROXY v2 LOCAL header) must pass against Dovecot.
+    let up = poll(Duration::from_secs(10), || {
+        let out = portico.ctl("show backends imap");
+        out.lines()
+            .any(|l| l.starts_with("imap/dovecot1 ") && l.split_whitespace().nth(2) == Some("up"))
+            .then_some(())
+    });
+    assert!(up.is_some(), "probe never passed: {}", portico.ctl("show backends"));
+
+    // A client from 127.0.0.7: Dovecot must log rip=127.0.0.7, not the lb's address.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 7], 0)).into()).unwrap();
+    socket.connect(&SocketAddr::from(([127, 0, 0, 1], vip)).into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("* OK"), "greeting {line:?}");
+    stream.write_all(b"a LOGIN user secret\r\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("a OK"), "login {line:?}");
+    stream.write_all(b"b LOGOUT\r\n").unwrap();
+    let mut rest = String::new();
+    while reader.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {}
+    assert!(rest.contains("b OK"), "{rest}");
+
+    let logged = poll(Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default();
+        log.lines().find(|l| l.contains("Login: user=<user>")).map(str::to_string)
+    })
+    .expect("dovecot logged the login");
+    assert!(logged.contains("rip=127.0.0.7"), "{logged}");
+}
