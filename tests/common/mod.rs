@@ -190,3 +190,57 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     })
     .is_some()
 }
+
+/// A threaded TCP echo server on 127.0.0.1; the listener closes when dropped
+/// (established sessions keep echoing until their client closes).
+pub struct Echo {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Echo { addr, stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One echo round trip on an established stream.
+pub fn echo_roundtrip(stream: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(msg).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; msg.len()];
+    stream.read_exact(&mut got).is_ok() && got == msg
+}

@@ -1,0 +1,125 @@
+//! Process lifecycle of `portico run`: graceful shutdown waits for open sessions and
+//! removes the admin socket; reload applies a new config without touching established
+//! sessions or flapping unchanged backends, and a broken config is refused.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{echo_roundtrip, free_port, poll, Echo, Portico, TempDir};
+
+fn config(sock: &str, vips: &str) -> String {
+    format!("drain_timeout = \"20s\"\n\n[admin]\nsocket = \"{sock}\"\n{vips}")
+}
+
+fn tcp_vip(name: &str, port: u16, backends: &[(&str, std::net::SocketAddr, u32)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(n, a, w)| format!("{{ name = \"{n}\", address = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!(
+        "\n[[vip]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [ {} ]\nprobe = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n",
+        list.join(", ")
+    )
+}
+
+fn wait_backends_up(p: &Portico, vip: &str, n: usize) {
+    let ok = poll(Duration::from_secs(10), || {
+        let out = p.ctl(&format!("show backends {vip}"));
+        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == n).then_some(())
+    });
+    assert!(ok.is_some(), "{}", p.ctl("show backends"));
+}
+
+#[test]
+fn sigterm_waits_for_open_sessions_then_exits_zero() {
+    let echo = Echo::start();
+    let dir = TempDir::new("term");
+    let port = free_port();
+    let sock = dir.path("admin.sock");
+    let cfg = config(&sock.display().to_string(), &tcp_vip("echo", port, &[("e1", echo.addr, 1)]));
+    let mut p = Portico::start(&dir, &cfg);
+    wait_backends_up(&p, "echo", 1);
+    let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(echo_roundtrip(&mut session, b"before\n"));
+
+    p.signal(libc::SIGTERM);
+    // It stops accepting...
+    let refused = poll(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_err().then_some(()));
+    assert!(refused.is_some(), "still accepting after SIGTERM");
+    // ...but the open session keeps working and the process waits for it.
+    assert!(echo_roundtrip(&mut session, b"during drain\n"));
+    assert!(p.child.try_wait().unwrap().is_none(), "exited with a session open");
+    drop(session);
+    let status = p.wait_exit(Duration::from_secs(10)).expect("exits once the session closes");
+    assert!(status.success(), "{status}\n{}", p.log_text());
+    assert!(!sock.exists(), "admin socket removed on exit");
+}
+
+#[test]
+fn drain_timeout_bounds_the_wait() {
+    let echo = Echo::start();
+    let dir = TempDir::new("termto");
+    let port = free_port();
+    let sock = dir.path("admin.sock");
+    let cfg = config(&sock.display().to_string(), &tcp_vip("echo", port, &[("e1", echo.addr, 1)]))
+        .replace("drain_timeout = \"20s\"", "drain_timeout = \"500ms\"");
+    let mut p = Portico::start(&dir, &cfg);
+    wait_backends_up(&p, "echo", 1);
+    let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(echo_roundtrip(&mut session, b"x"));
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(Duration::from_secs(15)).expect("exits after drain_timeout");
+    assert!(status.success());
+}
+
+#[test]
+fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
+    let (e1, e2, e3) = (Echo::start(), Echo::start(), Echo::start());
+    let dir = TempDir::new("reload");
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let sock = dir.path("admin.sock").display().to_string();
+    let before = config(
+        &sock,
+        &(tcp_vip("a", pa, &[("a1", e1.addr, 1), ("a2", e2.addr, 1)]) + &tcp_vip("b", pb, &[("b1", e3.addr, 1)])),
+    );
+    let p = Portico::start(&dir, &before);
+    wait_backends_up(&p, "a", 2);
+    wait_backends_up(&p, "b", 1);
+    p.ctl("drain a/a2");
+    let mut session = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    assert!(echo_roundtrip(&mut session, b"hello\n"));
+
+    // Add VIP c, remove VIP b, change a1's weight.
+    let after = config(
+        &sock,
+        &(tcp_vip("a", pa, &[("a1", e1.addr, 5), ("a2", e2.addr, 1)]) + &tcp_vip("c", pc, &[("c1", e3.addr, 1)])),
+    );
+    std::fs::write(&p.config, &after).unwrap();
+    assert_eq!(p.ctl("reload").trim(), "ok");
+    assert!(echo_roundtrip(&mut session, b"across reload\n"), "session survived the reload");
+    let backends = p.ctl("show backends");
+    let a1 = backends.lines().find(|l| l.starts_with("a/a1 ")).expect("a1 listed");
+    let a2 = backends.lines().find(|l| l.starts_with("a/a2 ")).expect("a2 listed");
+    assert_eq!(a1.split_whitespace().nth(2), Some("up"), "{a1}");
+    assert_eq!(a1.split_whitespace().nth(4), Some("5"), "weight changed: {a1}");
+    assert_eq!(a2.split_whitespace().nth(3), Some("drain"), "drain survives reload: {a2}");
+    assert!(!backends.contains("b/b1"), "VIP b removed:\n{backends}");
+    wait_backends_up(&p, "c", 1);
+    let mut c = TcpStream::connect(("127.0.0.1", pc)).unwrap();
+    assert!(echo_roundtrip(&mut c, b"new vip\n"));
+    assert!(TcpStream::connect(("127.0.0.1", pb)).is_err(), "VIP b stopped listening");
+    let events = p.ctl("show events 100");
+    assert!(!events.lines().any(|l| l.contains("a/a1") && l.contains(" down")), "a1 flapped:\n{events}");
+
+    // A broken config is refused with its errors and nothing changes.
+    std::fs::write(&p.config, after.replace("listen = \"127.0.0.1", "listen = \"not-an-address")).unwrap();
+    let (ok, out) = p.ctl_raw(&["reload"]).unwrap();
+    assert!(!ok && out.starts_with("error: "), "{out}");
+    assert!(out.contains("portico.toml:"), "errors name the file and line: {out}");
+    assert!(echo_roundtrip(&mut session, b"after refused reload\n"));
+    let mut c2 = TcpStream::connect(("127.0.0.1", pc)).unwrap();
+    assert!(echo_roundtrip(&mut c2, b"still serving\n"));
+    assert!(p.ctl("show events 100").contains("reload refused"));
+}
