@@ -1,0 +1,476 @@
+//! The answer fast path. Everything a query can get is rendered ahead of time into
+//! ready-made hickory records: a [`ZoneTemplate`] per config (apex SOA/NS fields,
+//! parsed static records, the set of existing names and empty non-terminals), and a
+//! [`Zone`] per health state with, for every site-selected name and every client rule,
+//! the records of the chosen site(s). The server holds the current [`Zone`] in an
+//! `ArcSwap` and swaps it whole when health changes, so a query costs a hash lookup
+//! and (for `weighted`) one atomic increment, never a selection run.
+//!
+//! The SOA serial changes whenever any selection changes: it becomes the unix time,
+//! or the previous serial + 1 if that is not larger (monotonic within a process).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use shared::config::{GssConfig, NameConfig};
+use tokio::time::Instant;
+
+use crate::select::{self, HealthView, Outcome, Selection};
+use crate::GssError;
+
+/// Parses a configured domain name (no trailing dot) as a fully qualified name.
+pub fn fqdn(s: &str) -> Result<Name, GssError> {
+    let dotted = if s.ends_with('.') {
+        s.to_string()
+    } else {
+        format!("{s}.")
+    };
+    Name::from_ascii(&dotted).map_err(|e| GssError::Config(format!("bad name {s:?}: {e}")))
+}
+
+/// Config-derived, health-independent zone data.
+#[derive(Debug)]
+pub struct ZoneTemplate {
+    /// The apex.
+    pub origin: LowerName,
+    /// The apex as a plain name (record owners).
+    pub origin_name: Name,
+    /// The source config.
+    pub cfg: GssConfig,
+    /// Apex NS records.
+    pub ns: Vec<Record>,
+    /// Static RRsets by owner, in config order of first appearance.
+    pub statics: HashMap<LowerName, Vec<(RecordType, Vec<Record>)>>,
+    /// Site-selected names.
+    pub names: HashMap<LowerName, Arc<NameConfig>>,
+    /// Owner names that exist (apex, names, statics).
+    pub existing: HashSet<LowerName>,
+    /// Empty non-terminals: ancestors of existing names that own nothing.
+    pub ents: HashSet<LowerName>,
+}
+
+impl ZoneTemplate {
+    /// Builds the template, parsing static rdata (presentation format).
+    pub fn new(cfg: &GssConfig) -> Result<ZoneTemplate, GssError> {
+        let origin_name = fqdn(&cfg.zone)?;
+        let origin = LowerName::from(&origin_name);
+        let mut ns = Vec::new();
+        for n in &cfg.nameservers {
+            ns.push(Record::from_rdata(
+                origin_name.clone(),
+                cfg.soa.ttl,
+                RData::NS(NS(fqdn(n)?)),
+            ));
+        }
+        let mut statics: HashMap<LowerName, Vec<(RecordType, Vec<Record>)>> = HashMap::new();
+        for r in &cfg.records {
+            let owner = fqdn(&r.fqdn)?;
+            let rtype: RecordType = r.rtype.parse().map_err(|e| {
+                GssError::Config(format!("record {}: type {}: {e}", r.fqdn, r.rtype))
+            })?;
+            let rdata = RData::try_from_str(rtype, &r.rdata).map_err(|e| {
+                GssError::Config(format!("record {} {} {:?}: {e}", r.fqdn, r.rtype, r.rdata))
+            })?;
+            let lower = LowerName::from(&owner);
+            if !origin.zone_of(&lower) {
+                return Err(GssError::Config(format!(
+                    "record {} is outside zone {}",
+                    r.fqdn, cfg.zone
+                )));
+            }
+            let record = Record::from_rdata(owner, r.ttl, rdata);
+            let sets = statics.entry(lower).or_default();
+            match sets.iter_mut().find(|(t, _)| *t == rtype) {
+                Some((_, v)) => v.push(record),
+                None => sets.push((rtype, vec![record])),
+            }
+        }
+        let mut names = HashMap::new();
+        for n in &cfg.names {
+            let owner = LowerName::from(&fqdn(&n.fqdn)?);
+            if !origin.zone_of(&owner) {
+                return Err(GssError::Config(format!(
+                    "name {} is outside zone {}",
+                    n.fqdn, cfg.zone
+                )));
+            }
+            names.insert(owner, Arc::new(n.clone()));
+        }
+        let mut existing: HashSet<LowerName> = HashSet::new();
+        existing.insert(origin.clone());
+        existing.extend(statics.keys().cloned());
+        existing.extend(names.keys().cloned());
+        let mut ents = HashSet::new();
+        for name in &existing {
+            let mut n = name.base_name();
+            while origin.zone_of(&n) && n != origin {
+                if !existing.contains(&n) {
+                    ents.insert(n.clone());
+                }
+                n = n.base_name();
+            }
+        }
+        Ok(ZoneTemplate {
+            origin,
+            origin_name,
+            cfg: cfg.clone(),
+            ns,
+            statics,
+            names,
+            existing,
+            ents,
+        })
+    }
+
+    /// Static RRset of `rtype` at `name`.
+    pub fn static_set(&self, name: &LowerName, rtype: RecordType) -> Option<&[Record]> {
+        self.statics
+            .get(name)?
+            .iter()
+            .find(|(t, _)| *t == rtype)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// One site's ready-made address records for a name.
+#[derive(Debug)]
+pub struct Pick {
+    /// Cumulative weight bound (exclusive) of this pick.
+    pub upto: u32,
+    /// Site name.
+    pub site: String,
+    /// A records.
+    pub a: Vec<Record>,
+    /// AAAA records.
+    pub aaaa: Vec<Record>,
+}
+
+/// The answer for one (name, client rule) under the current health.
+#[derive(Debug)]
+pub enum RuleAnswer {
+    /// `all_down = "servfail"` and every site is down.
+    Servfail,
+    /// One or more sites (several only for `weighted`).
+    Serve {
+        /// Picks with cumulative weights.
+        picks: Vec<Pick>,
+        /// Sum of weights.
+        total: u32,
+        /// Per-query rotation for the weighted split.
+        counter: AtomicU32,
+    },
+}
+
+impl RuleAnswer {
+    /// The site whose records answer this query: a counter walks the weight space, so
+    /// over many queries each site gets exactly its share.
+    pub fn pick(&self) -> Option<&Pick> {
+        match self {
+            RuleAnswer::Servfail => None,
+            RuleAnswer::Serve {
+                picks,
+                total,
+                counter,
+            } => {
+                if picks.len() == 1 {
+                    return picks.first();
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed) % (*total).max(1);
+                picks.iter().find(|p| n < p.upto).or(picks.last())
+            }
+        }
+    }
+}
+
+/// A site-selected name's answers under the current health.
+#[derive(Debug)]
+pub struct NameAnswers {
+    /// The name's config (client rules are matched per query).
+    pub cfg: Arc<NameConfig>,
+    /// Default order's answer.
+    pub default: RuleAnswer,
+    /// Per client rule, same indices as `cfg.clients`.
+    pub rules: Vec<RuleAnswer>,
+}
+
+/// Everything the server answers from, for one health state.
+#[derive(Debug)]
+pub struct Zone {
+    /// Config-derived data.
+    pub tpl: Arc<ZoneTemplate>,
+    /// SOA serial of this rendering.
+    pub serial: u32,
+    /// Apex SOA (TTL = soa.ttl).
+    pub soa: Record,
+    /// SOA for negative answers (TTL = min(soa.ttl, minimum), RFC 2308 §3).
+    pub neg_soa: Record,
+    /// Site-selected answers by owner.
+    pub names: HashMap<LowerName, NameAnswers>,
+    /// Per name (config order): default outcome summary then each rule's, for change
+    /// detection and events.
+    pub outcomes: Vec<(String, Vec<String>)>,
+    /// Hash of `outcomes`; a different value means the answers changed.
+    pub signature: u64,
+}
+
+fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
+    let mut a = Vec::new();
+    let mut aaaa = Vec::new();
+    for ip in addrs {
+        match ip {
+            IpAddr::V4(v4) => a.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*v4)))),
+            IpAddr::V6(v6) => aaaa.push(Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::AAAA(AAAA(*v6)),
+            )),
+        }
+    }
+    (a, aaaa)
+}
+
+fn render_rule(name: &NameConfig, owner: &Name, sel: &Selection) -> RuleAnswer {
+    let sites: Vec<(String, u32)> = match &sel.outcome {
+        Outcome::Servfail => return RuleAnswer::Servfail,
+        Outcome::FailOpen(s) => vec![(s.clone(), 1)],
+        Outcome::Serve(v) => v.clone(),
+    };
+    let mut picks = Vec::with_capacity(sites.len());
+    let mut upto = 0u32;
+    for (site, weight) in sites {
+        let addrs = name.answers.get(&site).map(Vec::as_slice).unwrap_or(&[]);
+        let (a, aaaa) = address_records(owner, name.ttl, addrs);
+        upto = upto.saturating_add(weight.max(1));
+        picks.push(Pick {
+            upto,
+            site,
+            a,
+            aaaa,
+        });
+    }
+    RuleAnswer::Serve {
+        picks,
+        total: upto,
+        counter: AtomicU32::new(0),
+    }
+}
+
+/// Renders every name's answers for `view` at `now`. `prev` is the zone being
+/// replaced (its serial and signature decide the new serial).
+pub fn render(
+    tpl: Arc<ZoneTemplate>,
+    view: &HealthView,
+    now: Instant,
+    prev: Option<&Zone>,
+) -> Zone {
+    let mut names = HashMap::new();
+    let mut outcomes = Vec::new();
+    for n in &tpl.cfg.names {
+        let Some((lower, cfg)) = tpl
+            .names
+            .iter()
+            .find(|(_, c)| c.fqdn == n.fqdn)
+            .map(|(l, c)| (l.clone(), c.clone()))
+        else {
+            continue;
+        };
+        let owner = Name::from(&lower);
+        let default_sel = select::select_rule(&cfg, None, view, now);
+        let mut summaries = vec![default_sel.outcome.summary()];
+        let default = render_rule(&cfg, &owner, &default_sel);
+        let mut rules = Vec::with_capacity(cfg.clients.len());
+        for i in 0..cfg.clients.len() {
+            let sel = select::select_rule(&cfg, Some(i), view, now);
+            summaries.push(sel.outcome.summary());
+            rules.push(render_rule(&cfg, &owner, &sel));
+        }
+        outcomes.push((cfg.fqdn.clone(), summaries));
+        names.insert(
+            lower,
+            NameAnswers {
+                cfg,
+                default,
+                rules,
+            },
+        );
+    }
+    let mut h = DefaultHasher::new();
+    outcomes.hash(&mut h);
+    tpl.cfg.hash_key().hash(&mut h);
+    let signature = h.finish();
+    let serial = match prev {
+        Some(p) if p.signature == signature => p.serial,
+        Some(p) => unix_serial().max(p.serial.wrapping_add(1)),
+        None => unix_serial(),
+    };
+    let soa_cfg = &tpl.cfg.soa;
+    let mname = fqdn(&soa_cfg.mname).unwrap_or_else(|_| tpl.origin_name.clone());
+    let rname = fqdn(&soa_cfg.rname).unwrap_or_else(|_| tpl.origin_name.clone());
+    let soa_rdata = RData::SOA(SOA::new(
+        mname,
+        rname,
+        serial,
+        clamp_i32(soa_cfg.refresh),
+        clamp_i32(soa_cfg.retry),
+        clamp_i32(soa_cfg.expire),
+        soa_cfg.minimum,
+    ));
+    let soa = Record::from_rdata(tpl.origin_name.clone(), soa_cfg.ttl, soa_rdata.clone());
+    let neg_soa = Record::from_rdata(
+        tpl.origin_name.clone(),
+        soa_cfg.ttl.min(soa_cfg.minimum),
+        soa_rdata,
+    );
+    Zone {
+        tpl,
+        serial,
+        soa,
+        neg_soa,
+        names,
+        outcomes,
+        signature,
+    }
+}
+
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn unix_serial() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+/// A stable key of the config parts that show in answers, so a reload that changes
+/// addresses or TTLs also bumps the serial.
+trait HashKey {
+    fn hash_key(&self) -> String;
+}
+
+impl HashKey for GssConfig {
+    fn hash_key(&self) -> String {
+        format!(
+            "{:?}{:?}{:?}{}",
+            self.names, self.records, self.soa, self.ttl
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::SiteView;
+    use shared::config::{AllDown, Failback, Policy, SoaConfig, StaticRecord};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    pub(crate) fn cfg() -> GssConfig {
+        GssConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            zone: "gslb.example.test".into(),
+            ttl: 20,
+            nameservers: vec!["ns1.gslb.example.test".into()],
+            soa: SoaConfig {
+                mname: "ns1.gslb.example.test".into(),
+                rname: "hostmaster.gslb.example.test".into(),
+                refresh: 3600,
+                retry: 600,
+                expire: 86400,
+                minimum: 30,
+                ttl: 300,
+            },
+            sites: vec![],
+            names: vec![NameConfig {
+                fqdn: "smtp.gslb.example.test".into(),
+                policy: Policy::Weighted,
+                sites: vec!["dc1".into(), "dc2".into()],
+                weights: BTreeMap::from([("dc1".to_string(), 3)]),
+                answers: BTreeMap::from([
+                    ("dc1".to_string(), vec!["127.0.0.1".parse().unwrap()]),
+                    (
+                        "dc2".to_string(),
+                        vec!["127.0.0.2".parse().unwrap(), "::2".parse().unwrap()],
+                    ),
+                ]),
+                failback: Failback::Auto(Duration::from_secs(60)),
+                all_down: AllDown::First,
+                clients: vec![],
+                ttl: 20,
+            }],
+            records: vec![StaticRecord {
+                fqdn: "a.b.gslb.example.test".into(),
+                ttl: 60,
+                rtype: "TXT".into(),
+                rdata: "\"hello world\"".into(),
+            }],
+        }
+    }
+
+    fn view(dc1: bool, dc2: bool) -> HealthView {
+        let v = |up| if up { SiteView::up() } else { SiteView::down() };
+        HealthView::from_pairs([("dc1", v(dc1)), ("dc2", v(dc2))])
+    }
+
+    #[test]
+    fn template_knows_names_and_empty_non_terminals() {
+        let t = ZoneTemplate::new(&cfg()).unwrap();
+        let l = |s: &str| LowerName::from(&fqdn(s).unwrap());
+        assert!(t.existing.contains(&l("smtp.gslb.example.test")));
+        assert!(t.existing.contains(&l("a.b.gslb.example.test")));
+        assert!(t.ents.contains(&l("b.gslb.example.test")));
+        assert!(!t.ents.contains(&l("gslb.example.test")));
+        let txt = t
+            .static_set(&l("A.B.gslb.example.test"), RecordType::TXT)
+            .expect("case-insensitive");
+        assert_eq!(txt.len(), 1);
+    }
+
+    #[test]
+    fn bad_static_rdata_is_a_config_error() {
+        let mut c = cfg();
+        c.records[0].rtype = "A".into();
+        c.records[0].rdata = "not-an-address".into();
+        let e = ZoneTemplate::new(&c).unwrap_err();
+        assert!(e.to_string().contains("a.b.gslb.example.test"), "{e}");
+    }
+
+    #[test]
+    fn weighted_picks_split_exactly_by_weight() {
+        let tpl = Arc::new(ZoneTemplate::new(&cfg()).unwrap());
+        let z = render(tpl, &view(true, true), Instant::now(), None);
+        let n = z.names.values().next().unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..400 {
+            *counts
+                .entry(n.default.pick().unwrap().site.clone())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts["dc1"], 300);
+        assert_eq!(counts["dc2"], 100);
+    }
+
+    #[test]
+    fn serial_changes_only_when_answers_change() {
+        let tpl = Arc::new(ZoneTemplate::new(&cfg()).unwrap());
+        let now = Instant::now();
+        let z1 = render(tpl.clone(), &view(true, true), now, None);
+        let z2 = render(tpl.clone(), &view(true, true), now, Some(&z1));
+        assert_eq!(z1.serial, z2.serial);
+        let z3 = render(tpl.clone(), &view(false, true), now, Some(&z2));
+        assert!(z3.serial > z2.serial);
+        assert_eq!(z3.outcomes[0].1[0], "dc2");
+        let pick = z3.names.values().next().unwrap().default.pick().unwrap();
+        assert_eq!(pick.a.len(), 1);
+        assert_eq!(pick.aaaa.len(), 1);
+        assert_eq!(z3.neg_soa.ttl, 30, "min(soa ttl, minimum)");
+        assert_eq!(z3.soa.ttl, 300);
+    }
+}
