@@ -1,9 +1,391 @@
 //! The lb role: one listener per VIP, backend pools with health and admin state,
 //! selection algorithms, the L4 proxy and (later) the L7 proxy.
+//!
+//! [`Lb`] is the supervisor. It owns a root [`CancellationToken`]; every backend
+//! checker is a child of it and every listener a child of an "accepting" token, so
+//! `stop_accepting` closes the listeners and `shutdown` also stops the probes.
+//! Established connections belong to no token: they run to their end (or until the
+//! process exits after its drain timeout). The list of VIPs is an [`ArcSwap`]
+//! snapshot; each VIP's config + pool another, replaced whole by a reload and read
+//! lock-free by the accept loop.
 
+pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod copy;
+pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod outlier;
 pub mod pool;
 pub mod refuse;
+pub mod tcp;
+pub mod vip;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use shared::admin::AdminHandler;
+use shared::config::{ProbeConfig, VipConfig, VipMode};
+use shared::events::EventLog;
+use shared::probe::{BuildError, Probe};
+use shared::status::VipStatus;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{AdminState, Backend, Health, LastCheck, Lease};
+pub use error::{LbError, ProxyError, Side};
+pub use pool::Pool;
+pub use vip::{VipSlot, VipState};
+
+use vip::Totals;
+
+/// Builds the probe for one backend; [`shared::probe::build`] unless a test injects
+/// its own.
+pub type ProbeFactory =
+    Arc<dyn Fn(&ProbeConfig, SocketAddr) -> Result<Arc<dyn Probe>, BuildError> + Send + Sync>;
+
+/// Options of [`Lb::start_with`].
+#[derive(Clone)]
+pub struct LbOptions {
+    /// How probes are built.
+    pub probes: ProbeFactory,
+}
+
+impl Default for LbOptions {
+    fn default() -> Self {
+        LbOptions {
+            probes: Arc::new(shared::probe::build),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) vips: ArcSwap<Vec<Arc<VipSlot>>>,
+    pub(crate) events: Arc<EventLog>,
+    root: CancellationToken,
+    accepting: CancellationToken,
+    probes: ProbeFactory,
+    reload_lock: tokio::sync::Mutex<()>,
+    totals: Arc<Totals>,
+}
+
+impl Inner {
+    pub(crate) fn slot(&self, vip: &str) -> Option<Arc<VipSlot>> {
+        self.vips
+            .load()
+            .iter()
+            .find(|s| s.state.load().cfg.name == vip)
+            .cloned()
+    }
+
+    pub(crate) fn backend(&self, vip: &str, name: &str) -> Option<Arc<Backend>> {
+        let slot = self.slot(vip)?;
+        let state = slot.state.load();
+        state.pool.get(name).cloned()
+    }
+}
+
+/// The running lb role.
+pub struct Lb {
+    inner: Arc<Inner>,
+}
+
+/// What a prepared (not yet applied) reload of one VIP holds.
+struct Planned {
+    cfg: VipConfig,
+    /// Reused slot, or a new listener to start.
+    slot: Result<Arc<VipSlot>, Option<TcpListener>>,
+    backends: Vec<Arc<Backend>>,
+    /// Reused backends with their new config and, if the probe changed, new probe.
+    reconfigure: Vec<(
+        Arc<Backend>,
+        shared::config::BackendConfig,
+        Option<(Arc<dyn Probe>, ProbeConfig)>,
+    )>,
+    fresh: Vec<Arc<Backend>>,
+}
+
+impl Lb {
+    /// Binds every `mode = "tcp"` VIP's listener and starts every backend's checker.
+    /// Bind and probe-building errors are returned, not panicked on.
+    pub async fn start(vips: &[VipConfig], events: Arc<EventLog>) -> Result<Lb, LbError> {
+        Lb::start_with(vips, events, LbOptions::default()).await
+    }
+
+    /// As [`Lb::start`], with injected options (tests use their own probes).
+    pub async fn start_with(
+        vips: &[VipConfig],
+        events: Arc<EventLog>,
+        options: LbOptions,
+    ) -> Result<Lb, LbError> {
+        let root = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            vips: ArcSwap::from_pointee(Vec::new()),
+            events,
+            accepting: root.child_token(),
+            root,
+            probes: options.probes,
+            reload_lock: tokio::sync::Mutex::new(()),
+            totals: Arc::new(Totals::default()),
+        });
+        let lb = Lb { inner };
+        lb.apply(vips, false).await?;
+        Ok(lb)
+    }
+
+    /// Every VIP's health for `/status`, config order.
+    pub fn status(&self) -> Vec<VipStatus> {
+        self.inner
+            .vips
+            .load()
+            .iter()
+            .map(|s| s.state.load().status())
+            .collect()
+    }
+
+    /// The admin-socket handler for the lb commands (`show vips`, `show backends`,
+    /// `drain`, `ready`, `maint`, `set weight`, `wait drained`).
+    pub fn admin(&self) -> Arc<dyn AdminHandler> {
+        Arc::new(admin::LbAdmin::new(Arc::clone(&self.inner)))
+    }
+
+    /// Applies a new set of VIPs: adds, removes and changes VIPs and backends. Unchanged
+    /// backends (same VIP, name and address) keep health, admin state, weight set by the
+    /// operator (unless the config's weight changed) and active counts; established
+    /// connections continue; listeners whose address and mode are unchanged stay bound.
+    /// On error nothing has changed.
+    pub async fn reload(&self, vips: &[VipConfig]) -> Result<(), LbError> {
+        self.apply(vips, true).await
+    }
+
+    /// Closes every listener; established connections continue.
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.cancel();
+    }
+
+    /// Client connections open across all VIPs.
+    pub fn active_connections(&self) -> u64 {
+        self.inner.totals.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no client connection is open, or `timeout`; true when idle.
+    pub async fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let totals = &self.inner.totals;
+        let wait = async {
+            loop {
+                let notified = totals.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if totals.active.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Stops listeners and probes and waits for the listeners to close.
+    pub async fn shutdown(&self) {
+        self.inner.root.cancel();
+        let slots = self.inner.vips.load_full();
+        for slot in slots.iter() {
+            let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+            for b in slot.state.load().pool.backends() {
+                b.stop_checker();
+            }
+        }
+    }
+
+    /// The address a VIP's listener is bound to (useful when it asked for port 0).
+    pub fn local_addr(&self, vip: &str) -> Option<SocketAddr> {
+        self.inner.slot(vip).map(|s| s.local)
+    }
+
+    /// A VIP's current pool (the L7 proxy selects from it).
+    pub fn pool(&self, vip: &str) -> Option<Arc<Pool>> {
+        self.inner
+            .slot(vip)
+            .map(|s| Arc::clone(&s.state.load().pool))
+    }
+
+    /// One backend's runtime state.
+    pub fn backend(&self, vip: &str, backend: &str) -> Option<Arc<Backend>> {
+        self.inner.backend(vip, backend)
+    }
+
+    async fn apply(&self, vips: &[VipConfig], reload: bool) -> Result<(), LbError> {
+        let inner = &self.inner;
+        let _serial = inner.reload_lock.lock().await;
+        let old_slots = inner.vips.load_full();
+
+        // Phase 1: everything that can fail (binds, probe builds), changing nothing.
+        let mut plans = Vec::with_capacity(vips.len());
+        for cfg in vips {
+            plans.push(self.plan(cfg, &old_slots).await?);
+        }
+
+        // Phase 2: apply.
+        let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
+        let mut kept_backends: HashSet<*const Backend> = HashSet::new();
+        let mut slots = Vec::with_capacity(plans.len());
+        for plan in plans {
+            for (b, bcfg, probe) in plan.reconfigure {
+                b.reconfigure(&bcfg, probe);
+            }
+            for b in &plan.fresh {
+                b.start_checker(None);
+                if reload {
+                    b.record_event("added by reload");
+                }
+            }
+            for b in &plan.backends {
+                kept_backends.insert(Arc::as_ptr(b));
+            }
+            let pool = Arc::new(Pool::new(
+                &plan.cfg.name,
+                plan.cfg.balance,
+                plan.cfg.ejection.clone(),
+                plan.backends,
+            ));
+            let state = VipState::new(plan.cfg.clone(), pool);
+            let slot = match plan.slot {
+                Ok(slot) => {
+                    slot.state.store(Arc::new(state));
+                    kept_slots.insert(Arc::as_ptr(&slot));
+                    slot
+                }
+                Err(listener) => {
+                    let local = listener
+                        .as_ref()
+                        .and_then(|l| l.local_addr().ok())
+                        .unwrap_or(plan.cfg.listen);
+                    let slot = Arc::new(VipSlot::new(
+                        state,
+                        local,
+                        inner.accepting.child_token(),
+                        Arc::clone(&inner.totals),
+                    ));
+                    if let Some(l) = listener {
+                        let task = tokio::spawn(tcp::accept_loop(l, Arc::clone(&slot)));
+                        *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+                    } else if plan.cfg.mode != VipMode::Tcp {
+                        tracing::warn!(
+                            vip = %plan.cfg.name,
+                            "mode {} is not served yet; backends are probed but no listener opens",
+                            plan.cfg.mode.as_str()
+                        );
+                    }
+                    if reload {
+                        inner.events.record(
+                            format!("vip {}", plan.cfg.name),
+                            format!("listening on {local} (reload)"),
+                        );
+                    }
+                    slot
+                }
+            };
+            slots.push(slot);
+        }
+        for old in old_slots.iter() {
+            if !kept_slots.contains(&Arc::as_ptr(old)) {
+                old.cancel.cancel();
+            }
+            for b in old.state.load().pool.backends() {
+                if !kept_backends.contains(&Arc::as_ptr(b)) {
+                    b.stop_checker();
+                    b.record_event("removed by reload; established connections continue");
+                }
+            }
+        }
+        inner.vips.store(Arc::new(slots));
+        Ok(())
+    }
+
+    async fn plan(&self, cfg: &VipConfig, old_slots: &[Arc<VipSlot>]) -> Result<Planned, LbError> {
+        let inner = &self.inner;
+        let reuse = old_slots
+            .iter()
+            .find(|s| s.configured == cfg.listen && s.mode == cfg.mode)
+            .cloned();
+        let old_pool = old_slots
+            .iter()
+            .map(|s| s.state.load_full())
+            .find(|st| st.cfg.name == cfg.name)
+            .map(|st| Arc::clone(&st.pool));
+        let slot = match reuse {
+            Some(s) => Ok(s),
+            None if cfg.mode == VipMode::Tcp => {
+                let l = TcpListener::bind(cfg.listen)
+                    .await
+                    .map_err(|source| LbError::Bind {
+                        vip: cfg.name.clone(),
+                        addr: cfg.listen,
+                        source,
+                    })?;
+                Err(Some(l))
+            }
+            None => Err(None),
+        };
+        let build = |b: &shared::config::BackendConfig| {
+            (inner.probes)(&cfg.probe, b.address).map_err(|e| LbError::Probe {
+                vip: cfg.name.clone(),
+                backend: b.name.clone(),
+                message: e.to_string(),
+            })
+        };
+        let mut backends = Vec::with_capacity(cfg.backends.len());
+        let mut reconfigure = Vec::new();
+        let mut fresh = Vec::new();
+        for bcfg in &cfg.backends {
+            let existing = old_pool
+                .as_ref()
+                .and_then(|p| p.get(&bcfg.name))
+                .filter(|b| b.address() == bcfg.address)
+                .cloned();
+            match existing {
+                Some(b) => {
+                    let probe = if b.probe_config() != cfg.probe {
+                        Some((build(bcfg)?, cfg.probe.clone()))
+                    } else {
+                        None
+                    };
+                    reconfigure.push((Arc::clone(&b), bcfg.clone(), probe));
+                    backends.push(b);
+                }
+                None => {
+                    let b = Backend::new(
+                        &cfg.name,
+                        bcfg,
+                        build(bcfg)?,
+                        cfg.probe.clone(),
+                        Arc::clone(&inner.events),
+                        inner.root.child_token(),
+                    );
+                    fresh.push(Arc::clone(&b));
+                    backends.push(b);
+                }
+            }
+        }
+        Ok(Planned {
+            cfg: cfg.clone(),
+            slot,
+            backends,
+            reconfigure,
+            fresh,
+        })
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        self.inner.root.cancel();
+    }
+}

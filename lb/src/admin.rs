@@ -1,0 +1,146 @@
+//! The lb's share of the admin socket: `show vips`, `show backends [VIP]`, `drain`,
+//! `ready`, `maint`, `set weight`, `wait drained`. Other commands return `None` so the
+//! dispatcher passes them on. Every state change goes to the event log (and thereby
+//! the tracing log) with the peer's uid.
+//!
+//! Output formats (space-separated, one line per item):
+//! - `show vips`: `NAME LISTEN MODE up|down HEALTHY/TOTAL ACTIVE`
+//! - `show backends`: `VIP/BACKEND ADDRESS STATE ADMIN WEIGHT ACTIVE CHECKS`, where
+//!   CHECKS is `pending`, `ok` or `fail:REASON` (the reason may contain spaces; it is
+//!   always the last field).
+
+use std::sync::Arc;
+
+use shared::admin::{AdminHandler, BackendId, Command, HandlerFuture, Peer, Reply};
+
+use crate::backend::{AdminState, Backend};
+use crate::Inner;
+
+/// The lb admin handler.
+pub struct LbAdmin {
+    inner: Arc<Inner>,
+}
+
+impl LbAdmin {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        LbAdmin { inner }
+    }
+
+    fn show_vips(&self) -> Reply {
+        let lines = self
+            .inner
+            .vips
+            .load()
+            .iter()
+            .map(|slot| {
+                let st = slot.state.load();
+                let status = st.status();
+                format!(
+                    "{} {} {} {} {}/{} {}",
+                    st.cfg.name,
+                    slot.local,
+                    st.cfg.mode.as_str(),
+                    if status.up { "up" } else { "down" },
+                    status.healthy,
+                    status.total,
+                    slot.active()
+                )
+            })
+            .collect();
+        Reply::Data(lines)
+    }
+
+    fn show_backends(&self, vip: Option<&str>) -> Reply {
+        let slots = self.inner.vips.load();
+        if let Some(v) = vip {
+            if !slots.iter().any(|s| s.state.load().cfg.name == v) {
+                return Reply::error(format!("no vip {v}; see show vips"));
+            }
+        }
+        let mut lines = Vec::new();
+        for slot in slots.iter() {
+            let st = slot.state.load();
+            if vip.is_some_and(|v| v != st.cfg.name) {
+                continue;
+            }
+            for b in st.pool.backends() {
+                lines.push(backend_line(b));
+            }
+        }
+        Reply::Data(lines)
+    }
+
+    fn find(&self, id: &BackendId) -> Result<Arc<Backend>, Reply> {
+        self.inner
+            .backend(&id.vip, &id.backend)
+            .ok_or_else(|| Reply::error(format!("no backend {id}; see show backends")))
+    }
+}
+
+/// One `show backends` line.
+pub fn backend_line(b: &Backend) -> String {
+    format!(
+        "{} {} {} {} {} {} {}",
+        b.id(),
+        b.address(),
+        b.state_str(),
+        b.admin().as_str(),
+        b.weight(),
+        b.active(),
+        b.last_check()
+    )
+}
+
+fn who(peer: Peer) -> String {
+    match peer.uid {
+        Some(uid) => format!("admin uid {uid}"),
+        None => "admin".to_string(),
+    }
+}
+
+impl AdminHandler for LbAdmin {
+    fn handle<'a>(&'a self, cmd: &'a Command, peer: Peer) -> Option<HandlerFuture<'a>> {
+        let reply = match cmd {
+            Command::ShowVips => self.show_vips(),
+            Command::ShowBackends(vip) => self.show_backends(vip.as_deref()),
+            Command::Drain(id) | Command::Ready(id) | Command::Maint(id) => {
+                let state = match cmd {
+                    Command::Drain(_) => AdminState::Drain,
+                    Command::Ready(_) => AdminState::Ready,
+                    _ => AdminState::Maint,
+                };
+                match self.find(id) {
+                    Ok(b) => {
+                        b.set_admin(state, &who(peer));
+                        Reply::Ok
+                    }
+                    Err(r) => r,
+                }
+            }
+            Command::SetWeight(id, n) => match self.find(id) {
+                Ok(b) => match b.set_weight(*n, &who(peer)) {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => Reply::Error(e),
+                },
+                Err(r) => r,
+            },
+            Command::WaitDrained(id, timeout) => {
+                let b = match self.find(id) {
+                    Ok(b) => b,
+                    Err(r) => return Some(Box::pin(async move { r })),
+                };
+                let timeout = *timeout;
+                return Some(Box::pin(async move {
+                    if b.wait_drained(timeout).await {
+                        Reply::Ok
+                    } else {
+                        tracing::info!(backend = %b.id(), active = b.active(), "wait drained: timeout");
+                        Reply::error("timeout")
+                    }
+                }));
+            }
+            _ => return None,
+        };
+        Some(Box::pin(async move { reply }))
+    }
+}

@@ -1,0 +1,336 @@
+//! Header rewriting between client and backend, pure and unit-tested: hop-by-hop
+//! removal (RFC 9110 §7.6.1), the forwarding headers backends log and build URLs from
+//! (`X-Forwarded-For`/`-Proto`/`-Host` and RFC 7239 `Forwarded`), `Via`, and the
+//! sticky cookie lookup.
+//!
+//! Order matters for safety: hop-by-hop headers are stripped *before* the forwarding
+//! headers are appended, so a client sending `Connection: X-Forwarded-For` can remove
+//! an upstream proxy's entry but never ours.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONNECTION, COOKIE, FORWARDED, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Comma-separated tokens of every `name` header, lower-cased.
+fn tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// True when the message asks to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` header), the only case where `Upgrade` survives the hop.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && tokens(headers, &CONNECTION).iter().any(|t| t == "upgrade")
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it
+/// names, `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`, which is
+/// end-to-end in meaning), `Trailer`, `Transfer-Encoding` and `Upgrade`. With
+/// `upgrade`, `Upgrade` is kept and `Connection: upgrade` re-added so the next hop
+/// sees the protocol switch.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named = tokens(headers, &CONNECTION);
+    let te_trailers = tokens(headers, &TE).iter().any(|t| t == "trailers");
+    for name in named {
+        // `Connection: host` would strip the request target: never honoured.
+        if name == "host" {
+            continue;
+        }
+        if let Ok(h) = HeaderName::from_bytes(name.as_bytes()) {
+            if upgrade && h == UPGRADE {
+                continue;
+            }
+            headers.remove(h);
+        }
+    }
+    for h in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+    ] {
+        headers.remove(h);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// What the proxy knows about the client side of one request.
+#[derive(Debug, Clone)]
+pub struct ClientInfo<'a> {
+    /// The peer address of the client connection.
+    pub ip: IpAddr,
+    /// `http` or `https`: how the client reached the VIP.
+    pub proto: &'a str,
+    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
+    pub host: Option<&'a str>,
+}
+
+/// RFC 7239 node: IPv4 bare, IPv6 bracketed and quoted.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("\"[{v6}]\""),
+        },
+    }
+}
+
+/// The client address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 unwrapped).
+fn xff_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7230
+/// quoted-string with `"` and `\` escaped).
+fn forwarded_value(v: &str) -> String {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !v.is_empty() && v.chars().all(is_tchar) {
+        v.to_string()
+    } else {
+        let mut out = String::with_capacity(v.len() + 2);
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+}
+
+/// Joins every value of `name` and `ours` into one comma-separated header (an incoming
+/// chain may arrive split over several header lines).
+fn append_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
+    let mut parts: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    parts.push(ours.to_string());
+    if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
+        headers.insert(name, v);
+    } else if let Ok(v) = HeaderValue::from_str(ours) {
+        headers.insert(name, v);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (replacing client-supplied values: they
+/// describe this hop, which only the proxy knows).
+pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
+    append_list(headers, X_FORWARDED_FOR, &xff_node(client.ip));
+    let mut fwd = format!(
+        "for={};proto={}",
+        forwarded_node(client.ip),
+        forwarded_value(client.proto)
+    );
+    if let Some(host) = client.host {
+        fwd.push_str(";host=");
+        fwd.push_str(&forwarded_value(host));
+    }
+    append_list(headers, FORWARDED, &fwd);
+    if let Ok(v) = HeaderValue::from_str(client.proto) {
+        headers.insert(X_FORWARDED_PROTO, v);
+    }
+    match client.host.map(HeaderValue::from_str) {
+        Some(Ok(v)) => {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+        _ => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Appends this hop to `Via` (`1.1 portico`, `2 portico`).
+pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
+    let v = match version {
+        http::Version::HTTP_2 => "2 portico",
+        http::Version::HTTP_10 => "1.0 portico",
+        _ => "1.1 portico",
+    };
+    append_list(headers, VIA, v);
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers (HTTP/2 clients may
+/// split cookies over several headers).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
+/// `NAME=VALUE; Path=/; HttpOnly` (+ `; Secure` for HTTPS VIPs): a session cookie
+/// that pins the browser to one backend.
+pub fn sticky_set_cookie(name: &str, value: &str, secure: bool) -> Option<HeaderValue> {
+    let mut s = format!("{name}={value}; Path=/; HttpOnly");
+    if secure {
+        s.push_str("; Secure");
+    }
+    HeaderValue::from_str(&s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_removed_including_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "3"),
+            ("host", "mail.example"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept", "host"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_and_host_is_never_stripped() {
+        let mut h = map(&[("te", "trailers, deflate"), ("connection", "host, te"), ("host", "a")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get(TE).expect("te"), "trailers");
+        assert_eq!(h.get("host").expect("host"), "a");
+    }
+
+    #[test]
+    fn upgrade_kept_when_upgrading() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE).expect("upgrade"), "websocket");
+        assert_eq!(h.get(CONNECTION).expect("connection"), "upgrade");
+        assert!(h.contains_key("sec-websocket-key"));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn forwarding_appends_to_chains() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let c = ClientInfo {
+            ip: "192.0.2.9".parse().expect("ip"),
+            proto: "https",
+            host: Some("mail.example.com:8443"),
+        };
+        add_forwarding(&mut h, &c);
+        assert_eq!(
+            h.get(X_FORWARDED_FOR).expect("xff"),
+            "203.0.113.7, 198.51.100.2, 10.0.0.1, 192.0.2.9"
+        );
+        assert_eq!(
+            h.get(FORWARDED).expect("fwd"),
+            "for=203.0.113.7;proto=https, for=192.0.2.9;proto=https;host=\"mail.example.com:8443\""
+        );
+        assert_eq!(h.get(X_FORWARDED_PROTO).expect("proto"), "https");
+        assert_eq!(h.get(X_FORWARDED_HOST).expect("host"), "mail.example.com:8443");
+    }
+
+    #[test]
+    fn ipv6_forwarded_is_quoted_and_bracketed() {
+        let mut h = HeaderMap::new();
+        let c = ClientInfo {
+            ip: "2001:db8::1".parse().expect("ip"),
+            proto: "http",
+            host: Some("webmail"),
+        };
+        add_forwarding(&mut h, &c);
+        assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "2001:db8::1");
+        assert_eq!(
+            h.get(FORWARDED).expect("fwd"),
+            "for=\"[2001:db8::1]\";proto=http;host=webmail"
+        );
+        let mut h = HeaderMap::new();
+        let mapped = ClientInfo {
+            ip: "::ffff:192.0.2.1".parse().expect("ip"),
+            proto: "http",
+            host: None,
+        };
+        add_forwarding(&mut h, &mapped);
+        assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.1");
+        assert_eq!(h.get(FORWARDED).expect("fwd"), "for=192.0.2.1;proto=http");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn via_and_cookies() {
+        let mut h = map(&[("via", "1.1 edge")]);
+        add_via(&mut h, http::Version::HTTP_2);
+        assert_eq!(h.get(VIA).expect("via"), "1.1 edge, 2 portico");
+        let h = map(&[("cookie", "a=1; PORTICO_ID=abc"), ("cookie", "b=2")]);
+        assert_eq!(cookie(&h, "PORTICO_ID"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "PORTICO"), None);
+        assert_eq!(
+            sticky_set_cookie("S", "v", true).expect("hv"),
+            "S=v; Path=/; HttpOnly; Secure"
+        );
+    }
+}

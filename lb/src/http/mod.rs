@@ -1,0 +1,359 @@
+//! The L7 proxy for `mode = "http"` and `mode = "https"` VIPs: webmail, Outlook's
+//! MAPI-over-HTTP and ActiveSync.
+//!
+//! One [`HttpVip`] per VIP accepts clients (HTTP/1.1 and HTTP/2, ALPN on TLS), picks a
+//! backend per request from the VIP's [`Pool`] (the same selection, leases, drain and
+//! passive ejection as the L4 proxy), and relays the request over a pooled keep-alive
+//! HTTP/1.1 connection. Bodies stream both ways under hyper's flow control, so memory
+//! per request is bounded by buffer sizes, not body sizes; `Upgrade` (WebSocket) is
+//! relayed as raw bytes after the 101; there is no request timeout unless
+//! `backend_timeout` is set, so ActiveSync long-polls are never cut.
+//!
+//! Modules: [`server`] accept loop and connection protection, [`proxy`] per-request
+//! logic (selection, retries, outlier reports), [`client`] backend connections,
+//! [`tls`] SNI certificates with reload, [`headers`] forwarding and hop-by-hop rules,
+//! [`sticky`] cookie stickiness, [`errors`] the failure type.
+//!
+//! ## Metrics
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `portico_http_requests_total` | counter | vip | requests received |
+//! | `portico_http_responses_total` | counter | vip, backend, class (`1xx`..`5xx`) | responses sent to clients; `backend="-"` for the proxy's own (503 no backend) |
+//! | `portico_http_retries_total` | counter | vip | requests re-sent to another backend (or a fresh connection) |
+//! | `portico_http_backend_errors_total` | counter | vip, backend, kind (`connect`/`not_sent`/`backend`/`timeout`) | failed attempts |
+//! | `portico_http_connections_active` | gauge | vip | client connections open now |
+//! | `portico_http_refused_total` | counter | vip, reason (`max_connections`/`tls_handshake`) | client connections refused before HTTP |
+//!
+//! ## Operational notes
+//!
+//! * Slowloris: an HTTP/1 request head must arrive within `header_timeout` (also the
+//!   idle keep-alive bound); a TLS handshake too. Heads over `max_header_size` get 431.
+//! * Malformed requests get hyper's 400 and the connection is closed.
+//! * `max_connections` refuses further connections (plain HTTP gets a 503).
+
+pub mod client;
+pub mod errors;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod sticky;
+pub mod tls;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use shared::config::{HttpVipConfig, VipConfig, VipMode};
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::Pool;
+
+pub use errors::{ProxyError, Side};
+pub use tls::{CertError, CertStore};
+
+/// `portico_http_requests_total{vip}`
+pub const REQUESTS_TOTAL: &str = "portico_http_requests_total";
+/// `portico_http_responses_total{vip,backend,class}`
+pub const RESPONSES_TOTAL: &str = "portico_http_responses_total";
+/// `portico_http_retries_total{vip}`
+pub const RETRIES_TOTAL: &str = "portico_http_retries_total";
+/// `portico_http_backend_errors_total{vip,backend,kind}`
+pub const BACKEND_ERRORS_TOTAL: &str = "portico_http_backend_errors_total";
+/// `portico_http_connections_active{vip}`
+pub const CONNECTIONS_ACTIVE: &str = "portico_http_connections_active";
+/// `portico_http_refused_total{vip,reason}`
+pub const REFUSED_TOTAL: &str = "portico_http_refused_total";
+
+/// Describes the L7 metrics for the exporter; call once after installing it.
+pub fn describe_metrics() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "HTTP requests received");
+    metrics::describe_counter!(RESPONSES_TOTAL, "HTTP responses sent, by status class");
+    metrics::describe_counter!(RETRIES_TOTAL, "HTTP requests re-sent elsewhere");
+    metrics::describe_counter!(BACKEND_ERRORS_TOTAL, "Failed attempts to get a response from a backend");
+    metrics::describe_gauge!(CONNECTIONS_ACTIVE, "HTTP client connections open now");
+    metrics::describe_counter!(REFUSED_TOTAL, "HTTP client connections refused before HTTP");
+}
+
+/// The body type relayed in both directions: a boxed stream of frames, so backend,
+/// client and locally generated bodies share one type without being collected.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A complete small body (error pages).
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body (retried body-less requests).
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Why an HTTP VIP could not be built or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `mode = "https"` without certificates.
+    #[error("vip {0}: mode \"https\" needs a tls section")]
+    NoTls(String),
+    /// A certificate or key failed to load.
+    #[error("vip {vip}: {source}")]
+    Certs {
+        /// The VIP.
+        vip: String,
+        /// The cause.
+        #[source]
+        source: CertError,
+    },
+    /// Backend TLS could not be configured (CA file, SNI name).
+    #[error("vip {vip}: backend tls: {reason}")]
+    BackendTls {
+        /// The VIP.
+        vip: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The VIP is not an L7 VIP.
+    #[error("vip {0} is mode \"tcp\"")]
+    NotHttp(String),
+}
+
+/// Everything a reload may change without restarting the listener.
+pub(crate) struct Settings {
+    pub http: HttpVipConfig,
+    pub retries: u32,
+    pub max_connections: Option<u32>,
+    pub client: Arc<client::BackendClient>,
+    /// Identity of the backend-connection settings, to keep the pool across reloads
+    /// that do not touch them.
+    client_key: ClientKey,
+}
+
+#[derive(Clone, PartialEq)]
+struct ClientKey {
+    tls: bool,
+    ca: Option<std::path::PathBuf>,
+    sni: Option<String>,
+    verify: bool,
+    connect_timeout: std::time::Duration,
+    idle_timeout: std::time::Duration,
+}
+
+impl ClientKey {
+    fn of(cfg: &VipConfig) -> ClientKey {
+        ClientKey {
+            tls: cfg.http.backend_tls,
+            ca: cfg.http.backend_ca.clone(),
+            sni: cfg.http.backend_sni.clone(),
+            verify: cfg.http.backend_tls_verify,
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.idle_timeout,
+        }
+    }
+}
+
+/// How long a pooled backend connection may sit idle: the VIP's idle timeout, capped
+/// well below common backend keep-alive timeouts (nginx 75 s) to avoid reusing a
+/// connection the backend is closing.
+fn pooled_idle(cfg: &VipConfig) -> std::time::Duration {
+    cfg.idle_timeout.min(std::time::Duration::from_secs(30))
+}
+
+fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, SetupError> {
+    let key = ClientKey::of(cfg);
+    let client = match keep {
+        Some(old) if old.client_key == key => Arc::clone(&old.client),
+        _ => {
+            let tls = if cfg.http.backend_tls {
+                let config = shared::tls::client_config(
+                    cfg.http.backend_tls_verify,
+                    cfg.http.backend_ca.as_deref(),
+                    &[b"http/1.1"],
+                )
+                .map_err(|e| SetupError::BackendTls {
+                    vip: cfg.name.clone(),
+                    reason: e.to_string(),
+                })?;
+                let sni = match &cfg.http.backend_sni {
+                    Some(s) => Some(shared::tls::server_name(s).map_err(|e| {
+                        SetupError::BackendTls {
+                            vip: cfg.name.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?),
+                    None => None,
+                };
+                Some(client::BackendTls { config, sni })
+            } else {
+                None
+            };
+            Arc::new(client::BackendClient::new(
+                tls,
+                cfg.connect_timeout,
+                pooled_idle(cfg),
+            ))
+        }
+    };
+    Ok(Settings {
+        http: cfg.http.clone(),
+        retries: cfg.retries,
+        max_connections: cfg.max_connections,
+        client,
+        client_key: key,
+    })
+}
+
+/// A guard the owner's admission check returns; dropped when the connection ends.
+pub type Admitted = Box<dyn Send + 'static>;
+
+/// How an [`HttpVip`] reaches state its owner (the lb supervisor) keeps: the current
+/// pool (replaced whole on reload) and, optionally, the VIP-wide connection admission
+/// (`max_connections`, per-source limits, lb-wide counts for shutdown draining). Without
+/// `admit`, the VIP enforces `max_connections` itself.
+#[derive(Clone)]
+pub struct Hooks {
+    /// The pool to select from, read once per request.
+    pub pool: Arc<dyn Fn() -> Arc<Pool> + Send + Sync>,
+    /// Admits a client connection from this address; `None` refuses it.
+    pub admit: Option<Arc<dyn Fn(std::net::IpAddr) -> Option<Admitted> + Send + Sync>>,
+}
+
+impl Hooks {
+    /// A fixed pool, own admission (tests, simple embedding).
+    pub fn fixed(pool: Arc<Pool>) -> Hooks {
+        Hooks {
+            pool: Arc::new(move || Arc::clone(&pool)),
+            admit: None,
+        }
+    }
+
+    /// A pool the owner swaps on reload, own admission.
+    pub fn swapped(pool: Arc<ArcSwap<Pool>>) -> Hooks {
+        Hooks {
+            pool: Arc::new(move || pool.load_full()),
+            admit: None,
+        }
+    }
+}
+
+/// One L7 VIP: its pool (swapped whole on reload by the owner), reloadable settings,
+/// certificates for HTTPS, and its connection count.
+pub struct HttpVip {
+    name: String,
+    mode: VipMode,
+    hooks: Hooks,
+    settings: ArcSwap<Settings>,
+    certs: Option<Arc<CertStore>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    active: AtomicU64,
+    /// Ends every connection at once (after the drain period).
+    kill: CancellationToken,
+}
+
+impl std::fmt::Debug for HttpVip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpVip")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("active", &self.active())
+            .finish()
+    }
+}
+
+impl HttpVip {
+    /// Builds the VIP from its config and the owner's [`Hooks`] (every request reads
+    /// the current pool through them). Loads the
+    /// certificates of an HTTPS VIP and the backend TLS settings; errors name the VIP.
+    pub fn new(cfg: &VipConfig, hooks: Hooks) -> Result<Arc<HttpVip>, SetupError> {
+        let (certs, tls) = match cfg.mode {
+            VipMode::Tcp => return Err(SetupError::NotHttp(cfg.name.clone())),
+            VipMode::Http => (None, None),
+            VipMode::Https => {
+                let tls_cfg = cfg
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
+                let certs_err = |source| SetupError::Certs {
+                    vip: cfg.name.clone(),
+                    source,
+                };
+                let store = CertStore::load(tls_cfg).map_err(certs_err)?;
+                let config = tls::server_config(&store).map_err(certs_err)?;
+                (Some(store), Some(config))
+            }
+        };
+        let settings = build_settings(cfg, None)?;
+        Ok(Arc::new(HttpVip {
+            name: cfg.name.clone(),
+            mode: cfg.mode,
+            hooks,
+            settings: ArcSwap::from_pointee(settings),
+            certs,
+            tls,
+            active: AtomicU64::new(0),
+            kill: CancellationToken::new(),
+        }))
+    }
+
+    /// VIP name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `http` or `https`.
+    pub fn mode(&self) -> VipMode {
+        self.mode
+    }
+
+    /// The pool currently serving requests.
+    pub fn pool(&self) -> Arc<Pool> {
+        (self.hooks.pool)()
+    }
+
+    /// Client connections open now (graceful shutdown waits for this to reach 0).
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Applies a reloaded config of the same VIP (same listen address and mode; the
+    /// owner restarts the listener otherwise): certificates re-read from the new
+    /// paths, header/timeout/sticky/retry options, backend TLS. All or nothing: on an
+    /// error the running settings stay.
+    pub fn reload(&self, cfg: &VipConfig) -> Result<(), SetupError> {
+        let old = self.settings.load_full();
+        let settings = build_settings(cfg, Some(&old))?;
+        if let Some(store) = &self.certs {
+            let tls_cfg = cfg
+                .tls
+                .as_ref()
+                .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
+            store.reload(Some(tls_cfg)).map_err(|source| SetupError::Certs {
+                vip: cfg.name.clone(),
+                source,
+            })?;
+        }
+        self.settings.store(Arc::new(settings));
+        Ok(())
+    }
+
+    /// Re-reads the certificate files (same paths) so renewed certificates are served
+    /// to new handshakes; open connections keep theirs. A no-op for plain HTTP. On an
+    /// error the old certificates stay in use.
+    pub fn reload_certs(&self) -> Result<(), CertError> {
+        match &self.certs {
+            Some(store) => store.reload(None),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes every client connection now (the end of the drain period).
+    pub fn abort_connections(&self) {
+        self.kill.cancel();
+    }
+
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+}

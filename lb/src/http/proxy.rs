@@ -1,0 +1,363 @@
+//! One request through the proxy: rewrite the head, pick a backend (sticky cookie
+//! first), send, retry by the rules, report the outcome to passive ejection, and
+//! relay the response — or switch protocols and splice bytes after a 101.
+//!
+//! Retry rules (read from [`ProxyError`] fields, never from messages):
+//! * nothing was sent (connect failed, or a pooled connection was found closed):
+//!   another backend, up to the VIP's `retries`;
+//! * the backend failed after the request left but before any response byte: an
+//!   idempotent request (GET, HEAD, OPTIONS) without a body is retried once
+//!   elsewhere; anything whose body was streamed is never retried;
+//! * a stale keep-alive connection (closed by the backend as we reused it) is retried
+//!   on a fresh connection to the same backend without blaming it, for body-less
+//!   idempotent requests.
+//!
+//! 5xx responses, connect failures, backend errors and timeouts count against the
+//! backend in the pool's outlier record; any other response clears it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, EXPECT, HOST, SET_COOKIE};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+
+use super::client::Conn;
+use super::errors::{error_response, ProxyError};
+use super::headers::{self, ClientInfo};
+use super::{empty, sticky, Body, HttpVip, BACKEND_ERRORS_TOTAL, REQUESTS_TOTAL, RESPONSES_TOTAL, RETRIES_TOTAL};
+use crate::backend::{Backend, Lease};
+use crate::pool::Pool;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS (`https` in forwarding headers).
+    pub tls: bool,
+}
+
+/// The rewritten head sent to backends, kept so a retry can rebuild the request.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Template {
+    fn build(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A response body that holds the backend lease until the body ends, so least_conn
+/// and `wait drained` see a request as active while its response still streams.
+struct Leased {
+    inner: Body,
+    lease: Option<Lease>,
+}
+
+impl hyper::body::Body for Leased {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            self.lease = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl HttpVip {
+    fn count_response(&self, backend: &str, status: StatusCode) {
+        metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.to_string(), "class" => status_class(status)).increment(1);
+    }
+
+    /// Serves one client request; never fails (failures become 502/503/504).
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        metrics::counter!(REQUESTS_TOTAL, "vip" => self.name.clone()).increment(1);
+        let settings = self.settings();
+        let pool = self.pool();
+        let mut req = req;
+
+        let host: Option<String> = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let Parts {
+            method,
+            uri,
+            version,
+            headers: mut hdrs,
+            ..
+        } = parts;
+
+        headers::strip_hop_by_hop(&mut hdrs, upgrade);
+        // 100-continue is answered by this hop when the body is first read.
+        hdrs.remove(EXPECT);
+        headers::add_forwarding(
+            &mut hdrs,
+            &ClientInfo {
+                ip: conn.peer.ip(),
+                proto: if conn.tls { "https" } else { "http" },
+                host: host.as_deref(),
+            },
+        );
+        if settings.http.via {
+            headers::add_via(&mut hdrs, version);
+        }
+        if !hdrs.contains_key(HOST) {
+            if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                hdrs.insert(HOST, v);
+            }
+        }
+        let origin = uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let sticky_value = settings
+            .http
+            .sticky_cookie
+            .as_deref()
+            .and_then(|name| headers::cookie(&hdrs, name))
+            .map(str::to_string);
+        let template = Template {
+            method: method.clone(),
+            uri,
+            headers: hdrs,
+        };
+
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let body_empty = body.is_end_stream();
+        let resendable = idempotent && body_empty;
+        let mut body: Option<Body> = Some(body.boxed());
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut connect_retries = 0u32;
+        let mut idempotent_retried = false;
+        let mut last_err: Option<ProxyError> = None;
+        loop {
+            let picked = sticky_value
+                .as_deref()
+                .and_then(|v| sticky::find(&pool, v, &tried).map(|l| (l, true)))
+                .or_else(|| pool.select(conn.peer.ip(), &tried).map(|l| (l, false)));
+            let Some((lease, pinned)) = picked else {
+                let err = last_err.unwrap_or(ProxyError::NoBackend);
+                if matches!(err, ProxyError::NoBackend) {
+                    self.count_response("-", err.status());
+                    tracing::warn!(vip = %self.name, "no backend in rotation: 503");
+                }
+                return error_response(&err);
+            };
+            let backend = Arc::clone(lease.backend());
+            let req_body = body.take().unwrap_or_else(empty);
+            match self.attempt(&backend, &template, req_body, resendable, &settings).await {
+                Ok((resp, c)) => {
+                    return self.respond(resp, c, lease, &pool, pinned, client_upgrade, &settings, conn.tls);
+                }
+                Err((err, returned)) => {
+                    metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => err.kind()).increment(1);
+                    if err.blames_backend() {
+                        pool.report_failure(&lease);
+                    }
+                    tracing::warn!(vip = %self.name, backend = %backend.name(), error = %err, "request failed");
+                    tried.push(lease.index());
+                    drop(lease);
+                    let retry = if err.nothing_sent() {
+                        body = returned;
+                        connect_retries += 1;
+                        connect_retries <= settings.retries && (body.is_some() || body_empty)
+                    } else if err.retry_if_idempotent() && resendable && !idempotent_retried {
+                        idempotent_retried = true;
+                        true
+                    } else {
+                        false
+                    };
+                    if !retry {
+                        self.count_response(backend.name(), err.status());
+                        return error_response(&err);
+                    }
+                    metrics::counter!(RETRIES_TOTAL, "vip" => self.name.clone()).increment(1);
+                    last_err = Some(err);
+                }
+            }
+        }
+    }
+
+    /// One try on `backend`: a pooled connection (or a fresh one when the pooled one
+    /// proves stale), the request, and the response head. On failure the body comes
+    /// back when it was not consumed.
+    async fn attempt(
+        &self,
+        backend: &Backend,
+        template: &Template,
+        body: Body,
+        resendable: bool,
+        settings: &super::Settings,
+    ) -> Result<(Response<Incoming>, Conn), (ProxyError, Option<Body>)> {
+        let mut body = body;
+        let mut fresh = false;
+        loop {
+            let mut c = match settings.client.checkout(backend, fresh).await {
+                Ok(c) => c,
+                Err(e) => return Err((e, Some(body))),
+            };
+            let send = c.sender.try_send_request(template.build(body));
+            let result = match settings.http.backend_timeout {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err((
+                            ProxyError::Timeout {
+                                backend: backend.name().to_string(),
+                                timeout: t,
+                            },
+                            None,
+                        ))
+                    }
+                },
+                None => send.await,
+            };
+            match result {
+                Ok(resp) => return Ok((resp, c)),
+                Err(mut e) => {
+                    if let Some(req) = e.take_message() {
+                        let returned = req.into_body();
+                        if c.reused && !fresh {
+                            fresh = true;
+                            body = returned;
+                            continue;
+                        }
+                        return Err((
+                            ProxyError::NotSent {
+                                backend: backend.name().to_string(),
+                            },
+                            Some(returned),
+                        ));
+                    }
+                    let source = e.into_error();
+                    let stale = source.is_incomplete_message() || source.is_closed() || source.is_canceled();
+                    if c.reused && !fresh && resendable && stale {
+                        tracing::debug!(backend = %backend.id(), "stale keep-alive connection; resending on a fresh one");
+                        fresh = true;
+                        body = empty();
+                        continue;
+                    }
+                    return Err((
+                        ProxyError::BeforeResponse {
+                            backend: backend.name().to_string(),
+                            source,
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        c: Conn,
+        lease: Lease,
+        pool: &Pool,
+        pinned: bool,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        settings: &super::Settings,
+        tls: bool,
+    ) -> Response<Body> {
+        let status = resp.status();
+        if status.is_server_error() {
+            pool.report_failure(&lease);
+        } else {
+            pool.report_success(&lease);
+        }
+        let backend = Arc::clone(lease.backend());
+        self.count_response(backend.name(), status);
+
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut lease = Some(lease);
+        match (switching, client_upgrade) {
+            (true, Some(client_up)) => {
+                let backend_up = hyper::upgrade::on(&mut resp);
+                let held = lease.take();
+                let id = backend.id();
+                tokio::spawn(async move {
+                    let _held = held;
+                    match futures::future::try_join(client_up, backend_up).await {
+                        Ok((cu, bu)) => {
+                            let mut cu = TokioIo::new(cu);
+                            let mut bu = TokioIo::new(bu);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut cu, &mut bu).await {
+                                tracing::debug!(backend = %id, error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(backend = %id, error = %e, "upgrade failed"),
+                    }
+                });
+                drop(c);
+            }
+            _ => settings.client.checkin(c),
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        if settings.http.via {
+            headers::add_via(&mut parts.headers, parts.version);
+        }
+        if let Some(name) = settings.http.sticky_cookie.as_deref() {
+            if !pinned {
+                if let Some(v) = headers::sticky_set_cookie(name, &sticky::cookie_value(&backend), tls) {
+                    parts.headers.append(SET_COOKIE, v);
+                }
+            }
+        }
+        let body: Body = match lease {
+            Some(lease) => Leased {
+                inner: body.boxed(),
+                lease: Some(lease),
+            }
+            .boxed(),
+            None => body.boxed(),
+        };
+        Response::from_parts(parts, body)
+    }
+}

@@ -1,0 +1,189 @@
+//! TLS termination for `mode = "https"` VIPs: several certificate/key pairs per VIP
+//! chosen by SNI, the first pair being the default, swapped atomically on reload.
+//!
+//! Each pair's names are read from the leaf certificate's subjectAltName DNS entries
+//! (exact names and `*.example.com` wildcards, matching one label as RFC 6125 says).
+//! A handshake whose SNI matches no name — or that sends none, as IP-literal clients
+//! do — gets the default pair. [`CertStore::reload`] re-reads every file and swaps
+//! the whole set only if all of them load, so a bad file on reload keeps the old
+//! certificates serving; handshakes after the swap see the new set while established
+//! connections keep the session they negotiated.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use shared::config::{CertPair, TlsConfig};
+use shared::tls::{load_certs, load_key, provider, TlsError};
+
+/// One loaded pair and the names it serves (lower case; wildcards as `*.suffix`).
+#[derive(Debug)]
+struct Entry {
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
+}
+
+/// Why a VIP's certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// The TLS section has no pair.
+    #[error("no certificate configured")]
+    Empty,
+    /// A file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] TlsError),
+    /// The key does not fit the certificate, or rustls rejected it.
+    #[error("{}: {reason}", path.display())]
+    Pair {
+        /// The certificate file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The certificates of one VIP, shared by its resolver and its reload hook.
+#[derive(Debug)]
+pub struct CertStore {
+    pairs: ArcSwap<Vec<CertPair>>,
+    entries: ArcSwap<Vec<Entry>>,
+}
+
+fn load_pair(pair: &CertPair) -> Result<Entry, CertError> {
+    let chain = load_certs(&pair.cert)?;
+    let key = load_key(&pair.key)?;
+    let bad = |reason: String| CertError::Pair {
+        path: pair.cert.clone(),
+        reason,
+    };
+    let mut names = Vec::new();
+    {
+        let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
+        let parsed = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+        for n in parsed.valid_dns_names() {
+            names.push(n.trim_end_matches('.').to_ascii_lowercase());
+        }
+    }
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+    Ok(Entry {
+        names,
+        key: Arc::new(certified),
+    })
+}
+
+fn load_all(pairs: &[CertPair]) -> Result<Vec<Entry>, CertError> {
+    if pairs.is_empty() {
+        return Err(CertError::Empty);
+    }
+    pairs.iter().map(load_pair).collect()
+}
+
+/// True when a certificate name (`mail.example.com` or `*.example.com`) covers `sni`.
+pub fn name_matches(pattern: &str, sni: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        match sni.split_once('.') {
+            Some((label, rest)) => !label.is_empty() && rest == suffix,
+            None => false,
+        }
+    } else {
+        pattern == sni
+    }
+}
+
+impl CertStore {
+    /// Loads every pair of `cfg`; all must load.
+    pub fn load(cfg: &TlsConfig) -> Result<Arc<CertStore>, CertError> {
+        let entries = load_all(&cfg.certs)?;
+        for e in &entries {
+            tracing::debug!(names = ?e.names, "certificate loaded");
+        }
+        Ok(Arc::new(CertStore {
+            pairs: ArcSwap::from_pointee(cfg.certs.clone()),
+            entries: ArcSwap::from_pointee(entries),
+        }))
+    }
+
+    /// Re-reads the files (of `cfg` when given, else the current ones) and swaps the
+    /// set in; on any error nothing changes and the error is returned.
+    pub fn reload(&self, cfg: Option<&TlsConfig>) -> Result<(), CertError> {
+        let pairs = match cfg {
+            Some(c) => c.certs.clone(),
+            None => self.pairs.load().as_ref().clone(),
+        };
+        let entries = load_all(&pairs)?;
+        self.entries.store(Arc::new(entries));
+        self.pairs.store(Arc::new(pairs));
+        Ok(())
+    }
+
+    /// The certificate for `sni` (exact name first, then wildcard, then the default).
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let entries = self.entries.load();
+        if let Some(sni) = sni {
+            let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+            let exact = entries.iter().find(|e| e.names.iter().any(|n| *n == sni));
+            let wild = || {
+                entries
+                    .iter()
+                    .find(|e| e.names.iter().any(|n| n.starts_with("*.") && name_matches(n, &sni)))
+            };
+            if let Some(e) = exact.or_else(wild) {
+                return Some(Arc::clone(&e.key));
+            }
+        }
+        entries.first().map(|e| Arc::clone(&e.key))
+    }
+
+    /// The certificate files currently served.
+    pub fn files(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.pairs
+            .load()
+            .iter()
+            .map(|p| (p.cert.clone(), p.key.clone()))
+            .collect()
+    }
+}
+
+/// rustls' hook into the store.
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.pick(hello.server_name())
+    }
+}
+
+/// The server configuration of an HTTPS VIP: TLS 1.2 and 1.3 with the `ring`
+/// provider, ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
+/// certificates from `store` (so a reload needs no new configuration).
+pub fn server_config(store: &Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::from)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(Arc::clone(store))));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_one_label() {
+        assert!(name_matches("*.example.com", "mail.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(name_matches("mail.example.com", "mail.example.com"));
+        assert!(!name_matches("mail.example.com", "web.example.com"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The L4 proxy: one accept loop per `mode = "tcp"` VIP and one task per client.
+//!
+//! Per connection: admission limits, then up to `1 + retries` attempts, each picking a
+//! backend not yet tried ([`crate::pool::Pool::select`]), connecting within
+//! `connect_timeout` and writing the PROXY header. A failed attempt is reported for
+//! passive ejection and the next backend tried, so a dead node not yet detected costs
+//! the client nothing (nothing has been relayed yet, so a retry is invisible). When
+//! nothing is left the client gets its protocol's temporary-failure greeting
+//! ([`crate::refuse`]) instead of a reset. Then [`crate::copy::relay`] moves bytes
+//! with `TCP_NODELAY` on both legs and the VIP's idle timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::config::{MailProtocol, ProxyVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::backend::Lease;
+use crate::copy;
+use crate::error::ProxyError;
+use crate::refuse::refusal;
+use crate::vip::{ConnGuard, Refusal, VipSlot, VipState};
+
+/// How long a refusal greeting may take to deliver before the socket is dropped.
+const REFUSAL_WRITE: Duration = Duration::from_secs(5);
+/// After a refusal, how long to wait for the client to close (so unread client bytes
+/// do not turn our close into a reset that could discard the greeting).
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// Pause after an accept error (e.g. out of file descriptors) so it cannot spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts clients of `slot` until its token is cancelled (reload removal,
+/// `stop_accepting`, shutdown). Dropping out of the loop closes the listening socket.
+pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = slot.cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (client, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(vip = %slot.state.load().cfg.name, "accept: {e}");
+                tokio::select! {
+                    _ = slot.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let state = slot.state.load_full();
+        match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
+            Ok(guard) => {
+                tokio::spawn(serve(client, peer, state, guard));
+            }
+            Err(why) => {
+                match why {
+                    Refusal::MaxConnections => state.refused_max.increment(1),
+                    Refusal::PerSource => state.refused_per_source.increment(1),
+                }
+                tracing::debug!(vip = %state.cfg.name, client = %peer, "refused: {why:?}");
+                tokio::spawn(refuse(client, state.cfg.protocol));
+            }
+        }
+    }
+}
+
+/// Serves one admitted client to the end.
+async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().unwrap_or(state.cfg.listen);
+    let Some((lease, backend)) = connect_any(&state, peer, local).await else {
+        state.refused_no_backend.increment(1);
+        tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
+        refuse(client, state.cfg.protocol).await;
+        return;
+    };
+    let m = &lease.backend().metrics;
+    match copy::relay(
+        &client,
+        &backend,
+        state.cfg.idle_timeout,
+        &m.bytes_to_backend,
+        &m.bytes_to_client,
+    )
+    .await
+    {
+        Ok(r) => tracing::trace!(
+            vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
+            to_backend = r.to_backend, to_client = r.to_client, "closed"
+        ),
+        Err(e) => tracing::debug!(
+            vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
+            side = ?e.side(), "closed: {e}"
+        ),
+    }
+}
+
+/// Tries backends until one accepts (and took the PROXY header), or none is left.
+async fn connect_any(
+    state: &VipState,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<(Lease, TcpStream)> {
+    let pool = &state.pool;
+    let mut tried: Vec<usize> = Vec::new();
+    for attempt in 0..=state.cfg.retries {
+        let lease = pool.select(peer.ip(), &tried)?;
+        if attempt > 0 {
+            state.retries.increment(1);
+        }
+        match connect(&state.cfg, lease.backend().address(), peer, local).await {
+            Ok(stream) => {
+                pool.report_success(&lease);
+                return Some((lease, stream));
+            }
+            Err(e) => {
+                tracing::debug!(
+                    vip = %state.cfg.name, backend = %lease.backend().name(),
+                    attempt, "{e}"
+                );
+                if e.counts_against_backend() {
+                    pool.report_failure(&lease);
+                }
+                tried.push(lease.index());
+                if !e.retry_safe() {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Connects to `addr` within the VIP's connect timeout and sends the PROXY header.
+async fn connect(
+    cfg: &shared::config::VipConfig,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
+        Err(_) => {
+            return Err(ProxyError::ConnectTimeout {
+                addr,
+                timeout: cfg.connect_timeout,
+            })
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    if let Some(version) = cfg.proxy_protocol {
+        let header = match version {
+            ProxyVersion::V1 => shared::proxy_protocol::v1(peer, local),
+            ProxyVersion::V2 => shared::proxy_protocol::v2(peer, local),
+        };
+        write_header(&stream, &header, cfg.connect_timeout)
+            .await
+            .map_err(|source| ProxyError::ProxyHeader { addr, source })?;
+    }
+    Ok(stream)
+}
+
+async fn write_header(stream: &TcpStream, header: &[u8], timeout: Duration) -> io::Result<()> {
+    let write = async {
+        let mut off = 0;
+        while off < header.len() {
+            stream.writable().await?;
+            match stream.try_write(&header[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+}
+
+/// Answers in the VIP's protocol and closes: the greeting, a write shutdown, then a
+/// short bounded wait for the client to close so the greeting is not lost to a reset.
+async fn refuse(mut client: TcpStream, protocol: MailProtocol) {
+    let Some(bytes) = refusal(protocol) else {
+        return; // opaque TCP: just close
+    };
+    match tokio::time::timeout(REFUSAL_WRITE, client.write_all(bytes)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let mut budget = 64 * 1024usize;
+        while budget > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}

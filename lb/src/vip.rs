@@ -1,0 +1,192 @@
+//! A VIP at run time: its listener slot (kept across reloads while the listen address
+//! and mode stay the same), the current config + pool snapshot in an [`ArcSwap`]
+//! replaced whole on reload and read lock-free per connection, and the connection
+//! admission limits (`max_connections`, `max_connections_per_source`) enforced by a
+//! [`ConnGuard`] that gives its counts back on drop.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge};
+use shared::config::{VipConfig, VipMode};
+use shared::status::{BackendStatus, VipStatus};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::Pool;
+
+/// Connection counts over the whole lb, for shutdown draining.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub active: AtomicU64,
+    pub idle: Notify,
+}
+
+/// The config and pool a VIP serves with right now.
+pub struct VipState {
+    /// The VIP's (validated) config.
+    pub cfg: VipConfig,
+    /// Its pool.
+    pub pool: Arc<Pool>,
+    pub(crate) retries: Counter,
+    pub(crate) refused_no_backend: Counter,
+    pub(crate) refused_max: Counter,
+    pub(crate) refused_per_source: Counter,
+}
+
+impl VipState {
+    pub(crate) fn new(cfg: VipConfig, pool: Arc<Pool>) -> VipState {
+        let vip = cfg.name.clone();
+        let refused = |reason: &'static str| metrics::counter!(crate::metrics::REFUSED_TOTAL, "vip" => vip.clone(), "reason" => reason);
+        VipState {
+            retries: metrics::counter!(crate::metrics::RETRIES_TOTAL, "vip" => vip.clone()),
+            refused_no_backend: refused("no_backend"),
+            refused_max: refused("max_connections"),
+            refused_per_source: refused("max_per_source"),
+            cfg,
+            pool,
+        }
+    }
+
+    /// The `/status` view of this VIP.
+    pub fn status(&self) -> VipStatus {
+        let healthy = self.pool.healthy();
+        VipStatus {
+            name: self.cfg.name.clone(),
+            up: healthy >= self.cfg.min_healthy,
+            healthy,
+            total: self.pool.backends().len(),
+            backends: self
+                .pool
+                .backends()
+                .iter()
+                .map(|b| BackendStatus {
+                    name: b.name().to_string(),
+                    state: b.state_str().to_string(),
+                    admin: b.admin().as_str().to_string(),
+                    active: b.active(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One VIP's listener and connection counters.
+pub struct VipSlot {
+    /// The configured listen address.
+    pub configured: SocketAddr,
+    /// The bound address (differs from `configured` when it asked for port 0).
+    pub local: SocketAddr,
+    /// Listener kind.
+    pub mode: VipMode,
+    /// Current config and pool.
+    pub state: ArcSwap<VipState>,
+    active: AtomicU64,
+    per_source: Mutex<HashMap<IpAddr, u32>>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    totals: Arc<Totals>,
+    gauge: Gauge,
+}
+
+impl VipSlot {
+    pub(crate) fn new(
+        state: VipState,
+        local: SocketAddr,
+        cancel: CancellationToken,
+        totals: Arc<Totals>,
+    ) -> VipSlot {
+        let gauge = metrics::gauge!(crate::metrics::VIP_CONNECTIONS_ACTIVE, "vip" => state.cfg.name.clone());
+        VipSlot {
+            configured: state.cfg.listen,
+            local,
+            mode: state.cfg.mode,
+            state: ArcSwap::from_pointee(state),
+            active: AtomicU64::new(0),
+            per_source: Mutex::new(HashMap::new()),
+            cancel,
+            task: Mutex::new(None),
+            totals,
+            gauge,
+        }
+    }
+
+    /// Client connections open on this VIP.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// Why a client was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` reached.
+    MaxConnections,
+    /// `max_connections_per_source` reached for this client address.
+    PerSource,
+}
+
+/// One admitted client connection; dropping it gives back the VIP, per-source and
+/// lb-wide counts.
+pub struct ConnGuard {
+    slot: Arc<VipSlot>,
+    source: Option<IpAddr>,
+}
+
+impl ConnGuard {
+    /// Admits a connection from `ip` under `cfg`'s limits.
+    pub fn admit(slot: &Arc<VipSlot>, ip: IpAddr, cfg: &VipConfig) -> Result<ConnGuard, Refusal> {
+        let now = slot.active.fetch_add(1, Ordering::AcqRel) + 1;
+        if cfg.max_connections.is_some_and(|max| now > u64::from(max)) {
+            slot.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::MaxConnections);
+        }
+        let source = match cfg.max_connections_per_source {
+            Some(max) => {
+                let mut map = slot.per_source.lock().unwrap_or_else(|p| p.into_inner());
+                let n = map.entry(ip).or_insert(0);
+                if *n >= max {
+                    drop(map);
+                    slot.active.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Refusal::PerSource);
+                }
+                *n += 1;
+                Some(ip)
+            }
+            None => None,
+        };
+        slot.totals.active.fetch_add(1, Ordering::AcqRel);
+        slot.gauge.increment(1.0);
+        Ok(ConnGuard {
+            slot: Arc::clone(slot),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.source {
+            let mut map = self
+                .slot
+                .per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.slot.gauge.decrement(1.0);
+        self.slot.active.fetch_sub(1, Ordering::AcqRel);
+        if self.slot.totals.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.slot.totals.idle.notify_waiters();
+        }
+    }
+}
