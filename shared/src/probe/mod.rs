@@ -12,6 +12,11 @@ use std::sync::Arc;
 
 use crate::config::{ProbeConfig, ProbeKind};
 
+pub(crate) mod conn;
+pub(crate) mod lines;
+pub mod smtp;
+pub mod tcp;
+
 /// Why a probe failed; `Display` is the operator-facing reason shown by
 /// `show backends` (e.g. `connection refused`, `greeting "554 5.3.2 busy"`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,14 +85,54 @@ pub trait Probe: Send + Sync + 'static {
 }
 
 /// Builds the probe `cfg` describes, aimed at `target`.
+///
+/// TLS material (CA bundle or system roots, server name) is prepared here, once, so a
+/// bad CA file is a config-load error and checks do not re-read it.
 pub fn build(cfg: &ProbeConfig, target: SocketAddr) -> Result<Arc<dyn Probe>, BuildError> {
-    let _ = (cfg.kind == ProbeKind::Tcp, target);
-    todo_build(cfg, target)
-}
-
-fn todo_build(cfg: &ProbeConfig, target: SocketAddr) -> Result<Arc<dyn Probe>, BuildError> {
-    Err(BuildError(format!(
-        "probe kind {} at {target} not built yet",
-        cfg.kind.as_str()
-    )))
+    if cfg.tls && cfg.starttls {
+        return Err(BuildError(
+            "tls (implicit TLS) and starttls are mutually exclusive".into(),
+        ));
+    }
+    let http_like = matches!(
+        cfg.kind,
+        ProbeKind::Http | ProbeKind::Mapi | ProbeKind::LbStatus
+    );
+    if cfg.starttls
+        && !matches!(
+            cfg.kind,
+            ProbeKind::Smtp | ProbeKind::Imap | ProbeKind::Pop3
+        )
+    {
+        return Err(BuildError(format!(
+            "starttls is not available for {} probes",
+            cfg.kind.as_str()
+        )));
+    }
+    let alpn: &[&[u8]] = if http_like { &[b"http/1.1"] } else { &[] };
+    let tls = if cfg.tls || cfg.starttls {
+        Some(conn::TlsParams::from_config(cfg, target, alpn)?)
+    } else {
+        None
+    };
+    let (implicit_tls, starttls) = if cfg.starttls {
+        (None, tls)
+    } else {
+        (tls, None)
+    };
+    let endpoint = conn::Endpoint {
+        target,
+        send_proxy: cfg.send_proxy,
+        implicit_tls,
+    };
+    Ok(match cfg.kind {
+        ProbeKind::Tcp => Arc::new(tcp::TcpProbe::new(endpoint)),
+        ProbeKind::Smtp => Arc::new(smtp::SmtpProbe::new(endpoint, starttls, &cfg.helo)),
+        other => {
+            return Err(BuildError(format!(
+                "probe kind {} at {target} not built yet",
+                other.as_str()
+            )))
+        }
+    })
 }
