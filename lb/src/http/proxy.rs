@@ -24,7 +24,7 @@ use http::header::{HeaderValue, EXPECT, HOST, SET_COOKIE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use super::client::Conn;
