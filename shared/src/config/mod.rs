@@ -38,3 +38,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     };
     validate::validate(raw, text, path)
 }
+
+#[cfg(test)]
+mod tests;

@@ -198,6 +198,9 @@ pub(crate) struct RawProbeDefaults {
     pub fall: O<i64>,
 }
 
+/// A name's `answers`: site → addresses, each with its span.
+pub(crate) type RawAnswers = BTreeMap<S<String>, S<Vec<S<String>>>>;
+
 /// `[[gss.name]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,7 +209,7 @@ pub(crate) struct RawName {
     pub policy: O<String>,
     pub sites: O<Vec<S<String>>>,
     pub weights: O<BTreeMap<S<String>, S<i64>>>,
-    pub answers: O<BTreeMap<S<String>, S<Vec<S<String>>>>>,
+    pub answers: O<RawAnswers>,
     pub failback: O<String>,
     pub failback_after: O<toml::Value>,
     pub all_down: O<String>,
