@@ -1,0 +1,256 @@
+//! End-to-end tests of the L4 proxy through real loopback sockets: retries past a
+//! dead backend, refusals in protocol, half-close, PROXY v2, per-source limits.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use shared::config::{MailProtocol, ProxyVersion};
+use shared::testing::{Behaviour, FakeKind, FakeOptions, FakeServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `msg` through the VIP to an echo backend and checks it comes back.
+async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(msg).await.map_err(|e| e.to_string())?;
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    if got != msg {
+        return Err(format!("echo mismatch: {got:?}"));
+    }
+    Ok(())
+}
+
+async fn two_hundred_through(ejection: bool) {
+    let good = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
+    let dead = FakeServer::start(FakeKind::Echo, Behaviour::Refuse).await;
+    let mut cfg = vip(
+        "echo",
+        MailProtocol::None,
+        &[("good", good.addr()), ("dead", dead.addr())],
+    );
+    if !ejection {
+        cfg.ejection.consecutive_failures = 0;
+    }
+    // Probes say both are fine: the dead one is "not yet detected".
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let addr = addr(&lb, "echo");
+    let sem = Arc::new(tokio::sync::Semaphore::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            echo_once(addr, format!("hello {i}\n").as_bytes()).await
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.expect("join") {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        good.connections() >= 200,
+        "every session landed on the live backend"
+    );
+    let dead = lb.backend("echo", "dead").expect("backend");
+    if ejection {
+        assert_eq!(dead.state_str(), "ejected", "connect failures ejected it");
+    } else {
+        assert!(
+            !dead.is_ejected() && dead.in_rotation(),
+            "only retries hid it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_an_undetected_dead_backend() {
+    two_hundred_through(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_eject_the_dead_backend() {
+    two_hundred_through(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_down_refuses_in_protocol() {
+    let dead = FakeServer::start(FakeKind::Smtp, Behaviour::Refuse).await;
+    let b = [("mx1", dead.addr())];
+    let vips = [
+        vip("smtp", MailProtocol::Smtp, &b),
+        vip("imap", MailProtocol::Imap, &b),
+        vip("pop3", MailProtocol::Pop3, &b),
+        vip("raw", MailProtocol::None, &b),
+    ];
+    let vips = vips.map(|mut v| {
+        v.probe.timing = timing(300, 100, 1, 1);
+        v
+    });
+    let (lb, _events) = start(&vips, scripted(Arc::new(AtomicBool::new(false)))).await;
+    eventually(WAIT, || {
+        lb.status()
+            .iter()
+            .all(|v| v.healthy == 0 && !v.up && v.backends[0].state == "down")
+    })
+    .await
+    .expect("marked down");
+    for (name, want) in [
+        (
+            "smtp",
+            "421 4.3.2 Service not available, try again later\r\n",
+        ),
+        ("imap", "* BYE Service not available, try again later\r\n"),
+        ("pop3", "-ERR Service not available, try again later\r\n"),
+    ] {
+        let mut c = Client::connect(addr(&lb, name)).await;
+        assert_eq!(c.line().await, want, "{name}");
+        assert_eq!(c.line().await, "", "{name}: closed after the refusal");
+    }
+    let mut c = Client::connect(addr(&lb, "raw")).await;
+    assert_eq!(c.line().await, "", "opaque TCP is just closed");
+
+    // Also when probes still say up but every connect fails (retries exhausted).
+    let flag = Arc::new(AtomicBool::new(true));
+    let (lb2, _e) = start(&[vip("smtp", MailProtocol::Smtp, &b)], scripted(flag)).await;
+    let mut c = Client::connect(addr(&lb2, "smtp")).await;
+    assert!(c.line().await.starts_with("421 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_is_forwarded_and_the_other_direction_keeps_flowing() {
+    let echo = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
+    let (lb, _e) = start(
+        &[vip("echo", MailProtocol::None, &[("e", echo.addr())])],
+        scripted(Arc::new(AtomicBool::new(true))),
+    )
+    .await;
+    let mut s = TcpStream::connect(addr(&lb, "echo"))
+        .await
+        .expect("connect");
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&payload).await.expect("write");
+    s.shutdown().await.expect("half-close");
+    // The echo backend only closes after it sees our FIN, and keeps sending until then.
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .expect("backend's FIN forwarded back in time")
+        .expect("read");
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "bytes intact");
+    assert!(
+        echo.wait_until(WAIT, |f| f.sessions_completed() >= 1).await,
+        "backend saw EOF"
+    );
+    eventually(WAIT, || lb.active_connections() == 0)
+        .await
+        .expect("connection released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v2_header_carries_the_real_client() {
+    let mx = FakeServer::start_with(
+        FakeKind::Smtp,
+        Behaviour::Good,
+        FakeOptions::new().expect_proxy(),
+    )
+    .await;
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
+    cfg.proxy_protocol = Some(ProxyVersion::V2);
+    let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let vip_addr = addr(&lb, "smtp");
+    let mut c = Client::connect(vip_addr).await;
+    let me = c.reader.get_ref().local_addr().expect("local");
+    assert!(
+        c.line().await.starts_with("220 "),
+        "backend accepted the header"
+    );
+    let h = mx.last_proxy_header().expect("header received");
+    assert_eq!(h.version, shared::proxy_protocol::Version::V2);
+    assert_eq!(
+        h.addrs,
+        Some((me, vip_addr)),
+        "source is the client, destination the VIP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_source_is_enforced() {
+    let mx = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
+    cfg.max_connections_per_source = Some(2);
+    let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let a = addr(&lb, "smtp");
+    let mut first = Client::connect(a).await;
+    let mut second = Client::connect(a).await;
+    assert!(first.line().await.starts_with("220 "));
+    assert!(second.line().await.starts_with("220 "));
+    let mut third = Client::connect(a).await;
+    assert!(
+        third.line().await.starts_with("421 "),
+        "third from one source refused in kind"
+    );
+    drop(first);
+    eventually(WAIT, || lb.active_connections() == 1)
+        .await
+        .expect("slot released");
+    let mut again = Client::connect(a).await;
+    assert!(
+        again.line().await.starts_with("220 "),
+        "room again after one closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_vip_is_enforced() {
+    let mx = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
+    cfg.max_connections = Some(1);
+    let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let a = addr(&lb, "smtp");
+    let mut first = Client::connect(a).await;
+    assert!(first.line().await.starts_with("220 "));
+    let mut second = Client::connect(a).await;
+    assert!(second.line().await.starts_with("421 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_idle_timeout() {
+    let echo = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
+    let mut cfg = vip("echo", MailProtocol::None, &[("e", echo.addr())]);
+    cfg.idle_timeout = Duration::from_millis(300);
+    let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let mut s = TcpStream::connect(addr(&lb, "echo"))
+        .await
+        .expect("connect");
+    s.write_all(b"x").await.expect("write");
+    let mut buf = [0u8; 8];
+    let n = s.read(&mut buf).await.expect("echo");
+    assert_eq!(&buf[..n], b"x");
+    let start = tokio::time::Instant::now();
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed by the idle timeout");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "not before the timeout"
+    );
+}
