@@ -89,9 +89,14 @@ impl<'a> Collector<'a> {
         }
     }
 
-    /// 1-based (line, col) of a byte offset; offsets past the end clamp to it.
+    /// 1-based (line, col) of a byte offset; offsets past the end clamp to it, and
+    /// the end of a file that ends in a newline is shown as the end of its last
+    /// line (where an editor puts "unexpected end of file").
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let mut offset = offset.min(self.text.len());
+        if offset == self.text.len() && self.text.ends_with('\n') {
+            offset -= 1;
+        }
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
@@ -140,7 +145,8 @@ mod tests {
         assert_eq!(c.position(6), (2, 1));
         // "bé = " is 6 bytes but 5 characters.
         assert_eq!(c.position(12), (2, 6));
-        assert_eq!(c.position(999), (3, 1));
+        assert_eq!(c.position(999), (2, 9));
+        assert_eq!(c.position(text.len()), (2, 9));
     }
 
     #[test]

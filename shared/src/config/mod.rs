@@ -32,7 +32,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         Err(e) => {
             let mut c = error::Collector::new(text, path);
             let span = e.span().unwrap_or(0..0);
-            c.err(span, e.message().trim().to_string());
+            c.err(span, e.message().trim().replace('\n', "; "));
             return Err(c.finish());
         }
     };
