@@ -94,6 +94,13 @@ pub struct Lb {
     inner: Arc<Inner>,
 }
 
+/// A reused backend, its new config and, if its probe changed, the new probe.
+type Reconfig = (
+    Arc<Backend>,
+    shared::config::BackendConfig,
+    Option<(Arc<dyn Probe>, ProbeConfig)>,
+);
+
 /// What a prepared (not yet applied) reload of one VIP holds.
 struct Planned {
     cfg: VipConfig,
@@ -101,11 +108,7 @@ struct Planned {
     slot: Result<Arc<VipSlot>, Option<TcpListener>>,
     backends: Vec<Arc<Backend>>,
     /// Reused backends with their new config and, if the probe changed, new probe.
-    reconfigure: Vec<(
-        Arc<Backend>,
-        shared::config::BackendConfig,
-        Option<(Arc<dyn Probe>, ProbeConfig)>,
-    )>,
+    reconfigure: Vec<Reconfig>,
     fresh: Vec<Arc<Backend>>,
 }
 
