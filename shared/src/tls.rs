@@ -151,7 +151,7 @@ pub fn describe_error(err: &rustls::Error) -> String {
             C::UnknownIssuer => "unknown certificate issuer".into(),
             C::NotValidForName => "certificate not valid for the server name".into(),
             C::NotValidForNameContext { expected, .. } => {
-                format!("certificate not valid for {expected:?}")
+                format!("certificate not valid for {:?}", expected.to_str())
             }
             C::Revoked => "certificate revoked".into(),
             C::BadSignature => "bad certificate signature".into(),

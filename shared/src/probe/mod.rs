@@ -13,7 +13,12 @@ use std::sync::Arc;
 use crate::config::{ProbeConfig, ProbeKind};
 
 pub(crate) mod conn;
+pub mod http;
+pub mod imap;
+pub mod lb_status;
 pub(crate) mod lines;
+pub mod mapi;
+pub mod pop3;
 pub mod smtp;
 pub mod tcp;
 
@@ -128,11 +133,12 @@ pub fn build(cfg: &ProbeConfig, target: SocketAddr) -> Result<Arc<dyn Probe>, Bu
     Ok(match cfg.kind {
         ProbeKind::Tcp => Arc::new(tcp::TcpProbe::new(endpoint)),
         ProbeKind::Smtp => Arc::new(smtp::SmtpProbe::new(endpoint, starttls, &cfg.helo)),
-        other => {
-            return Err(BuildError(format!(
-                "probe kind {} at {target} not built yet",
-                other.as_str()
-            )))
+        ProbeKind::Imap => Arc::new(imap::ImapProbe::new(endpoint, starttls)),
+        ProbeKind::Pop3 => Arc::new(pop3::Pop3Probe::new(endpoint, starttls)),
+        ProbeKind::Http => Arc::new(http::HttpProbe::new(endpoint, cfg).map_err(BuildError)?),
+        ProbeKind::Mapi => Arc::new(mapi::MapiProbe::new(endpoint, cfg).map_err(BuildError)?),
+        ProbeKind::LbStatus => {
+            Arc::new(lb_status::LbStatusProbe::new(endpoint, cfg).map_err(BuildError)?)
         }
     })
 }

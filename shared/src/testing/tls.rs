@@ -40,12 +40,18 @@ impl TestPki {
     }
 
     fn generate(names: &[&str], expired: bool) -> TestPki {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "Portico test CA");
+            .push(DnType::CommonName, format!("Portico test CA {id}"));
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -66,12 +72,8 @@ impl TestPki {
         }
         let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
 
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portico-testpki-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Distinct CA names, so a wrong CA reads as "unknown issuer", not a bad signature.
+        let dir = std::env::temp_dir().join(format!("portico-testpki-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let pki = TestPki {
             ca_cert: ca.der().clone(),
