@@ -115,6 +115,8 @@ impl Core {
     /// Renders the zone for the current health; stores it when the answers changed (or
     /// `force`), recording an event per name whose answer moved.
     fn rerender(&self, st: &State, force: bool) {
+        // Health changed: the failback timer recomputes its deadline either way.
+        self.wake.notify_one();
         let view = Core::view(st);
         let prev = self.zone.load_full();
         let next = render(st.tpl.clone(), &view, Instant::now(), Some(&prev));
@@ -149,7 +151,6 @@ impl Core {
                 self.events.record(name, format!("{msg}; serial {serial}"));
             }
         }
-        self.wake.notify_one();
     }
 
     fn apply_change(&self, st: &State, site: &str, change: Change) {

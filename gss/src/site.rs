@@ -171,10 +171,8 @@ impl SiteState {
         {
             self.first_fail_at = None;
         }
-        if self.up.is_none() {
-            // Cold start: the state is decided once every keepalive has spoken.
-            return None;
-        }
+        // Cold start: the state is decided once every keepalive has spoken.
+        self.up?;
         self.refresh(now, None)
     }
 

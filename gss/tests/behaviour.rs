@@ -1,0 +1,399 @@
+//! Operator overrides, explain, all-down, weighted split, client (CIDR/ECS) rules,
+//! cold start and reload, with keepalives driven by switches the test flips.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::RecordType;
+use shared::admin::{Command, Peer, Reply, SiteOverride};
+use shared::config::{AllDown, ClientRule, Failback, Policy};
+use shared::probe::{Probe, ProbeFuture};
+
+const K1: &str = "127.0.0.1:1";
+const K2: &str = "127.0.0.1:2";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct Fixture {
+    gss: gss::Gss,
+    dns: SocketAddr,
+    dc1: Arc<AtomicBool>,
+    events: Arc<shared::events::EventLog>,
+}
+
+async fn fixture(dc1_up: bool, dc2_up: bool) -> Fixture {
+    let dc1 = Arc::new(AtomicBool::new(dc1_up));
+    let dc2 = Arc::new(AtomicBool::new(dc2_up));
+    let mut weighted = name(
+        "web",
+        Policy::Weighted,
+        Failback::Auto(Duration::ZERO),
+        AllDown::First,
+    );
+    weighted.weights.insert("dc1".into(), 3);
+    let mut imap = name(
+        "imap",
+        Policy::Failover,
+        Failback::Auto(Duration::ZERO),
+        AllDown::First,
+    );
+    imap.clients = vec![ClientRule {
+        networks: vec!["10.0.0.0/8".parse().unwrap()],
+        sites: vec!["dc2".into(), "dc1".into()],
+    }];
+    let mut pop = name(
+        "pop",
+        Policy::Failover,
+        Failback::Auto(Duration::ZERO),
+        AllDown::First,
+    );
+    pop.clients = vec![ClientRule {
+        networks: vec!["127.0.0.0/8".parse().unwrap()],
+        sites: vec!["dc2".into(), "dc1".into()],
+    }];
+    let cfg = config(
+        vec![
+            site("dc1", addr(K1), timing()),
+            site("dc2", addr(K2), timing()),
+        ],
+        vec![
+            name(
+                "smtp",
+                Policy::Failover,
+                Failback::Auto(Duration::from_secs(60)),
+                AllDown::First,
+            ),
+            name(
+                "strict",
+                Policy::Failover,
+                Failback::Auto(Duration::ZERO),
+                AllDown::Servfail,
+            ),
+            weighted,
+            imap,
+            pop,
+        ],
+    );
+    let (gss, events) = start(
+        &cfg,
+        switch_probes(vec![(addr(K1), dc1.clone()), (addr(K2), dc2)]),
+    )
+    .await;
+    let dns = gss.local_addr();
+    Fixture {
+        gss,
+        dns,
+        dc1,
+        events,
+    }
+}
+
+async fn admin(g: &gss::Gss, cmd: Command) -> Reply {
+    g.admin()
+        .handle(&cmd, Peer { uid: Some(42) })
+        .expect("gss owns the command")
+        .await
+}
+
+#[tokio::test]
+async fn site_down_moves_answers_at_once_and_auto_releases() {
+    let f = fixture(true, true).await;
+    let smtp = "smtp.gslb.example.test.";
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.1")));
+    assert_eq!(
+        admin(&f.gss, Command::Site("dc1".into(), SiteOverride::Down)).await,
+        Reply::Ok
+    );
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.2")));
+    let Reply::Data(lines) = admin(&f.gss, Command::ShowSites).await else {
+        panic!("show sites is data")
+    };
+    assert_eq!(lines.len(), 2);
+    let parts: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(
+        &parts[..5],
+        ["dc1", "down", "down", "1/1", "since"],
+        "{}",
+        lines[0]
+    );
+    assert!(humantime::parse_rfc3339(parts[5]).is_ok(), "{}", lines[0]);
+    assert!(lines[1].starts_with("dc2 up - 1/1 since "), "{}", lines[1]);
+    assert_eq!(
+        f.gss.status()[0],
+        shared::status::SiteStatus {
+            name: "dc1".into(),
+            up: false,
+            override_state: Some("down".into())
+        }
+    );
+    let Reply::Data(why) = admin(&f.gss, Command::Explain("smtp".into(), None)).await else {
+        panic!("explain is data")
+    };
+    let text = why.join("\n");
+    assert!(why[0].contains("127.0.0.2"), "{text}");
+    assert!(
+        text.contains("site dc1: down (health up, 1/1 keepalives passing, override down)"),
+        "{text}"
+    );
+    assert!(text.contains("chose dc2"), "{text}");
+    assert!(why.len() >= 5, "several lines: {text}");
+
+    assert_eq!(
+        admin(&f.gss, Command::Site("dc1".into(), SiteOverride::Auto)).await,
+        Reply::Ok
+    );
+    // DR drill: `site auto` brings clients back at once, despite failback_after = 60s.
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.1")));
+    let log: Vec<String> = f.events.last(30).iter().map(|e| e.to_string()).collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dc1 override down set by operator (admin socket, uid 42)")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dc1 down: operator override down")),
+        "{log:#?}"
+    );
+    // Unknown site and foreign commands.
+    assert!(matches!(
+        admin(&f.gss, Command::Site("dc9".into(), SiteOverride::Down)).await,
+        Reply::Error(e) if e.contains("dc9")
+    ));
+    assert!(f
+        .gss
+        .admin()
+        .handle(&Command::ShowVips, Peer { uid: None })
+        .is_none());
+    assert!(matches!(
+        admin(&f.gss, Command::Explain("nope".into(), None)).await,
+        Reply::Error(_)
+    ));
+}
+
+#[tokio::test]
+async fn all_down_fails_open_or_servfails() {
+    let f = fixture(false, false).await;
+    let r = udp(f.dns, &query("smtp.gslb.example.test.", RecordType::A)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        a_records(&r),
+        vec![ip("127.0.0.1")],
+        "fail-open to the first site"
+    );
+    let r = udp(f.dns, &query("strict.gslb.example.test.", RecordType::A)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    let Reply::Data(why) = admin(
+        &f.gss,
+        Command::Explain("strict.gslb.example.test".into(), None),
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert!(why[0].contains("SERVFAIL"), "{why:?}");
+    // One site back: served again (dc1 comes back, rise 2 at 200ms).
+    f.dc1.store(true, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    loop {
+        let r = udp(f.dns, &query("strict.gslb.example.test.", RecordType::A)).await;
+        if r.metadata.response_code == ResponseCode::NoError {
+            assert_eq!(a_records(&r), vec![ip("127.0.0.1")]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "strict never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn weighted_split_follows_weights() {
+    let f = fixture(true, true).await;
+    let (mut one, mut two) = (0, 0);
+    for _ in 0..400 {
+        match answer(f.dns, "web.gslb.example.test.").await {
+            Some(a) if a == ip("127.0.0.1") => one += 1,
+            Some(a) if a == ip("127.0.0.2") => two += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // 3:1 → 300/100; allow ±10 %.
+    assert!((270..=330).contains(&one), "dc1 {one} dc2 {two}");
+    assert_eq!(one + two, 400);
+    // dc1 down: all to dc2.
+    admin(&f.gss, Command::Site("dc1".into(), SiteOverride::Down)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            answer(f.dns, "web.gslb.example.test.").await,
+            Some(ip("127.0.0.2"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_rules_by_source_cidr_and_ecs_with_scope() {
+    let f = fixture(true, true).await;
+    // Source 127.0.0.1 matches pop's 127.0.0.0/8 rule → dc2 first.
+    assert_eq!(
+        answer(f.dns, "pop.gslb.example.test.").await,
+        Some(ip("127.0.0.2"))
+    );
+    // imap's rule is 10/8: loopback gets the default order.
+    assert_eq!(
+        answer(f.dns, "imap.gslb.example.test.").await,
+        Some(ip("127.0.0.1"))
+    );
+    let ecs = |net: &str, src: u8| {
+        with_ecs(
+            with_edns(query("imap.gslb.example.test.", RecordType::A), 1232, false),
+            ip(net),
+            src,
+        )
+    };
+    let scope = |r: &hickory_proto::op::Message| match r
+        .edns
+        .as_ref()
+        .and_then(|e| e.option(EdnsCode::Subnet))
+    {
+        Some(EdnsOption::Subnet(s)) => (s.source_prefix(), s.scope_prefix(), s.addr()),
+        other => panic!("no ECS in reply: {other:?}"),
+    };
+    let r = udp(f.dns, &ecs("10.1.2.0", 24)).await;
+    assert_eq!(
+        a_records(&r),
+        vec![ip("127.0.0.2")],
+        "ECS inside 10/8 → dc2"
+    );
+    assert_eq!(scope(&r), (24, 8, ip("10.1.2.0")));
+    let r = udp(f.dns, &ecs("192.0.2.0", 24)).await;
+    assert_eq!(a_records(&r), vec![ip("127.0.0.1")]);
+    assert_eq!(scope(&r).1, 1, "scope excludes 10/8 and nothing more");
+    // ECS source /0: no client information → default order, scope 0.
+    let r = udp(f.dns, &ecs("0.0.0.0", 0)).await;
+    assert_eq!(a_records(&r), vec![ip("127.0.0.1")]);
+    assert_eq!(scope(&r).1, 0);
+    // explain with a client address.
+    let Reply::Data(why) = admin(
+        &f.gss,
+        Command::Explain("imap".into(), Some(ip("10.9.9.9"))),
+    )
+    .await
+    else {
+        panic!()
+    };
+    let text = why.join("\n");
+    assert!(text.contains("matches client rule #1"), "{text}");
+    assert!(text.contains("10.0.0.0/8"), "{text}");
+    assert!(why[0].contains("127.0.0.2"), "{text}");
+}
+
+struct Slow(Duration);
+impl Probe for Slow {
+    fn check(&self) -> ProbeFuture<'_> {
+        let d = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+    }
+}
+
+struct Hang;
+impl Probe for Hang {
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn cold_start_waits_for_the_first_round_bounded_by_the_timeout() {
+    let t = timing();
+    let cfg = config(
+        vec![site("dc1", addr(K1), t), site("dc2", addr(K2), t)],
+        vec![name(
+            "smtp",
+            Policy::Failover,
+            Failback::Manual,
+            AllDown::First,
+        )],
+    );
+    // dc1's probe takes 150ms (within the 200ms timeout), dc2's hangs.
+    let probes: gss::ProbeFactory = Arc::new(|k: &shared::config::KeepaliveConfig| {
+        Ok(if k.address.port() == 1 {
+            Arc::new(Slow(Duration::from_millis(150))) as Arc<dyn Probe>
+        } else {
+            Arc::new(Hang) as Arc<dyn Probe>
+        })
+    });
+    let started = tokio::time::Instant::now();
+    let (g, events) = start(&cfg, probes).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(150),
+        "answered before dc1's first result: {took:?}"
+    );
+    assert!(
+        took <= t.interval / 5 + t.timeout + Duration::from_millis(300) + Duration::from_secs(1),
+        "cold start not bounded: {took:?}"
+    );
+    // Both known from the first round: dc1 up, dc2 down (timed out).
+    let st = g.status();
+    assert!(st[0].up && !st[1].up, "{st:?}");
+    assert_eq!(
+        answer(g.local_addr(), "smtp.gslb.example.test.").await,
+        Some(ip("127.0.0.1"))
+    );
+    let log: Vec<String> = events.last(10).iter().map(|e| e.to_string()).collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dc2 down: 0/1 keepalives passing") && l.contains("timeout")),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn reload_keeps_overrides_and_rerenders_names() {
+    let f = fixture(true, true).await;
+    admin(&f.gss, Command::Site("dc1".into(), SiteOverride::Down)).await;
+    let serial_before = f.gss.core().zone().serial;
+    let (tpl, _) = f.gss.core().snapshot();
+    let mut cfg = tpl.cfg.clone();
+    cfg.names[0]
+        .answers
+        .insert("dc2".into(), vec![ip("127.0.0.22")]);
+    f.gss.reload(&cfg).await.expect("reload");
+    assert_eq!(
+        answer(f.dns, "smtp.gslb.example.test.").await,
+        Some(ip("127.0.0.22"))
+    );
+    assert_eq!(f.gss.status()[0].override_state.as_deref(), Some("down"));
+    assert!(
+        f.gss.core().zone().serial > serial_before,
+        "serial moves with the answers"
+    );
+    // A bad static record is refused and the old config keeps serving.
+    let mut bad = cfg.clone();
+    bad.records[0].rdata = "not an mx".into();
+    assert!(f.gss.reload(&bad).await.is_err());
+    assert_eq!(
+        answer(f.dns, "smtp.gslb.example.test.").await,
+        Some(ip("127.0.0.22"))
+    );
+    f.gss.shutdown().await;
+}
