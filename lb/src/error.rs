@@ -120,6 +120,9 @@ pub enum LbError {
         #[source]
         source: io::Error,
     },
+    /// An L7 VIP could not be set up (certificates, backend TLS).
+    #[error(transparent)]
+    Http(#[from] crate::http::SetupError),
     /// A backend's probe could not be built (e.g. unreadable CA file).
     #[error("vip {vip}: backend {backend}: probe: {message}")]
     Probe {

@@ -101,11 +101,26 @@ type Reconfig = (
     Option<(Arc<dyn Probe>, ProbeConfig)>,
 );
 
+/// Where a planned VIP listens.
+enum SlotPlan {
+    /// Same address and mode as a running VIP: keep its listener.
+    Reuse(Arc<VipSlot>),
+    /// A freshly bound listener; L7 VIPs come with their proxy, whose hooks find
+    /// the slot through `cell` once it exists.
+    New {
+        listener: TcpListener,
+        http: Option<(Arc<http::HttpVip>, Arc<SlotCell>)>,
+    },
+}
+
+/// Set once the slot of a new L7 VIP exists; weak so the slot ↔ proxy pair is no cycle.
+type SlotCell = std::sync::OnceLock<std::sync::Weak<VipSlot>>;
+
 /// What a prepared (not yet applied) reload of one VIP holds.
 struct Planned {
     cfg: VipConfig,
     /// Reused slot, or a new listener to start.
-    slot: Result<Arc<VipSlot>, Option<TcpListener>>,
+    slot: SlotPlan,
     backends: Vec<Arc<Backend>>,
     /// Reused backends with their new config and, if the probe changed, new probe.
     reconfigure: Vec<Reconfig>,
@@ -192,11 +207,16 @@ impl Lb {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops listeners and probes and waits for the listeners to close.
+    /// Stops listeners and probes, waits for the listeners to close and ends the L7
+    /// connections still open (the drain period is over when this is called).
     pub async fn shutdown(&self) {
         self.inner.root.cancel();
         let slots = self.inner.vips.load_full();
         for slot in slots.iter() {
+            let proxy = slot.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(proxy) = proxy {
+                proxy.abort_connections();
+            }
             let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(t) = task {
                 let _ = t.await;
@@ -260,32 +280,29 @@ impl Lb {
             ));
             let state = VipState::new(plan.cfg.clone(), pool);
             let slot = match plan.slot {
-                Ok(slot) => {
+                SlotPlan::Reuse(slot) => {
                     slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
                     slot
                 }
-                Err(listener) => {
-                    let local = listener
-                        .as_ref()
-                        .and_then(|l| l.local_addr().ok())
-                        .unwrap_or(plan.cfg.listen);
+                SlotPlan::New { listener, http } => {
+                    let local = listener.local_addr().unwrap_or(plan.cfg.listen);
                     let slot = Arc::new(VipSlot::new(
                         state,
                         local,
                         inner.accepting.child_token(),
                         Arc::clone(&inner.totals),
                     ));
-                    if let Some(l) = listener {
-                        let task = tokio::spawn(tcp::accept_loop(l, Arc::clone(&slot)));
-                        *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-                    } else if plan.cfg.mode != VipMode::Tcp {
-                        tracing::warn!(
-                            vip = %plan.cfg.name,
-                            "mode {} is not served yet; backends are probed but no listener opens",
-                            plan.cfg.mode.as_str()
-                        );
-                    }
+                    let task = match http {
+                        None => tokio::spawn(tcp::accept_loop(listener, Arc::clone(&slot))),
+                        Some((proxy, cell)) => {
+                            let _ = cell.set(Arc::downgrade(&slot));
+                            *slot.http.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Arc::clone(&proxy));
+                            proxy.spawn(listener, slot.cancel.clone())
+                        }
+                    };
+                    *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
                     if reload {
                         inner.events.record(
                             format!("vip {}", plan.cfg.name),
@@ -324,18 +341,32 @@ impl Lb {
             .find(|st| st.cfg.name == cfg.name)
             .map(|st| Arc::clone(&st.pool));
         let slot = match reuse {
-            Some(s) => Ok(s),
-            None if cfg.mode == VipMode::Tcp => {
-                let l = TcpListener::bind(cfg.listen)
-                    .await
-                    .map_err(|source| LbError::Bind {
-                        vip: cfg.name.clone(),
-                        addr: cfg.listen,
-                        source,
-                    })?;
-                Err(Some(l))
+            Some(s) => {
+                let proxy = s.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(proxy) = proxy {
+                    proxy.reload(cfg)?;
+                }
+                SlotPlan::Reuse(s)
             }
-            None => Err(None),
+            None => {
+                let http = match cfg.mode {
+                    VipMode::Tcp => None,
+                    VipMode::Http | VipMode::Https => {
+                        let cell = Arc::new(SlotCell::new());
+                        let proxy = http::HttpVip::new(cfg, l7_hooks(cfg, &cell))?;
+                        Some((proxy, cell))
+                    }
+                };
+                let listener =
+                    TcpListener::bind(cfg.listen)
+                        .await
+                        .map_err(|source| LbError::Bind {
+                            vip: cfg.name.clone(),
+                            addr: cfg.listen,
+                            source,
+                        })?;
+                SlotPlan::New { listener, http }
+            }
         };
         let build = |b: &shared::config::BackendConfig| {
             (inner.probes)(&cfg.probe, b.address).map_err(|e| LbError::Probe {
@@ -384,6 +415,35 @@ impl Lb {
             reconfigure,
             fresh,
         })
+    }
+}
+
+/// The L7 proxy's view of its VIP: the slot's current pool (an empty one until the
+/// slot exists) and admission through the same [`vip::ConnGuard`] limits as L4.
+fn l7_hooks(cfg: &VipConfig, cell: &Arc<SlotCell>) -> http::Hooks {
+    let empty = Arc::new(Pool::new(
+        &cfg.name,
+        cfg.balance,
+        cfg.ejection.clone(),
+        Vec::new(),
+    ));
+    let pool_cell = Arc::clone(cell);
+    let admit_cell = Arc::clone(cell);
+    http::Hooks {
+        pool: Arc::new(move || {
+            pool_cell
+                .get()
+                .and_then(|w| w.upgrade())
+                .map(|s| Arc::clone(&s.state.load().pool))
+                .unwrap_or_else(|| Arc::clone(&empty))
+        }),
+        admit: Some(Arc::new(move |ip| {
+            let slot = admit_cell.get()?.upgrade()?;
+            let state = slot.state.load();
+            vip::ConnGuard::admit(&slot, ip, &state.cfg)
+                .ok()
+                .map(|g| Box::new(g) as http::Admitted)
+        })),
     }
 }
 

@@ -89,6 +89,8 @@ pub struct VipSlot {
     per_source: Mutex<HashMap<IpAddr, u32>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    /// The L7 proxy serving this slot, for `mode = "http"`/`"https"`.
+    pub(crate) http: Mutex<Option<Arc<crate::http::HttpVip>>>,
     totals: Arc<Totals>,
     gauge: Gauge,
 }
@@ -110,6 +112,7 @@ impl VipSlot {
             per_source: Mutex::new(HashMap::new()),
             cancel,
             task: Mutex::new(None),
+            http: Mutex::new(None),
             totals,
             gauge,
         }

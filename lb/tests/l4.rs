@@ -254,3 +254,59 @@ async fn idle_connections_are_closed_after_idle_timeout() {
         "not before the timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_vips_are_served_by_the_l7_proxy_through_the_same_pool() {
+    let web = FakeServer::start_with(
+        FakeKind::Http,
+        Behaviour::Good,
+        FakeOptions::new().banner("web1"),
+    )
+    .await;
+    let mut cfg = vip("web", MailProtocol::None, &[("web1", web.addr())]);
+    cfg.mode = shared::config::VipMode::Http;
+    cfg.max_connections_per_source = Some(1);
+    let (lb, _e) = start(&[cfg.clone()], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let a = addr(&lb, "web");
+    let get = || async move {
+        let mut s = TcpStream::connect(a).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut resp = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
+            .await
+            .expect("in time")
+            .expect("read");
+        String::from_utf8_lossy(&resp).into_owned()
+    };
+    let resp = get().await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("web1"), "{resp}");
+    // Admission goes through the lb's limits: a second connection from the same source
+    // while one is open is refused.
+    let _held = TcpStream::connect(a).await.expect("connect");
+    eventually(WAIT, || lb.active_connections() == 1)
+        .await
+        .expect("counted");
+    let refused = get().await;
+    assert!(!refused.starts_with("HTTP/1.1 200"), "{refused}");
+    drop(_held);
+    eventually(WAIT, || lb.active_connections() == 0)
+        .await
+        .expect("released");
+    // A reload keeps the listener and swaps the pool under the L7 proxy.
+    let web2 = FakeServer::start_with(
+        FakeKind::Http,
+        Behaviour::Good,
+        FakeOptions::new().banner("web2"),
+    )
+    .await;
+    let mut cfg2 = cfg.clone();
+    cfg2.backends[0].name = "web2".into();
+    cfg2.backends[0].address = web2.addr();
+    lb.reload(&[cfg2]).await.expect("reload");
+    assert_eq!(addr(&lb, "web"), a);
+    let resp = get().await;
+    assert!(resp.contains("web2"), "{resp}");
+}
