@@ -233,4 +233,26 @@ mod tests {
         assert!(!lists_starttls::<&str>(&[]));
         assert!(!lists_starttls(&["* OK [CAPABILITY"]));
     }
+
+    #[test]
+    fn no_panic_on_arbitrary_lines() {
+        let samples = [
+            "",
+            "*",
+            "* ",
+            "a1",
+            "a1 ",
+            "[CAPABILITY",
+            "* OK [CAPABILITY ]",
+            "\u{e9}[CAPABILITY \u{e9}",
+            "* CAPABILITY",
+            "ÿ* BYE",
+            "a1 \u{0}",
+        ];
+        for line in samples {
+            let _ = classify_greeting(line);
+            let _ = tagged_status(line, "a1");
+            let _ = lists_starttls(&[line]);
+        }
+    }
 }

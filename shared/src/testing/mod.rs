@@ -27,7 +27,7 @@ mod sessions;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -188,7 +188,12 @@ pub(crate) struct SessionCtx {
 /// The listening side: either accepting, or a bound-but-not-listening socket that
 /// keeps the port reserved while refusing connections.
 enum Listening {
-    Accepting { fd: RawFd, task: JoinHandle<()> },
+    /// `fd` is a duplicate of the listener's descriptor, owned here so shutting the
+    /// socket down never touches a descriptor number the process reused.
+    Accepting {
+        fd: OwnedFd,
+        task: JoinHandle<()>,
+    },
     Refusing(TcpSocket),
     Released,
 }
@@ -355,7 +360,10 @@ impl FakeServer {
                     _ => reserve(self.addr),
                 };
                 let listener = socket.listen(1024).expect("fake listen");
-                let fd = listener.as_raw_fd();
+                let fd = listener
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .expect("dup listener fd");
                 let task = tokio::spawn(accept_loop(
                     listener,
                     self.kind,
@@ -407,12 +415,12 @@ fn reserve(addr: SocketAddr) -> TcpSocket {
 
 /// Stops a listening socket synchronously: `shutdown(2)` on a listening socket makes
 /// Linux drop it from the listen table (new SYNs are reset) and wakes the accept task,
-/// which then exits and closes the descriptor. The task is also aborted.
-fn close_listener(fd: RawFd, task: &JoinHandle<()>) {
-    // SAFETY: `fd` belongs to the listener owned by `task`, which only exits after
-    // this call (its accept fails) or when aborted below, so the descriptor is open.
+/// which then exits and closes its descriptor; the task is also aborted. `fd` (our
+/// duplicate) is closed on return.
+fn close_listener(fd: OwnedFd, task: &JoinHandle<()>) {
+    // SAFETY: `fd` is an open descriptor we own for the duration of the call.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
     }
     task.abort();
 }
