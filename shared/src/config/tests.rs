@@ -810,6 +810,26 @@ fn record_rules() {
     expect_err(&r("www 300 A-B x"), "4:12", "invalid type");
 }
 
+#[test]
+fn lb_status_vips_checked_against_own_status_listener() {
+    let t = format!(
+        "[http]\nlisten = \"127.0.0.1:9100\"\n{VIP}{}",
+        GSS.replace(
+            "{ kind = \"tcp\", address = \"127.0.0.2:2525\" }",
+            "{ kind = \"lb_status\", url = \"http://127.0.0.1:9100/status\", vips = [\"smtp\", \"smpt\"] }",
+        )
+    );
+    let errs = errors(&t);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect_err(
+        &t,
+        "18:92",
+        "names VIP \"smpt\", but this file's lb (status on 127.0.0.1:9100) has no such VIP",
+    );
+    // Another lb's status listener may name VIPs this file does not define.
+    parse_ok(&t.replace("9100/status", "9200/status"));
+}
+
 // ---- unknown keys in every table --------------------------------------------------
 
 #[test]

@@ -5,7 +5,7 @@
 //! a placeholder, so one `portico check` lists everything. Files named in the config
 //! (certificates, CA bundles) are not read here; the roles load them when starting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     let mut v = Validator {
         c: Collector::new(text, path),
         listeners: Vec::new(),
+        status_refs: Vec::new(),
     };
     let config = v.config(raw, path);
     v.check_listeners();
@@ -48,6 +49,9 @@ struct Validator<'a> {
     c: Collector<'a>,
     /// Every listening address with its span and who listens, for conflict checks.
     listeners: Vec<(SocketAddr, Range<usize>, String)>,
+    /// VIP names that lb_status keepalives expect at a `/status` address, checked
+    /// against this file's own VIPs when that address is this file's `[http]`.
+    status_refs: Vec<(SocketAddr, Spanned<String>)>,
 }
 
 fn fmt_dur(d: Duration) -> String {
@@ -335,6 +339,27 @@ impl<'a> Validator<'a> {
         PathBuf::from(self.nonempty_string(v, what))
     }
 
+    /// An lb_status keepalive aimed at this very process's status listener can only
+    /// name VIPs this file defines; a typo there would keep the site down forever.
+    fn check_status_refs(&mut self, http: SocketAddr, vips: &[VipConfig]) {
+        let refs = std::mem::take(&mut self.status_refs);
+        for (addr, name) in refs {
+            let same = addr == http
+                || (http.ip().is_unspecified()
+                    && addr.port() == http.port()
+                    && addr.ip().is_loopback());
+            if same && !vips.iter().any(|v| &v.name == name.get_ref()) {
+                self.err(
+                    name.span(),
+                    format!(
+                        "lb_status keepalive names VIP \"{}\", but this file's lb (status on {http}) has no such VIP",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
     fn check_listeners(&mut self) {
         let listeners = std::mem::take(&mut self.listeners);
         for (i, (a, span, who)) in listeners.iter().enumerate() {
@@ -365,10 +390,10 @@ impl<'a> Validator<'a> {
             self.opt_duration(&raw.drain_timeout, Duration::from_secs(30), "drain_timeout");
 
         let mut vips = Vec::new();
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut seen = HashSet::new();
         for rv in &raw.vip {
             let name = rv.get_ref().name.get_ref();
-            if seen.insert(name.clone(), ()).is_some() {
+            if !seen.insert(name.clone()) {
                 self.err(
                     rv.get_ref().name.span(),
                     format!("duplicate VIP name \"{name}\"; VIP names must be unique"),
@@ -377,6 +402,9 @@ impl<'a> Validator<'a> {
             vips.push(self.vip(rv));
         }
         let gss = raw.gss.as_ref().map(|g| self.gss(g));
+        if let Some(h) = &http {
+            self.check_status_refs(h.listen, &vips);
+        }
 
         if vips.is_empty() && gss.is_none() {
             self.err(
@@ -1331,6 +1359,21 @@ impl<'a> Validator<'a> {
     }
 
     fn keepalive(
+        &mut self,
+        rk: &Spanned<RawProbe>,
+        defaults: Option<&RawProbeDefaults>,
+    ) -> Option<KeepaliveConfig> {
+        let k = self.keepalive_target(rk, defaults)?;
+        if k.probe.kind == ProbeKind::LbStatus {
+            for name in rk.get_ref().vips.iter().flat_map(|v| v.get_ref()) {
+                self.status_refs.push((k.address, name.clone()));
+            }
+        }
+        Some(k)
+    }
+
+    /// Builds a keepalive and resolves where it connects (address or lb_status url).
+    fn keepalive_target(
         &mut self,
         rk: &Spanned<RawProbe>,
         defaults: Option<&RawProbeDefaults>,
