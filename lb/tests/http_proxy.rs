@@ -62,7 +62,10 @@ async fn forwarding_headers_appended_to_incoming_chain() {
         Some("for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=webmail.example.test")
     );
     assert_eq!(line("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(line("x-forwarded-host").as_deref(), Some("webmail.example.test"));
+    assert_eq!(
+        line("x-forwarded-host").as_deref(),
+        Some("webmail.example.test")
+    );
     assert_eq!(line("host").as_deref(), Some("webmail.example.test"));
     assert_eq!(line("via").as_deref(), Some("1.1 edge, 1.1 portico"));
 }
@@ -88,7 +91,15 @@ async fn hop_by_hop_headers_stripped_both_ways() {
     let head_end = resp.find("\r\n\r\n").expect("head");
     let (head, rest) = resp.split_at(head_end);
     let names = rest.trim();
-    for gone in ["x-hop", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "connection"] {
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "connection",
+    ] {
         assert!(
             !names.split(',').any(|n| n == gone),
             "{gone} reached the backend: {names}"
@@ -118,7 +129,12 @@ async fn malformed_request_is_400_and_proxy_keeps_serving() {
     let b = text_backend("ok").await;
     let cfg = vip_config("http", &[("web1", b.addr)], "");
     let p = start(&cfg).await;
-    let (resp, closed) = raw(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", Duration::from_secs(5)).await;
+    let (resp, closed) = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
     assert!(closed, "connection closed after the 400");
     let (resp, _) = raw(
@@ -145,7 +161,10 @@ async fn oversized_head_is_rejected() {
     assert_eq!(b.hits(), 0);
     let ok = send(
         p.addr,
-        Request::get("/").header("host", "a").body(body("")).expect("req"),
+        Request::get("/")
+            .header("host", "a")
+            .body(body(""))
+            .expect("req"),
     )
     .await;
     assert_eq!(ok.status, 200);

@@ -48,7 +48,12 @@ async fn dying_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 /// A backend that answers with its name and the length of the body it received.
 async fn named_backend(name: &'static str) -> TestBackend {
     backend(move |req| async move {
-        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         Response::new(body(format!("{name} {n}")))
     })
     .await
@@ -83,7 +88,10 @@ async fn get_failing_before_response_is_retried_once() {
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(got.text(), "good 0");
     }
-    assert!(seen.load(Ordering::SeqCst) > 0, "some GETs went to the dying backend first");
+    assert!(
+        seen.load(Ordering::SeqCst) > 0,
+        "some GETs went to the dying backend first"
+    );
     assert_eq!(good.hits(), 6);
 
     // Two dying backends before a good one: one retry only, then 502.
@@ -93,7 +101,11 @@ async fn get_failing_before_response_is_retried_once() {
     let p = start(&cfg).await;
     let got = get(p.addr, "/", &[]).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(s1.load(Ordering::SeqCst) + s2.load(Ordering::SeqCst), 2, "tried exactly twice");
+    assert_eq!(
+        s1.load(Ordering::SeqCst) + s2.load(Ordering::SeqCst),
+        2,
+        "tried exactly twice"
+    );
 }
 
 #[tokio::test]
@@ -117,7 +129,11 @@ async fn post_with_body_is_never_retried() {
     }
     assert!(bad > 0, "some POSTs met the dying backend");
     assert_eq!(bad, seen.load(Ordering::SeqCst), "each 502 was one attempt");
-    assert_eq!(good.hits(), 6 - bad, "no failed POST was re-sent to the good backend");
+    assert_eq!(
+        good.hits(),
+        6 - bad,
+        "no failed POST was re-sent to the good backend"
+    );
 }
 
 #[tokio::test]
@@ -142,7 +158,10 @@ async fn consecutive_5xx_eject_the_backend() {
             five_hundreds += 1;
         }
     }
-    assert_eq!(five_hundreds, 3, "the 500s are relayed until the third ejects");
+    assert_eq!(
+        five_hundreds, 3,
+        "the 500s are relayed until the third ejects"
+    );
     assert!(p.pool.get("broken").expect("b").is_ejected());
     assert_eq!(p.pool.get("broken").expect("b").state_str(), "ejected");
     assert_eq!(broken.hits(), 3);
@@ -156,7 +175,11 @@ async fn backend_timeout_is_504_and_no_timeout_allows_long_poll() {
         Response::new(body("late"))
     })
     .await;
-    let cfg = vip_config("http", &[("slow", slow.addr)], "backend_timeout = \"200ms\"");
+    let cfg = vip_config(
+        "http",
+        &[("slow", slow.addr)],
+        "backend_timeout = \"200ms\"",
+    );
     let p = start(&cfg).await;
     let got = get(p.addr, "/Microsoft-Server-ActiveSync", &[]).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);

@@ -31,16 +31,28 @@ async fn tls_connect(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> TlsStream<T
 }
 
 fn leaf(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    s.get_ref().1.peer_certificates().expect("certs")[0].clone().into_owned()
+    s.get_ref().1.peer_certificates().expect("certs")[0]
+        .clone()
+        .into_owned()
 }
 
 fn https_cfg(backend: SocketAddr, pairs: &[(&Path, &Path)]) -> shared::config::VipConfig {
     let certs = pairs
         .iter()
-        .map(|(c, k)| format!("{{ cert = \"{}\", key = \"{}\" }}", c.display(), k.display()))
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.display(),
+                k.display()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
-    vip_config("https", &[("web1", backend)], &format!("tls = {{ certs = [{certs}] }}"))
+    vip_config(
+        "https",
+        &[("web1", backend)],
+        &format!("tls = {{ certs = [{certs}] }}"),
+    )
 }
 
 #[tokio::test]
@@ -69,21 +81,32 @@ async fn sni_picks_the_matching_certificate() {
         assert_eq!(&leaf(&s), want, "certificate for SNI {sni}");
     }
     // Real verification against the wildcard's CA works end to end.
-    let verify = shared::tls::client_config(true, Some(&owa.ca_path()), &[b"http/1.1"]).expect("cfg");
+    let verify =
+        shared::tls::client_config(true, Some(&owa.ca_path()), &[b"http/1.1"]).expect("cfg");
     let tcp = TcpStream::connect(p.addr).await.expect("connect");
     let s = tokio_rustls::TlsConnector::from(verify)
-        .connect(shared::tls::server_name("x.owa.example.test").expect("n"), tcp)
+        .connect(
+            shared::tls::server_name("x.owa.example.test").expect("n"),
+            tcp,
+        )
         .await
         .expect("verified handshake");
     let mut c = hyper_h1(s).await;
     let resp = c
-        .send_request(Request::get("/").header("host", "x.owa.example.test").body(body("")).expect("req"))
+        .send_request(
+            Request::get("/")
+                .header("host", "x.owa.example.test")
+                .body(body(""))
+                .expect("req"),
+        )
         .await
         .expect("response");
     assert_eq!(collect(resp).await.text(), "ok");
 }
 
-async fn hyper_h1(s: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendRequest<lb::http::Body> {
+async fn hyper_h1(
+    s: TlsStream<TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<lb::http::Body> {
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
         .await
         .expect("h1 handshake");
@@ -129,7 +152,12 @@ async fn http2_and_http11_both_work_over_tls() {
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut c = hyper_h1(s).await;
     let resp = c
-        .send_request(Request::get("/owa/").header("host", "webmail.example.test").body(body("")).expect("req"))
+        .send_request(
+            Request::get("/owa/")
+                .header("host", "webmail.example.test")
+                .body(body(""))
+                .expect("req"),
+        )
         .await
         .expect("h1 response");
     assert_eq!(resp.version(), http::Version::HTTP_11);
@@ -154,19 +182,43 @@ async fn reloaded_certificate_seen_by_new_connections_old_one_keeps_working() {
     let s1 = tls_connect(p.addr, "webmail.example.test", &[b"http/1.1"]).await;
     assert_eq!(leaf(&s1), old.cert);
     let mut c1 = hyper_h1(s1).await;
-    let req = || Request::get("/").header("host", "webmail.example.test").body(body("")).expect("req");
-    assert_eq!(collect(c1.send_request(req()).await.expect("resp")).await.text(), "ok");
+    let req = || {
+        Request::get("/")
+            .header("host", "webmail.example.test")
+            .body(body(""))
+            .expect("req")
+    };
+    assert_eq!(
+        collect(c1.send_request(req()).await.expect("resp"))
+            .await
+            .text(),
+        "ok"
+    );
 
     std::fs::write(&cert, &new.cert_pem).expect("write");
     std::fs::write(&key, &new.key_pem).expect("write");
     p.vip.reload_certs().expect("reload");
 
     let s2 = tls_connect(p.addr, "webmail.example.test", &[b"http/1.1"]).await;
-    assert_eq!(leaf(&s2), new.cert, "a new handshake sees the new certificate");
+    assert_eq!(
+        leaf(&s2),
+        new.cert,
+        "a new handshake sees the new certificate"
+    );
     let mut c2 = hyper_h1(s2).await;
-    assert_eq!(collect(c2.send_request(req()).await.expect("resp")).await.text(), "ok");
+    assert_eq!(
+        collect(c2.send_request(req()).await.expect("resp"))
+            .await
+            .text(),
+        "ok"
+    );
     // The connection opened before the reload still works.
-    assert_eq!(collect(c1.send_request(req()).await.expect("resp")).await.text(), "ok");
+    assert_eq!(
+        collect(c1.send_request(req()).await.expect("resp"))
+            .await
+            .text(),
+        "ok"
+    );
 
     // A broken key on reload is refused and the current certificate stays.
     std::fs::write(&key, "not a key").expect("write");

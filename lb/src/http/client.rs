@@ -44,7 +44,9 @@ pub struct BackendTls {
 
 impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendTls").field("sni", &self.sni).finish()
+        f.debug_struct("BackendTls")
+            .field("sni", &self.sni)
+            .finish()
     }
 }
 

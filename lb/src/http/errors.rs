@@ -86,7 +86,10 @@ impl ProxyError {
     /// Whether the request may go to another backend *regardless of its method*:
     /// true only when no byte of it left the proxy.
     pub fn nothing_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. } | ProxyError::NotSent { .. })
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::NotSent { .. }
+        )
     }
 
     /// Whether an idempotent request without a body may be retried once elsewhere:
@@ -165,7 +168,9 @@ mod tests {
         };
         assert!(c.nothing_sent() && c.retry_if_idempotent() && c.blames_backend());
         assert_eq!(c.status(), StatusCode::BAD_GATEWAY);
-        let n = ProxyError::NotSent { backend: "a".into() };
+        let n = ProxyError::NotSent {
+            backend: "a".into(),
+        };
         assert!(n.nothing_sent() && !n.blames_backend());
         let t = ProxyError::Timeout {
             backend: "a".into(),

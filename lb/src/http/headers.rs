@@ -249,7 +249,11 @@ mod tests {
 
     #[test]
     fn te_trailers_survives_and_host_is_never_stripped() {
-        let mut h = map(&[("te", "trailers, deflate"), ("connection", "host, te"), ("host", "a")]);
+        let mut h = map(&[
+            ("te", "trailers, deflate"),
+            ("connection", "host, te"),
+            ("host", "a"),
+        ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.get(TE).expect("te"), "trailers");
         assert_eq!(h.get("host").expect("host"), "a");
@@ -257,7 +261,11 @@ mod tests {
 
     #[test]
     fn upgrade_kept_when_upgrading() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(UPGRADE).expect("upgrade"), "websocket");
@@ -290,7 +298,10 @@ mod tests {
             "for=203.0.113.7;proto=https, for=192.0.2.9;proto=https;host=\"mail.example.com:8443\""
         );
         assert_eq!(h.get(X_FORWARDED_PROTO).expect("proto"), "https");
-        assert_eq!(h.get(X_FORWARDED_HOST).expect("host"), "mail.example.com:8443");
+        assert_eq!(
+            h.get(X_FORWARDED_HOST).expect("host"),
+            "mail.example.com:8443"
+        );
     }
 
     #[test]

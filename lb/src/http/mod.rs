@@ -73,7 +73,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(REQUESTS_TOTAL, "HTTP requests received");
     metrics::describe_counter!(RESPONSES_TOTAL, "HTTP responses sent, by status class");
     metrics::describe_counter!(RETRIES_TOTAL, "HTTP requests re-sent elsewhere");
-    metrics::describe_counter!(BACKEND_ERRORS_TOTAL, "Failed attempts to get a response from a backend");
+    metrics::describe_counter!(
+        BACKEND_ERRORS_TOTAL,
+        "Failed attempts to get a response from a backend"
+    );
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, "HTTP client connections open now");
     metrics::describe_counter!(REFUSED_TOTAL, "HTTP client connections refused before HTTP");
 }
@@ -176,15 +179,16 @@ fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, 
                     vip: cfg.name.clone(),
                     reason: e.to_string(),
                 })?;
-                let sni = match &cfg.http.backend_sni {
-                    Some(s) => Some(shared::tls::server_name(s).map_err(|e| {
-                        SetupError::BackendTls {
-                            vip: cfg.name.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?),
-                    None => None,
-                };
+                let sni =
+                    match &cfg.http.backend_sni {
+                        Some(s) => Some(shared::tls::server_name(s).map_err(|e| {
+                            SetupError::BackendTls {
+                                vip: cfg.name.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?),
+                        None => None,
+                    };
                 Some(client::BackendTls { config, sni })
             } else {
                 None
@@ -329,10 +333,12 @@ impl HttpVip {
                 .tls
                 .as_ref()
                 .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
-            store.reload(Some(tls_cfg)).map_err(|source| SetupError::Certs {
-                vip: cfg.name.clone(),
-                source,
-            })?;
+            store
+                .reload(Some(tls_cfg))
+                .map_err(|source| SetupError::Certs {
+                    vip: cfg.name.clone(),
+                    source,
+                })?;
         }
         self.settings.store(Arc::new(settings));
         Ok(())

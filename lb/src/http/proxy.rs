@@ -30,7 +30,10 @@ use hyper_util::rt::TokioIo;
 use super::client::Conn;
 use super::errors::{error_response, ProxyError};
 use super::headers::{self, ClientInfo};
-use super::{empty, sticky, Body, HttpVip, BACKEND_ERRORS_TOTAL, REQUESTS_TOTAL, RESPONSES_TOTAL, RETRIES_TOTAL};
+use super::{
+    empty, sticky, Body, HttpVip, BACKEND_ERRORS_TOTAL, REQUESTS_TOTAL, RESPONSES_TOTAL,
+    RETRIES_TOTAL,
+};
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
 
@@ -108,7 +111,11 @@ impl HttpVip {
     }
 
     /// Serves one client request; never fails (failures become 502/503/504).
-    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         metrics::counter!(REQUESTS_TOTAL, "vip" => self.name.clone()).increment(1);
         let settings = self.settings();
         let pool = self.pool();
@@ -188,9 +195,21 @@ impl HttpVip {
             };
             let backend = Arc::clone(lease.backend());
             let req_body = body.take().unwrap_or_else(empty);
-            match self.attempt(&backend, &template, req_body, resendable, &settings).await {
+            match self
+                .attempt(&backend, &template, req_body, resendable, &settings)
+                .await
+            {
                 Ok((resp, c)) => {
-                    return self.respond(resp, c, lease, &pool, pinned, client_upgrade, &settings, conn.tls);
+                    return self.respond(
+                        resp,
+                        c,
+                        lease,
+                        &pool,
+                        pinned,
+                        client_upgrade,
+                        &settings,
+                        conn.tls,
+                    );
                 }
                 Err((err, returned)) => {
                     metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => err.kind()).increment(1);
@@ -273,7 +292,9 @@ impl HttpVip {
                         ));
                     }
                     let source = e.into_error();
-                    let stale = source.is_incomplete_message() || source.is_closed() || source.is_canceled();
+                    let stale = source.is_incomplete_message()
+                        || source.is_closed()
+                        || source.is_canceled();
                     if c.reused && !fresh && resendable && stale {
                         tracing::debug!(backend = %backend.id(), "stale keep-alive connection; resending on a fresh one");
                         fresh = true;
@@ -345,7 +366,9 @@ impl HttpVip {
         }
         if let Some(name) = settings.http.sticky_cookie.as_deref() {
             if !pinned {
-                if let Some(v) = headers::sticky_set_cookie(name, &sticky::cookie_value(&backend), tls) {
+                if let Some(v) =
+                    headers::sticky_set_cookie(name, &sticky::cookie_value(&backend), tls)
+                {
                     parts.headers.append(SET_COOKIE, v);
                 }
             }

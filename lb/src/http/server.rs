@@ -52,7 +52,11 @@ impl HttpVip {
     /// listener and asks every connection to finish gracefully (in-flight requests
     /// complete, idle keep-alives close, HTTP/2 gets GOAWAY);
     /// [`HttpVip::abort_connections`] ends the stragglers.
-    pub fn spawn(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
         let vip = Arc::clone(self);
         tokio::spawn(async move { vip.accept_loop(listener, stop).await })
     }
@@ -100,7 +104,13 @@ impl HttpVip {
         tracing::debug!(vip = %self.name, "stopped accepting");
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, settings: Arc<Settings>, stop: CancellationToken) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        settings: Arc<Settings>,
+        stop: CancellationToken,
+    ) {
         let _ = tcp.set_nodelay(true);
         let limit = settings.http.header_timeout;
         match self.tls.clone() {
@@ -113,7 +123,8 @@ impl HttpVip {
                     _ => return,
                 }
                 let info = ConnInfo { peer, tls: false };
-                self.serve(TokioIo::new(tcp), info, Protocols::Auto, &settings, stop).await;
+                self.serve(TokioIo::new(tcp), info, Protocols::Auto, &settings, stop)
+                    .await;
             }
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -136,13 +147,20 @@ impl HttpVip {
                     _ => Protocols::Auto,
                 };
                 let info = ConnInfo { peer, tls: true };
-                self.serve(TokioIo::new(tls), info, protocols, &settings, stop).await;
+                self.serve(TokioIo::new(tls), info, protocols, &settings, stop)
+                    .await;
             }
         }
     }
 
-    async fn serve<I>(self: &Arc<Self>, io: TokioIo<I>, info: ConnInfo, protocols: Protocols, settings: &Settings, stop: CancellationToken)
-    where
+    async fn serve<I>(
+        self: &Arc<Self>,
+        io: TokioIo<I>,
+        info: ConnInfo,
+        protocols: Protocols,
+        settings: &Settings,
+        stop: CancellationToken,
+    ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let mut builder = auto::Builder::new(TokioExecutor::new());

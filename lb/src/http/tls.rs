@@ -127,9 +127,11 @@ impl CertStore {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
             let exact = entries.iter().find(|e| e.names.iter().any(|n| *n == sni));
             let wild = || {
-                entries
-                    .iter()
-                    .find(|e| e.names.iter().any(|n| n.starts_with("*.") && name_matches(n, &sni)))
+                entries.iter().find(|e| {
+                    e.names
+                        .iter()
+                        .any(|n| n.starts_with("*.") && name_matches(n, &sni))
+                })
             };
             if let Some(e) = exact.or_else(wild) {
                 return Some(Arc::clone(&e.key));

@@ -1,0 +1,102 @@
+//! Connection protection: a slowloris client (a head trickling in, or nothing sent at
+//! all) is disconnected after `header_timeout` while normal clients are served
+//! meanwhile; `max_connections` turns further clients away with a 503.
+
+mod http_support;
+
+use std::time::{Duration, Instant};
+
+use http_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_while_normal_clients_are_served() {
+    let b = text_backend("ok").await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "header_timeout = \"500ms\"");
+    let p = start(&cfg).await;
+
+    let addr = p.addr;
+    let slow = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        // One header byte every 100 ms, forever; stop when the proxy hangs up.
+        let mut buf = [0u8; 512];
+        loop {
+            if s.write_all(b"X").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {} // hyper may say 408 before closing
+                Err(_) => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "slowloris never cut"
+            );
+        }
+        started.elapsed()
+    });
+    let silent = tokio::spawn(async move {
+        let started = Instant::now();
+        let (_, closed) = raw(addr, b"", Duration::from_secs(5)).await;
+        assert!(closed, "a client that sends nothing is cut");
+        started.elapsed()
+    });
+
+    // Meanwhile normal clients are served.
+    let mut served = 0;
+    while !slow.is_finished() {
+        let got = get(p.addr, "/", &[]).await;
+        assert_eq!(got.text(), "ok");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut_after = slow.await.expect("join");
+    assert!(
+        cut_after >= Duration::from_millis(400),
+        "not before the timeout: {cut_after:?}"
+    );
+    assert!(
+        served >= 5,
+        "normal clients were served meanwhile ({served})"
+    );
+    let silent_after = silent.await.expect("join");
+    assert!(silent_after < Duration::from_secs(3), "{silent_after:?}");
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_503() {
+    let b = text_backend("ok").await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "max_connections = 1");
+    let p = start(&cfg).await;
+    let mut held = h1_conn(p.addr).await;
+    let resp = held
+        .send_request(
+            http::Request::get("/")
+                .header("host", "a")
+                .body(body(""))
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    assert_eq!(collect(resp).await.text(), "ok");
+    assert!(eventually(Duration::from_secs(2), || p.vip.active() == 1).await);
+
+    let (resp, closed) = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp:?}");
+    assert!(closed);
+
+    drop(held);
+    assert!(eventually(Duration::from_secs(3), || p.vip.active() == 0).await);
+    assert_eq!(get(p.addr, "/", &[]).await.text(), "ok");
+}
