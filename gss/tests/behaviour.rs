@@ -397,3 +397,45 @@ async fn reload_keeps_overrides_and_rerenders_names() {
     );
     f.gss.shutdown().await;
 }
+
+fn current(g: &gss::Gss) -> String {
+    g.core().zone().outcomes[0].1[0].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_failback_on_a_paused_clock() {
+    let dc1 = Arc::new(AtomicBool::new(true));
+    let dc2 = Arc::new(AtomicBool::new(true));
+    let cfg = config(
+        vec![
+            site("dc1", addr(K1), timing()),
+            site("dc2", addr(K2), timing()),
+        ],
+        vec![name(
+            "smtp",
+            Policy::Failover,
+            Failback::Auto(Duration::from_secs(60)),
+            AllDown::First,
+        )],
+    );
+    let (g, _) = start(
+        &cfg,
+        switch_probes(vec![(addr(K1), dc1.clone()), (addr(K2), dc2)]),
+    )
+    .await;
+    assert_eq!(current(&g), "dc1");
+    dc1.store(false, Ordering::SeqCst);
+    // fall 2 at 200ms (+10 % jitter) is well inside a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(current(&g), "dc2");
+    dc1.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, view) = g.core().snapshot();
+    let back = view.sites["dc1"].recovered_at.expect("dc1 recovered");
+    assert!(view.sites["dc1"].up);
+    tokio::time::sleep_until(back + Duration::from_secs(59)).await;
+    assert_eq!(current(&g), "dc2", "still waiting at 59s");
+    tokio::time::sleep_until(back + Duration::from_millis(60_050)).await;
+    assert_eq!(current(&g), "dc1", "failed back at 60s");
+    g.shutdown().await;
+}

@@ -235,6 +235,13 @@ async fn formerr_for_two_questions_and_notimp_for_other_opcodes() {
     assert_eq!(r.metadata.id, 0x1234);
     assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
     assert!(r.answers.is_empty());
+    // QDCOUNT=1 but the question is cut short: hickory's Server answers FORMERR itself.
+    let cut = vec![
+        0x33, 0x33, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 4, b's', b'm',
+    ];
+    let r = Message::from_vec(&udp_raw(addr, &cut).await).unwrap();
+    assert_eq!(r.metadata.id, 0x3333);
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
     // QDCOUNT=0.
     let raw0 = vec![0x22, 0x22, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
     let r = Message::from_vec(&udp_raw(addr, &raw0).await).unwrap();
