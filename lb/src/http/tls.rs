@@ -125,7 +125,7 @@ impl CertStore {
         let entries = self.entries.load();
         if let Some(sni) = sni {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-            let exact = entries.iter().find(|e| e.names.iter().any(|n| *n == sni));
+            let exact = entries.iter().find(|e| e.names.contains(&sni));
             let wild = || {
                 entries.iter().find(|e| {
                     e.names
