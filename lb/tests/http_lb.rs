@@ -1,0 +1,126 @@
+//! L7 VIPs run by the lb supervisor (`Lb::start`), as the binary runs them: an HTTPS
+//! VIP serves through its slot's pool with real `http` probes, its connections count
+//! in the lb-wide total used for shutdown draining, a config reload pointing at new
+//! certificate files is seen by new handshakes, and draining the only backend turns
+//! new requests into 503s.
+
+mod http_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use http_support::*;
+use hyper_util::rt::TokioIo;
+use lb::{AdminState, Lb};
+use shared::events::EventLog;
+use shared::testing::tls::TestPki;
+use tokio::net::TcpStream;
+
+fn cfg_for(backend: std::net::SocketAddr, pki: &TestPki) -> shared::config::VipConfig {
+    vip_config(
+        "https",
+        &[("web1", backend)],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            pki.cert_path().display(),
+            pki.key_path().display()
+        ),
+    )
+}
+
+async fn tls_h1(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<lb::http::Body>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let config = shared::tls::client_config(false, None, &[b"http/1.1"]).expect("cfg");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let s = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            shared::tls::server_name("webmail.example.test").expect("n"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    let leaf = s.get_ref().1.peer_certificates().expect("certs")[0]
+        .clone()
+        .into_owned();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("h1");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, leaf)
+}
+
+fn req() -> Request<lb::http::Body> {
+    Request::get("/owa/")
+        .header("host", "webmail.example.test")
+        .body(body(""))
+        .expect("req")
+}
+
+#[tokio::test]
+async fn https_vip_served_by_the_lb_with_reload_and_drain() {
+    let b = header_echo_backend().await;
+    let old = TestPki::new(&["webmail.example.test"]);
+    let new = TestPki::new(&["webmail.example.test"]);
+    let cfg = cfg_for(b.addr, &old);
+    let lb = Lb::start(std::slice::from_ref(&cfg), Arc::new(EventLog::default()))
+        .await
+        .expect("lb starts");
+    let addr = lb.local_addr("web").expect("bound");
+
+    let (mut c1, leaf) = tls_h1(addr).await;
+    assert_eq!(leaf, old.cert);
+    let got = collect(c1.send_request(req()).await.expect("resp")).await;
+    assert_eq!(got.status, 200);
+    assert!(
+        got.text().contains("x-forwarded-proto: https"),
+        "{}",
+        got.text()
+    );
+    assert_eq!(
+        lb.active_connections(),
+        1,
+        "L7 connections count for draining"
+    );
+
+    // Reload with new certificate files: new handshakes see them, c1 keeps working.
+    lb.reload(&[cfg_for(b.addr, &new)]).await.expect("reload");
+    let (mut c2, leaf) = tls_h1(addr).await;
+    assert_eq!(leaf, new.cert);
+    assert_eq!(
+        collect(c2.send_request(req()).await.expect("resp"))
+            .await
+            .status,
+        200
+    );
+    c1.ready().await.expect("c1 still open");
+    assert_eq!(
+        collect(c1.send_request(req()).await.expect("resp"))
+            .await
+            .status,
+        200
+    );
+
+    // Draining the only backend: new requests get 503 with Retry-After.
+    lb.backend("web", "web1")
+        .expect("backend")
+        .set_admin(AdminState::Drain, "test");
+    c2.ready().await.expect("c2 open");
+    let got = collect(c2.send_request(req()).await.expect("resp")).await;
+    assert_eq!(got.status, 503);
+    assert!(got.header("retry-after").is_some());
+
+    drop((c1, c2));
+    lb.stop_accepting();
+    assert!(
+        lb.wait_idle(Duration::from_secs(5)).await,
+        "connections drained"
+    );
+    lb.shutdown().await;
+}
