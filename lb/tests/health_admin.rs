@@ -223,7 +223,11 @@ async fn reload_keeps_listener_and_backend_state() {
     let mx1 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
     let mx2 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
     let cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx1.addr())]);
-    let (lb, _events) = start(&[cfg.clone()], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let (lb, _events) = start(
+        std::slice::from_ref(&cfg),
+        scripted(Arc::new(AtomicBool::new(true))),
+    )
+    .await;
     let a = addr(&lb, "smtp");
     let mut held = Client::connect(a).await;
     assert!(held.line().await.starts_with("220 "));
