@@ -3,8 +3,6 @@
 //! drains and exits on SIGTERM/SIGINT. It only wires the library crates together.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use shared::admin::server::{Dispatcher, SocketGuard};
@@ -109,21 +107,25 @@ impl AdminHandler for AppAdmin {
             })),
             Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
                 let gss = app.gss.load_full()?;
+                let cmd = cmd.clone();
                 Some(Box::pin(async move {
                     let handler = gss.admin();
-                    match handler.handle(cmd, peer) {
+                    let reply = match handler.handle(&cmd, peer) {
                         Some(f) => f.await,
                         None => Reply::error("the gss does not handle this command"),
-                    }
+                    };
+                    reply
                 }))
             }
             _ => {
                 let handler = app.lb.admin();
+                let cmd = cmd.clone();
                 Some(Box::pin(async move {
-                    match handler.handle(cmd, peer) {
+                    let reply = match handler.handle(&cmd, peer) {
                         Some(f) => f.await,
                         None => Reply::error("the lb does not handle this command"),
-                    }
+                    };
+                    reply
                 }))
             }
         }
@@ -176,19 +178,17 @@ pub async fn run_until(
     let prometheus = install_metrics();
     let events = Arc::new(EventLog::new(1000));
     let lb = lb::Lb::start(&config.vips, events.clone()).await.context("starting the lb")?;
-    let gss = match &config.gss {
-        Some(g) => Some(Arc::new(gss::Gss::start(g, events.clone()).await.context("starting the gss")?)),
-        None => None,
-    };
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
         lb,
-        gss: ArcSwapOption::new(gss),
+        gss: ArcSwapOption::new(None),
         reload_lock: tokio::sync::Mutex::new(()),
     });
     let background = CancellationToken::new();
 
+    // The status listener opens before the gss starts: a gss watching this very
+    // process with `lb_status` must not see its first round refused.
     if let Some(http) = &config.http {
         let listener = shared::status_server::bind(http.listen).await?;
         let status_app = app.clone();
@@ -198,6 +198,11 @@ pub async fn run_until(
             None => Arc::new(String::new),
         };
         tokio::spawn(shared::status_server::serve(listener, status, metrics, background.clone()));
+    }
+
+    if let Some(g) = &config.gss {
+        let gss = gss::Gss::start(g, events.clone()).await.context("starting the gss")?;
+        app.gss.store(Some(Arc::new(gss)));
     }
 
     let _socket_guard = match &config.admin {
@@ -237,12 +242,8 @@ pub async fn run_until(
     if let Some(g) = app.gss.load_full() {
         g.shutdown().await;
     }
-    let deadline = tokio::time::Instant::now() + drain;
-    while app.lb.active_connections() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = app.lb.active_connections();
-    if left > 0 {
+    if !app.lb.wait_idle(drain).await {
+        let left = app.lb.active_connections();
         tracing::warn!("drain_timeout reached with {left} connections open; closing them");
     }
     app.lb.shutdown().await;

@@ -225,7 +225,29 @@ impl FakeServer {
         behaviour: Behaviour,
         options: FakeOptions,
     ) -> FakeServer {
-        let socket = reserve(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let socket = reserve(SocketAddr::from(([127, 0, 0, 1], 0))).expect("fake bind");
+        Self::on_socket(socket, kind, behaviour, options)
+    }
+
+    /// Starts a fake of `kind` on a fixed `addr` (the demo's backends), reporting a
+    /// port already in use as an error instead of panicking.
+    pub async fn try_start_at(
+        addr: SocketAddr,
+        kind: FakeKind,
+        behaviour: Behaviour,
+        options: FakeOptions,
+    ) -> std::io::Result<FakeServer> {
+        let socket = reserve(addr)?;
+        socket.local_addr()?;
+        Ok(Self::on_socket(socket, kind, behaviour, options))
+    }
+
+    fn on_socket(
+        socket: TcpSocket,
+        kind: FakeKind,
+        behaviour: Behaviour,
+        options: FakeOptions,
+    ) -> FakeServer {
         let addr = socket.local_addr().expect("fake local addr");
         let server = FakeServer {
             kind,
@@ -352,12 +374,12 @@ impl FakeServer {
                 {
                     close_listener(fd, &task);
                 }
-                st.listening = Listening::Refusing(reserve(self.addr));
+                st.listening = Listening::Refusing(reserve(self.addr).expect("fake rebind"));
             }
             (Listening::Refusing(_), true) | (Listening::Released, true) => {
                 let socket = match std::mem::replace(&mut st.listening, Listening::Released) {
                     Listening::Refusing(s) => s,
-                    _ => reserve(self.addr),
+                    _ => reserve(self.addr).expect("fake rebind"),
                 };
                 let listener = socket.listen(1024).expect("fake listen");
                 let fd = listener
@@ -374,7 +396,7 @@ impl FakeServer {
                 st.listening = Listening::Accepting { fd, task };
             }
             (Listening::Released, false) => {
-                st.listening = Listening::Refusing(reserve(self.addr));
+                st.listening = Listening::Refusing(reserve(self.addr).expect("fake rebind"));
             }
         }
     }
@@ -406,11 +428,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A bound, non-listening socket: keeps the port ours while connects are refused.
-fn reserve(addr: SocketAddr) -> TcpSocket {
-    let socket = TcpSocket::new_v4().expect("fake socket");
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket.bind(addr).expect("fake bind");
-    socket
+fn reserve(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Stops a listening socket synchronously: `shutdown(2)` on a listening socket makes
