@@ -124,6 +124,12 @@ impl<'a> Collector<'a> {
         !self.errors.is_empty()
     }
 
+    /// The collected errors plus `more`, in file order.
+    pub(crate) fn finish_with(mut self, more: ConfigErrors) -> ConfigErrors {
+        self.errors.extend(more.0);
+        self.finish()
+    }
+
     /// The collected errors in file order (stable for errors at the same spot).
     pub(crate) fn finish(mut self) -> ConfigErrors {
         self.errors.sort_by_key(|e| (e.line, e.col));

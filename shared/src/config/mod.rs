@@ -26,17 +26,94 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Validates config `text`; `path` is used in error messages and kept in
 /// [`Config::path`] so a reload re-reads the same file.
+///
+/// serde stops at the first problem, so an unknown key on a line of its own is
+/// recorded, commented out (columns unchanged) and the text parsed again: one run
+/// reports every typo'd key and, once the rest parses, the validation errors too.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let mut c = error::Collector::new(text, path);
-            let span = e.span().unwrap_or(0..0);
-            c.err(span, e.message().trim().replace('\n', "; "));
-            return Err(c.finish());
+    let mut c = error::Collector::new(text, path);
+    let mut current = text.to_string();
+    // Bounded: each round removes one line.
+    for _ in 0..64 {
+        let e = match toml::from_str::<raw::RawConfig>(&current) {
+            Ok(raw) => {
+                return match validate::validate(raw, text, path) {
+                    Ok(config) if !c.has_errors() => Ok(config),
+                    Ok(_) => Err(c.finish()),
+                    Err(more) => Err(c.finish_with(more)),
+                };
+            }
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        c.err(span.clone(), serde_message(e.message()));
+        match blank_unknown_key_line(&current, &e, span.start) {
+            Some(next) => current = next,
+            None => break,
         }
+    }
+    Err(c.finish())
+}
+
+/// toml's message on one line; for an unknown key close to a known one, a
+/// "did you mean" instead of the full list of keys.
+fn serde_message(message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message;
     };
-    validate::validate(raw, text, path)
+    let Some((key, expected)) = rest.split_once('`') else {
+        return message;
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(key, k), k))
+        .min();
+    match best {
+        Some((d, k)) if d <= 2 && d < key.len() => {
+            format!("unknown field `{key}`; did you mean `{k}`?")
+        }
+        _ => message,
+    }
+}
+
+/// Levenshtein distance, for typo suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// For an "unknown field" error whose key starts a single-line `key = value`
+/// line, returns the text with that line commented out; otherwise `None` (the
+/// error may hide others, but guessing further would report phantoms).
+fn blank_unknown_key_line(text: &str, e: &toml::de::Error, at: usize) -> Option<String> {
+    if !e.message().starts_with("unknown field") {
+        return None;
+    }
+    let start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    if !text[start..at].trim().is_empty() {
+        return None; // the key is inside an inline table
+    }
+    let end = text[at..].find('\n').map(|i| at + i).unwrap_or(text.len());
+    let line = &text[at..end];
+    // The whole key/value must be on this line, or removing it breaks the syntax.
+    toml::from_str::<toml::Table>(line).ok()?;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..at]);
+    out.push('#');
+    out.push_str(&text[at + line.chars().next()?.len_utf8()..]);
+    Some(out)
 }
 
 #[cfg(test)]

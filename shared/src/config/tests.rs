@@ -340,6 +340,39 @@ fn missing_required_key() {
 }
 
 #[test]
+fn every_unknown_key_and_validation_error_in_one_run() {
+    let text = r#"drain_timout = "5s"
+[[vip]]
+name = "smtp"
+listen = "127.0.0.1:2525"
+balnce = "least_conn"
+backends = [ { name = "mx1", address = "127.0.0.1:12525", weight = 0 } ]
+"#;
+    let errs = errors(text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    expect_err(
+        text,
+        "1:1",
+        "unknown field `drain_timout`; did you mean `drain_timeout`?",
+    );
+    expect_err(
+        text,
+        "5:1",
+        "unknown field `balnce`; did you mean `balance`?",
+    );
+    expect_err(text, "6:68", "backend weight must be at least 1");
+}
+
+#[test]
+fn unknown_key_with_multiline_value_stops_there() {
+    // Commenting out the first line of a multi-line value would report phantom
+    // syntax errors, so only the unknown key is reported.
+    let text = "bogus = [\n  1,\n]\n[[vip]]\nname = 5\n";
+    let errs = errors(text);
+    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `vip`, `gss`".to_string()]);
+}
+
+#[test]
 fn unreadable_file_is_line_one() {
     let e = load(Path::new("/nonexistent/portico.toml")).expect_err("missing file");
     assert_eq!(e.0.len(), 1);
