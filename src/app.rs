@@ -176,6 +176,12 @@ pub async fn run_until(
 ) -> anyhow::Result<()> {
     raise_nofile_limit();
     let prometheus = install_metrics();
+    lb::metrics::describe();
+    lb::http::describe_metrics();
+    metrics::describe_counter!(
+        "portico_config_reloads_total",
+        "Config reloads by result (ok, failed); a failed one leaves the old config serving"
+    );
     let events = Arc::new(EventLog::new(1000));
     let lb = lb::Lb::start(&config.vips, events.clone()).await.context("starting the lb")?;
     let app = Arc::new(App {

@@ -287,7 +287,11 @@ mod tests {
             }
         };
         let bound = timing.interval.mul_f64(1.1) * timing.fall + timing.timeout;
-        assert!(down_at - killed <= bound, "{:?} > {bound:?}", down_at - killed);
+        assert!(
+            down_at - killed <= bound,
+            "{:?} > {bound:?}",
+            down_at - killed
+        );
         flag.store(true, Ordering::SeqCst);
         let mut oks = 0;
         loop {

@@ -109,7 +109,9 @@ pub const MAX_LINE: usize = 4096;
 
 fn backend_id(s: &str) -> Result<BackendId, String> {
     match s.split_once('/') {
-        Some((vip, backend)) if !vip.is_empty() && !backend.is_empty() && !backend.contains('/') => {
+        Some((vip, backend))
+            if !vip.is_empty() && !backend.is_empty() && !backend.contains('/') =>
+        {
             Ok(BackendId {
                 vip: vip.to_string(),
                 backend: backend.to_string(),
@@ -233,7 +235,10 @@ mod tests {
             ("help", Command::Help),
             ("show vips", Command::ShowVips),
             ("  show   backends  ", Command::ShowBackends(None)),
-            ("show backends smtp", Command::ShowBackends(Some("smtp".into()))),
+            (
+                "show backends smtp",
+                Command::ShowBackends(Some("smtp".into())),
+            ),
             ("drain smtp/mx1", Command::Drain(id.clone())),
             ("ready smtp/mx1", Command::Ready(id.clone())),
             ("maint smtp/mx1", Command::Maint(id.clone())),
@@ -243,8 +248,14 @@ mod tests {
                 Command::WaitDrained(id.clone(), Duration::from_millis(1500)),
             ),
             ("show sites", Command::ShowSites),
-            ("site down dc1", Command::Site("dc1".into(), SiteOverride::Down)),
-            ("site auto dc1", Command::Site("dc1".into(), SiteOverride::Auto)),
+            (
+                "site down dc1",
+                Command::Site("dc1".into(), SiteOverride::Down),
+            ),
+            (
+                "site auto dc1",
+                Command::Site("dc1".into(), SiteOverride::Auto),
+            ),
             ("explain smtp", Command::Explain("smtp".into(), None)),
             (
                 "explain smtp 10.1.2.3",

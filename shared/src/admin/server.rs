@@ -66,7 +66,9 @@ impl Dispatcher {
             Command::Reload => "reload-capable",
             _ => "lb",
         };
-        Reply::error(format!("this process runs no {role} role; check its config"))
+        Reply::error(format!(
+            "this process runs no {role} role; check its config"
+        ))
     }
 }
 
@@ -79,7 +81,10 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; remove it or choose another admin.socket", path.display()),
+                format!(
+                    "{} exists and is not a socket; remove it or choose another admin.socket",
+                    path.display()
+                ),
             ));
         }
     }
@@ -128,7 +133,11 @@ pub async fn serve(listener: UnixListener, dispatcher: Arc<Dispatcher>, cancel: 
             tokio::spawn(async move {
                 let mut s = stream;
                 let _ = s
-                    .write_all(Reply::error("too many admin connections; retry").render().as_bytes())
+                    .write_all(
+                        Reply::error("too many admin connections; retry")
+                            .render()
+                            .as_bytes(),
+                    )
                     .await;
             });
             continue;
@@ -160,7 +169,9 @@ async fn connection(stream: UnixStream, dispatcher: &Dispatcher) -> io::Result<(
         buf.clear();
         let n = match tokio::time::timeout(
             IDLE,
-            (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf),
+            (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf),
         )
         .await
         {
@@ -269,13 +280,25 @@ mod tests {
     #[tokio::test]
     async fn socket_is_private_and_answers() {
         let (dir, cancel) = start().await;
-        let mode = std::fs::metadata(dir.sock()).expect("socket").permissions().mode();
+        let mode = std::fs::metadata(dir.sock())
+            .expect("socket")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(request(&dir.sock(), "show vips").await.unwrap(), "smtp up\n");
+        assert_eq!(
+            request(&dir.sock(), "show vips").await.unwrap(),
+            "smtp up\n"
+        );
         let events = request(&dir.sock(), "show events").await.unwrap();
-        assert!(events.contains("smtp/mx1 down: connection refused"), "{events}");
+        assert!(
+            events.contains("smtp/mx1 down: connection refused"),
+            "{events}"
+        );
         let no_gss = request(&dir.sock(), "show sites").await.unwrap();
-        assert!(no_gss.starts_with("error: ") && no_gss.contains("gss"), "{no_gss}");
+        assert!(
+            no_gss.starts_with("error: ") && no_gss.contains("gss"),
+            "{no_gss}"
+        );
         cancel.cancel();
     }
 
@@ -307,7 +330,10 @@ mod tests {
         assert_eq!(tail, "\n");
         tail.clear();
         assert!(matches!(r.read_line(&mut tail).await, Ok(0) | Err(_)));
-        assert_eq!(request(&dir.sock(), "show vips").await.unwrap(), "smtp up\n");
+        assert_eq!(
+            request(&dir.sock(), "show vips").await.unwrap(),
+            "smtp up\n"
+        );
         cancel.cancel();
     }
 }

@@ -1,0 +1,149 @@
+//! An HTTPS VIP in front of real nginx webmail backends, driven by real `curl` over
+//! HTTP/1.1 and HTTP/2: TLS termination with a certificate made at test time,
+//! forwarding headers, and a killed backend costing clients nothing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
+use shared::testing::tls::TestPki;
+
+fn nginx(dir: &TempDir, name: &str, port: u16) -> Option<Daemon> {
+    let bin = tool("nginx")?;
+    let root = dir.path(name);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let conf = format!(
+        r#"
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log {root}/access.log;
+  client_body_temp_path {root}/tmp/body;
+  proxy_temp_path {root}/tmp/proxy;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /health {{ return 200 "ok\n"; }}
+    location = /headers {{
+      return 200 "{name}|$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_host|$http_forwarded\n";
+    }}
+    location / {{ return 200 "{name}\n"; }}
+  }}
+}}
+"#,
+        root = root.display()
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&root)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let d = Daemon(child);
+    assert!(
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)),
+        "nginx {name}: {}",
+        std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
+    );
+    Some(d)
+}
+
+struct Curl<'a> {
+    pki: &'a TestPki,
+    port: u16,
+}
+
+impl Curl<'_> {
+    /// Returns (http version, body).
+    fn get(&self, version: &str, path: &str) -> (String, String) {
+        let host = "webmail.example.test";
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", version])
+            .arg("--cacert")
+            .arg(self.pki.ca_path())
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)])
+            .args(["-w", "\n%{http_version}"])
+            .arg(format!("https://{host}:{}{path}", self.port))
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "curl {version} {path}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, ver) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (ver.to_string(), body.trim().to_string())
+    }
+}
+
+#[test]
+fn curl_h1_and_h2_through_an_https_vip_to_nginx() {
+    let Some(_) = tool("curl") else { return };
+    let dir = TempDir::new("web");
+    let (p1, p2, vip) = (free_port(), free_port(), free_port());
+    let Some(web1) = nginx(&dir, "web1", p1) else { return };
+    let Some(_web2) = nginx(&dir, "web2", p2) else { return };
+    let pki = TestPki::new(&["webmail.example.test"]);
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "webmail"
+mode = "https"
+listen = "127.0.0.1:{vip}"
+tls = {{ cert = "{cert}", key = "{key}" }}
+backends = [ {{ name = "web1", address = "127.0.0.1:{p1}" }}, {{ name = "web2", address = "127.0.0.1:{p2}" }} ]
+probe = {{ kind = "http", path = "/health", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display(),
+        cert = pki.cert_path().display(),
+        key = pki.key_path().display(),
+    );
+    let portico = Portico::start(&dir, &config);
+    let up = poll(Duration::from_secs(10), || {
+        let out = portico.ctl("show backends webmail");
+        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == 2).then_some(())
+    });
+    assert!(up.is_some(), "{}", portico.ctl("show backends"));
+    let curl = Curl { pki: &pki, port: vip };
+
+    let (ver, body) = curl.get("--http1.1", "/headers");
+    assert_eq!(ver, "1.1");
+    let fields: Vec<&str> = body.split('|').collect();
+    assert_eq!(fields.len(), 5, "{body}");
+    assert!(fields[0] == "web1" || fields[0] == "web2", "{body}");
+    assert_eq!(fields[1], "127.0.0.1", "X-Forwarded-For: {body}");
+    assert_eq!(fields[2], "https", "X-Forwarded-Proto: {body}");
+    assert_eq!(fields[3], format!("webmail.example.test:{vip}"), "X-Forwarded-Host: {body}");
+    assert!(fields[4].contains("for=127.0.0.1") && fields[4].contains("proto=https"), "Forwarded: {body}");
+
+    let (ver, body) = curl.get("--http2", "/");
+    assert_eq!(ver, "2", "ALPN h2");
+    assert!(body == "web1" || body == "web2", "{body}");
+
+    // Both backends serve over a few requests (round robin).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(curl.get("--http2", "/").1);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Kill web1: every request still succeeds (connect failure retried elsewhere).
+    drop(web1);
+    for _ in 0..10 {
+        let (_, body) = curl.get("--http1.1", "/");
+        assert_eq!(body, "web2");
+    }
+}
