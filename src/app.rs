@@ -2,7 +2,6 @@
 //! the status/metrics listener and the admin socket; reloads on SIGHUP or `reload`;
 //! drains and exits on SIGTERM/SIGINT. It only wires the library crates together.
 
-use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use shared::admin::server::{Dispatcher, SocketGuard};
@@ -10,6 +9,7 @@ use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use shared::config::Config;
 use shared::events::EventLog;
 use shared::status::StatusDoc;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,12 @@ impl App {
     pub fn status(&self) -> StatusDoc {
         StatusDoc {
             vips: self.lb.status(),
-            sites: self.gss.load().as_ref().map(|g| g.status()).unwrap_or_default(),
+            sites: self
+                .gss
+                .load()
+                .as_ref()
+                .map(|g| g.status())
+                .unwrap_or_default(),
         }
     }
 
@@ -40,10 +45,14 @@ impl App {
         let new = match shared::config::load(&path) {
             Ok(c) => c,
             Err(errors) => {
-                metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
+                metrics::counter!("portico_config_reloads_total", "result" => "failed")
+                    .increment(1);
                 self.events.record(
                     "config",
-                    format!("reload refused ({who}): {} error(s); the running config keeps serving", errors.0.len()),
+                    format!(
+                        "reload refused ({who}): {} error(s); the running config keeps serving",
+                        errors.0.len()
+                    ),
                 );
                 for e in &errors.0 {
                     tracing::warn!("{e}");
@@ -57,23 +66,28 @@ impl App {
         }
         if let Err(e) = self.lb.reload(&new.vips).await {
             metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
-            self.events.record("config", format!("reload failed ({who}): {e}"));
+            self.events
+                .record("config", format!("reload failed ({who}): {e}"));
             return Err(e.to_string());
         }
         let current = self.gss.load_full();
         match (current, &new.gss) {
             (Some(g), Some(c)) => {
                 if let Err(e) = g.reload(c).await {
-                    metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
-                    self.events.record("config", format!("reload failed ({who}): {e}"));
+                    metrics::counter!("portico_config_reloads_total", "result" => "failed")
+                        .increment(1);
+                    self.events
+                        .record("config", format!("reload failed ({who}): {e}"));
                     return Err(e.to_string());
                 }
             }
             (None, Some(c)) => match gss::Gss::start(c, self.events.clone()).await {
                 Ok(g) => self.gss.store(Some(Arc::new(g))),
                 Err(e) => {
-                    metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
-                    self.events.record("config", format!("reload failed ({who}): {e}"));
+                    metrics::counter!("portico_config_reloads_total", "result" => "failed")
+                        .increment(1);
+                    self.events
+                        .record("config", format!("reload failed ({who}): {e}"));
                     return Err(e.to_string());
                 }
             },
@@ -85,7 +99,10 @@ impl App {
         }
         self.config.store(Arc::new(new));
         metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
-        self.events.record("config", format!("reloaded from {} ({who})", path.display()));
+        self.events.record(
+            "config",
+            format!("reloaded from {} ({who})", path.display()),
+        );
         Ok(())
     }
 }
@@ -99,10 +116,15 @@ impl AdminHandler for AppAdmin {
         let app = &self.0;
         match cmd {
             Command::Reload => Some(Box::pin(async move {
-                let who = format!("admin uid {}", peer.uid.map_or("?".into(), |u| u.to_string()));
+                let who = format!(
+                    "admin uid {}",
+                    peer.uid.map_or("?".into(), |u| u.to_string())
+                );
                 match app.reload(&who).await {
                     Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error(format!("reload refused, old config still serving: {e}")),
+                    Err(e) => {
+                        Reply::Error(format!("reload refused, old config still serving: {e}"))
+                    }
                 }
             })),
             Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
@@ -135,7 +157,10 @@ impl AdminHandler for AppAdmin {
 /// Raises the open-file soft limit to the hard limit: every proxied connection costs
 /// two descriptors and mail clients hold thousands of idle IMAP sessions.
 fn raise_nofile_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -149,7 +174,9 @@ fn raise_nofile_limit() {
 
 fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &buckets)
         .ok()?;
@@ -183,7 +210,9 @@ pub async fn run_until(
         "Config reloads by result (ok, failed); a failed one leaves the old config serving"
     );
     let events = Arc::new(EventLog::new(1000));
-    let lb = lb::Lb::start(&config.vips, events.clone()).await.context("starting the lb")?;
+    let lb = lb::Lb::start(&config.vips, events.clone())
+        .await
+        .context("starting the lb")?;
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
@@ -203,11 +232,18 @@ pub async fn run_until(
             Some(h) => Arc::new(move || h.render()),
             None => Arc::new(String::new),
         };
-        tokio::spawn(shared::status_server::serve(listener, status, metrics, background.clone()));
+        tokio::spawn(shared::status_server::serve(
+            listener,
+            status,
+            metrics,
+            background.clone(),
+        ));
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start(g, events.clone()).await.context("starting the gss")?;
+        let gss = gss::Gss::start(g, events.clone())
+            .await
+            .context("starting the gss")?;
         app.gss.store(Some(Arc::new(gss)));
     }
 
@@ -215,8 +251,15 @@ pub async fn run_until(
         Some(admin) => {
             let listener = shared::admin::server::bind(&admin.socket)
                 .with_context(|| format!("admin socket {}", admin.socket.display()))?;
-            let dispatcher = Arc::new(Dispatcher::new(events.clone(), vec![Arc::new(AppAdmin(app.clone()))]));
-            tokio::spawn(shared::admin::server::serve(listener, dispatcher, background.clone()));
+            let dispatcher = Arc::new(Dispatcher::new(
+                events.clone(),
+                vec![Arc::new(AppAdmin(app.clone()))],
+            ));
+            tokio::spawn(shared::admin::server::serve(
+                listener,
+                dispatcher,
+                background.clone(),
+            ));
             Some(SocketGuard(admin.socket.clone()))
         }
         None => None,
@@ -243,7 +286,13 @@ pub async fn run_until(
     }
 
     let drain = app.config.load().drain_timeout;
-    events.record("process", format!("shutting down: draining up to {}", humantime::format_duration(drain)));
+    events.record(
+        "process",
+        format!(
+            "shutting down: draining up to {}",
+            humantime::format_duration(drain)
+        ),
+    );
     app.lb.stop_accepting();
     if let Some(g) = app.gss.load_full() {
         g.shutdown().await;

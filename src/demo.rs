@@ -38,9 +38,14 @@ async fn start_backends(config: &Config) -> anyhow::Result<Vec<FakeServer>> {
                 continue;
             }
             let options = FakeOptions::new().banner(format!("{}/{}", vip.name, b.name));
-            let fake = FakeServer::try_start_at(b.address, fake_kind(vip.probe.kind), Behaviour::Good, options)
-                .await
-                .with_context(|| format!("demo backend {}/{} on {}", vip.name, b.name, b.address))?;
+            let fake = FakeServer::try_start_at(
+                b.address,
+                fake_kind(vip.probe.kind),
+                Behaviour::Good,
+                options,
+            )
+            .await
+            .with_context(|| format!("demo backend {}/{} on {}", vip.name, b.name, b.address))?;
             fakes.push(fake);
         }
     }
@@ -89,7 +94,10 @@ pub fn instructions(config: &Config, exe: &str) -> String {
         if let Some(gss) = &config.gss {
             if let (Some(site), Some(name)) = (gss.sites.first(), gss.names.first()) {
                 let short = name.fqdn.split('.').next().unwrap_or(&name.fqdn);
-                out += &format!("  {ctl} site down {}      # then dig again: answers move\n", site.name);
+                out += &format!(
+                    "  {ctl} site down {}      # then dig again: answers move\n",
+                    site.name
+                );
                 out += &format!("  {ctl} explain {short}\n");
                 out += &format!("  {ctl} site auto {}\n", site.name);
             }
@@ -105,7 +113,9 @@ pub async fn run() -> anyhow::Result<()> {
     let config = shared::config::parse(DEMO_TOML, Path::new("config/demo.toml"))
         .map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let _fakes = start_backends(&config).await?;
-    let exe = std::env::args().next().unwrap_or_else(|| "portico".to_string());
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "portico".to_string());
     let (tx, rx) = oneshot::channel();
     let text = instructions(&config, &exe);
     let printer = tokio::spawn(async move {

@@ -86,7 +86,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
@@ -121,7 +123,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn ctl(socket: &std::path::Path, command: &str) -> ExitCode {
     let reply = runtime().and_then(|rt| {
         rt.block_on(shared::admin::server::request(socket, command))
-            .map_err(|e| anyhow::anyhow!("admin socket {}: {e}; is portico running with this admin.socket?", socket.display()))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "admin socket {}: {e}; is portico running with this admin.socket?",
+                    socket.display()
+                )
+            })
     });
     match reply {
         Ok(text) => {

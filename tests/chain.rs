@@ -67,7 +67,14 @@ probe = {{ kind = "http", {probe} }}
         w1 = web.addr(),
     );
     let lb = Portico::start(&dir, &config);
-    Site { smtp, _imap: imap, _web: web, http, lb, _dir: dir }
+    Site {
+        smtp,
+        _imap: imap,
+        _web: web,
+        http,
+        lb,
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +88,11 @@ async fn killing_dc1_smtp_backends_moves_dns_answers_to_dc2() {
             let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
             (code == 200 && doc["vips"].as_array()?.iter().all(|v| v["up"] == true)).then_some(())
         });
-        assert!(up.is_some(), "every VIP up on {addr}: {}", s.lb.ctl("show backends"));
+        assert!(
+            up.is_some(),
+            "every VIP up on {addr}: {}",
+            s.lb.ctl("show backends")
+        );
     }
 
     let gss_dir = TempDir::new("chain-gss");
@@ -127,23 +138,47 @@ answers = {{ dc1 = ["127.0.0.1"], dc2 = ["127.0.0.2"] }}
     }
     let vip_down = poll(Duration::from_secs(10), || {
         let out = dc1.lb.ctl("show vips");
-        out.lines().any(|l| l.starts_with("smtp ") && l.split_whitespace().nth(3) == Some("down")).then_some(())
+        out.lines()
+            .any(|l| l.starts_with("smtp ") && l.split_whitespace().nth(3) == Some("down"))
+            .then_some(())
     });
-    assert!(vip_down.is_some(), "dc1's lb marks smtp down: {}", dc1.lb.ctl("show backends"));
+    assert!(
+        vip_down.is_some(),
+        "dc1's lb marks smtp down: {}",
+        dc1.lb.ctl("show backends")
+    );
     let moved = poll(Duration::from_secs(10), || {
-        (query_a(dns, name)? == vec!["127.0.0.2".parse::<std::net::Ipv4Addr>().unwrap()]).then_some(())
+        (query_a(dns, name)? == vec!["127.0.0.2".parse::<std::net::Ipv4Addr>().unwrap()])
+            .then_some(())
     });
     assert!(moved.is_some(), "{}", gss.ctl("explain smtp"));
     // lb: interval×fall + timeout; gss: the same again; plus slack for a loaded machine.
-    assert!(killed.elapsed() < Duration::from_secs(8), "took {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        killed.elapsed()
+    );
     let explain = gss.ctl("explain smtp");
-    assert!(explain.contains("dc1") && explain.contains("down"), "{explain}");
+    assert!(
+        explain.contains("dc1") && explain.contains("down"),
+        "{explain}"
+    );
     let events = gss.ctl("show events 50");
-    assert!(events.lines().any(|l| l.contains("dc1 down") && l.contains("detected in")), "{events}");
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("dc1 down") && l.contains("detected in")),
+        "{events}"
+    );
 
     // Other VIPs of dc1 stay up; dc2 is untouched.
     let (_, status) = http_get(SocketAddr::from(([127, 0, 0, 1], dc1.http)), "/status").unwrap();
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let imap = doc["vips"].as_array().unwrap().iter().find(|v| v["name"] == "imap").unwrap();
+    let imap = doc["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "imap")
+        .unwrap();
     assert_eq!(imap["up"], true);
 }

@@ -20,9 +20,16 @@ fn tomls(dir: &Path) -> Vec<PathBuf> {
 fn example_configs_pass() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let files = tomls(&dir);
-    assert!(files.iter().any(|f| f.ends_with("demo.toml")), "config/demo.toml exists");
+    assert!(
+        files.iter().any(|f| f.ends_with("demo.toml")),
+        "config/demo.toml exists"
+    );
     for file in files {
-        let out = Command::new(common::bin()).args(["check", "--config"]).arg(&file).output().unwrap();
+        let out = Command::new(common::bin())
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{} should be valid:\n{}",
@@ -36,7 +43,11 @@ fn example_configs_pass() {
 fn bad_configs_name_line_and_column() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shared/tests/bad");
     let files = tomls(&dir);
-    assert!(files.len() >= 5, "a set of bad configs exists in {}", dir.display());
+    assert!(
+        files.len() >= 5,
+        "a set of bad configs exists in {}",
+        dir.display()
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let expects: Vec<&str> = text
@@ -44,15 +55,25 @@ fn bad_configs_name_line_and_column() {
             .filter_map(|l| l.strip_prefix("# expect: "))
             .map(str::trim)
             .collect();
-        assert!(!expects.is_empty(), "{} lists its expected errors", file.display());
-        let out = Command::new(common::bin()).args(["check", "--config"]).arg(&file).output().unwrap();
+        assert!(
+            !expects.is_empty(),
+            "{} lists its expected errors",
+            file.display()
+        );
+        let out = Command::new(common::bin())
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
         for want in expects {
             let (pos, fragment) = want.split_once(": ").unwrap_or((want, ""));
             let prefix = format!("{}:{pos}: ", file.display());
             assert!(
-                stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(fragment)),
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains(fragment)),
                 "{}: expected a line starting {prefix:?} containing {fragment:?} in:\n{stderr}",
                 file.display()
             );
@@ -68,5 +89,8 @@ fn missing_file_is_an_error_with_position() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("/nonexistent/portico.toml:1:1: "), "{stderr}");
+    assert!(
+        stderr.starts_with("/nonexistent/portico.toml:1:1: "),
+        "{stderr}"
+    );
 }

@@ -15,7 +15,9 @@ const SOCKET: &str = "/tmp/portico-demo.sock";
 
 #[test]
 fn demo_starts_answers_and_stops_on_sigint() {
-    let (Some(_), Some(_), Some(_)) = (tool("dig"), tool("swaks"), tool("curl")) else { return };
+    let (Some(_), Some(_), Some(_)) = (tool("dig"), tool("swaks"), tool("curl")) else {
+        return;
+    };
     let child = Command::new(bin())
         .arg("demo")
         .stdout(Stdio::piped())
@@ -31,20 +33,41 @@ fn demo_starts_answers_and_stops_on_sigint() {
         }
     });
     let mut printed = Vec::new();
-    while !printed.iter().any(|l: &String| l.contains("Ctrl-C stops it")) {
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C stops it"))
+    {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => printed.push(l),
             Err(_) => panic!("demo printed no instructions: {printed:?}"),
         }
     }
     let text = printed.join("\n");
-    for hint in ["dig @127.0.0.1 -p 5353", "swaks --server", "curl", "ctl --socket", "site down dc1"] {
-        assert!(text.contains(hint), "instructions mention {hint:?}:\n{text}");
+    for hint in [
+        "dig @127.0.0.1 -p 5353",
+        "swaks --server",
+        "curl",
+        "ctl --socket",
+        "site down dc1",
+    ] {
+        assert!(
+            text.contains(hint),
+            "instructions mention {hint:?}:\n{text}"
+        );
     }
 
     let dig = |name: &str| {
         let out = Command::new("dig")
-            .args(["@127.0.0.1", "-p", "5353", "+norec", "+short", "+time=2", name, "A"])
+            .args([
+                "@127.0.0.1",
+                "-p",
+                "5353",
+                "+norec",
+                "+short",
+                "+time=2",
+                name,
+                "A",
+            ])
             .output()
             .expect("dig");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -58,16 +81,25 @@ fn demo_starts_answers_and_stops_on_sigint() {
             .args(["--from", "demo@example.test", "--to", "user@example.test"])
             .output()
             .expect("swaks");
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
     let mail = mail.expect("swaks through the demo's SMTP VIP");
     assert!(mail.contains("queued as dc1-smtp/"), "{mail}");
 
-    let web = Command::new("curl").args(["-s", "http://127.0.0.1:8080/"]).output().expect("curl");
+    let web = Command::new("curl")
+        .args(["-s", "http://127.0.0.1:8080/"])
+        .output()
+        .expect("curl");
     assert!(String::from_utf8_lossy(&web.stdout).starts_with("dc1-webmail/"));
 
     let ctl = |cmd: &[&str]| {
-        let out = Command::new(bin()).args(["ctl", "--socket", SOCKET]).args(cmd).output().expect("ctl");
+        let out = Command::new(bin())
+            .args(["ctl", "--socket", SOCKET])
+            .args(cmd)
+            .output()
+            .expect("ctl");
         assert!(out.status.success(), "{cmd:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -80,7 +112,11 @@ fn demo_starts_answers_and_stops_on_sigint() {
     unsafe {
         libc::kill(demo.0.id() as libc::pid_t, libc::SIGINT);
     }
-    let status = poll(Duration::from_secs(15), || demo.0.try_wait().ok().flatten()).expect("demo exits on SIGINT");
+    let status = poll(Duration::from_secs(15), || demo.0.try_wait().ok().flatten())
+        .expect("demo exits on SIGINT");
     assert!(status.success(), "{status}");
-    assert!(!std::path::Path::new(SOCKET).exists(), "admin socket removed");
+    assert!(
+        !std::path::Path::new(SOCKET).exists(),
+        "admin socket removed"
+    );
 }

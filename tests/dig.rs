@@ -83,7 +83,15 @@ fn dig_sees_a_correct_authoritative_server_and_failover() {
     let (e1, e2) = (Echo::start(), Echo::start());
     let dir = TempDir::new("dig");
     let port = free_udp_tcp_port();
-    let p = Portico::start(&dir, &gss_config(&dir.path("admin.sock").display().to_string(), port, &e1, &e2));
+    let p = Portico::start(
+        &dir,
+        &gss_config(
+            &dir.path("admin.sock").display().to_string(),
+            port,
+            &e1,
+            &e2,
+        ),
+    );
     let dns = Dns { port };
 
     let full = dns.dig(&["+norec", "smtp.gslb.example.test", "A"]);
@@ -91,36 +99,67 @@ fn dig_sees_a_correct_authoritative_server_and_failover() {
     assert!(full.contains(" aa"), "authoritative answer: {full}");
     assert!(!full.contains(" ra"), "no recursion offered: {full}");
     assert_eq!(dns.short("smtp.gslb.example.test", "A"), ["127.0.0.1"]);
-    assert_eq!(dns.short("SMTP.GSLB.Example.Test", "A"), ["127.0.0.1"], "case-insensitive");
+    assert_eq!(
+        dns.short("SMTP.GSLB.Example.Test", "A"),
+        ["127.0.0.1"],
+        "case-insensitive"
+    );
     assert_eq!(dns.short("smtp.gslb.example.test", "AAAA"), ["::1"]);
 
     let tcp = dns.dig(&["+norec", "+tcp", "smtp.gslb.example.test", "A"]);
-    assert!(tcp.contains("status: NOERROR") && tcp.contains("127.0.0.1"), "{tcp}");
+    assert!(
+        tcp.contains("status: NOERROR") && tcp.contains("127.0.0.1"),
+        "{tcp}"
+    );
 
     let nx = dns.dig(&["+norec", "nope.gslb.example.test", "A"]);
-    assert!(nx.contains("status: NXDOMAIN") && nx.contains(" aa"), "{nx}");
-    assert!(nx.contains("AUTHORITY: 1") && nx.contains("SOA"), "SOA in authority: {nx}");
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains(" aa"),
+        "{nx}"
+    );
+    assert!(
+        nx.contains("AUTHORITY: 1") && nx.contains("SOA"),
+        "SOA in authority: {nx}"
+    );
 
     let nodata = dns.dig(&["+norec", "smtp.gslb.example.test", "MX"]);
-    assert!(nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"), "{nodata}");
+    assert!(
+        nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"),
+        "{nodata}"
+    );
     assert!(nodata.contains("SOA"), "{nodata}");
 
     let refused = dns.dig(&["+norec", "example.org", "A"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
 
     let apex = dns.dig(&["+norec", "gslb.example.test", "SOA"]);
-    assert!(apex.contains("ns1.gslb.example.test.") && apex.contains("ANSWER: 1"), "{apex}");
-    assert_eq!(dns.short("gslb.example.test", "NS"), ["ns1.gslb.example.test."]);
+    assert!(
+        apex.contains("ns1.gslb.example.test.") && apex.contains("ANSWER: 1"),
+        "{apex}"
+    );
+    assert_eq!(
+        dns.short("gslb.example.test", "NS"),
+        ["ns1.gslb.example.test."]
+    );
 
     // 40 A records do not fit 512 bytes: TC over UDP (+ignore keeps dig from retrying)...
-    let truncated = dns.dig(&["+norec", "+ignore", "+bufsize=512", "big.gslb.example.test", "A"]);
+    let truncated = dns.dig(&[
+        "+norec",
+        "+ignore",
+        "+bufsize=512",
+        "big.gslb.example.test",
+        "A",
+    ]);
     assert!(truncated.contains(" tc"), "{truncated}");
     let no_edns = dns.dig(&["+norec", "+ignore", "+noedns", "big.gslb.example.test", "A"]);
     assert!(no_edns.contains(" tc"), "{no_edns}");
     // ...and dig's automatic TCP retry gets all of them; a large EDNS buffer does too.
     assert_eq!(dns.short("big.gslb.example.test", "A").len(), 40);
     let large = dns.dig(&["+norec", "+bufsize=4096", "big.gslb.example.test", "A"]);
-    assert!(large.contains("ANSWER: 40") && !large.contains(" tc"), "{large}");
+    assert!(
+        large.contains("ANSWER: 40") && !large.contains(" tc"),
+        "{large}"
+    );
 
     // Operator override moves answers at once; auto releases (manual failback too).
     assert_eq!(p.ctl("site down dc1").trim(), "ok");
@@ -135,7 +174,10 @@ fn dig_sees_a_correct_authoritative_server_and_failover() {
     });
     assert!(moved.is_some(), "{}", p.ctl("explain smtp"));
     let explain = p.ctl("explain smtp");
-    assert!(explain.contains("dc1") && explain.contains("down"), "{explain}");
+    assert!(
+        explain.contains("dc1") && explain.contains("down"),
+        "{explain}"
+    );
     let sites = p.ctl("show sites");
     assert!(sites.lines().any(|l| l.starts_with("dc1 down")), "{sites}");
 }

@@ -27,7 +27,11 @@ fn tcp_vip(name: &str, port: u16, backends: &[(&str, std::net::SocketAddr, u32)]
 fn wait_backends_up(p: &Portico, vip: &str, n: usize) {
     let ok = poll(Duration::from_secs(10), || {
         let out = p.ctl(&format!("show backends {vip}"));
-        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == n).then_some(())
+        (out.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("up"))
+            .count()
+            == n)
+            .then_some(())
     });
     assert!(ok.is_some(), "{}", p.ctl("show backends"));
 }
@@ -38,7 +42,10 @@ fn sigterm_waits_for_open_sessions_then_exits_zero() {
     let dir = TempDir::new("term");
     let port = free_port();
     let sock = dir.path("admin.sock");
-    let cfg = config(&sock.display().to_string(), &tcp_vip("echo", port, &[("e1", echo.addr, 1)]));
+    let cfg = config(
+        &sock.display().to_string(),
+        &tcp_vip("echo", port, &[("e1", echo.addr, 1)]),
+    );
     let mut p = Portico::start(&dir, &cfg);
     wait_backends_up(&p, "echo", 1);
     let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -46,13 +53,22 @@ fn sigterm_waits_for_open_sessions_then_exits_zero() {
 
     p.signal(libc::SIGTERM);
     // It stops accepting...
-    let refused = poll(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_err().then_some(()));
+    let refused = poll(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
+    });
     assert!(refused.is_some(), "still accepting after SIGTERM");
     // ...but the open session keeps working and the process waits for it.
     assert!(echo_roundtrip(&mut session, b"during drain\n"));
-    assert!(p.child.try_wait().unwrap().is_none(), "exited with a session open");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a session open"
+    );
     drop(session);
-    let status = p.wait_exit(Duration::from_secs(10)).expect("exits once the session closes");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the session closes");
     assert!(status.success(), "{status}\n{}", p.log_text());
     assert!(!sock.exists(), "admin socket removed on exit");
 }
@@ -63,14 +79,19 @@ fn drain_timeout_bounds_the_wait() {
     let dir = TempDir::new("termto");
     let port = free_port();
     let sock = dir.path("admin.sock");
-    let cfg = config(&sock.display().to_string(), &tcp_vip("echo", port, &[("e1", echo.addr, 1)]))
-        .replace("drain_timeout = \"20s\"", "drain_timeout = \"500ms\"");
+    let cfg = config(
+        &sock.display().to_string(),
+        &tcp_vip("echo", port, &[("e1", echo.addr, 1)]),
+    )
+    .replace("drain_timeout = \"20s\"", "drain_timeout = \"500ms\"");
     let mut p = Portico::start(&dir, &cfg);
     wait_backends_up(&p, "echo", 1);
     let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(echo_roundtrip(&mut session, b"x"));
     p.signal(libc::SIGTERM);
-    let status = p.wait_exit(Duration::from_secs(15)).expect("exits after drain_timeout");
+    let status = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after drain_timeout");
     assert!(status.success());
 }
 
@@ -82,7 +103,8 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     let sock = dir.path("admin.sock").display().to_string();
     let before = config(
         &sock,
-        &(tcp_vip("a", pa, &[("a1", e1.addr, 1), ("a2", e2.addr, 1)]) + &tcp_vip("b", pb, &[("b1", e3.addr, 1)])),
+        &(tcp_vip("a", pa, &[("a1", e1.addr, 1), ("a2", e2.addr, 1)])
+            + &tcp_vip("b", pb, &[("b1", e3.addr, 1)])),
     );
     let p = Portico::start(&dir, &before);
     wait_backends_up(&p, "a", 2);
@@ -94,30 +116,63 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     // Add VIP c, remove VIP b, change a1's weight.
     let after = config(
         &sock,
-        &(tcp_vip("a", pa, &[("a1", e1.addr, 5), ("a2", e2.addr, 1)]) + &tcp_vip("c", pc, &[("c1", e3.addr, 1)])),
+        &(tcp_vip("a", pa, &[("a1", e1.addr, 5), ("a2", e2.addr, 1)])
+            + &tcp_vip("c", pc, &[("c1", e3.addr, 1)])),
     );
     std::fs::write(&p.config, &after).unwrap();
     assert_eq!(p.ctl("reload").trim(), "ok");
-    assert!(echo_roundtrip(&mut session, b"across reload\n"), "session survived the reload");
+    assert!(
+        echo_roundtrip(&mut session, b"across reload\n"),
+        "session survived the reload"
+    );
     let backends = p.ctl("show backends");
-    let a1 = backends.lines().find(|l| l.starts_with("a/a1 ")).expect("a1 listed");
-    let a2 = backends.lines().find(|l| l.starts_with("a/a2 ")).expect("a2 listed");
+    let a1 = backends
+        .lines()
+        .find(|l| l.starts_with("a/a1 "))
+        .expect("a1 listed");
+    let a2 = backends
+        .lines()
+        .find(|l| l.starts_with("a/a2 "))
+        .expect("a2 listed");
     assert_eq!(a1.split_whitespace().nth(2), Some("up"), "{a1}");
-    assert_eq!(a1.split_whitespace().nth(4), Some("5"), "weight changed: {a1}");
-    assert_eq!(a2.split_whitespace().nth(3), Some("drain"), "drain survives reload: {a2}");
+    assert_eq!(
+        a1.split_whitespace().nth(4),
+        Some("5"),
+        "weight changed: {a1}"
+    );
+    assert_eq!(
+        a2.split_whitespace().nth(3),
+        Some("drain"),
+        "drain survives reload: {a2}"
+    );
     assert!(!backends.contains("b/b1"), "VIP b removed:\n{backends}");
     wait_backends_up(&p, "c", 1);
     let mut c = TcpStream::connect(("127.0.0.1", pc)).unwrap();
     assert!(echo_roundtrip(&mut c, b"new vip\n"));
-    assert!(TcpStream::connect(("127.0.0.1", pb)).is_err(), "VIP b stopped listening");
+    assert!(
+        TcpStream::connect(("127.0.0.1", pb)).is_err(),
+        "VIP b stopped listening"
+    );
     let events = p.ctl("show events 100");
-    assert!(!events.lines().any(|l| l.contains("a/a1") && l.contains(" down")), "a1 flapped:\n{events}");
+    assert!(
+        !events
+            .lines()
+            .any(|l| l.contains("a/a1") && l.contains(" down")),
+        "a1 flapped:\n{events}"
+    );
 
     // A broken config is refused with its errors and nothing changes.
-    std::fs::write(&p.config, after.replace("listen = \"127.0.0.1", "listen = \"not-an-address")).unwrap();
+    std::fs::write(
+        &p.config,
+        after.replace("listen = \"127.0.0.1", "listen = \"not-an-address"),
+    )
+    .unwrap();
     let (ok, out) = p.ctl_raw(&["reload"]).unwrap();
     assert!(!ok && out.starts_with("error: "), "{out}");
-    assert!(out.contains("portico.toml:"), "errors name the file and line: {out}");
+    assert!(
+        out.contains("portico.toml:"),
+        "errors name the file and line: {out}"
+    );
     assert!(echo_roundtrip(&mut session, b"after refused reload\n"));
     let mut c2 = TcpStream::connect(("127.0.0.1", pc)).unwrap();
     assert!(echo_roundtrip(&mut c2, b"still serving\n"));

@@ -21,7 +21,9 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .iter()
         .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
 }
@@ -85,7 +87,10 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     assert!(bytes >= 5.0 * 14.0, "bytes counted both ways: {bytes}");
     assert_eq!(value(&after, "portico_lb_backend_up", &labels), Some(1.0));
     assert!(
-        after.samples.iter().any(|s| s.metric.starts_with("portico_probe_duration_seconds")),
+        after
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("portico_probe_duration_seconds")),
         "probe latency histogram exported"
     );
 
@@ -93,6 +98,10 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     std::fs::write(&p.config, "this is not toml").unwrap();
     let (ok, _) = p.ctl_raw(&["reload"]).unwrap();
     assert!(!ok);
-    let failed = value(&scrape(addr), "portico_config_reloads_total", &[("result", "failed")]);
+    let failed = value(
+        &scrape(addr),
+        "portico_config_reloads_total",
+        &[("result", "failed")],
+    );
     assert_eq!(failed, Some(1.0));
 }

@@ -20,7 +20,10 @@ fn smtp_sink(port: u16) -> Option<Daemon> {
         .spawn()
         .expect("start smtp-sink");
     let d = Daemon(child);
-    assert!(wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)));
+    assert!(wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10)
+    ));
     Some(d)
 }
 
@@ -31,7 +34,8 @@ fn swaks(port: u16) -> (bool, String) {
         .args(["--helo", "client.example.test", "--timeout", "10"])
         .output()
         .expect("run swaks");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -62,7 +66,11 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
     let portico = Portico::start(&dir, &config);
     let both_up = poll(Duration::from_secs(10), || {
         let out = portico.ctl("show backends smtp");
-        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == 2).then_some(())
+        (out.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("up"))
+            .count()
+            == 2)
+            .then_some(())
     });
     assert!(both_up.is_some(), "{}", portico.ctl("show backends"));
 
@@ -85,7 +93,11 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
             .filter(|l| l.split_whitespace().nth(2) != Some("up"))
             .map(str::to_string)
     });
-    assert!(down.is_some(), "sink1 never left rotation:\n{}", portico.ctl("show backends"));
+    assert!(
+        down.is_some(),
+        "sink1 never left rotation:\n{}",
+        portico.ctl("show backends")
+    );
 }
 
 fn dovecot_conf(dir: &TempDir, port: u16) -> String {
@@ -138,7 +150,9 @@ service anvil {{
 
 #[test]
 fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
-    let Some(dovecot) = tool("dovecot") else { return };
+    let Some(dovecot) = tool("dovecot") else {
+        return;
+    };
     let dir = TempDir::new("dovecot");
     let (backend, vip) = (free_port(), free_port());
     let conf = dir.path("dovecot.conf");
@@ -154,7 +168,10 @@ fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
             .expect("start dovecot"),
     );
     assert!(
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], backend)), Duration::from_secs(15)),
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], backend)),
+            Duration::from_secs(15)
+        ),
         "dovecot did not start: {}",
         std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default()
     );
@@ -180,14 +197,24 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
             .any(|l| l.starts_with("imap/dovecot1 ") && l.split_whitespace().nth(2) == Some("up"))
             .then_some(())
     });
-    assert!(up.is_some(), "probe never passed: {}", portico.ctl("show backends"));
+    assert!(
+        up.is_some(),
+        "probe never passed: {}",
+        portico.ctl("show backends")
+    );
 
     // A client from 127.0.0.7: Dovecot must log rip=127.0.0.7, not the lb's address.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from(([127, 0, 0, 7], 0)).into()).unwrap();
-    socket.connect(&SocketAddr::from(([127, 0, 0, 1], vip)).into()).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 7], 0)).into())
+        .unwrap();
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], vip)).into())
+        .unwrap();
     let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -203,7 +230,9 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
 
     let logged = poll(Duration::from_secs(5), || {
         let log = std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default();
-        log.lines().find(|l| l.contains("Login: user=<user>")).map(str::to_string)
+        log.lines()
+            .find(|l| l.contains("Login: user=<user>"))
+            .map(str::to_string)
     })
     .expect("dovecot logged the login");
     assert!(logged.contains("rip=127.0.0.7"), "{logged}");

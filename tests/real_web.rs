@@ -54,7 +54,10 @@ http {{
         .expect("start nginx");
     let d = Daemon(child);
     assert!(
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)),
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10)
+        ),
         "nginx {name}: {}",
         std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
     );
@@ -79,7 +82,11 @@ impl Curl<'_> {
             .arg(format!("https://{host}:{}{path}", self.port))
             .output()
             .expect("run curl");
-        assert!(out.status.success(), "curl {version} {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {version} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, ver) = text.rsplit_once('\n').unwrap_or((&text, ""));
         (ver.to_string(), body.trim().to_string())
@@ -91,8 +98,12 @@ fn curl_h1_and_h2_through_an_https_vip_to_nginx() {
     let Some(_) = tool("curl") else { return };
     let dir = TempDir::new("web");
     let (p1, p2, vip) = (free_port(), free_port(), free_port());
-    let Some(web1) = nginx(&dir, "web1", p1) else { return };
-    let Some(_web2) = nginx(&dir, "web2", p2) else { return };
+    let Some(web1) = nginx(&dir, "web1", p1) else {
+        return;
+    };
+    let Some(_web2) = nginx(&dir, "web2", p2) else {
+        return;
+    };
     let pki = TestPki::new(&["webmail.example.test"]);
     let config = format!(
         r#"
@@ -114,10 +125,17 @@ probe = {{ kind = "http", path = "/health", interval = "300ms", timeout = "250ms
     let portico = Portico::start(&dir, &config);
     let up = poll(Duration::from_secs(10), || {
         let out = portico.ctl("show backends webmail");
-        (out.lines().filter(|l| l.split_whitespace().nth(2) == Some("up")).count() == 2).then_some(())
+        (out.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("up"))
+            .count()
+            == 2)
+            .then_some(())
     });
     assert!(up.is_some(), "{}", portico.ctl("show backends"));
-    let curl = Curl { pki: &pki, port: vip };
+    let curl = Curl {
+        pki: &pki,
+        port: vip,
+    };
 
     let (ver, body) = curl.get("--http1.1", "/headers");
     assert_eq!(ver, "1.1");
@@ -126,8 +144,15 @@ probe = {{ kind = "http", path = "/health", interval = "300ms", timeout = "250ms
     assert!(fields[0] == "web1" || fields[0] == "web2", "{body}");
     assert_eq!(fields[1], "127.0.0.1", "X-Forwarded-For: {body}");
     assert_eq!(fields[2], "https", "X-Forwarded-Proto: {body}");
-    assert_eq!(fields[3], format!("webmail.example.test:{vip}"), "X-Forwarded-Host: {body}");
-    assert!(fields[4].contains("for=127.0.0.1") && fields[4].contains("proto=https"), "Forwarded: {body}");
+    assert_eq!(
+        fields[3],
+        format!("webmail.example.test:{vip}"),
+        "X-Forwarded-Host: {body}"
+    );
+    assert!(
+        fields[4].contains("for=127.0.0.1") && fields[4].contains("proto=https"),
+        "Forwarded: {body}"
+    );
 
     let (ver, body) = curl.get("--http2", "/");
     assert_eq!(ver, "2", "ALPN h2");

@@ -124,7 +124,10 @@ impl Portico {
             .arg(&self.socket)
             .args(args)
             .output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// Runs `portico ctl` and expects success.
