@@ -21,6 +21,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
 
+use crate::fastpath::{self, FastTable};
 use crate::select::{self, HealthView, Outcome, Selection};
 use crate::GssError;
 
@@ -162,8 +163,9 @@ pub enum RuleAnswer {
         picks: Vec<Pick>,
         /// Sum of weights.
         total: u32,
-        /// Per-query rotation for the weighted split.
-        counter: AtomicU32,
+        /// Per-query rotation for the weighted split, shared with the UDP fast path's
+        /// pre-rendered variants so both paths walk one rotation.
+        counter: Arc<AtomicU32>,
     },
 }
 
@@ -171,6 +173,12 @@ impl RuleAnswer {
     /// The site whose records answer this query: a counter walks the weight space, so
     /// over many queries each site gets exactly its share.
     pub fn pick(&self) -> Option<&Pick> {
+        self.pick_index().and_then(|i| self.pick_at(i))
+    }
+
+    /// The index of the pick answering this query (advances the rotation); `None`
+    /// for SERVFAIL.
+    pub fn pick_index(&self) -> Option<usize> {
         match self {
             RuleAnswer::Servfail => None,
             RuleAnswer::Serve {
@@ -178,12 +186,60 @@ impl RuleAnswer {
                 total,
                 counter,
             } => {
-                if picks.len() == 1 {
-                    return picks.first();
+                if picks.len() <= 1 {
+                    return (!picks.is_empty()).then_some(0);
                 }
-                let n = counter.fetch_add(1, Ordering::Relaxed) % (*total).max(1);
-                picks.iter().find(|p| n < p.upto).or(picks.last())
+                Some(rotate(picks.iter().map(|p| p.upto), *total, counter))
             }
+        }
+    }
+
+    /// Pick `i` without touching the rotation (the fast path pre-renders each one).
+    pub fn pick_at(&self, i: usize) -> Option<&Pick> {
+        match self {
+            RuleAnswer::Servfail => None,
+            RuleAnswer::Serve { picks, .. } => picks.get(i),
+        }
+    }
+
+    /// How many picks there are (1 for SERVFAIL, which has one rendering).
+    pub fn variants(&self) -> usize {
+        match self {
+            RuleAnswer::Servfail => 1,
+            RuleAnswer::Serve { picks, .. } => picks.len().max(1),
+        }
+    }
+}
+
+/// Advances a weighted rotation: the index of the first bound above the counter's
+/// next value modulo `total` (the last index if the bounds are short).
+pub fn rotate(bounds: impl Iterator<Item = u32>, total: u32, counter: &AtomicU32) -> usize {
+    let n = counter.fetch_add(1, Ordering::Relaxed) % total.max(1);
+    let mut last = 0;
+    for (i, upto) in bounds.enumerate() {
+        if n < upto {
+            return i;
+        }
+        last = i;
+    }
+    last
+}
+
+impl RuleAnswer {
+    /// The rotation counter and cumulative bounds of a weighted split, for the fast
+    /// path; `None` when there is at most one pick.
+    pub fn rotation(&self) -> Option<(Arc<AtomicU32>, Vec<u32>, u32)> {
+        match self {
+            RuleAnswer::Serve {
+                picks,
+                total,
+                counter,
+            } if picks.len() > 1 => Some((
+                counter.clone(),
+                picks.iter().map(|p| p.upto).collect(),
+                *total,
+            )),
+            _ => None,
         }
     }
 }
@@ -217,6 +273,9 @@ pub struct Zone {
     pub outcomes: Vec<(String, Vec<String>)>,
     /// Hash of `outcomes`; a different value means the answers changed.
     pub signature: u64,
+    /// Pre-rendered UDP response bytes for the fast path ([`crate::fastpath`]),
+    /// rendered from this zone so both paths always answer from the same state.
+    pub fast: FastTable,
 }
 
 fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
@@ -257,7 +316,7 @@ fn render_rule(name: &NameConfig, owner: &Name, sel: &Selection) -> RuleAnswer {
     RuleAnswer::Serve {
         picks,
         total: upto,
-        counter: AtomicU32::new(0),
+        counter: Arc::new(AtomicU32::new(0)),
     }
 }
 
@@ -327,7 +386,7 @@ pub fn render(
         soa_cfg.ttl.min(soa_cfg.minimum),
         soa_rdata,
     );
-    Zone {
+    let mut zone = Zone {
         tpl,
         serial,
         soa,
@@ -335,7 +394,10 @@ pub fn render(
         names,
         outcomes,
         signature,
-    }
+        fast: FastTable::default(),
+    };
+    zone.fast = fastpath::render_table(&zone);
+    zone
 }
 
 fn clamp_i32(v: u32) -> i32 {

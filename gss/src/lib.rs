@@ -11,9 +11,11 @@
 
 pub mod admin;
 pub mod answers;
+pub mod fastpath;
 pub mod select;
 pub mod server;
 pub mod site;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::answers::{render, Zone, ZoneTemplate};
 use crate::select::HealthView;
 use crate::server::DnsServer;
+
 use crate::site::{Change, SiteState};
 
 /// Why the gss could not start or reload.
@@ -433,7 +436,14 @@ impl Gss {
                     .record(name.clone(), format!("answers {} (initial)", summaries[0]));
             }
         }
-        let server = match DnsServer::bind(cfg.listen, core.zone.clone()).await {
+        let server = match DnsServer::bind(
+            cfg.listen,
+            core.zone.clone(),
+            server::UdpMode::default(),
+            core.cancel.clone(),
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 core.cancel.cancel();

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{
-    Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode, DEFAULT_MAX_PAYLOAD_LEN,
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    DEFAULT_MAX_PAYLOAD_LEN,
 };
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
@@ -29,10 +30,11 @@ use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use hickory_server::Server;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
 use crate::answers::{NameAnswers, Zone};
 use crate::select::{self, Client};
@@ -69,7 +71,13 @@ enum Answer<'z> {
 
 const EMPTY: &[Record] = &[];
 
-fn lookup<'z>(zone: &'z Zone, name: &LowerName, qtype: RecordType, client: Client) -> Answer<'z> {
+fn lookup<'z>(
+    zone: &'z Zone,
+    name: &LowerName,
+    qtype: RecordType,
+    client: Client,
+    choose: Choose,
+) -> Answer<'z> {
     let tpl = &zone.tpl;
     if !tpl.origin.zone_of(name) {
         return Answer::Refused;
@@ -91,7 +99,7 @@ fn lookup<'z>(zone: &'z Zone, name: &LowerName, qtype: RecordType, client: Clien
         }
     }
     if let Some(n) = zone.names.get(name) {
-        if let Some(a) = site_lookup(n, qtype, client) {
+        if let Some(a) = site_lookup(n, qtype, client, choose) {
             return a;
         }
     }
@@ -128,7 +136,12 @@ fn lookup<'z>(zone: &'z Zone, name: &LowerName, qtype: RecordType, client: Clien
     Answer::NxDomain
 }
 
-fn site_lookup<'z>(n: &'z NameAnswers, qtype: RecordType, client: Client) -> Option<Answer<'z>> {
+fn site_lookup<'z>(
+    n: &'z NameAnswers,
+    qtype: RecordType,
+    client: Client,
+    choose: Choose,
+) -> Option<Answer<'z>> {
     if !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
         return None;
     }
@@ -145,7 +158,11 @@ fn site_lookup<'z>(n: &'z NameAnswers, qtype: RecordType, client: Client) -> Opt
         None => &n.default,
     };
     let label = n.cfg.fqdn.as_str();
-    let Some(pick) = answer.pick() else {
+    let pick = match choose {
+        Choose::Rotate => answer.pick(),
+        Choose::Index(i) => answer.pick_at(i),
+    };
+    let Some(pick) = pick else {
         return Some(Answer::Servfail(label));
     };
     let answers: &[Record] = match qtype {
@@ -213,7 +230,7 @@ fn fits(limit: usize, question: &[u8], records: &[&[Record]], opt_len: usize) ->
         .all(|r| r.emit(&mut enc).is_ok())
 }
 
-fn qtype_label(t: RecordType) -> &'static str {
+pub(crate) fn qtype_label(t: RecordType) -> &'static str {
     match t {
         RecordType::A => "A",
         RecordType::AAAA => "AAAA",
@@ -231,7 +248,7 @@ fn qtype_label(t: RecordType) -> &'static str {
     }
 }
 
-fn rcode_label(r: ResponseCode) -> &'static str {
+pub(crate) fn rcode_label(r: ResponseCode) -> &'static str {
     match r {
         ResponseCode::NoError => "NOERROR",
         ResponseCode::FormErr => "FORMERR",
@@ -254,14 +271,31 @@ fn count(name: &str, qtype: RecordType, rcode: ResponseCode) {
     .increment(1);
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let zone = self.zone.load_full();
+/// Which weighted pick answers: the live rotation (queries) or a fixed one (the fast
+/// path pre-renders every pick).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choose {
+    Rotate,
+    Index(usize),
+}
+
+/// Everything decided about one request, before encoding: kept apart from sending so
+/// the fast path can pre-render responses through exactly this logic.
+pub(crate) struct Reply<'a> {
+    pub(crate) meta: Metadata,
+    queries: &'a Queries,
+    empty_queries: Option<Queries>,
+    pub(crate) edns: Option<Edns>,
+    answers: &'a [Record],
+    more: &'a [Record],
+    soa: &'a [Record],
+    pub(crate) label: &'a str,
+    pub(crate) qtype: RecordType,
+}
+
+impl<'a> Reply<'a> {
+    /// Decides the response to `request` from `zone`.
+    pub(crate) fn new(zone: &'a Zone, request: &'a Request, choose: Choose) -> Reply<'a> {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
 
@@ -296,13 +330,11 @@ impl RequestHandler for DnsHandler {
             usize::from(u16::MAX)
         };
 
-        let empty_queries;
-        let mut queries = &request.queries;
+        let mut empty_queries = None;
         let (code, answer) = if request.metadata.op_code != OpCode::Query {
             (ResponseCode::NotImp, None)
         } else if request.queries.len() != 1 {
             empty_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok();
-            queries = empty_queries.as_ref().unwrap_or(&request.queries);
             (ResponseCode::FormErr, None)
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             (ResponseCode::BADVERS, None)
@@ -315,7 +347,7 @@ impl RequestHandler for DnsHandler {
                 meta.authoritative = zone.tpl.origin.zone_of(q.name());
                 (ResponseCode::Refused, None)
             } else {
-                let a = lookup(&zone, q.name(), q.query_type(), client);
+                let a = lookup(zone, q.name(), q.query_type(), client, choose);
                 (ResponseCode::NoError, Some(a))
             }
         };
@@ -388,26 +420,108 @@ impl RequestHandler for DnsHandler {
                     .sum::<usize>()
             })
             .unwrap_or(0);
-        if udp && !fits(limit, queries.as_bytes(), &[answers, more, soa], opt_len) {
+        let queries = &request.queries;
+        let qbytes = match &empty_queries {
+            Some(e) => e.as_bytes(),
+            None => queries.as_bytes(),
+        };
+        if udp && !fits(limit, qbytes, &[answers, more, soa], opt_len) {
             meta.truncation = true;
             answers = EMPTY;
             more = EMPTY;
             soa = EMPTY;
         }
-        count(label, qtype, rcode);
+        Reply {
+            meta,
+            queries,
+            empty_queries,
+            edns: resp_edns,
+            answers,
+            more,
+            soa,
+            label,
+            qtype,
+        }
+    }
 
+    /// Counts the query in `portico_dns_queries_total`.
+    pub(crate) fn count(&self) {
+        count(self.label, self.qtype, self.meta.response_code);
+    }
+
+    /// The hickory response message, borrowing from this reply.
+    pub(crate) fn response(
+        &self,
+    ) -> MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    > {
+        let queries = self.empty_queries.as_ref().unwrap_or(self.queries);
         let mut builder = MessageResponseBuilder::new(queries, None);
-        if let Some(e) = resp_edns.as_ref() {
+        if let Some(e) = self.edns.as_ref() {
             builder.edns(e);
         }
-        let response = builder.build(
-            meta,
-            answers.iter().chain(more.iter()),
+        builder.build(
+            self.meta,
+            self.answers.iter().chain(self.more.iter()),
             EMPTY.iter(),
-            soa.iter(),
+            self.soa.iter(),
             EMPTY.iter(),
-        );
-        match response_handle.send_response(response).await {
+        )
+    }
+}
+
+/// Encodes a response as hickory's server does for UDP (`MessageResponse::encode` is
+/// crate-private there): the response OPT's payload, or 512 without EDNS, bounds the
+/// size; an encoding failure becomes a bare SERVFAIL.
+pub(crate) fn encode_udp<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Vec<u8> {
+    let id = response.metadata().id;
+    let max = response.edns().map(|e| e.max_payload()).unwrap_or(512);
+    let mut bytes = Vec::with_capacity(512);
+    let mut enc = BinEncoder::new(&mut bytes);
+    enc.set_max_size(max);
+    if response.destructive_emit(&mut enc).is_ok() {
+        return bytes;
+    }
+    bytes.clear();
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    let mut enc = BinEncoder::new(&mut bytes);
+    if header.emit(&mut enc).is_err() {
+        bytes.clear();
+    }
+    bytes
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let zone = self.zone.load_full();
+        let reply = Reply::new(&zone, request, Choose::Rotate);
+        reply.count();
+        let meta = reply.meta;
+        match response_handle.send_response(reply.response()).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(error = %e, "sending DNS response failed");
@@ -422,22 +536,88 @@ impl RequestHandler for DnsHandler {
     }
 }
 
+/// The internal switch for the UDP fast path ([`crate::fastpath`]); with `false`,
+/// hickory's `Server` serves UDP itself, as before the fast path existed. Not a
+/// config option: it exists to back the fast path out without a code change
+/// elsewhere and for A/B measurements.
+pub const FAST_UDP: bool = true;
+
+/// Who serves UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpMode {
+    /// hickory's `Server`: one socket, one task per datagram.
+    Hickory,
+    /// The fast path with this many `SO_REUSEPORT` sockets (at least 1).
+    Fast(usize),
+}
+
+impl Default for UdpMode {
+    /// [`FAST_UDP`] decides; the fast path gets one socket per available CPU.
+    fn default() -> Self {
+        if FAST_UDP {
+            UdpMode::Fast(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            )
+        } else {
+            UdpMode::Hickory
+        }
+    }
+}
+
+/// A UDP socket with `SO_REUSEPORT` bound to `addr`, blocking with a read timeout.
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(crate::fastpath::POLL))?;
+    Ok(s.into())
+}
+
 /// A running DNS server.
 pub struct DnsServer {
     server: Server<DnsHandler>,
     addr: SocketAddr,
+    cancel: CancellationToken,
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (the same port for both, also when `listen` asks
-    /// for port 0) and starts serving from `zone`.
-    pub async fn bind(listen: SocketAddr, zone: Arc<ArcSwap<Zone>>) -> Result<DnsServer, GssError> {
+    /// for port 0) and starts serving from `zone`: TCP always through hickory's
+    /// `Server`, UDP as `mode` says. `cancel` (or [`DnsServer::shutdown`]) stops it.
+    pub async fn bind(
+        listen: SocketAddr,
+        zone: Arc<ArcSwap<Zone>>,
+        mode: UdpMode,
+        cancel: CancellationToken,
+    ) -> Result<DnsServer, GssError> {
         let bind_err = |e: std::io::Error| GssError::Bind(listen, e.to_string());
         let mut attempt = 0;
         let (udp, tcp) = loop {
             attempt += 1;
-            let udp = UdpSocket::bind(listen).await.map_err(bind_err)?;
-            let addr = udp.local_addr().map_err(bind_err)?;
+            let udp: Vec<std::net::UdpSocket> = match mode {
+                UdpMode::Hickory => {
+                    let s = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+                    s.set_nonblocking(true).map_err(bind_err)?;
+                    vec![s]
+                }
+                UdpMode::Fast(n) => {
+                    let first = reuseport_socket(listen).map_err(bind_err)?;
+                    let addr = first.local_addr().map_err(bind_err)?;
+                    let mut v = vec![first];
+                    for _ in 1..n.max(1) {
+                        v.push(reuseport_socket(addr).map_err(bind_err)?);
+                    }
+                    v
+                }
+            };
+            let addr = udp[0].local_addr().map_err(bind_err)?;
             match TcpListener::bind(addr).await {
                 Ok(tcp) => break (udp, tcp),
                 Err(e) if listen.port() == 0 && attempt < 20 => {
@@ -446,11 +626,37 @@ impl DnsServer {
                 Err(e) => return Err(bind_err(e)),
             }
         };
-        let addr = udp.local_addr().map_err(bind_err)?;
-        let mut server = Server::new(DnsHandler::new(zone));
-        server.register_socket(udp);
+        let addr = udp[0].local_addr().map_err(bind_err)?;
+        let cancel = cancel.child_token();
+        let mut server = Server::new(DnsHandler::new(zone.clone()));
+        let mut udp_threads = Vec::new();
+        match mode {
+            UdpMode::Hickory => {
+                for s in udp {
+                    server.register_socket(UdpSocket::from_std(s).map_err(bind_err)?);
+                }
+            }
+            UdpMode::Fast(_) => {
+                for (i, s) in udp.into_iter().enumerate() {
+                    let (z, c) = (zone.clone(), cancel.clone());
+                    let t = std::thread::Builder::new()
+                        .name(format!("gss-udp-{i}"))
+                        .spawn(move || crate::fastpath::serve_socket(s, z, c))
+                        .map_err(|e| {
+                            cancel.cancel();
+                            bind_err(e)
+                        })?;
+                    udp_threads.push(t);
+                }
+            }
+        }
         server.register_listener(tcp, Duration::from_secs(10), 64);
-        Ok(DnsServer { server, addr })
+        Ok(DnsServer {
+            server,
+            addr,
+            cancel,
+            udp_threads,
+        })
     }
 
     /// The bound address (UDP and TCP).
@@ -458,10 +664,29 @@ impl DnsServer {
         self.addr
     }
 
-    /// Stops serving and waits for the server's tasks.
+    /// Stops serving and waits for the server's tasks and the UDP threads (each sees
+    /// the cancellation within [`crate::fastpath::POLL`]).
     pub async fn shutdown(mut self) {
+        self.cancel.cancel();
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "dns server shutdown");
         }
+        let threads = std::mem::take(&mut self.udp_threads);
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        if let Err(e) = joined {
+            tracing::debug!(error = %e, "joining gss UDP threads");
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    /// Stops the UDP threads even when the server is dropped without a shutdown.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
