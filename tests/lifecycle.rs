@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{echo_roundtrip, free_port, poll, Echo, Portico, TempDir};
+use common::{echo_roundtrip, free_port, poll, Echo, Portico, SlowHttp, TempDir};
 
 fn config(sock: &str, vips: &str) -> String {
     format!("drain_timeout = \"20s\"\n\n[admin]\nsocket = \"{sock}\"\n{vips}")
@@ -21,6 +21,12 @@ fn tcp_vip(name: &str, port: u16, backends: &[(&str, std::net::SocketAddr, u32)]
     format!(
         "\n[[vip]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [ {} ]\nprobe = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n",
         list.join(", ")
+    )
+}
+
+fn http_vip(name: &str, port: u16, backend: std::net::SocketAddr) -> String {
+    format!(
+        "\n[[vip]]\nname = \"{name}\"\nmode = \"http\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [ {{ name = \"{name}1\", address = \"{backend}\" }} ]\nprobe = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n"
     )
 }
 
@@ -101,10 +107,14 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     let dir = TempDir::new("reload");
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let sock = dir.path("admin.sock").display().to_string();
+    let slow = SlowHttp::start();
+    let pw = free_port();
+    let web = http_vip("w", pw, slow.addr);
     let before = config(
         &sock,
         &(tcp_vip("a", pa, &[("a1", e1.addr, 1), ("a2", e2.addr, 1)])
-            + &tcp_vip("b", pb, &[("b1", e3.addr, 1)])),
+            + &tcp_vip("b", pb, &[("b1", e3.addr, 1)])
+            + &web),
     );
     let p = Portico::start(&dir, &before);
     wait_backends_up(&p, "a", 2);
@@ -112,18 +122,39 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     p.ctl("drain a/a2");
     let mut session = TcpStream::connect(("127.0.0.1", pa)).unwrap();
     assert!(echo_roundtrip(&mut session, b"hello\n"));
+    wait_backends_up(&p, "w", 1);
+    let long_request = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", pw)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /long-poll HTTP/1.1\r\nHost: webmail\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    });
+    slow.arrived
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the long request reached the backend");
 
     // Add VIP c, remove VIP b, change a1's weight.
     let after = config(
         &sock,
         &(tcp_vip("a", pa, &[("a1", e1.addr, 5), ("a2", e2.addr, 1)])
-            + &tcp_vip("c", pc, &[("c1", e3.addr, 1)])),
+            + &tcp_vip("c", pc, &[("c1", e3.addr, 1)])
+            + &web),
     );
     std::fs::write(&p.config, &after).unwrap();
     assert_eq!(p.ctl("reload").trim(), "ok");
     assert!(
         echo_roundtrip(&mut session, b"across reload\n"),
         "session survived the reload"
+    );
+    slow.release_one();
+    let reply = long_request.join().unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("slow"),
+        "the in-flight HTTP request completed across the reload: {reply:?}"
     );
     let backends = p.ctl("show backends");
     let a1 = backends

@@ -297,3 +297,59 @@ fn rand_id() -> u16 {
         .unwrap_or(7)
         & 0xffff) as u16
 }
+
+/// An HTTP backend that holds every request until released: a long request (long-poll,
+/// big upload) in flight, for reload and shutdown tests.
+pub struct SlowHttp {
+    pub addr: SocketAddr,
+    /// Receives one message per request whose head has arrived.
+    pub arrived: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl SlowHttp {
+    pub fn start() -> SlowHttp {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind slow http");
+        let addr = listener.local_addr().expect("addr");
+        let (arrived_tx, arrived) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().map_while(Result::ok) {
+                let arrived_tx = arrived_tx.clone();
+                let release_rx = release_rx.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = arrived_tx.send(());
+                    let released = release_rx
+                        .lock()
+                        .map(|rx| rx.recv_timeout(Duration::from_secs(30)).is_ok())
+                        .unwrap_or(false);
+                    if released {
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                        );
+                    }
+                });
+            }
+        });
+        SlowHttp {
+            addr,
+            arrived,
+            release,
+        }
+    }
+
+    /// Lets one held request answer `200 slow`.
+    pub fn release_one(&self) {
+        let _ = self.release.send(());
+    }
+}
