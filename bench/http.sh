@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# L7 benchmark: Portico vs HAProxy vs NGINX as reverse proxies in front of the same
+# nginx backends (one nginx, worker_processes 1, two listeners = two backends,
+# keep-alive, a 23-byte static response).
+#   1. wrk, HTTP/1.1 keep-alive, 64 connections         -> req/s, p99
+#   2. h2load, HTTPS HTTP/2, 16 connections x 10 streams -> req/s
+#   3. new TLS handshakes/s: h2load -n N -c N -m 1 (one request per fresh connection)
+# System under test on CPU 1 (one worker/thread), everything else on CPU 0.
+# Usage: bash bench/http.sh   (RUNS=5 DURATION=8 HS_CONNS=1000)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+DURATION=${DURATION:-8}
+HS_CONNS=${HS_CONNS:-1000}
+WRK_CONNS=${WRK_CONNS:-64}
+
+need haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl taskset:util-linux python3:python3
+build_portico
+raise_nofile
+
+# ------------------------------------------------------------------ TLS material
+# RSA 2048 self-signed (what `openssl req` makes by default), the same for all three.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench.example.test" \
+    -addext "subjectAltName=DNS:bench.example.test,IP:127.0.0.1" \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+
+# ------------------------------------------------------------------ backends
+B1=18080 B2=18081
+mkdir -p "$TMP/nginx-backend" "$TMP/nginx-proxy"
+nginx_common() { # nginx_common DIR
+    cat <<EOF
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 20000; }
+EOF
+}
+{
+    nginx_common "$TMP/nginx-backend"
+    cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx-backend/body;
+    proxy_temp_path $TMP/nginx-backend/proxy;
+    fastcgi_temp_path $TMP/nginx-backend/fastcgi;
+    uwsgi_temp_path $TMP/nginx-backend/uwsgi;
+    scgi_temp_path $TMP/nginx-backend/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {
+        listen 127.0.0.1:$B1 backlog=4096;
+        listen 127.0.0.1:$B2 backlog=4096;
+        location / { default_type text/plain; return 200 "hello from the backend\n"; }
+        location = /health { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+} >"$TMP/nginx-backend.conf"
+nginx -t -q -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf" || die "backend nginx config invalid"
+run_gen nginx-backend nginx -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf"
+wait_tcp 127.0.0.1 $B1; wait_tcp 127.0.0.1 $B2
+
+# ------------------------------------------------------------------ proxies
+# All three: two backends round robin, upstream keep-alive, X-Forwarded-For/-Proto
+# added (Portico always adds them), one worker/thread, listen backlog >= 1024.
+P_HTTP=28080 P_HTTPS=28443
+cat >"$TMP/portico.toml" <<EOF
+[[vip]]
+name = "web"
+listen = "127.0.0.1:$P_HTTP"
+mode = "http"
+backends = [
+  { name = "b1", address = "127.0.0.1:$B1" },
+  { name = "b2", address = "127.0.0.1:$B2" },
+]
+probe = { kind = "http", path = "/health", interval = "5s", timeout = "1s" }
+
+[[vip]]
+name = "webs"
+listen = "127.0.0.1:$P_HTTPS"
+mode = "https"
+tls = { cert = "$TMP/cert.pem", key = "$TMP/key.pem" }
+backends = [
+  { name = "b1", address = "127.0.0.1:$B1" },
+  { name = "b2", address = "127.0.0.1:$B2" },
+]
+probe = { kind = "http", path = "/health", interval = "5s", timeout = "1s" }
+EOF
+
+H_HTTP=38080 H_HTTPS=38443
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 40000
+    tune.ssl.default-dh-param 2048
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    option forwardfor
+frontend web
+    bind 127.0.0.1:$H_HTTP backlog 4096
+    bind 127.0.0.1:$H_HTTPS backlog 4096 ssl crt $TMP/haproxy.pem alpn h2,http/1.1
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    default_backend be
+backend be
+    balance roundrobin
+    http-reuse always
+    option httpchk GET /health
+    server b1 127.0.0.1:$B1 check inter 5s
+    server b2 127.0.0.1:$B2 check inter 5s
+EOF
+haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config invalid"
+
+N_HTTP=48080 N_HTTPS=48443
+{
+    nginx_common "$TMP/nginx-proxy"
+    cat <<EOF
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx-proxy/body;
+    proxy_temp_path $TMP/nginx-proxy/proxy;
+    fastcgi_temp_path $TMP/nginx-proxy/fastcgi;
+    uwsgi_temp_path $TMP/nginx-proxy/uwsgi;
+    scgi_temp_path $TMP/nginx-proxy/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream be {
+        server 127.0.0.1:$B1;
+        server 127.0.0.1:$B2;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$N_HTTP backlog=4096;
+        listen 127.0.0.1:$N_HTTPS ssl http2 backlog=4096;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+} >"$TMP/nginx-proxy.conf"
+nginx -t -q -p "$TMP/nginx-proxy" -e stderr -c "$TMP/nginx-proxy.conf" || die "proxy nginx config invalid"
+
+declare -A PID HTTP_PORT HTTPS_PORT
+HTTP_PORT=([portico]=$P_HTTP [haproxy]=$H_HTTP [nginx]=$N_HTTP)
+HTTPS_PORT=([portico]=$P_HTTPS [haproxy]=$H_HTTPS [nginx]=$N_HTTPS)
+run_sut portico "$PORTICO" run --config "$TMP/portico.toml"; PID[portico]=$BG_PID
+run_sut haproxy haproxy -db -f "$TMP/haproxy.cfg"; PID[haproxy]=$BG_PID
+run_sut nginx-proxy nginx -p "$TMP/nginx-proxy" -e stderr -c "$TMP/nginx-proxy.conf"; PID[nginx]=$BG_PID
+PROXIES=(portico haproxy nginx)
+for px in "${PROXIES[@]}"; do
+    wait_tcp 127.0.0.1 "${HTTP_PORT[$px]}"; wait_tcp 127.0.0.1 "${HTTPS_PORT[$px]}"
+done
+# Every proxy must answer 200 through both listeners before anything is measured.
+for i in $(seq 100); do
+    ok=1
+    for px in "${PROXIES[@]}"; do
+        curl -sfo /dev/null "http://127.0.0.1:${HTTP_PORT[$px]}/" || ok=0
+        curl -skfo /dev/null --http2 "https://127.0.0.1:${HTTPS_PORT[$px]}/" || ok=0
+    done
+    ((ok)) && break
+    sleep 0.2
+done
+((ok)) || die "a proxy does not answer 200"
+
+# to_ms VALUE_WITH_UNIT (wrk: 812.00us, 1.23ms, 1.02s)
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print "nan" }'; }
+
+declare -A WRK_RPS WRK_P99 WRK_CPU H2_RPS H2_CPU HS_RATE HS_CPU
+for r in $(seq "$RUNS"); do
+    for px in "${PROXIES[@]}"; do
+        # 1. wrk: HTTP/1.1 keep-alive
+        c0=$(cpu_ticks "${PID[$px]}")
+        taskset -c "$GEN_CPU" wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:${HTTP_PORT[$px]}/" >"$TMP/wrk.out" 2>&1
+        c1=$(cpu_ticks "${PID[$px]}")
+        rps=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk.out")
+        total=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
+        p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$TMP/wrk.out")")
+        if grep -q 'Non-2xx\|Socket errors' "$TMP/wrk.out"; then log "WARNING ($px): $(grep 'Non-2xx\|Socket errors' "$TMP/wrk.out")"; fi
+        WRK_RPS[$px]+="$rps "; WRK_P99[$px]+="$p99 "; WRK_CPU[$px]+="$(cpu_us_per_op $((c1 - c0)) "$total") "
+        log "run $r wrk    $px: $rps req/s, p99 $p99 ms, $(cpu_us_per_op $((c1 - c0)) "$total") us CPU/req"
+
+        # 2. h2load: HTTPS, HTTP/2, 16 connections x 10 streams
+        c0=$(cpu_ticks "${PID[$px]}")
+        taskset -c "$GEN_CPU" h2load -D "$DURATION" -c 16 -m 10 "https://127.0.0.1:${HTTPS_PORT[$px]}/" >"$TMP/h2load.out" 2>&1 || true
+        c1=$(cpu_ticks "${PID[$px]}")
+        grep -q 'application protocol: h2' "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "h2load via $px did not negotiate h2"; }
+        rps=$(awk '/^finished in/ {print $4}' "$TMP/h2load.out")
+        done_=$(awk '/^requests:/ {print $8}' "$TMP/h2load.out")
+        failed=$(awk '/^requests:/ {print $10 + $12 + $14}' "$TMP/h2load.out")
+        ((failed == 0)) || log "WARNING ($px): h2load: $(grep '^requests:' "$TMP/h2load.out")"
+        H2_RPS[$px]+="$rps "; H2_CPU[$px]+="$(cpu_us_per_op $((c1 - c0)) "$done_") "
+        log "run $r h2load $px: $rps req/s, $(cpu_us_per_op $((c1 - c0)) "$done_") us CPU/req"
+
+        # 3. new TLS handshakes: HS_CONNS fresh connections, one request each
+        c0=$(cpu_ticks "${PID[$px]}")
+        taskset -c "$GEN_CPU" h2load -n "$HS_CONNS" -c "$HS_CONNS" -m 1 "https://127.0.0.1:${HTTPS_PORT[$px]}/" >"$TMP/hs.out" 2>&1 || true
+        c1=$(cpu_ticks "${PID[$px]}")
+        rate=$(awk '/^finished in/ {print $4}' "$TMP/hs.out")
+        ok=$(awk '/^requests:/ {print $10}' "$TMP/hs.out")
+        [[ $ok == "$HS_CONNS" ]] || log "WARNING ($px): handshakes: $(grep '^requests:' "$TMP/hs.out")"
+        HS_RATE[$px]+="$rate "; HS_CPU[$px]+="$(cpu_us_per_op $((c1 - c0)) "$ok") "
+        log "run $r tls    $px: $rate handshakes/s, $(cpu_us_per_op $((c1 - c0)) "$ok") us CPU/handshake"
+    done
+done
+
+# ------------------------------------------------------------------ report
+declare -A M
+for px in "${PROXIES[@]}"; do
+    for k in WRK_RPS WRK_P99 WRK_CPU H2_RPS H2_CPU HS_RATE HS_CPU; do
+        declare -n arr=$k
+        M[$k-$px]=$(median ${arr[$px]})
+        unset -n arr
+    done
+done
+row() { # row LABEL KEY DECIMALS
+    local k=$2 d=$3
+    echo "| $1 | $(fmt "${M[$k-portico]}" "$d") | $(fmt "${M[$k-haproxy]}" "$d") | $(fmt "${M[$k-nginx]}" "$d") | $(ratio "${M[$k-portico]}" "${M[$k-haproxy]}") | $(ratio "${M[$k-portico]}" "${M[$k-nginx]}") |"
+}
+echo
+echo "### HTTP: Portico vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}') vs NGINX $(nginx -v 2>&1 | cut -d/ -f2)"
+echo
+echo "$(machine_line), WRK_CONNS=$WRK_CONNS, HS_CONNS=$HS_CONNS"
+echo
+echo "| measure (median of $RUNS) | Portico | HAProxy | NGINX | Portico/HAProxy | Portico/NGINX |"
+echo "|---|---:|---:|---:|---:|---:|"
+row "HTTP/1.1 keep-alive req/s (wrk -c$WRK_CONNS)" WRK_RPS 0
+row "p99 latency ms (wrk)" WRK_P99 2
+row "CPU µs per request (wrk)" WRK_CPU 1
+row "HTTPS HTTP/2 req/s (h2load -c16 -m10)" H2_RPS 0
+row "CPU µs per request (h2load)" H2_CPU 1
+row "new TLS handshakes/s (h2load -n$HS_CONNS -c$HS_CONNS -m1)" HS_RATE 0
+row "CPU µs per handshake + request" HS_CPU 0
+echo
+for k in WRK_RPS H2_RPS HS_RATE; do
+    declare -n arr=$k
+    echo "Per-run $k: portico [${arr[portico]% }] haproxy [${arr[haproxy]% }] nginx [${arr[nginx]% }]"
+    unset -n arr
+done
