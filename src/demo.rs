@@ -16,17 +16,6 @@ use tokio::sync::oneshot;
 /// The demo config, embedded so the demo runs from any directory.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
-fn fake_kind(kind: ProbeKind) -> FakeKind {
-    match kind {
-        ProbeKind::Smtp => FakeKind::Smtp,
-        ProbeKind::Imap => FakeKind::Imap,
-        ProbeKind::Pop3 => FakeKind::Pop3,
-        ProbeKind::Http | ProbeKind::LbStatus => FakeKind::Http,
-        ProbeKind::Mapi => FakeKind::Mapi,
-        ProbeKind::Tcp => FakeKind::Echo,
-    }
-}
-
 /// Starts one fake per backend; the banner names the VIP and backend so a client can
 /// see which node answered.
 async fn start_backends(config: &Config) -> anyhow::Result<Vec<FakeServer>> {
@@ -40,7 +29,7 @@ async fn start_backends(config: &Config) -> anyhow::Result<Vec<FakeServer>> {
             let options = FakeOptions::new().banner(format!("{}/{}", vip.name, b.name));
             let fake = FakeServer::try_start_at(
                 b.address,
-                fake_kind(vip.probe.kind),
+                FakeKind::for_probe(vip.probe.kind),
                 Behaviour::Good,
                 options,
             )

@@ -12,22 +12,7 @@ use http::Response;
 use http_support::*;
 use lb::{AdminState, Health};
 use shared::config::ProbeTiming;
-use shared::probe::{Probe, ProbeError, ProbeFuture};
-
-/// A probe the test switches between passing and failing.
-struct Switch(Arc<AtomicBool>);
-impl Probe for Switch {
-    fn check(&self) -> ProbeFuture<'_> {
-        let ok = self.0.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(ProbeError::Refused)
-            }
-        })
-    }
-}
+use shared::testing::SwitchProbe;
 
 async fn named(name: &'static str) -> TestBackend {
     backend(move |_req| async move { Response::new(body(name)) }).await
@@ -58,7 +43,7 @@ async fn sticky_sessions_survive_drain_and_move_on_maint_or_down() {
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(true)),
     ];
-    let pool = pool_with_probes(&cfg, |i| Arc::new(Switch(healthy[i].clone())));
+    let pool = pool_with_probes(&cfg, |i| Arc::new(SwitchProbe(healthy[i].clone())));
     for backend in pool.backends() {
         backend.start_checker(None);
     }

@@ -185,6 +185,7 @@ where
 mod tests {
     use super::*;
     use crate::probe::ProbeFuture;
+    use crate::testing::SwitchProbe;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -234,20 +235,6 @@ mod tests {
         }
     }
 
-    struct Switch(Arc<AtomicBool>);
-    impl Probe for Switch {
-        fn check(&self) -> ProbeFuture<'_> {
-            let ok = self.0.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(ProbeError::Refused)
-                }
-            })
-        }
-    }
-
     struct Hang;
     impl Probe for Hang {
         fn check(&self) -> ProbeFuture<'_> {
@@ -267,7 +254,7 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let task = spawn_checker(
-            Arc::new(Switch(flag.clone())),
+            Arc::new(SwitchProbe(flag.clone())),
             timing,
             RiseFall::new(2, 2),
             cancel.clone(),

@@ -31,21 +31,10 @@ fn kind_cfg(kind: ProbeKind) -> ProbeConfig {
     ProbeConfig::new(kind)
 }
 
-fn fake_kind(kind: ProbeKind) -> FakeKind {
-    match kind {
-        ProbeKind::Smtp => FakeKind::Smtp,
-        ProbeKind::Imap => FakeKind::Imap,
-        ProbeKind::Pop3 => FakeKind::Pop3,
-        ProbeKind::Http | ProbeKind::LbStatus => FakeKind::Http,
-        ProbeKind::Mapi => FakeKind::Mapi,
-        ProbeKind::Tcp => FakeKind::Echo,
-    }
-}
-
 /// Good → ok (and politely ended); Refuse → refused; Hang → timeout.
 async fn common_behaviours(kind: ProbeKind) {
     let cfg = kind_cfg(kind);
-    let fake = FakeServer::start(fake_kind(kind), Behaviour::Good).await;
+    let fake = FakeServer::start(FakeKind::for_probe(kind), Behaviour::Good).await;
     assert_eq!(
         verdict(&cfg, fake.addr(), TIMEOUT).await,
         "ok",
@@ -173,7 +162,7 @@ async fn send_proxy_passes_where_plain_probes_are_dropped() {
 /// The refusal in kind and the mid-session death, per protocol.
 async fn bad_behaviours(kind: ProbeKind, bad_greeting: &str, died: &str) {
     let cfg = kind_cfg(kind);
-    let fake = FakeServer::start(fake_kind(kind), Behaviour::BadGreeting).await;
+    let fake = FakeServer::start(FakeKind::for_probe(kind), Behaviour::BadGreeting).await;
     assert_eq!(
         verdict(&cfg, fake.addr(), TIMEOUT).await,
         bad_greeting,
@@ -361,7 +350,7 @@ async fn tls_verification_for_smtp_imap_pop3() {
     let good = TestPki::new(&["mail.example.test"]);
     let expired = TestPki::expired(&["mail.example.test"]);
     for kind in [ProbeKind::Smtp, ProbeKind::Imap, ProbeKind::Pop3] {
-        let (st, imp) = tls_fakes(fake_kind(kind), &good).await;
+        let (st, imp) = tls_fakes(FakeKind::for_probe(kind), &good).await;
         for (starttls, fake) in [(true, &st), (false, &imp)] {
             let what = format!("{kind:?} starttls={starttls}");
             let cfg = tls_cfg(kind, starttls, Some(&good));
@@ -391,7 +380,7 @@ async fn tls_verification_for_smtp_imap_pop3() {
             "{kind:?}: QUIT/LOGOUT over TLS after STARTTLS"
         );
 
-        let (st, imp) = tls_fakes(fake_kind(kind), &expired).await;
+        let (st, imp) = tls_fakes(FakeKind::for_probe(kind), &expired).await;
         for (starttls, fake) in [(true, &st), (false, &imp)] {
             let cfg = tls_cfg(kind, starttls, Some(&expired));
             assert_eq!(
@@ -406,7 +395,7 @@ async fn tls_verification_for_smtp_imap_pop3() {
 #[tokio::test]
 async fn starttls_not_offered() {
     for kind in [ProbeKind::Smtp, ProbeKind::Imap, ProbeKind::Pop3] {
-        let fake = FakeServer::start(fake_kind(kind), Behaviour::Good).await;
+        let fake = FakeServer::start(FakeKind::for_probe(kind), Behaviour::Good).await;
         let mut cfg = tls_cfg(kind, true, None);
         cfg.tls_verify = false;
         assert_eq!(
@@ -433,7 +422,7 @@ async fn send_proxy_for_every_kind() {
         ProbeKind::Mapi,
     ] {
         let fake = FakeServer::start_with(
-            fake_kind(kind),
+            FakeKind::for_probe(kind),
             Behaviour::Good,
             FakeOptions::new().expect_proxy(),
         )

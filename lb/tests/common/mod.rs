@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use shared::config::{
     ProbeTiming, VipConfig, VipMode,
 };
 use shared::events::EventLog;
-use shared::probe::{Probe, ProbeError, ProbeFuture};
+use shared::probe::Probe;
+use shared::testing::SwitchProbe;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -70,26 +71,12 @@ pub fn vip(name: &str, protocol: MailProtocol, backends: &[(&str, SocketAddr)]) 
     }
 }
 
-/// A probe whose verdict the test sets.
-pub struct Scripted(pub Arc<AtomicBool>);
-
-impl Probe for Scripted {
-    fn check(&self) -> ProbeFuture<'_> {
-        let ok = self.0.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(ProbeError::Refused)
-            }
-        })
-    }
-}
-
 /// Options whose probes all follow `flag`.
 pub fn scripted(flag: Arc<AtomicBool>) -> LbOptions {
     LbOptions {
-        probes: Arc::new(move |_cfg, _addr| Ok(Arc::new(Scripted(flag.clone())) as Arc<dyn Probe>)),
+        probes: Arc::new(move |_cfg, _addr| {
+            Ok(Arc::new(SwitchProbe(flag.clone())) as Arc<dyn Probe>)
+        }),
     }
 }
 

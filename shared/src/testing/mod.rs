@@ -28,7 +28,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProbeKind;
+use crate::probe::{Probe, ProbeError, ProbeFuture};
 use crate::proxy_protocol::Header;
 
 /// Which protocol a fake speaks.
@@ -54,6 +56,38 @@ pub enum FakeKind {
     Mapi,
     /// Opaque TCP: echoes every byte back (for proxying tests).
     Echo,
+}
+
+impl FakeKind {
+    /// The fake that speaks what a probe of `kind` expects (HTTP for `lb_status`, an
+    /// echo server for plain TCP), so a config's backends can be faked from its probes.
+    pub fn for_probe(kind: ProbeKind) -> FakeKind {
+        match kind {
+            ProbeKind::Smtp => FakeKind::Smtp,
+            ProbeKind::Imap => FakeKind::Imap,
+            ProbeKind::Pop3 => FakeKind::Pop3,
+            ProbeKind::Http | ProbeKind::LbStatus => FakeKind::Http,
+            ProbeKind::Mapi => FakeKind::Mapi,
+            ProbeKind::Tcp => FakeKind::Echo,
+        }
+    }
+}
+
+/// A probe whose verdict the test sets through the shared flag (`true` passes,
+/// `false` fails as `connection refused`), for health logic tested without sockets.
+pub struct SwitchProbe(pub Arc<AtomicBool>);
+
+impl Probe for SwitchProbe {
+    fn check(&self) -> ProbeFuture<'_> {
+        let ok = self.0.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(ProbeError::Refused)
+            }
+        })
+    }
 }
 
 /// How a fake treats new connections.
