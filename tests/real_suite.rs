@@ -71,6 +71,20 @@ impl Drop for Group {
     }
 }
 
+/// Postfix's master and Dovecot (as set up here) need root: they switch to their
+/// own users. `None` (skip) otherwise, a panic under CI, which runs as root.
+fn need_root(what: &str) -> Option<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(());
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{what} needs root under CI");
+    }
+    eprintln!("skipping: {what} needs root");
+    None
+}
+
 fn read_file(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -152,6 +166,7 @@ impl Postfix {
             tool("postfix")?;
             panic!("postfix is installed but {} is missing", master.display());
         }
+        need_root("postfix")?;
         let root = dir.path(name);
         let conf = root.join("conf");
         let data = root.join("data");
@@ -439,6 +454,7 @@ probe = {{ kind = "smtp", interval = "500ms", timeout = "400ms", rise = 1, fall 
 
 struct Outcome {
     started: Instant,
+    ended: Instant,
     result: Result<(), String>,
 }
 
@@ -492,7 +508,12 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
                     }
                     let started = Instant::now();
                     let result = smtp_session([127, 0, 0, 5], vip, id);
-                    outcomes.lock().unwrap().push(Outcome { started, result });
+                    let ended = Instant::now();
+                    outcomes.lock().unwrap().push(Outcome {
+                        started,
+                        ended,
+                        result,
+                    });
                 }
             })
         })
@@ -544,6 +565,17 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
         after_ejection.len(),
         ejected - killed
     );
+    for o in &failed {
+        eprintln!(
+            "  failed, started {:?} the kill: {:?}",
+            if o.started > killed {
+                format!("{:?} after", o.started - killed)
+            } else {
+                format!("{:?} before", killed - o.started)
+            },
+            o.result
+        );
+    }
     let failed_after: Vec<_> = after_ejection
         .iter()
         .filter_map(|o| o.result.as_ref().err())
@@ -557,11 +589,11 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
         after_ejection.len() >= 10,
         "too few sessions after the ejection"
     );
-    // Only sessions in flight on mx1 when it died may fail: at most one per thread.
+    // Only sessions caught by mx1's death fail (in flight on it, or accepted by its
+    // dying listener in the milliseconds it took to die): none before the kill.
     assert!(
-        failed.len() <= THREADS,
-        "{} sessions failed: {:?}",
-        failed.len(),
+        failed.iter().all(|o| o.ended > killed),
+        "sessions failed before the kill: {:?}",
         failed.iter().map(|o| &o.result).collect::<Vec<_>>()
     );
     // The survivor took the load after the kill.
@@ -584,6 +616,7 @@ struct Dovecot {
 impl Dovecot {
     fn start(dir: &TempDir, name: &str) -> Option<Dovecot> {
         let bin = tool("dovecot")?;
+        need_root("dovecot")?;
         let root = dir.path(name);
         std::fs::create_dir_all(&root).unwrap();
         make_traversable(&root);
