@@ -103,19 +103,26 @@ fn chown(p: &Path, user: &str, group: &str) {
     assert!(st.success(), "chown {user}:{group} {}", p.display());
 }
 
-/// Makes every component of `p` traversable by other users (Postfix and Dovecot
-/// drop privileges and must reach their files under the temp dir).
-fn make_traversable(p: &Path) {
+/// Makes every component of `p` up to the test's temp dir `base` traversable by
+/// other users (Postfix and Dovecot drop privileges and must reach their files), and
+/// checks, without changing them, that the directories above `base` are too.
+fn make_traversable(p: &Path, base: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let mut cur = Some(p);
-    while let Some(d) = cur {
-        if let Ok(meta) = std::fs::metadata(d) {
-            let mode = meta.permissions().mode();
-            if mode & 0o011 != 0o011 && d != Path::new("/") {
-                chmod(d, (mode & 0o7777) | 0o011);
-            }
+    for d in p.ancestors() {
+        let mode = std::fs::metadata(d).expect("stat").permissions().mode();
+        if mode & 0o011 == 0o011 {
+            continue;
         }
-        cur = d.parent();
+        if d.starts_with(base) {
+            chmod(d, (mode & 0o7777) | 0o011);
+        } else {
+            panic!(
+                "{} (mode {:o}) is not traversable by the postfix/dovecot users; \
+                 set TMPDIR to a directory they can reach",
+                d.display(),
+                mode & 0o7777
+            );
+        }
     }
 }
 
@@ -175,7 +182,7 @@ impl Postfix {
             std::fs::create_dir_all(d).unwrap();
             chmod(d, 0o755);
         }
-        make_traversable(&root);
+        make_traversable(&root, &dir.0);
         chown(&data, "postfix", "root");
         chmod(&data, 0o700);
         for q in QUEUE_DIRS {
@@ -619,7 +626,7 @@ impl Dovecot {
         need_root("dovecot")?;
         let root = dir.path(name);
         std::fs::create_dir_all(&root).unwrap();
-        make_traversable(&root);
+        make_traversable(&root, &dir.0);
         let home = root.join("home");
         std::fs::create_dir_all(&home).unwrap();
         chmod(&home, 0o777);
@@ -940,7 +947,7 @@ fn nginx(dir: &TempDir, name: &str) -> Option<(Group, u16)> {
     let bin = tool("nginx")?;
     let root = dir.path(name);
     std::fs::create_dir_all(root.join("tmp")).unwrap();
-    make_traversable(&root);
+    make_traversable(&root, &dir.0);
     let port = free_port();
     let conf = format!(
         r#"
