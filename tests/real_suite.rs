@@ -528,13 +528,19 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
     let done = |o: &Arc<Mutex<Vec<Outcome>>>| o.lock().unwrap().len();
 
     // Load flows to both backends first.
-    assert!(
-        poll(Duration::from_secs(20), || (done(&outcomes) >= 30)
-            .then_some(()))
-        .is_some(),
-        "load never got going: {} sessions",
-        done(&outcomes)
-    );
+    let delivered = |pf: &Postfix| pf.log().matches("status=sent").count();
+    let going = poll(Duration::from_secs(20), || {
+        (done(&outcomes) >= 30 && delivered(&mx1) > 0 && delivered(&mx2) > 0).then_some(())
+    });
+    if going.is_none() {
+        stop.store(true, Ordering::SeqCst);
+        panic!(
+            "load never got going on both backends: {} sessions, delivered {}/{}",
+            done(&outcomes),
+            delivered(&mx1),
+            delivered(&mx2)
+        );
+    }
     let killed = Instant::now();
     mx1.kill_hard();
     let ejected = poll(Duration::from_secs(10), || {
