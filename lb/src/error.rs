@@ -54,6 +54,17 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// A backend of a server-speaks-first protocol (SMTP, IMAP, POP3) closed or
+    /// reset before sending its greeting: nothing reached the client, so another
+    /// backend can be tried (a dying node's listener still accepts for a moment).
+    #[error("{addr} closed before its greeting{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NoGreeting {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The OS error, when it was a reset rather than a close.
+        #[source]
+        source: Option<io::Error>,
+    },
     /// Reading from one leg failed.
     #[error("{side} read: {source}")]
     Read {
@@ -83,7 +94,8 @@ impl ProxyError {
         match self {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
-            | ProxyError::ProxyHeader { .. } => Some(Side::Backend),
+            | ProxyError::ProxyHeader { .. }
+            | ProxyError::NoGreeting { .. } => Some(Side::Backend),
             ProxyError::Read { side, .. } | ProxyError::Write { side, .. } => Some(*side),
             ProxyError::Idle(_) => None,
         }
@@ -97,6 +109,7 @@ impl ProxyError {
             ProxyError::Connect { .. }
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::ProxyHeader { .. }
+                | ProxyError::NoGreeting { .. }
         )
     }
 

@@ -161,7 +161,38 @@ async fn connect(
             .await
             .map_err(|source| ProxyError::ProxyHeader { addr, source })?;
     }
+    if server_speaks_first(cfg.protocol) {
+        await_greeting(&stream, addr, cfg.connect_timeout).await?;
+    }
     Ok(stream)
+}
+
+/// SMTP, IMAP and POP3 servers speak first, so until the greeting arrives nothing has
+/// reached the client and a backend that closes is as good as one that refused.
+fn server_speaks_first(protocol: MailProtocol) -> bool {
+    matches!(
+        protocol,
+        MailProtocol::Smtp | MailProtocol::Imap | MailProtocol::Pop3
+    )
+}
+
+/// Waits up to `bound` for the backend's first byte (left unread for the relay). A
+/// close or reset before it is [`ProxyError::NoGreeting`], retried elsewhere; a slow
+/// greeting (postscreen, a loaded node) is not an error and the relay starts anyway.
+async fn await_greeting(
+    stream: &TcpStream,
+    addr: SocketAddr,
+    bound: Duration,
+) -> Result<(), ProxyError> {
+    let mut probe = [0u8; 1];
+    match tokio::time::timeout(bound, stream.peek(&mut probe)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(ProxyError::NoGreeting { addr, source: None }),
+        Ok(Err(e)) => Err(ProxyError::NoGreeting {
+            addr,
+            source: Some(e),
+        }),
+    }
 }
 
 async fn write_header(stream: &TcpStream, header: &[u8], timeout: Duration) -> io::Result<()> {

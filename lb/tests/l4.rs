@@ -310,3 +310,49 @@ async fn http_vips_are_served_by_the_l7_proxy_through_the_same_pool() {
     let resp = get().await;
     assert!(resp.contains("web2"), "{resp}");
 }
+
+/// A dying node's listener still accepts for a moment and then closes without a
+/// greeting; for server-speaks-first protocols that is retried on another backend, so
+/// clients never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_before_its_greeting_is_retried_elsewhere() {
+    let good = FakeServer::start_with(
+        FakeKind::Smtp,
+        Behaviour::Good,
+        FakeOptions::new().banner("good"),
+    )
+    .await;
+    let dying = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dying_addr = dying.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = dying.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let mut cfg = vip(
+        "smtp",
+        MailProtocol::Smtp,
+        &[("good", good.addr()), ("dying", dying_addr)],
+    );
+    cfg.ejection.consecutive_failures = 0;
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let addr = addr(&lb, "smtp");
+    for i in 0..20 {
+        let mut c = Client::connect(addr).await;
+        let greeting = c.line().await;
+        assert!(
+            greeting.starts_with("220 good"),
+            "session {i}: {greeting:?}"
+        );
+        c.send("QUIT\r\n").await;
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5,
+        "round robin did try the dying backend"
+    );
+}
