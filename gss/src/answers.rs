@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
@@ -275,7 +275,16 @@ pub struct Zone {
     pub signature: u64,
     /// Pre-rendered UDP response bytes for the fast path ([`crate::fastpath`]),
     /// rendered from this zone so both paths always answer from the same state.
-    pub fast: FastTable,
+    /// Filled after the zone is stored ([`Zone::fast_table`]), so rendering bytes
+    /// never delays a failover: until it is there, UDP queries take the hickory path.
+    pub fast: OnceLock<FastTable>,
+}
+
+impl Zone {
+    /// The fast path's table, rendering it on first call.
+    pub fn fast_table(&self) -> &FastTable {
+        self.fast.get_or_init(|| fastpath::render_table(self))
+    }
 }
 
 fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
@@ -386,7 +395,7 @@ pub fn render(
         soa_cfg.ttl.min(soa_cfg.minimum),
         soa_rdata,
     );
-    let mut zone = Zone {
+    Zone {
         tpl,
         serial,
         soa,
@@ -394,10 +403,8 @@ pub fn render(
         names,
         outcomes,
         signature,
-        fast: FastTable::default(),
-    };
-    zone.fast = fastpath::render_table(&zone);
-    zone
+        fast: OnceLock::new(),
+    }
 }
 
 fn clamp_i32(v: u32) -> i32 {

@@ -1,15 +1,17 @@
 //! The UDP fast path: pre-rendered response bytes, one `SO_REUSEPORT` socket per core,
 //! `recvmmsg`/`sendmmsg` batches, no allocation and no lock per answered query.
 //!
-//! **Tables.** Whenever [`crate::answers::render`] builds a [`Zone`] (every health
-//! change, override, failback timer and reload), [`render_table`] also renders, for
+//! **Tables.** Whenever the supervisor stores a new [`Zone`] (every health change,
+//! override, failback timer and reload), [`render_table`] renders, on a blocking
+//! thread right after the store (so it never delays the switch itself), for
 //! every owner name in the zone and a fixed set of common QTYPEs (plus every static
 //! type), the exact UDP response the hickory path would send to a plain lower-case
 //! query, once without and once with an option-less EDNS(0) OPT. It does so by
 //! running the hickory path's own decision code ([`Reply`]) on a synthetic query and
 //! encoding it as hickory's server does ([`encode_udp`]), so the two paths cannot
-//! drift apart. The table lives inside the `Zone` and is swapped with it through the
-//! same `ArcSwap`, so a fast answer is never older than a hickory one. Weighted names
+//! drift apart. The table lives inside the `Zone` (a `OnceLock`) and is swapped with
+//! it through the same `ArcSwap`, so a fast answer is never older than a hickory one;
+//! until a new zone's table is filled its queries simply take the hickory path. Weighted names
 //! get one rendering per site pick and share the hickory path's rotation counter;
 //! names with client rules (answers depend on the source) are left out for A, AAAA
 //! and ANY.
@@ -82,10 +84,6 @@ const QTYPES: &[RecordType] = &[
     RecordType::MX,
     RecordType::TXT,
     RecordType::HTTPS,
-    RecordType::SVCB,
-    RecordType::CNAME,
-    RecordType::SRV,
-    RecordType::CAA,
 ];
 
 /// FxHash-style hasher for the table: fast on short byte keys. Not keyed, which is
@@ -322,7 +320,7 @@ pub fn render_table(zone: &Zone) -> FastTable {
 pub fn answer(zone: &Zone, pkt: &[u8], out: &mut [u8]) -> Option<usize> {
     let mut key = [0u8; KEY_MAX];
     let q = wire::parse_query(pkt, &mut key)?;
-    let entry = zone.fast.map.get(key.get(..q.key_len)?)?;
+    let entry = zone.fast.get()?.map.get(key.get(..q.key_len)?)?;
     let v = match &entry.rotation {
         Some(r) => entry
             .variants
@@ -550,7 +548,14 @@ pub fn serve_socket(
             let Some(src) = sockaddr_to_std(&b.addrs[i]) else {
                 continue;
             };
-            let Some(out_len) = respond(&zone, &handler, &b.rx[i][..len], src, &mut b.tx[i]) else {
+            // A panic deep in the hand-over path must not take the socket down with
+            // it (its share of SO_REUSEPORT flows would go unanswered); it costs
+            // nothing while nothing panics.
+            let (rx, tx) = (&b.rx[i][..len], &mut b.tx[i]);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                respond(&zone, &handler, rx, src, tx)
+            }));
+            let Ok(Some(out_len)) = r else {
                 continue;
             };
             b.tx_iov[m].iov_base = b.tx[i].as_mut_ptr().cast();

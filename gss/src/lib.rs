@@ -148,7 +148,9 @@ impl Core {
             }
         }
         let serial = next.serial;
-        self.zone.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.zone.store(next.clone());
+        prepare_fast(next);
         if st.settled {
             for (name, msg) in changes {
                 self.events.record(name, format!("{msg}; serial {serial}"));
@@ -571,6 +573,21 @@ impl Gss {
 impl Drop for Gss {
     fn drop(&mut self) {
         self.core.cancel.cancel();
+    }
+}
+
+/// Renders the fast path's table of a zone just stored, off the caller's thread when
+/// there is a runtime (the switch is already visible through the hickory path).
+fn prepare_fast(zone: Arc<Zone>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(move || {
+                zone.fast_table();
+            });
+        }
+        Err(_) => {
+            zone.fast_table();
+        }
     }
 }
 

@@ -574,6 +574,9 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         Some(socket2::Protocol::UDP),
     )?;
     s.set_reuse_port(true)?;
+    // Room for bursts while the thread is descheduled (the kernel caps this at
+    // net.core.rmem_max); best effort.
+    let _ = s.set_recv_buffer_size(4 << 20);
     s.bind(&addr.into())?;
     s.set_read_timeout(Some(crate::fastpath::POLL))?;
     Ok(s.into())

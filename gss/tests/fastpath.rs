@@ -69,7 +69,9 @@ fn zone_for(cfg: &GssConfig, dc1: bool, dc2: bool, prev: Option<&Zone>) -> Zone 
     let tpl = Arc::new(ZoneTemplate::new(cfg).unwrap());
     let v = |up| if up { SiteView::up() } else { SiteView::down() };
     let view = HealthView::from_pairs([("dc1", v(dc1)), ("dc2", v(dc2))]);
-    render(tpl, &view, Instant::now(), prev)
+    let z = render(tpl, &view, Instant::now(), prev);
+    z.fast_table();
+    z
 }
 
 struct Pair {
