@@ -85,6 +85,9 @@ server:
     zonelistfile: "$TMP/nsd/zone.list"
     logfile: "$TMP/nsd/nsd.log"
     verbosity: 0
+    # Debian builds NSD with response rate limiting on (200 qps per /24): off here.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
 remote-control:
     control-enable: no
 zone:
@@ -250,7 +253,7 @@ for k in "${FO_KINDS[@]}"; do M[fo-$k]=$(median ${FO[$k]}); done
 best=nsd
 awk -v a="${M[qps-knot]}" -v b="${M[qps-nsd]}" 'BEGIN { exit !(a > b) }' && best=knot
 echo
-echo "### DNS: Portico gss vs NSD $(nsd -v 2>&1 | awk 'NR==1 {print $3}') vs Knot $(knotd -V | awk '{print $4}')"
+echo "### DNS: Portico gss vs NSD $(nsd -v 2>&1 | awk 'NR==1 {print $3}') vs Knot $(knotd -V | awk '{print $NF}')"
 echo
 echo "$(machine_line), dnsperf -c 1 -T 1 -q $DNSPERF_OUTSTANDING -l $DURATION over ${#NAMES[@]} names (A), UDP"
 echo

@@ -34,7 +34,7 @@ daemon off;
 worker_processes 1;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-events { worker_connections 20000; }
+events { worker_connections 8192; }
 EOF
 }
 {
@@ -93,7 +93,7 @@ H_HTTP=38080 H_HTTPS=38443
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 40000
+    maxconn $(((NOFILE - 200) / 2))
     tune.ssl.default-dh-param 2048
 defaults
     mode http
@@ -199,7 +199,7 @@ for r in $(seq "$RUNS"); do
         c0=$(cpu_ticks "${PID[$px]}")
         taskset -c "$GEN_CPU" h2load -D "$DURATION" -c 16 -m 10 "https://127.0.0.1:${HTTPS_PORT[$px]}/" >"$TMP/h2load.out" 2>&1 || true
         c1=$(cpu_ticks "${PID[$px]}")
-        grep -q 'application protocol: h2' "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "h2load via $px did not negotiate h2"; }
+        grep -qi 'application protocol: h2' "$TMP/h2load.out" || { cat "$TMP/h2load.out" >&2; die "h2load via $px did not negotiate h2"; }
         rps=$(awk '/^finished in/ {print $4}' "$TMP/h2load.out")
         done_=$(awk '/^requests:/ {print $8}' "$TMP/h2load.out")
         failed=$(awk '/^requests:/ {print $10 + $12 + $14}' "$TMP/h2load.out")
@@ -212,7 +212,7 @@ for r in $(seq "$RUNS"); do
         taskset -c "$GEN_CPU" h2load -n "$HS_CONNS" -c "$HS_CONNS" -m 1 "https://127.0.0.1:${HTTPS_PORT[$px]}/" >"$TMP/hs.out" 2>&1 || true
         c1=$(cpu_ticks "${PID[$px]}")
         rate=$(awk '/^finished in/ {print $4}' "$TMP/hs.out")
-        ok=$(awk '/^requests:/ {print $10}' "$TMP/hs.out")
+        ok=$(awk '/^requests:/ {print $8}' "$TMP/hs.out")
         [[ $ok == "$HS_CONNS" ]] || log "WARNING ($px): handshakes: $(grep '^requests:' "$TMP/hs.out")"
         HS_RATE[$px]+="$rate "; HS_CPU[$px]+="$(cpu_us_per_op $((c1 - c0)) "$ok") "
         log "run $r tls    $px: $rate handshakes/s, $(cpu_us_per_op $((c1 - c0)) "$ok") us CPU/handshake"

@@ -16,6 +16,11 @@ IDLE_CONNS=${IDLE_CONNS:-8000}
 need haproxy:haproxy smtp-sink:postfix smtp-source:postfix iperf3:iperf3 taskset:util-linux python3:python3
 build_portico
 raise_nofile
+# HAProxy needs 2 fds per connection plus 2 per splice pipe (maxpipes, maxconn/4 by
+# default, capped at 200 here: plenty for one bulk stream) and refuses to start when
+# that exceeds the hard limit.
+H_MAXCONN=$(((NOFILE - 1000) / 2))
+((H_MAXCONN > IDLE_CONNS)) || die "open-file limit $NOFILE too low for $IDLE_CONNS idle connections"
 
 # ------------------------------------------------------------------ backends
 SINK1=20025 SINK2=20026 IPERF=25201 SILENT=21000
@@ -63,7 +68,8 @@ H_SMTP=22525 H_IPERF=25202 H_IDLE=29000
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 40000
+    maxconn $H_MAXCONN
+    maxpipes 200
 defaults
     mode tcp
     timeout connect 2s

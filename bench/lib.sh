@@ -65,7 +65,7 @@ build_portico() {
         PORTICO=$target/release/portico
     fi
     [[ -x $PORTICO ]] || die "no portico binary at $PORTICO"
-    PORTICO_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    PORTICO_REV=${PORTICO_REV:-$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}
     if [[ -z ${PORTICO_BIN:-} ]] && [[ -n $(cd "$REPO" && git status --porcelain -- lb gss shared src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
         PORTICO_REV="$PORTICO_REV+dirty"
     fi
@@ -153,7 +153,11 @@ machine_line() {
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), RUNS=$RUNS DURATION=$DURATION, Portico $PORTICO_REV"
 }
 
+# Raises the open-file limit to 65536 (or the hard limit, when it cannot be raised:
+# containers without CAP_SYS_RESOURCE); sets NOFILE to what is in force.
 raise_nofile() {
     ulimit -Hn 65536 2>/dev/null || true
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    NOFILE=$(ulimit -n)
+    ((NOFILE >= 65536)) || log "open-file limit is $NOFILE (hard limit; could not raise it to 65536)"
 }
