@@ -110,6 +110,9 @@ fn load(server: SocketAddr, n: u64, window: usize, name: &str, edns: bool) -> Re
     let template = m.to_vec().map_err(|e| e.to_string())?;
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     sock.connect(server).map_err(|e| e.to_string())?;
+    // Large windows must not overflow our own receive buffer (that is not the
+    // server losing queries).
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
     let fd = sock.as_raw_fd();

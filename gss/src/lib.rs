@@ -4,7 +4,8 @@
 //! [`Gss::start`] runs one keepalive checker per keepalive (rise/fall from `shared`),
 //! waits for the first round (bounded by the probe timeouts) so it never answers from
 //! an unknown state, renders the answers ([`answers`]) and only then opens its port
-//! ([`server`]). Every keepalive result goes through the supervisor ([`Core`]), which
+//! ([`server`], with UDP answered by [`fastpath`] from pre-rendered bytes parsed and
+//! patched by [`wire`]). Every keepalive result goes through the supervisor ([`Core`]), which
 //! aggregates it per site ([`site`]), re-runs selection ([`select`]) when a site
 //! changes and swaps the rendered zone whole. A timer task re-renders when a failback
 //! wait ends. Operators act through [`admin`].

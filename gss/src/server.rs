@@ -1,5 +1,8 @@
 //! The authoritative DNS front: our own hickory [`RequestHandler`] (the stock
-//! `Catalog` cannot set the ECS scope) on UDP and TCP at `gss.listen`.
+//! `Catalog` cannot set the ECS scope). hickory's `Server` runs it for TCP; UDP is
+//! owned by the fast path ([`crate::fastpath`]), which answers plain queries from
+//! bytes pre-rendered through this very code ([`Reply`]) and calls the handler
+//! directly for everything else. [`FAST_UDP`] switches UDP back to hickory's `Server`.
 //!
 //! Per query it loads the current [`Zone`] (one atomic), looks the name up in
 //! pre-rendered records and writes the response: AA on every in-zone answer and
@@ -13,7 +16,8 @@
 //! What hickory's `Server` does before us: it drops datagrams shorter than a header
 //! and every message with QR=1, answers FORMERR itself (with no question) when the
 //! message does not parse, and otherwise hands us the parsed request whatever its
-//! opcode, QDCOUNT or EDNS version, so those rules are ours and tested here.
+//! opcode, QDCOUNT or EDNS version, so those rules are ours and tested here. The fast
+//! path's hand-over ([`crate::fastpath::handover`]) repeats exactly those steps.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

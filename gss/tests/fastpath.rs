@@ -450,3 +450,98 @@ async fn garbage_over_the_socket_gets_no_answer_from_bytes() {
         Some("127.0.0.1".parse().unwrap())
     );
 }
+
+/// Counts `portico_dns_queries_total` by label set, for one thread.
+#[derive(Default)]
+struct Counting(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+);
+
+impl metrics::Recorder for Counting {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let id = format!("{}{{{}}}", key.name(), labels.join(","));
+        let c = self.0.lock().unwrap().entry(id).or_default().clone();
+        metrics::Counter::from_arc(c)
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn query_counter_is_the_same_series_on_both_paths() {
+    let cfg = cfg(false);
+    let zone = Arc::new(ArcSwap::from_pointee(zone_for(&cfg, true, true, None)));
+    let handler = DnsHandler::new(zone.clone());
+    let src: SocketAddr = "192.0.2.1:5353".parse().unwrap();
+    let rec = Counting::default();
+    let a = q("Smtp.gslb.example.test.", RecordType::A);
+    let mx = qe("smtp.gslb.example.test.", RecordType::MX, 1232, false);
+    let nx = q("nope.gslb.example.test.", RecordType::A);
+    metrics::with_local_recorder(&rec, || {
+        let mut out = [0u8; fastpath::BUF];
+        for _ in 0..3 {
+            assert!(fastpath::answer(&zone.load(), &a, &mut out).is_some());
+        }
+        assert!(fastpath::handover(&handler, &a, src).is_some());
+        assert!(fastpath::answer(&zone.load(), &mx, &mut out).is_some());
+        assert!(fastpath::respond(&zone, &handler, &nx, src, &mut out).is_some());
+    });
+    let got: std::collections::BTreeMap<String, u64> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.load(std::sync::atomic::Ordering::SeqCst)))
+        .collect();
+    let want: std::collections::BTreeMap<String, u64> = [
+        (
+            "portico_dns_queries_total{name=smtp.gslb.example.test,qtype=A,rcode=NOERROR}",
+            4,
+        ),
+        (
+            "portico_dns_queries_total{name=smtp.gslb.example.test,qtype=MX,rcode=NOERROR}",
+            1,
+        ),
+        (
+            "portico_dns_queries_total{name=nxdomain,qtype=A,rcode=NXDOMAIN}",
+            1,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+}
