@@ -151,7 +151,7 @@ impl Core {
         let serial = next.serial;
         let next = Arc::new(next);
         self.zone.store(next.clone());
-        prepare_fast(next);
+        prepare_fast(next, self.zone.clone());
         if st.settled {
             for (name, msg) in changes {
                 self.events.record(name, format!("{msg}; serial {serial}"));
@@ -578,12 +578,15 @@ impl Drop for Gss {
 }
 
 /// Renders the fast path's table of a zone just stored, off the caller's thread when
-/// there is a runtime (the switch is already visible through the hickory path).
-fn prepare_fast(zone: Arc<Zone>) {
+/// there is a runtime (the switch is already visible through the hickory path). A
+/// zone replaced before its turn comes is skipped (flapping costs no wasted renders).
+fn prepare_fast(zone: Arc<Zone>, current: Arc<ArcSwap<Zone>>) {
     match tokio::runtime::Handle::try_current() {
         Ok(h) => {
             h.spawn_blocking(move || {
-                zone.fast_table();
+                if Arc::ptr_eq(&current.load(), &zone) {
+                    zone.fast_table();
+                }
             });
         }
         Err(_) => {
