@@ -18,14 +18,13 @@ fn demo_starts_answers_and_stops_on_sigint() {
     let (Some(_), Some(_), Some(_)) = (tool("dig"), tool("swaks"), tool("curl")) else {
         return;
     };
-    let child = Command::new(bin())
-        .arg("demo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let mut demo = Daemon(child);
-    let stdout = demo.0.stdout.take().expect("stdout");
+    let mut demo = Daemon::spawn(
+        Command::new(bin())
+            .arg("demo")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = demo.child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -110,10 +109,12 @@ fn demo_starts_answers_and_stops_on_sigint() {
 
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(demo.0.id() as libc::pid_t, libc::SIGINT);
+        libc::kill(demo.child.id() as libc::pid_t, libc::SIGINT);
     }
-    let status = poll(Duration::from_secs(15), || demo.0.try_wait().ok().flatten())
-        .expect("demo exits on SIGINT");
+    let status = poll(Duration::from_secs(15), || {
+        demo.child.try_wait().ok().flatten()
+    })
+    .expect("demo exits on SIGINT");
     assert!(status.success(), "{status}");
     assert!(
         !std::path::Path::new(SOCKET).exists(),

@@ -13,13 +13,12 @@ use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
 
 fn smtp_sink(port: u16) -> Option<Daemon> {
     let sink = tool("smtp-sink")?;
-    let child = Command::new(sink)
-        .args(["-u", "nobody", "-c", &format!("127.0.0.1:{port}"), "100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtp-sink");
-    let d = Daemon(child);
+    let d = Daemon::spawn(
+        Command::new(sink)
+            .args(["-u", "nobody", "-c", &format!("127.0.0.1:{port}"), "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     assert!(wait_listening(
         SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(10)
@@ -157,15 +156,13 @@ fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
     let (backend, vip) = (free_port(), free_port());
     let conf = dir.path("dovecot.conf");
     std::fs::write(&conf, dovecot_conf(&dir, backend)).unwrap();
-    let _dovecot = Daemon(
+    let _dovecot = Daemon::spawn(
         Command::new(dovecot)
             .arg("-F")
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dovecot"),
+            .stderr(Stdio::null()),
     );
     assert!(
         wait_listening(

@@ -13,63 +13,14 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, free_udp_tcp_port, http_get, poll, tool, wait_listening, Portico, TempDir,
+    free_port, free_udp_tcp_port, http_get, poll, tool, wait_listening, Daemon, Portico, TempDir,
 };
-
-/// A daemon started in its own process group: on drop the whole group gets SIGTERM
-/// (so a master's children exit with it), then SIGKILL for anything left.
-struct Group {
-    child: Child,
-    done: bool,
-}
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> Group {
-        use std::os::unix::process::CommandExt;
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Group { child, done: false }
-    }
-
-    fn signal_group(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on the process group we created for our own child.
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), sig);
-        }
-    }
-
-    /// Kills the whole group at once (a machine dying), and reaps the leader.
-    fn kill_hard(&mut self) {
-        self.signal_group(libc::SIGKILL);
-        let _ = self.child.wait();
-        self.done = true;
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        self.signal_group(libc::SIGTERM);
-        let exited = poll(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten()
-        });
-        self.signal_group(libc::SIGKILL);
-        if exited.is_none() {
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Postfix's master and Dovecot (as set up here) need root: they switch to their
 /// own users. `None` (skip) otherwise, a panic under CI, which runs as root.
@@ -133,7 +84,7 @@ fn make_traversable(p: &Path, base: &Path) {
 struct Postfix {
     port: u16,
     maillog: PathBuf,
-    group: Group,
+    group: Daemon,
 }
 
 const POSTFIX_SERVICES: &str = "\
@@ -242,7 +193,7 @@ compatibility_level = 3.6
         )
         .unwrap();
         let stderr = std::fs::File::create(root.join("master.stderr")).unwrap();
-        let group = Group::spawn(
+        let group = Daemon::spawn(
             Command::new(&master)
                 .arg("-d")
                 .arg("-c")
@@ -623,7 +574,7 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
 struct Dovecot {
     port: u16,
     log: PathBuf,
-    _group: Group,
+    _group: Daemon,
 }
 
 impl Dovecot {
@@ -687,7 +638,7 @@ service anvil {{
             ),
         )
         .unwrap();
-        let group = Group::spawn(
+        let group = Daemon::spawn(
             Command::new(bin)
                 .arg("-F")
                 .arg("-c")
@@ -949,7 +900,7 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
 
 // ---------------------------------------------------------------- 4. site failover
 
-fn nginx(dir: &TempDir, name: &str) -> Option<(Group, u16)> {
+fn nginx(dir: &TempDir, name: &str) -> Option<(Daemon, u16)> {
     let bin = tool("nginx")?;
     let root = dir.path(name);
     std::fs::create_dir_all(root.join("tmp")).unwrap();
@@ -980,7 +931,7 @@ http {{
     );
     let path = root.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let group = Group::spawn(
+    let group = Daemon::spawn(
         Command::new(bin)
             .arg("-p")
             .arg(&root)
@@ -1002,7 +953,7 @@ http {{
 
 struct Site {
     postfix: Postfix,
-    _nginx: Group,
+    _nginx: Daemon,
     smtp_port: u16,
     web_port: u16,
     http: u16,

@@ -43,16 +43,15 @@ http {{
     );
     let path = root.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(&root)
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let d = Daemon(child);
+    let d = Daemon::spawn(
+        Command::new(bin)
+            .arg("-p")
+            .arg(&root)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     assert!(
         wait_listening(
             SocketAddr::from(([127, 0, 0, 1], port)),

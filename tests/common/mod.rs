@@ -174,13 +174,53 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A child process killed on drop (real backends started by tests).
-pub struct Daemon(pub Child);
+/// A daemon (real backend, demo) started in its own process group: on drop the whole
+/// group gets SIGTERM (so a master's workers exit with it: nginx workers survive a
+/// SIGKILLed master and keep serving), then SIGKILL for anything left.
+pub struct Daemon {
+    pub child: Child,
+    done: bool,
+}
+
+impl Daemon {
+    pub fn spawn(cmd: &mut Command) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Daemon { child, done: false }
+    }
+
+    pub fn signal_group(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the process group we created for our own child.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), sig);
+        }
+    }
+
+    /// Kills the whole group at once (a machine dying), and reaps the leader.
+    pub fn kill_hard(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
+        self.done = true;
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.done {
+            return;
+        }
+        self.signal_group(libc::SIGTERM);
+        let exited = poll(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        self.signal_group(libc::SIGKILL);
+        if exited.is_none() {
+            let _ = self.child.wait();
+        }
     }
 }
 
