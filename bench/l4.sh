@@ -4,12 +4,12 @@
 #   2. bulk throughput:       iperf3 -c   -> proxy -> iperf3 -s
 #   3. memory per idle proxied connection: 8,000 idle connections -> proxy -> silent server
 # System under test on CPU 1, everything else on CPU 0. Median of RUNS runs.
-# Usage: bash bench/l4.sh   (RUNS=5 DURATION=10 SMTP_MSGS=20000 IDLE_CONNS=8000)
+# Usage: bash bench/l4.sh   (RUNS=5 DURATION=10 SMTP_MSGS=12000 IDLE_CONNS=8000)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 DURATION=${DURATION:-10}
-SMTP_MSGS=${SMTP_MSGS:-20000}
+SMTP_MSGS=${SMTP_MSGS:-12000}
 SMTP_SESSIONS=${SMTP_SESSIONS:-50}
 IDLE_CONNS=${IDLE_CONNS:-8000}
 
