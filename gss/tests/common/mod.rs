@@ -19,49 +19,18 @@ use shared::config::{
     ProbeKind, ProbeTiming, SiteConfig, SoaConfig, StaticRecord,
 };
 use shared::events::EventLog;
-use shared::probe::{Probe, ProbeError, ProbeFuture};
+use shared::probe::Probe;
+use shared::testing::SwitchProbe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 pub const ZONE: &str = "gslb.example.test";
 
-/// A TCP-connect probe (the shared tcp probe may not be built yet).
-pub struct TcpConnect(pub SocketAddr);
-
-impl Probe for TcpConnect {
-    fn check(&self) -> ProbeFuture<'_> {
-        let addr = self.0;
-        Box::pin(async move {
-            match TcpStream::connect(addr).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    Err(ProbeError::Refused)
-                }
-                Err(e) => Err(ProbeError::Connect(e.to_string())),
-            }
-        })
-    }
-}
-
-/// A probe whose result the test flips.
-pub struct Switch(pub Arc<AtomicBool>);
-
-impl Probe for Switch {
-    fn check(&self) -> ProbeFuture<'_> {
-        let ok = self.0.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if ok {
-                Ok(())
-            } else {
-                Err(ProbeError::Refused)
-            }
-        })
-    }
-}
-
 /// Probes that connect over TCP to each keepalive's address.
 pub fn tcp_probes() -> ProbeFactory {
-    Arc::new(|k: &KeepaliveConfig| Ok(Arc::new(TcpConnect(k.address)) as Arc<dyn Probe>))
+    Arc::new(|k: &KeepaliveConfig| {
+        shared::probe::build(&ProbeConfig::new(ProbeKind::Tcp), k.address)
+    })
 }
 
 /// Probes driven by switches keyed by keepalive address.
@@ -72,7 +41,7 @@ pub fn switch_probes(switches: Vec<(SocketAddr, Arc<AtomicBool>)>) -> ProbeFacto
             .find(|(a, _)| *a == k.address)
             .map(|(_, s)| s.clone())
             .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
-        Ok(Arc::new(Switch(s)) as Arc<dyn Probe>)
+        Ok(Arc::new(SwitchProbe(s)) as Arc<dyn Probe>)
     })
 }
 
