@@ -34,8 +34,8 @@ const CD: u8 = 0x10;
 /// RFC 6840 §5.7). Anything else set is unusual enough to leave to hickory.
 const ODD_BYTE3: u8 = 0x80 | 0x40 | 0x0f;
 
-/// The EDNS part of a query the fast path accepts: version 0, no options, no flag
-/// other than DO.
+/// The EDNS part of a query the fast path accepts: version 0, no option other than a
+/// DNS cookie (ignored), no flag other than DO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opt {
     /// Advertised UDP payload size, as sent.
@@ -71,9 +71,31 @@ fn u16_at(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([b[0], b[1]]))
 }
 
+/// EDNS option code of DNS COOKIE (RFC 7873).
+const OPTION_COOKIE: u16 = 10;
+
+/// True for OPT rdata that is empty or holds exactly one well-formed COOKIE option
+/// (an 8-byte client cookie, optionally with an 8–32-byte server cookie). BIND and
+/// `dig` send a cookie with nearly every query; a server that does not implement
+/// cookies answers as if the option were absent (RFC 7873 §5.2), which is what the
+/// pre-rendered OPT (no options) does. Any other option, or a malformed cookie (which
+/// needs FORMERR), goes to the full handler.
+fn only_a_cookie(rdata: &[u8]) -> bool {
+    match rdata {
+        [] => true,
+        [c0, c1, l0, l1, data @ ..] => {
+            let code = u16::from_be_bytes([*c0, *c1]);
+            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+            code == OPTION_COOKIE && len == data.len() && (len == 8 || (16..=40).contains(&len))
+        }
+        _ => false,
+    }
+}
+
 /// Parses `pkt` as a plain query: QR=0, OPCODE QUERY, one question of class IN with
 /// an uncompressed name, no answer or authority records, at most one additional
-/// record which must be an OPT of version 0 with no options, and nothing after it.
+/// record which must be an OPT of version 0 with no option but a DNS cookie, and
+/// nothing after it.
 /// Writes the lower-cased wire name followed by QTYPE into `key`. `None` means "not
 /// for the fast path": malformed, or well-formed but needing the full handler.
 pub fn parse_query(pkt: &[u8], key: &mut [u8; KEY_MAX]) -> Option<Query> {
@@ -126,18 +148,26 @@ pub fn parse_query(pkt: &[u8], key: &mut [u8; KEY_MAX]) -> Option<Query> {
         let payload = u16::from_be_bytes([rr[3], rr[4]]);
         let (ext_rcode, version) = (rr[5], rr[6]);
         let flags = u16::from_be_bytes([rr[7], rr[8]]);
-        let rdlen = u16::from_be_bytes([rr[9], rr[10]]);
-        if ext_rcode != 0 || version != 0 || flags & !DO_BIT != 0 || rdlen != 0 {
+        let rdlen = usize::from(u16::from_be_bytes([rr[9], rr[10]]));
+        if ext_rcode != 0 || version != 0 || flags & !DO_BIT != 0 {
             return None;
         }
-        Some(Opt {
-            payload,
-            dnssec_ok: flags & DO_BIT != 0,
-        })
+        let rdata = pkt.get(question_end + OPT_LEN..question_end + OPT_LEN + rdlen)?;
+        if !only_a_cookie(rdata) {
+            return None;
+        }
+        Some((
+            Opt {
+                payload,
+                dnssec_ok: flags & DO_BIT != 0,
+            },
+            OPT_LEN + rdlen,
+        ))
     } else {
         None
     };
-    let end = question_end + if opt.is_some() { OPT_LEN } else { 0 };
+    let end = question_end + opt.map_or(0, |(_, len)| len);
+    let opt = opt.map(|(o, _)| o);
     if end != pkt.len() {
         return None;
     }
@@ -311,7 +341,20 @@ mod tests {
         let mut m = ok.clone();
         m[n - 1] = 4;
         m.extend_from_slice(&[0, 10, 0, 0]);
-        cases.push(("an option (cookie-like)", m));
+        cases.push(("a malformed (empty) cookie", m));
+        let mut m = ok.clone();
+        m[n - 1] = 12;
+        m.extend_from_slice(&[0, 8, 0, 8, 0, 1, 24, 0, 10, 0, 0, 0]);
+        cases.push(("an ECS option", m));
+        let mut m = ok.clone();
+        m[n - 1] = 24;
+        m.extend_from_slice(&[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        m.extend_from_slice(&[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        cases.push(("two cookies", m));
+        let mut m = ok.clone();
+        m[n - 1] = 12;
+        m.extend_from_slice(&[0, 10, 0, 8, 1, 2, 3]);
+        cases.push(("a cookie cut short", m));
         let mut m = ok.clone();
         m.push(0);
         cases.push(("trailing byte", m));
@@ -371,6 +414,39 @@ mod tests {
         assert_eq!(out[n - 4], 0);
         // Too small an output buffer is refused, not a panic.
         assert!(patch(&tmpl, &query_bytes, &q, &mut out[..10]).is_none());
+    }
+
+    /// A query carrying `option` bytes in its OPT rdata.
+    fn with_option(option: &[u8]) -> Vec<u8> {
+        let mut p = query(0x0102, [0x01, 0x00], "a.test", 1, Some((1232, 0)));
+        let n = p.len();
+        p[n - 2..].copy_from_slice(&(option.len() as u16).to_be_bytes());
+        p.extend_from_slice(option);
+        p
+    }
+
+    #[test]
+    fn dns_cookies_stay_on_the_fast_path_and_are_not_echoed() {
+        let mut key = [0u8; KEY_MAX];
+        let client_only = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut with_server = vec![0, 10, 0, 24];
+        with_server.extend_from_slice(&[9u8; 24]);
+        for option in [&client_only[..], &with_server[..]] {
+            let bytes = with_option(option);
+            let q = parse_query(&bytes, &mut key).expect("cookie query accepted");
+            assert_eq!(q.opt.map(|o| o.payload), Some(1232));
+            // The response comes from an option-less OPT template: no cookie echoed.
+            let mut tmpl = query(0, [0x84, 0x00], "a.test", 1, Some((1232, 0)));
+            tmpl[7] = 0;
+            let mut out = [0u8; 600];
+            let n = patch(&tmpl, &bytes, &q, &mut out).expect("patched");
+            assert_eq!(n, tmpl.len(), "no option bytes copied into the answer");
+            assert_eq!(&out[n - 2..n], &[0, 0], "response OPT has no rdata");
+        }
+        // Server cookie longer than 32 bytes (total 41) is malformed: FORMERR is hickory's.
+        let mut too_long = vec![0, 10, 0, 41];
+        too_long.extend_from_slice(&[1u8; 41]);
+        assert!(parse_query(&with_option(&too_long), &mut key).is_none());
     }
 
     /// Cheap deterministic generator (no test-only dependency needed).
