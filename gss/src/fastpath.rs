@@ -25,8 +25,8 @@
 //! handles cached per rendering (registered on first use), so the hot path does one
 //! atomic add. Responses bigger than the client may take are never sent from here.
 //!
-//! **Hand-over.** Anything else (other opcodes, QDCOUNT ≠ 1, EDNS options such as ECS
-//! or cookies, EDNS version ≠ 0, unknown names, client rules, truncation, malformed
+//! **Hand-over.** Anything else (other opcodes, QDCOUNT ≠ 1, EDNS options other than a
+//! well-formed DNS cookie, which both paths ignore, EDNS version ≠ 0, unknown names, client rules, truncation, malformed
 //! input) goes to [`handover`], which does what hickory's `Server` does with a UDP
 //! datagram (drop short ones and responses, FORMERR with no question when the
 //! message does not parse) and then calls the same [`DnsHandler`] the TCP listener
