@@ -1,9 +1,11 @@
 //! Byte relay between a client and a backend without per-connection buffers.
 //!
-//! Each direction waits for its source to become readable and only then borrows a
-//! 16 KiB buffer from a small per-thread pool, reads what is there, writes it all to
-//! the other leg and gives the buffer back. An idle connection (thousands of IMAP
-//! IDLE sessions) therefore holds no buffer at all, unlike `copy_bidirectional`'s
+//! Each direction waits for its source to become readable and only then moves what
+//! is there: kernel-side with splice(2) through a pipe pair borrowed from a small
+//! per-thread pool ([`crate::splice`]), or, where splice is refused (EINVAL/ENOSYS)
+//! or no pipe can be had, through a 16 KiB buffer borrowed from a per-thread pool.
+//! Either is given back as soon as it is empty again, so an idle connection (thousands
+//! of IMAP IDLE sessions) holds no buffer and no pipe, unlike `copy_bidirectional`'s
 //! two 8 KiB buffers for the connection's whole life. A FIN from one side is passed on
 //! as a write shutdown of the other leg while the opposite direction keeps flowing
 //! (SMTP/IMAP clients half-close after their last command). Both directions and the
@@ -15,11 +17,15 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use metrics::Counter;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{ProxyError, Side};
+use crate::splice::{self, PipeLease};
 
 /// Size of a relay buffer: one read's worth.
 pub const BUF_SIZE: usize = 16 * 1024;
@@ -134,6 +140,32 @@ fn other(side: Side) -> Side {
     }
 }
 
+/// How many pipe-fulls one direction moves before letting the other direction and
+/// the watchdog run (the two pumps share one task).
+const SPLICE_ROUNDS: usize = 16;
+
+/// How a splice round ended.
+enum Round {
+    /// The source has nothing more for now (readiness cleared); the pipe is empty.
+    Drained,
+    /// The round's budget is used up; the source may have more.
+    Budget,
+    /// End of stream from the source; everything before it was written out.
+    Eof,
+    /// No pipe could be had (descriptor limit): copy through a buffer this time.
+    NoPipe,
+    /// splice(2) is refused here (EINVAL/ENOSYS): use the buffer copy from now on.
+    Unsupported,
+}
+
+/// What a buffer-copy round read.
+enum Copied {
+    /// End of stream.
+    Eof,
+    /// Moved this many bytes (0: spurious readiness).
+    Bytes,
+}
+
 /// One direction: `from` (the `side` leg) to `to`.
 async fn pump(
     from: &TcpStream,
@@ -142,49 +174,156 @@ async fn pump(
     counter: &Counter,
     activity: &Activity,
 ) -> Result<u64, ProxyError> {
+    let mut total = 0u64;
+    let mut use_splice = splice::enabled();
+    loop {
+        from.readable()
+            .await
+            .map_err(|source| ProxyError::Read { side, source })?;
+        if use_splice {
+            match splice_round(from, to, side, counter, activity, &mut total).await? {
+                Round::Drained => continue,
+                Round::Budget => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Round::Eof => break,
+                Round::NoPipe => {}
+                Round::Unsupported => {
+                    splice::disable();
+                    use_splice = false;
+                }
+            }
+        }
+        match copy_round(from, to, side, counter, activity, &mut total).await? {
+            Copied::Bytes => {}
+            Copied::Eof => break,
+        }
+    }
+    // Pass the FIN on; the other direction keeps flowing.
+    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+        Err(source) => {
+            return Err(ProxyError::Write {
+                side: other(side),
+                source,
+            })
+        }
+    }
+    Ok(total)
+}
+
+/// Moves what `from` has to `to` through a pooled pipe, kernel-side, until `from`
+/// would block, ends, or the round's budget is spent. Every byte spliced into the
+/// pipe is spliced out before the next read, so the pipe is empty whenever this
+/// returns `Ok` (and goes back to the pool); on `EAGAIN` from `to` the bytes wait in
+/// the pipe while the task waits for writability.
+async fn splice_round(
+    from: &TcpStream,
+    to: &TcpStream,
+    side: Side,
+    counter: &Counter,
+    activity: &Activity,
+    total: &mut u64,
+) -> Result<Round, ProxyError> {
     let read_err = |source| ProxyError::Read { side, source };
     let write_err = |source| ProxyError::Write {
         side: other(side),
         source,
     };
-    let mut total = 0u64;
-    loop {
-        from.readable().await.map_err(read_err)?;
-        let mut buf = PooledBuf::take();
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                drop(buf);
-                // Pass the FIN on; the other direction keeps flowing.
-                match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Err(write_err(e)),
-                }
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+    let Ok(mut pipe) = PipeLease::take() else {
+        return Ok(Round::NoPipe);
+    };
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    for _ in 0..SPLICE_ROUNDS {
+        match from.try_io(Interest::READABLE, || pipe.fill(src)) {
+            Ok(0) => return Ok(Round::Eof),
+            Ok(_) => activity.touch(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Round::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if splice::is_unsupported(&e) => return Ok(Round::Unsupported),
             Err(e) => return Err(read_err(e)),
-        };
-        activity.touch();
-        let mut off = 0;
-        while off < n {
-            match to.try_write(&buf[off..n]) {
+        }
+        while pipe.pending() > 0 {
+            match to.try_io(Interest::WRITABLE, || pipe.drain(dst)) {
                 Ok(k) => {
-                    off += k;
+                    counter.increment(k as u64);
+                    *total += k as u64;
                     activity.touch();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     to.writable().await.map_err(write_err)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if splice::is_unsupported(&e) => {
+                    // Bytes are already in the pipe: pass them on through a buffer,
+                    // in order, before the caller switches to the buffer copy.
+                    let mut buf = PooledBuf::take();
+                    while pipe.pending() > 0 {
+                        let n = pipe.read_out(&mut buf).map_err(read_err)?;
+                        if n == 0 {
+                            break;
+                        }
+                        write_all(to, &buf[..n], activity)
+                            .await
+                            .map_err(write_err)?;
+                        counter.increment(n as u64);
+                        *total += n as u64;
+                    }
+                    return Ok(Round::Unsupported);
+                }
                 Err(e) => return Err(write_err(e)),
             }
         }
-        counter.increment(n as u64);
-        total += n as u64;
     }
+    Ok(Round::Budget)
+}
+
+/// Reads once from `from` into a pooled buffer and writes it all to `to`.
+async fn copy_round(
+    from: &TcpStream,
+    to: &TcpStream,
+    side: Side,
+    counter: &Counter,
+    activity: &Activity,
+    total: &mut u64,
+) -> Result<Copied, ProxyError> {
+    let mut buf = PooledBuf::take();
+    let n = match from.try_read(&mut buf) {
+        Ok(0) => return Ok(Copied::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Bytes),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Copied::Bytes),
+        Err(source) => return Err(ProxyError::Read { side, source }),
+    };
+    activity.touch();
+    write_all(to, &buf[..n], activity)
+        .await
+        .map_err(|source| ProxyError::Write {
+            side: other(side),
+            source,
+        })?;
+    counter.increment(n as u64);
+    *total += n as u64;
+    Ok(Copied::Bytes)
+}
+
+/// Writes all of `bytes` to `to`, waiting for writability on `EAGAIN`.
+async fn write_all(to: &TcpStream, bytes: &[u8], activity: &Activity) -> io::Result<()> {
+    let mut off = 0;
+    while off < bytes.len() {
+        match to.try_write(&bytes[off..]) {
+            Ok(k) => {
+                off += k;
+                activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

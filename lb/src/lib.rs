@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod pool;
 pub mod refuse;
+pub mod splice;
 pub mod tcp;
 pub mod vip;
 
