@@ -53,7 +53,7 @@ EOF
         done
     } >"$1"
 }
-P_PORT=25353 N_PORT=35353 K_PORT=45353 G_PORT=55353
+P_PORT=25353 N_PORT=26353 K_PORT=27353 G_PORT=28353
 portico_conf "$TMP/portico.toml" $P_PORT
 
 # The same names as static A records (the answer while dc1 is up) for NSD and Knot.

@@ -89,7 +89,7 @@ backends = [
 probe = { kind = "http", path = "/health", interval = "5s", timeout = "1s" }
 EOF
 
-H_HTTP=38080 H_HTTPS=38443
+H_HTTP=23080 H_HTTPS=23443
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -119,7 +119,7 @@ backend be
 EOF
 haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config invalid"
 
-N_HTTP=48080 N_HTTPS=48443
+N_HTTP=24080 N_HTTPS=24443
 {
     nginx_common "$TMP/nginx-proxy"
     cat <<EOF

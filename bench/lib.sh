@@ -9,6 +9,8 @@
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 RUNS=${RUNS:-5}
+# Every listener in these scripts uses a port below 32768, outside the ephemeral range
+# (32768-60999), so a busy machine's client sockets cannot already hold it.
 SUT_CPU=${SUT_CPU:-1}   # the system under test
 GEN_CPU=${GEN_CPU:-0}   # load generators and backends
 CLK_TCK=$(getconf CLK_TCK)
