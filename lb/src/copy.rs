@@ -9,15 +9,18 @@
 //! two 8 KiB buffers for the connection's whole life. A FIN from one side is passed on
 //! as a write shutdown of the other leg while the opposite direction keeps flowing
 //! (SMTP/IMAP clients half-close after their last command). Both directions and the
-//! idle watchdog run in the connection's one task, on `&TcpStream`, with no spawns.
+//! idle watchdog run in the connection's one task, on `&TcpStream`, with no spawns,
+//! as one small hand-written poll loop rather than nested async state machines: an
+//! idle connection's relay is two [`Dir`]s (a few words each), one `Sleep` and the
+//! wakers tokio keeps in the sockets' own registrations.
 
 use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use std::os::fd::AsRawFd;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use metrics::Counter;
 use tokio::io::Interest;
@@ -76,23 +79,6 @@ impl Drop for PooledBuf {
     }
 }
 
-/// Last time any byte moved, as milliseconds since the relay started.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
 /// Bytes moved each way by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Relayed {
@@ -111,26 +97,38 @@ pub async fn relay(
     to_backend: &Counter,
     to_client: &Counter,
 ) -> Result<Relayed, ProxyError> {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let up = pump(client, backend, Side::Client, to_backend, &activity);
-    let down = pump(backend, client, Side::Backend, to_client, &activity);
-    let both = async { tokio::try_join!(up, down) };
-    let watchdog = async {
-        loop {
-            let deadline = activity.last() + idle;
-            tokio::time::sleep_until(deadline).await;
-            if activity.last() + idle <= Instant::now() {
-                return ProxyError::Idle(idle);
-            }
+    let mut up = Dir::new(Side::Client);
+    let mut down = Dir::new(Side::Backend);
+    let mut last = Instant::now();
+    let sleep = tokio::time::sleep_until(last + idle);
+    tokio::pin!(sleep);
+    poll_fn(|cx| {
+        let mut moved = false;
+        if let Poll::Ready(Err(e)) = up.poll(cx, client, backend, to_backend, &mut moved) {
+            return Poll::Ready(Err(e));
         }
-    };
-    tokio::select! {
-        r = both => r.map(|(to_backend, to_client)| Relayed { to_backend, to_client }),
-        e = watchdog => Err(e),
-    }
+        if let Poll::Ready(Err(e)) = down.poll(cx, backend, client, to_client, &mut moved) {
+            return Poll::Ready(Err(e));
+        }
+        if up.done && down.done {
+            return Poll::Ready(Ok(Relayed {
+                to_backend: up.total,
+                to_client: down.total,
+            }));
+        }
+        if moved {
+            last = Instant::now();
+        }
+        // The sleep is only pushed back when it fires, not on every byte.
+        while sleep.as_mut().poll(cx).is_ready() {
+            if last + idle <= Instant::now() {
+                return Poll::Ready(Err(ProxyError::Idle(idle)));
+            }
+            sleep.as_mut().reset(last + idle);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn other(side: Side) -> Side {
@@ -140,190 +138,221 @@ fn other(side: Side) -> Side {
     }
 }
 
-/// How many pipe-fulls one direction moves before letting the other direction and
-/// the watchdog run (the two pumps share one task).
-const SPLICE_ROUNDS: usize = 16;
+/// How many reads one direction does per poll before letting the other direction and
+/// the watchdog run (the two share one task).
+const ROUNDS: usize = 16;
 
-/// How a splice round ended.
-enum Round {
-    /// The source has nothing more for now (readiness cleared); the pipe is empty.
-    Drained,
-    /// The round's budget is used up; the source may have more.
-    Budget,
-    /// End of stream from the source; everything before it was written out.
-    Eof,
-    /// No pipe could be had (descriptor limit): copy through a buffer this time.
-    NoPipe,
-    /// splice(2) is refused here (EINVAL/ENOSYS): use the buffer copy from now on.
-    Unsupported,
-}
-
-/// What a buffer-copy round read.
-enum Copied {
-    /// End of stream.
-    Eof,
-    /// Moved this many bytes (0: spurious readiness).
-    Bytes,
-}
-
-/// One direction: `from` (the `side` leg) to `to`.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+/// One direction's state: the bytes in flight (a pipe, or a buffer with its unsent
+/// range) and the count so far. Both are `None` while the direction is idle.
+struct Dir {
+    /// Bytes spliced from the source, not yet all written out.
+    pipe: Option<PipeLease>,
+    /// Bytes read into a buffer: `buf[off..len]` not yet written out. Always older
+    /// than what is in `pipe` (filled from the pipe's head by the EINVAL fallback).
+    buf: Option<(PooledBuf, usize, usize)>,
+    total: u64,
     side: Side,
-    counter: &Counter,
-    activity: &Activity,
-) -> Result<u64, ProxyError> {
-    let mut total = 0u64;
-    let mut use_splice = splice::enabled();
-    loop {
-        from.readable()
-            .await
-            .map_err(|source| ProxyError::Read { side, source })?;
-        if use_splice {
-            match splice_round(from, to, side, counter, activity, &mut total).await? {
-                Round::Drained => continue,
-                Round::Budget => {
-                    tokio::task::yield_now().await;
-                    continue;
+    splice: bool,
+    done: bool,
+}
+
+impl Dir {
+    fn new(side: Side) -> Dir {
+        Dir {
+            pipe: None,
+            buf: None,
+            total: 0,
+            side,
+            splice: splice::enabled(),
+            done: false,
+        }
+    }
+
+    /// Moves `from` (the `side` leg) to `to` until one would block. `Ready(Ok)` once
+    /// the source ended and the FIN was passed on.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &Counter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), ProxyError>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let side = self.side;
+        for _ in 0..ROUNDS {
+            ready!(self.poll_flush(cx, to, counter, moved))?;
+            ready!(from.poll_read_ready(cx)).map_err(read_err(side))?;
+            let n = if self.splice {
+                match self.fill_pipe(from) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => self.fill_buf(from)?, // no pipe: copy this once
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Round::Eof => break,
-                Round::NoPipe => {}
-                Round::Unsupported => {
-                    splice::disable();
-                    use_splice = false;
+            } else {
+                self.fill_buf(from)?
+            };
+            match n {
+                Fill::Eof => {
+                    self.pipe = None;
+                    self.buf = None;
+                    self.done = true;
+                    // Pass the FIN on; the other direction keeps flowing.
+                    return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                        Ok(()) => Poll::Ready(Ok(())),
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+                        Err(e) => Poll::Ready(Err(write_err(side)(e))),
+                    };
                 }
+                Fill::Moved => *moved = true,
+                Fill::Nothing => {}
             }
         }
-        match copy_round(from, to, side, counter, activity, &mut total).await? {
-            Copied::Bytes => {}
-            Copied::Eof => break,
-        }
+        // Budget spent with the source still readable: come back after the others.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
-    // Pass the FIN on; the other direction keeps flowing.
-    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-        Err(source) => {
-            return Err(ProxyError::Write {
-                side: other(side),
-                source,
-            })
-        }
-    }
-    Ok(total)
-}
 
-/// Moves what `from` has to `to` through a pooled pipe, kernel-side, until `from`
-/// would block, ends, or the round's budget is spent. Every byte spliced into the
-/// pipe is spliced out before the next read, so the pipe is empty whenever this
-/// returns `Ok` (and goes back to the pool); on `EAGAIN` from `to` the bytes wait in
-/// the pipe while the task waits for writability.
-async fn splice_round(
-    from: &TcpStream,
-    to: &TcpStream,
-    side: Side,
-    counter: &Counter,
-    activity: &Activity,
-    total: &mut u64,
-) -> Result<Round, ProxyError> {
-    let read_err = |source| ProxyError::Read { side, source };
-    let write_err = |source| ProxyError::Write {
-        side: other(side),
-        source,
-    };
-    let Ok(mut pipe) = PipeLease::take() else {
-        return Ok(Round::NoPipe);
-    };
-    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    for _ in 0..SPLICE_ROUNDS {
+    /// Splices what `from` has into a pipe taken from the pool. `Ok(None)` when no
+    /// pipe can be had; switches this direction to the buffer copy on EINVAL/ENOSYS.
+    fn fill_pipe(&mut self, from: &TcpStream) -> Result<Option<Fill>, ProxyError> {
+        let side = self.side;
+        let mut pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => match PipeLease::take() {
+                Ok(p) => p,
+                Err(_) => return Ok(None),
+            },
+        };
+        let src = from.as_raw_fd();
         match from.try_io(Interest::READABLE, || pipe.fill(src)) {
-            Ok(0) => return Ok(Round::Eof),
-            Ok(_) => activity.touch(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Round::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if splice::is_unsupported(&e) => return Ok(Round::Unsupported),
-            Err(e) => return Err(read_err(e)),
+            Ok(0) => Ok(Some(Fill::Eof)),
+            Ok(_) => {
+                self.pipe = Some(pipe);
+                Ok(Some(Fill::Moved))
+            }
+            // The empty pipe goes back to the pool here.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(Fill::Nothing)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(Fill::Nothing)),
+            Err(e) if splice::is_unsupported(&e) => {
+                splice::disable();
+                self.splice = false;
+                Ok(None)
+            }
+            Err(e) => Err(read_err(side)(e)),
         }
-        while pipe.pending() > 0 {
+    }
+
+    /// Reads what `from` has into a buffer taken from the pool.
+    fn fill_buf(&mut self, from: &TcpStream) -> Result<Fill, ProxyError> {
+        let side = self.side;
+        let mut buf = PooledBuf::take();
+        match from.try_read(&mut buf) {
+            Ok(0) => Ok(Fill::Eof),
+            Ok(n) => {
+                self.buf = Some((buf, 0, n));
+                Ok(Fill::Moved)
+            }
+            // The buffer goes back to the pool here.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Nothing),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Fill::Nothing),
+            Err(e) => Err(read_err(side)(e)),
+        }
+    }
+
+    /// Writes out everything in flight, oldest first, then gives the buffer and the
+    /// pipe back. `Pending` (with `to`'s write readiness registered) when `to` is full:
+    /// the bytes stay where they are, in order, until it drains.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &TcpStream,
+        counter: &Counter,
+        moved: &mut bool,
+    ) -> Poll<Result<(), ProxyError>> {
+        let dst = to.as_raw_fd();
+        let side = self.side;
+        loop {
+            if let Some((buf, off, len)) = &mut self.buf {
+                if off < len {
+                    match to.try_write(&buf[*off..*len]) {
+                        Ok(k) => {
+                            *off += k;
+                            self.total += k as u64;
+                            counter.increment(k as u64);
+                            *moved = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(to.poll_write_ready(cx)).map_err(write_err(side))?;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready(Err(write_err(side)(e))),
+                    }
+                    continue;
+                }
+                self.buf = None;
+            }
+            let Some(pipe) = &mut self.pipe else {
+                return Poll::Ready(Ok(()));
+            };
+            if pipe.pending() == 0 {
+                self.pipe = None; // back to the pool
+                return Poll::Ready(Ok(()));
+            }
+            if !self.splice {
+                // splice out of the pipe was refused: read its head into a buffer.
+                let mut buf = PooledBuf::take();
+                let n = pipe.read_out(&mut buf).map_err(read_err(side))?;
+                if n == 0 {
+                    self.pipe = None;
+                    return Poll::Ready(Ok(()));
+                }
+                self.buf = Some((buf, 0, n));
+                continue;
+            }
             match to.try_io(Interest::WRITABLE, || pipe.drain(dst)) {
                 Ok(k) => {
+                    self.total += k as u64;
                     counter.increment(k as u64);
-                    *total += k as u64;
-                    activity.touch();
+                    *moved = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    to.writable().await.map_err(write_err)?;
+                    ready!(to.poll_write_ready(cx)).map_err(write_err(side))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if splice::is_unsupported(&e) => {
-                    // Bytes are already in the pipe: pass them on through a buffer,
-                    // in order, before the caller switches to the buffer copy.
-                    let mut buf = PooledBuf::take();
-                    while pipe.pending() > 0 {
-                        let n = pipe.read_out(&mut buf).map_err(read_err)?;
-                        if n == 0 {
-                            break;
-                        }
-                        write_all(to, &buf[..n], activity)
-                            .await
-                            .map_err(write_err)?;
-                        counter.increment(n as u64);
-                        *total += n as u64;
-                    }
-                    return Ok(Round::Unsupported);
+                    splice::disable();
+                    self.splice = false;
                 }
-                Err(e) => return Err(write_err(e)),
+                Err(e) => return Poll::Ready(Err(write_err(side)(e))),
             }
         }
     }
-    Ok(Round::Budget)
 }
 
-/// Reads once from `from` into a pooled buffer and writes it all to `to`.
-async fn copy_round(
-    from: &TcpStream,
-    to: &TcpStream,
-    side: Side,
-    counter: &Counter,
-    activity: &Activity,
-    total: &mut u64,
-) -> Result<Copied, ProxyError> {
-    let mut buf = PooledBuf::take();
-    let n = match from.try_read(&mut buf) {
-        Ok(0) => return Ok(Copied::Eof),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Bytes),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Copied::Bytes),
-        Err(source) => return Err(ProxyError::Read { side, source }),
-    };
-    activity.touch();
-    write_all(to, &buf[..n], activity)
-        .await
-        .map_err(|source| ProxyError::Write {
-            side: other(side),
-            source,
-        })?;
-    counter.increment(n as u64);
-    *total += n as u64;
-    Ok(Copied::Bytes)
+/// What one read from the source did.
+enum Fill {
+    /// End of stream.
+    Eof,
+    /// Bytes are in flight.
+    Moved,
+    /// Nothing to read after all (readiness cleared).
+    Nothing,
 }
 
-/// Writes all of `bytes` to `to`, waiting for writability on `EAGAIN`.
-async fn write_all(to: &TcpStream, bytes: &[u8], activity: &Activity) -> io::Result<()> {
-    let mut off = 0;
-    while off < bytes.len() {
-        match to.try_write(&bytes[off..]) {
-            Ok(k) => {
-                off += k;
-                activity.touch();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// A read from the `side` leg failed.
+fn read_err(side: Side) -> impl Fn(io::Error) -> ProxyError {
+    move |source| ProxyError::Read { side, source }
+}
+
+/// A write to the leg opposite `side` failed.
+fn write_err(side: Side) -> impl Fn(io::Error) -> ProxyError {
+    move |source| ProxyError::Write {
+        side: other(side),
+        source,
     }
-    Ok(())
 }
 
 #[cfg(test)]
