@@ -165,6 +165,8 @@ pub struct Backend {
     root: CancellationToken,
     events: Arc<EventLog>,
     pub(crate) metrics: BackendMetrics,
+    /// L7 per-request counter handles, resolved on first use by the HTTP proxy.
+    pub(crate) http_counters: crate::http::BackendCounters,
 }
 
 impl std::fmt::Debug for Backend {
@@ -216,6 +218,7 @@ impl Backend {
             root,
             events,
             metrics,
+            http_counters: crate::http::BackendCounters::default(),
         })
     }
 

@@ -41,7 +41,7 @@ pub mod sticky;
 pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -50,6 +50,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use shared::config::{HttpVipConfig, VipConfig, VipMode};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
 use crate::pool::Pool;
 
 pub use errors::{ProxyError, Side};
@@ -79,6 +80,96 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, "HTTP client connections open now");
     metrics::describe_counter!(REFUSED_TOTAL, "HTTP client connections refused before HTTP");
+}
+
+/// Status classes of `portico_http_responses_total`, in index order.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Backend error kinds of `portico_http_backend_errors_total`, in index order.
+const KINDS: [&str; 4] = ["connect", "not_sent", "backend", "timeout"];
+
+/// A counter handle resolved on first use and kept: the `metrics::counter!` macro
+/// hashes and compares every label on each call, too much for a per-request path.
+/// Resolving lazily keeps the exported series exactly as before (a series appears
+/// when it first counts).
+#[derive(Default)]
+struct LazyCounter(OnceLock<metrics::Counter>);
+
+impl LazyCounter {
+    fn increment(&self, make: impl FnOnce() -> metrics::Counter) {
+        self.0.get_or_init(make).increment(1);
+    }
+}
+
+/// The L7 counters of one backend (kept in [`Backend`], so a reload that replaces
+/// the pool starts fresh handles with it).
+#[derive(Default)]
+pub struct BackendCounters {
+    responses: [LazyCounter; 5],
+    errors: [LazyCounter; 4],
+}
+
+impl std::fmt::Debug for BackendCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendCounters").finish_non_exhaustive()
+    }
+}
+
+/// The L7 counters of one VIP.
+#[derive(Default)]
+struct VipCounters {
+    requests: LazyCounter,
+    retries: LazyCounter,
+    connections: OnceLock<metrics::Gauge>,
+}
+
+impl HttpVip {
+    /// Counts a request received.
+    fn count_request(&self) {
+        self.counters
+            .requests
+            .increment(|| metrics::counter!(REQUESTS_TOTAL, "vip" => self.name.clone()));
+    }
+
+    /// Counts a retry.
+    fn count_retry(&self) {
+        self.counters
+            .retries
+            .increment(|| metrics::counter!(RETRIES_TOTAL, "vip" => self.name.clone()));
+    }
+
+    /// The `portico_http_connections_active{vip}` gauge.
+    fn connections_gauge(&self) -> &metrics::Gauge {
+        self.counters
+            .connections
+            .get_or_init(|| metrics::gauge!(CONNECTIONS_ACTIVE, "vip" => self.name.clone()))
+    }
+
+    /// Counts a response of status class `class` (index into [`CLASSES`]) from
+    /// `backend`. Handles are cached in the backend when it belongs to this VIP.
+    fn count_backend_response(&self, backend: &Backend, class: usize) {
+        let label = CLASSES[class];
+        if backend.vip() == self.name {
+            backend.http_counters.responses[class].increment(|| {
+                metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "class" => label)
+            });
+        } else {
+            metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "class" => label).increment(1);
+        }
+    }
+
+    /// Counts a failed attempt of kind `kind` on `backend`.
+    fn count_backend_error(&self, backend: &Backend, kind: &'static str) {
+        match KINDS.iter().position(|k| *k == kind) {
+            Some(i) if backend.vip() == self.name => {
+                backend.http_counters.errors[i].increment(|| {
+                    metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => kind)
+                });
+            }
+            _ => {
+                metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => kind).increment(1);
+            }
+        }
+    }
 }
 
 /// The body type relayed in both directions: a boxed stream of frames, so backend,
@@ -252,6 +343,8 @@ pub struct HttpVip {
     certs: Option<Arc<CertStore>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     active: AtomicU64,
+    /// Cached metric handles.
+    counters: VipCounters,
     /// Ends every connection at once (after the drain period).
     kill: CancellationToken,
 }
@@ -297,6 +390,7 @@ impl HttpVip {
             certs,
             tls,
             active: AtomicU64::new(0),
+            counters: VipCounters::default(),
             kill: CancellationToken::new(),
         }))
     }

@@ -30,10 +30,7 @@ use hyper_util::rt::TokioIo;
 use super::client::Conn;
 use super::errors::{error_response, ProxyError};
 use super::headers::{self, ClientInfo};
-use super::{
-    empty, sticky, Body, HttpVip, BACKEND_ERRORS_TOTAL, REQUESTS_TOTAL, RESPONSES_TOTAL,
-    RETRIES_TOTAL,
-};
+use super::{empty, sticky, Body, HttpVip, RESPONSES_TOTAL};
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
 
@@ -64,13 +61,14 @@ impl Template {
     }
 }
 
-fn status_class(s: StatusCode) -> &'static str {
+/// Index of the status class of `s` in [`super::CLASSES`] (`1xx`..`5xx`).
+fn status_class(s: StatusCode) -> usize {
     match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -106,8 +104,9 @@ impl hyper::body::Body for Leased {
 }
 
 impl HttpVip {
-    fn count_response(&self, backend: &str, status: StatusCode) {
-        metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.to_string(), "class" => status_class(status)).increment(1);
+    /// Counts a response the proxy made itself (`backend="-"`: no backend to blame).
+    fn count_own_response(&self, status: StatusCode) {
+        metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => "-", "class" => super::CLASSES[status_class(status)]).increment(1);
     }
 
     /// Serves one client request; never fails (failures become 502/503/504).
@@ -116,7 +115,7 @@ impl HttpVip {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<Body> {
-        metrics::counter!(REQUESTS_TOTAL, "vip" => self.name.clone()).increment(1);
+        self.count_request();
         let settings = self.settings();
         let pool = self.pool();
         let mut req = req;
@@ -188,7 +187,7 @@ impl HttpVip {
             let Some((lease, pinned)) = picked else {
                 let err = last_err.unwrap_or(ProxyError::NoBackend);
                 if matches!(err, ProxyError::NoBackend) {
-                    self.count_response("-", err.status());
+                    self.count_own_response(err.status());
                     tracing::warn!(vip = %self.name, "no backend in rotation: 503");
                 }
                 return error_response(&err);
@@ -212,7 +211,7 @@ impl HttpVip {
                     );
                 }
                 Err((err, returned)) => {
-                    metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => err.kind()).increment(1);
+                    self.count_backend_error(&backend, err.kind());
                     if err.blames_backend() {
                         pool.report_failure(&lease);
                     }
@@ -230,10 +229,10 @@ impl HttpVip {
                         false
                     };
                     if !retry {
-                        self.count_response(backend.name(), err.status());
+                        self.count_backend_response(&backend, status_class(err.status()));
                         return error_response(&err);
                     }
-                    metrics::counter!(RETRIES_TOTAL, "vip" => self.name.clone()).increment(1);
+                    self.count_retry();
                     last_err = Some(err);
                 }
             }
@@ -332,7 +331,7 @@ impl HttpVip {
             pool.report_success(&lease);
         }
         let backend = Arc::clone(lease.backend());
-        self.count_response(backend.name(), status);
+        self.count_backend_response(&backend, status_class(status));
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let mut lease = Some(lease);

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::proxy::ConnInfo;
-use super::{HttpVip, Settings, CONNECTIONS_ACTIVE, REFUSED_TOTAL};
+use super::{HttpVip, Settings, REFUSED_TOTAL};
 
 /// Smallest read buffer hyper accepts for HTTP/1.
 const MIN_H1_BUF: usize = 8192;
@@ -35,7 +35,7 @@ struct ConnGuard(Arc<HttpVip>, #[allow(dead_code)] super::Admitted);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(CONNECTIONS_ACTIVE, "vip" => self.0.name.clone()).decrement(1.0);
+        self.0.connections_gauge().decrement(1.0);
     }
 }
 
@@ -92,7 +92,7 @@ impl HttpVip {
                 continue;
             };
             self.active.fetch_add(1, Ordering::AcqRel);
-            metrics::gauge!(CONNECTIONS_ACTIVE, "vip" => self.name.clone()).increment(1.0);
+            self.connections_gauge().increment(1.0);
             let guard = ConnGuard(Arc::clone(&self), admitted);
             let vip = Arc::clone(&self);
             let stop = stop.clone();
