@@ -45,8 +45,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `upgrade`, `Upgrade` is kept and `Connection: upgrade` re-added so the next hop
 /// sees the protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named = tokens(headers, &CONNECTION);
-    let te_trailers = tokens(headers, &TE).iter().any(|t| t == "trailers");
+    // Most messages carry neither header: skip the token lists then.
+    let named = if headers.contains_key(CONNECTION) {
+        tokens(headers, &CONNECTION)
+    } else {
+        Vec::new()
+    };
+    let te_trailers =
+        headers.contains_key(TE) && tokens(headers, &TE).iter().any(|t| t == "trailers");
     for name in named {
         // `Connection: host` would strip the request target: never honoured.
         if name == "host" {
@@ -90,36 +96,39 @@ pub struct ClientInfo<'a> {
     pub host: Option<&'a str>,
 }
 
-/// RFC 7239 node: IPv4 bare, IPv6 bracketed and quoted.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+/// Writes the RFC 7239 node: IPv4 bare, IPv6 bracketed and quoted.
+fn write_forwarded_node(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write as _;
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("\"[{v6}]\""),
+            Some(v4) => write!(out, "{v4}"),
+            None => write!(out, "\"[{v6}]\""),
         },
-    }
+    };
 }
 
-/// The client address as `X-Forwarded-For` carries it (IPv4-mapped IPv6 unwrapped).
-fn xff_node(ip: IpAddr) -> String {
-    match ip {
+/// Writes the client address as `X-Forwarded-For` carries it (IPv4-mapped IPv6
+/// unwrapped).
+fn write_xff_node(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write as _;
+    let _ = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
+            Some(v4) => write!(out, "{v4}"),
+            None => write!(out, "{v6}"),
         },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+    };
 }
 
-/// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7230
-/// quoted-string with `"` and `\` escaped).
-fn forwarded_value(v: &str) -> String {
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !v.is_empty() && v.chars().all(is_tchar) {
-        v.to_string()
+/// Writes a `Forwarded` parameter value: a token as is, anything else quoted (RFC
+/// 7230 quoted-string with `"` and `\` escaped).
+fn write_forwarded_value(out: &mut String, v: &str) {
+    let is_tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    if !v.is_empty() && v.bytes().all(is_tchar) {
+        out.push_str(v);
     } else {
-        let mut out = String::with_capacity(v.len() + 2);
+        out.reserve(v.len() + 2);
         out.push('"');
         for c in v.chars() {
             if c == '"' || c == '\\' {
@@ -128,24 +137,51 @@ fn forwarded_value(v: &str) -> String {
             out.push(c);
         }
         out.push('"');
-        out
     }
 }
 
-/// Joins every value of `name` and `ours` into one comma-separated header (an incoming
-/// chain may arrive split over several header lines).
+/// A header value made from `s` without another copy (validated like `from_str`).
+fn value_of(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
+/// Replaces every value of `name` with one comma-separated header: the existing
+/// values (an incoming chain may arrive split over several header lines) followed by
+/// `ours`.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
-    let mut parts: Vec<String> = headers
+    let mut joined = String::new();
+    for v in headers
         .get_all(&name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
-    parts.push(ours.to_string());
-    if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
+    {
+        let v = v.trim();
+        if !v.is_empty() {
+            joined.push_str(v);
+            joined.push_str(", ");
+        }
+    }
+    if joined.is_empty() {
+        // Nothing to join: the owned value, without a copy.
+        if let Ok(v) = HeaderValue::from_str(ours) {
+            headers.insert(name, v);
+        }
+        return;
+    }
+    joined.push_str(ours);
+    if let Some(v) = value_of(joined) {
         headers.insert(name, v);
     } else if let Ok(v) = HeaderValue::from_str(ours) {
+        headers.insert(name, v);
+    }
+}
+
+/// As [`append_list`] with `ours` owned: with no earlier values it becomes the
+/// header value as is.
+fn append_list_owned(headers: &mut HeaderMap, name: HeaderName, ours: String) {
+    if headers.contains_key(&name) {
+        append_list(headers, name, &ours);
+    } else if let Some(v) = value_of(ours) {
         headers.insert(name, v);
     }
 }
@@ -154,18 +190,25 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (replacing client-supplied values: they
 /// describe this hop, which only the proxy knows).
 pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
-    append_list(headers, X_FORWARDED_FOR, &xff_node(client.ip));
-    let mut fwd = format!(
-        "for={};proto={}",
-        forwarded_node(client.ip),
-        forwarded_value(client.proto)
-    );
+    let mut xff = String::with_capacity(48);
+    write_xff_node(&mut xff, client.ip);
+    append_list_owned(headers, X_FORWARDED_FOR, xff);
+    let mut fwd = String::with_capacity(64);
+    fwd.push_str("for=");
+    write_forwarded_node(&mut fwd, client.ip);
+    fwd.push_str(";proto=");
+    write_forwarded_value(&mut fwd, client.proto);
     if let Some(host) = client.host {
         fwd.push_str(";host=");
-        fwd.push_str(&forwarded_value(host));
+        write_forwarded_value(&mut fwd, host);
     }
-    append_list(headers, FORWARDED, &fwd);
-    if let Ok(v) = HeaderValue::from_str(client.proto) {
+    append_list_owned(headers, FORWARDED, fwd);
+    let proto = match client.proto {
+        "http" => Ok(HeaderValue::from_static("http")),
+        "https" => Ok(HeaderValue::from_static("https")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(v) = proto {
         headers.insert(X_FORWARDED_PROTO, v);
     }
     match client.host.map(HeaderValue::from_str) {

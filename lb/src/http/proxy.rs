@@ -72,6 +72,26 @@ fn status_class(s: StatusCode) -> usize {
     }
 }
 
+/// The request target as sent to backends: the origin form (path and query, `/` if
+/// none). An origin-form target (every HTTP/1 request from a browser) is kept as is;
+/// otherwise the path and query are reused without re-parsing when they can be.
+fn origin_form(uri: Uri) -> Uri {
+    if let Some(pq) = uri.path_and_query() {
+        if pq.as_str().starts_with('/') {
+            if uri.scheme().is_none() && uri.authority().is_none() {
+                return uri;
+            }
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            if let Ok(u) = Uri::from_parts(parts) {
+                return u;
+            }
+        }
+    }
+    let origin = uri.path_and_query().map_or("/", |p| p.as_str());
+    origin.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 /// A response body that holds the backend lease until the body ends, so least_conn
 /// and `wait drained` see a request as active while its response still streams.
 struct Leased {
@@ -120,12 +140,15 @@ impl HttpVip {
         let pool = self.pool();
         let mut req = req;
 
-        let host: Option<String> = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        // The Host header (a cheap shared clone), else the HTTP/2 `:authority`.
+        let host_value: Option<HeaderValue> = match req.headers().get(HOST) {
+            Some(h) if h.to_str().is_ok() => Some(h.clone()),
+            _ => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let host: Option<&str> = host_value.as_ref().and_then(|h| h.to_str().ok());
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -145,19 +168,18 @@ impl HttpVip {
             &ClientInfo {
                 ip: conn.peer.ip(),
                 proto: if conn.tls { "https" } else { "http" },
-                host: host.as_deref(),
+                host,
             },
         );
         if settings.http.via {
             headers::add_via(&mut hdrs, version);
         }
         if !hdrs.contains_key(HOST) {
-            if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            if let Some(v) = host.and(host_value.clone()) {
                 hdrs.insert(HOST, v);
             }
         }
-        let origin = uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let uri = origin_form(uri);
         let sticky_value = settings
             .http
             .sticky_cookie
