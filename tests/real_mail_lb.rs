@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::real::{read_file, Dovecot};
 use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
 
 fn smtp_sink(port: u16) -> Option<Daemon> {
@@ -99,79 +100,13 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
     );
 }
 
-fn dovecot_conf(dir: &TempDir, port: u16) -> String {
-    let home = dir.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    std::fs::create_dir_all(dir.path("run")).unwrap();
-    std::fs::create_dir_all(dir.path("state")).unwrap();
-    format!(
-        r#"
-protocols = imap
-listen = 127.0.0.1
-base_dir = {run}
-state_dir = {state}
-log_path = {log}
-info_log_path = {log}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-haproxy_trusted_networks = 127.0.0.0/8
-passdb {{
-  driver = static
-  args = password=secret
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={home}/%u
-}}
-mail_location = maildir:~/Maildir
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imap_haproxy {{
-    port = {port}
-    haproxy = yes
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-"#,
-        run = dir.path("run").display(),
-        state = dir.path("state").display(),
-        log = dir.path("dovecot.log").display(),
-        home = home.display(),
-    )
-}
-
 #[test]
 fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
-    let Some(dovecot) = tool("dovecot") else {
+    let dir = TempDir::new("dovecot");
+    let Some(dovecot) = Dovecot::start(&dir, "imap1") else {
         return;
     };
-    let dir = TempDir::new("dovecot");
-    let (backend, vip) = (free_port(), free_port());
-    let conf = dir.path("dovecot.conf");
-    std::fs::write(&conf, dovecot_conf(&dir, backend)).unwrap();
-    let _dovecot = Daemon::spawn(
-        Command::new(dovecot)
-            .arg("-F")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    assert!(
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], backend)),
-            Duration::from_secs(15)
-        ),
-        "dovecot did not start: {}",
-        std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default()
-    );
+    let (backend, vip) = (dovecot.port, free_port());
     let config = format!(
         r#"
 [admin]
@@ -226,7 +161,7 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
     assert!(rest.contains("b OK"), "{rest}");
 
     let logged = poll(Duration::from_secs(5), || {
-        let log = std::fs::read_to_string(dir.path("dovecot.log")).unwrap_or_default();
+        let log = read_file(&dovecot.log);
         log.lines()
             .find(|l| l.contains("Login: user=<user>"))
             .map(str::to_string)

@@ -18,32 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::real::{chmod, make_traversable, need_root, nginx, read_file, Dovecot};
 use common::{
     free_port, free_udp_tcp_port, http_get, poll, tool, wait_listening, Daemon, Portico, TempDir,
 };
-
-/// Postfix's master and Dovecot (as set up here) need root: they switch to their
-/// own users. `None` (skip) otherwise, a panic under CI, which runs as root.
-fn need_root(what: &str) -> Option<()> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Some(());
-    }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!("{what} needs root under CI");
-    }
-    eprintln!("skipping: {what} needs root");
-    None
-}
-
-fn read_file(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
 
 fn chown(p: &Path, user: &str, group: &str) {
     let st = Command::new("chown")
@@ -52,29 +30,6 @@ fn chown(p: &Path, user: &str, group: &str) {
         .status()
         .expect("run chown");
     assert!(st.success(), "chown {user}:{group} {}", p.display());
-}
-
-/// Makes every component of `p` up to the test's temp dir `base` traversable by
-/// other users (Postfix and Dovecot drop privileges and must reach their files), and
-/// checks, without changing them, that the directories above `base` are too.
-fn make_traversable(p: &Path, base: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for d in p.ancestors() {
-        let mode = std::fs::metadata(d).expect("stat").permissions().mode();
-        if mode & 0o011 == 0o011 {
-            continue;
-        }
-        if d.starts_with(base) {
-            chmod(d, (mode & 0o7777) | 0o011);
-        } else {
-            panic!(
-                "{} (mode {:o}) is not traversable by the postfix/dovecot users; \
-                 set TMPDIR to a directory they can reach",
-                d.display(),
-                mode & 0o7777
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------- Postfix
@@ -571,116 +526,6 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
 
 // ---------------------------------------------------------------- 3. drain and maint
 
-struct Dovecot {
-    port: u16,
-    log: PathBuf,
-    _group: Daemon,
-}
-
-impl Dovecot {
-    fn start(dir: &TempDir, name: &str) -> Option<Dovecot> {
-        let bin = tool("dovecot")?;
-        need_root("dovecot")?;
-        let root = dir.path(name);
-        std::fs::create_dir_all(&root).unwrap();
-        make_traversable(&root, &dir.0);
-        let home = root.join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        chmod(&home, 0o777);
-        std::fs::create_dir_all(root.join("run")).unwrap();
-        std::fs::create_dir_all(root.join("state")).unwrap();
-        let log = root.join("dovecot.log");
-        let port = free_port();
-        let conf = root.join("dovecot.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"
-protocols = imap
-listen = 127.0.0.1
-base_dir = {run}
-state_dir = {state}
-instance_name = {name}
-log_path = {log}
-info_log_path = {log}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-haproxy_trusted_networks = 127.0.0.0/8
-login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{{session}}>
-passdb {{
-  driver = static
-  args = password=secret
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={home}/%u
-}}
-mail_location = maildir:~/Maildir
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imap_haproxy {{
-    port = {port}
-    haproxy = yes
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-"#,
-                run = root.join("run").display(),
-                state = root.join("state").display(),
-                log = log.display(),
-                home = home.display(),
-            ),
-        )
-        .unwrap();
-        let group = Daemon::spawn(
-            Command::new(bin)
-                .arg("-F")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        assert!(
-            wait_listening(
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(15)
-            ),
-            "dovecot {name} did not start: {}",
-            read_file(&log)
-        );
-        Some(Dovecot {
-            port,
-            log,
-            _group: group,
-        })
-    }
-
-    fn log(&self) -> String {
-        read_file(&self.log)
-    }
-
-    fn logged_in(&self, user: &str) -> bool {
-        self.log()
-            .lines()
-            .any(|l| l.contains(&format!("Login: user=<{user}>")))
-    }
-
-    /// Lines imap-login wrote about connections (logins and disconnects), probes
-    /// included.
-    fn connection_lines(&self) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("imap-login:"))
-            .count()
-    }
-}
-
 /// A blocking IMAP client session.
 struct Imap {
     w: TcpStream,
@@ -900,60 +745,9 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
 
 // ---------------------------------------------------------------- 4. site failover
 
-fn nginx(dir: &TempDir, name: &str) -> Option<(Daemon, u16)> {
-    let bin = tool("nginx")?;
-    let root = dir.path(name);
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    make_traversable(&root, &dir.0);
-    let port = free_port();
-    let conf = format!(
-        r#"
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log {root}/access.log;
-  client_body_temp_path {root}/tmp/body;
-  proxy_temp_path {root}/tmp/proxy;
-  fastcgi_temp_path {root}/tmp/fastcgi;
-  uwsgi_temp_path {root}/tmp/uwsgi;
-  scgi_temp_path {root}/tmp/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /health {{ return 200 "ok\n"; }}
-    location / {{ return 200 "{name}\n"; }}
-  }}
-}}
-"#,
-        root = root.display()
-    );
-    let path = root.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let group = Daemon::spawn(
-        Command::new(bin)
-            .arg("-p")
-            .arg(&root)
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    assert!(
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10)
-        ),
-        "nginx {name}: {}",
-        read_file(&root.join("error.log"))
-    );
-    Some((group, port))
-}
-
 struct Site {
     postfix: Postfix,
-    _nginx: Daemon,
+    _nginx: common::real::Nginx,
     smtp_port: u16,
     web_port: u16,
     http: u16,
@@ -964,7 +758,8 @@ struct Site {
 fn site(name: &str, vip_ip: &str) -> Option<Site> {
     let dir = TempDir::new(&format!("suite-{name}"));
     let postfix = Postfix::start(&dir, &format!("{name}-mx1"))?;
-    let (nginx, web) = nginx(&dir, &format!("{name}-web1"))?;
+    let web_backend = nginx(&dir, &format!("{name}-web1"))?;
+    let web = web_backend.port;
     let (http, smtp_port, web_port) = (free_port(), free_port(), free_port());
     let probe = r#"interval = "300ms", timeout = "250ms", rise = 1, fall = 2"#;
     let config = format!(
@@ -995,7 +790,7 @@ probe = {{ kind = "http", path = "/health", expect_status = 200, {probe} }}
     let lb = Portico::start(&dir, &config);
     Some(Site {
         postfix,
-        _nginx: nginx,
+        _nginx: web_backend,
         smtp_port,
         web_port,
         http,

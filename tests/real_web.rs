@@ -4,64 +4,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
+use common::real::nginx;
+use common::{free_port, poll, tool, Portico, TempDir};
 use shared::testing::tls::TestPki;
-
-fn nginx(dir: &TempDir, name: &str, port: u16) -> Option<Daemon> {
-    let bin = tool("nginx")?;
-    let root = dir.path(name);
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let conf = format!(
-        r#"
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log {root}/access.log;
-  client_body_temp_path {root}/tmp/body;
-  proxy_temp_path {root}/tmp/proxy;
-  fastcgi_temp_path {root}/tmp/fastcgi;
-  uwsgi_temp_path {root}/tmp/uwsgi;
-  scgi_temp_path {root}/tmp/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /health {{ return 200 "ok\n"; }}
-    location = /headers {{
-      return 200 "{name}|$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_host|$http_forwarded\n";
-    }}
-    location / {{ return 200 "{name}\n"; }}
-  }}
-}}
-"#,
-        root = root.display()
-    );
-    let path = root.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let d = Daemon::spawn(
-        Command::new(bin)
-            .arg("-p")
-            .arg(&root)
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    assert!(
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10)
-        ),
-        "nginx {name}: {}",
-        std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
-    );
-    Some(d)
-}
 
 struct Curl<'a> {
     pki: &'a TestPki,
@@ -96,13 +44,14 @@ impl Curl<'_> {
 fn curl_h1_and_h2_through_an_https_vip_to_nginx() {
     let Some(_) = tool("curl") else { return };
     let dir = TempDir::new("web");
-    let (p1, p2, vip) = (free_port(), free_port(), free_port());
-    let Some(web1) = nginx(&dir, "web1", p1) else {
+    let vip = free_port();
+    let Some(web1) = nginx(&dir, "web1") else {
         return;
     };
-    let Some(_web2) = nginx(&dir, "web2", p2) else {
+    let Some(web2) = nginx(&dir, "web2") else {
         return;
     };
+    let (p1, p2) = (web1.port, web2.port);
     let pki = TestPki::new(&["webmail.example.test"]);
     let config = format!(
         r#"

@@ -1,0 +1,233 @@
+//! Real daemons from Debian packages for the end-to-end tests, each in its own temp
+//! dir and process group: Dovecot IMAP behind PROXY v2 and nginx webmail backends.
+//! Postfix and Dovecot drop privileges, so their directories must be traversable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, tool, wait_listening, Daemon, TempDir};
+
+/// Postfix's master and Dovecot (as set up here) need root: they switch to their
+/// own users. `None` (skip) otherwise, a panic under CI, which runs as root.
+pub fn need_root(what: &str) -> Option<()> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(());
+    }
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{what} needs root under CI");
+    }
+    eprintln!("skipping: {what} needs root");
+    None
+}
+
+pub fn read_file(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Makes every component of `p` up to the test's temp dir `base` traversable by
+/// other users (Postfix and Dovecot drop privileges and must reach their files), and
+/// checks, without changing them, that the directories above `base` are too.
+pub fn make_traversable(p: &Path, base: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in p.ancestors() {
+        let mode = std::fs::metadata(d).expect("stat").permissions().mode();
+        if mode & 0o011 == 0o011 {
+            continue;
+        }
+        if d.starts_with(base) {
+            chmod(d, (mode & 0o7777) | 0o011);
+        } else {
+            panic!(
+                "{} (mode {:o}) is not traversable by the postfix/dovecot users; \
+                 set TMPDIR to a directory they can reach",
+                d.display(),
+                mode & 0o7777
+            );
+        }
+    }
+}
+
+/// A real Dovecot IMAP server on 127.0.0.1:`port` that requires the PROXY protocol
+/// (`haproxy = yes`, trusted from 127.0.0.0/8) and logs `rip=` per login; any user
+/// logs in with password `secret`.
+pub struct Dovecot {
+    pub port: u16,
+    pub log: PathBuf,
+    _group: Daemon,
+}
+
+impl Dovecot {
+    pub fn start(dir: &TempDir, name: &str) -> Option<Dovecot> {
+        let bin = tool("dovecot")?;
+        need_root("dovecot")?;
+        let root = dir.path(name);
+        std::fs::create_dir_all(&root).unwrap();
+        make_traversable(&root, &dir.0);
+        let home = root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        chmod(&home, 0o777);
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::create_dir_all(root.join("state")).unwrap();
+        let log = root.join("dovecot.log");
+        let port = free_port();
+        let conf = root.join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"
+protocols = imap
+listen = 127.0.0.1
+base_dir = {run}
+state_dir = {state}
+instance_name = {name}
+log_path = {log}
+info_log_path = {log}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+haproxy_trusted_networks = 127.0.0.0/8
+login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{{session}}>
+passdb {{
+  driver = static
+  args = password=secret
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={home}/%u
+}}
+mail_location = maildir:~/Maildir
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imap_haproxy {{
+    port = {port}
+    haproxy = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"#,
+                run = root.join("run").display(),
+                state = root.join("state").display(),
+                log = log.display(),
+                home = home.display(),
+            ),
+        )
+        .unwrap();
+        let group = Daemon::spawn(
+            Command::new(bin)
+                .arg("-F")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        assert!(
+            wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(15)
+            ),
+            "dovecot {name} did not start: {}",
+            read_file(&log)
+        );
+        Some(Dovecot {
+            port,
+            log,
+            _group: group,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        read_file(&self.log)
+    }
+
+    pub fn logged_in(&self, user: &str) -> bool {
+        self.log()
+            .lines()
+            .any(|l| l.contains(&format!("Login: user=<{user}>")))
+    }
+
+    /// Lines imap-login wrote about connections (logins and disconnects), probes
+    /// included.
+    pub fn connection_lines(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("imap-login:"))
+            .count()
+    }
+}
+
+/// A real nginx serving `NAME` at `/`, `ok` at `/health` and, at `/headers`,
+/// `NAME|X-Forwarded-For|X-Forwarded-Proto|X-Forwarded-Host|Forwarded` as received.
+pub struct Nginx {
+    pub port: u16,
+    pub daemon: Daemon,
+}
+
+pub fn nginx(dir: &TempDir, name: &str) -> Option<Nginx> {
+    let bin = tool("nginx")?;
+    let root = dir.path(name);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    make_traversable(&root, &dir.0);
+    let port = free_port();
+    let conf = format!(
+        r#"
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log {root}/access.log;
+  client_body_temp_path {root}/tmp/body;
+  proxy_temp_path {root}/tmp/proxy;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /health {{ return 200 "ok\n"; }}
+    location = /headers {{
+      return 200 "{name}|$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_host|$http_forwarded\n";
+    }}
+    location / {{ return 200 "{name}\n"; }}
+  }}
+}}
+"#,
+        root = root.display()
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let group = Daemon::spawn(
+        Command::new(bin)
+            .arg("-p")
+            .arg(&root)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10)
+        ),
+        "nginx {name}: {}",
+        read_file(&root.join("error.log"))
+    );
+    Some(Nginx {
+        port,
+        daemon: group,
+    })
+}
