@@ -1,9 +1,11 @@
 //! Byte relay between a client and a backend without per-connection buffers.
 //!
 //! Each direction waits for its source to become readable and only then moves what
-//! is there: kernel-side with splice(2) through a pipe pair borrowed from a small
-//! per-thread pool ([`crate::splice`]), or, where splice is refused (EINVAL/ENOSYS)
-//! or no pipe can be had, through a 16 KiB buffer borrowed from a per-thread pool.
+//! is there: dialogue-sized reads through a 16 KiB buffer borrowed from a per-thread
+//! pool, bulk (a read that fills the buffer) kernel-side with splice(2) through a
+//! pipe pair borrowed from a small per-thread pool ([`crate::splice`]), back to the
+//! buffer when a splice moves little, and always the buffer where splice is refused
+//! (EINVAL/ENOSYS) or no pipe can be had.
 //! Either is given back as soon as it is empty again, so an idle connection (thousands
 //! of IMAP IDLE sessions) holds no buffer and no pipe, unlike `copy_bidirectional`'s
 //! two 8 KiB buffers for the connection's whole life. A FIN from one side is passed on
@@ -138,6 +140,9 @@ fn other(side: Side) -> Side {
     }
 }
 
+/// A splice that moves less than this goes back to the buffer copy.
+const SPLICE_MIN: usize = BUF_SIZE / 4;
+
 /// How many reads one direction does per poll before letting the other direction and
 /// the watchdog run (the two share one task).
 const ROUNDS: usize = 16;
@@ -153,6 +158,10 @@ struct Dir {
     total: u64,
     side: Side,
     splice: bool,
+    /// The last read filled a buffer (or a good part of a pipe): bulk data, spliced.
+    /// Dialogue-sized reads (SMTP commands, IMAP lines) go through a buffer, where
+    /// read+write is cheaper than two splices and a pipe.
+    bulk: bool,
     done: bool,
 }
 
@@ -164,6 +173,7 @@ impl Dir {
             total: 0,
             side,
             splice: splice::enabled(),
+            bulk: false,
             done: false,
         }
     }
@@ -185,7 +195,7 @@ impl Dir {
         for _ in 0..ROUNDS {
             ready!(self.poll_flush(cx, to, counter, moved))?;
             ready!(from.poll_read_ready(cx)).map_err(read_err(side))?;
-            let n = if self.splice {
+            let n = if self.splice && self.bulk {
                 match self.fill_pipe(from) {
                     Ok(Some(n)) => n,
                     Ok(None) => self.fill_buf(from)?, // no pipe: copy this once
@@ -229,7 +239,8 @@ impl Dir {
         let src = from.as_raw_fd();
         match from.try_io(Interest::READABLE, || pipe.fill(src)) {
             Ok(0) => Ok(Some(Fill::Eof)),
-            Ok(_) => {
+            Ok(n) => {
+                self.bulk = n >= SPLICE_MIN;
                 self.pipe = Some(pipe);
                 Ok(Some(Fill::Moved))
             }
@@ -252,6 +263,7 @@ impl Dir {
         match from.try_read(&mut buf) {
             Ok(0) => Ok(Fill::Eof),
             Ok(n) => {
+                self.bulk = n == buf.len();
                 self.buf = Some((buf, 0, n));
                 Ok(Fill::Moved)
             }

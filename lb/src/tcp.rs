@@ -70,11 +70,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
 /// Serves one admitted client to the end.
 async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
     let _ = client.set_nodelay(true);
-    let local = client.local_addr().unwrap_or(state.cfg.listen);
     // Boxed, like the refusal below: the connect phase's state (connect and header
     // timeouts, the greeting probe) lives on the heap only while connecting instead of
     // sizing the future every connection keeps for its whole life.
-    let Some((lease, backend)) = Box::pin(connect_any(&state, peer, local)).await else {
+    let Some((lease, backend)) = Box::pin(connect_any(&state, &client, peer)).await else {
         state.refused_no_backend.increment(1);
         tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
         Box::pin(refuse(client, state.cfg.protocol)).await;
@@ -104,9 +103,15 @@ async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard
 /// Tries backends until one accepts (and took the PROXY header), or none is left.
 async fn connect_any(
     state: &VipState,
+    client: &TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
 ) -> Option<(Lease, TcpStream)> {
+    // The accept gave the peer address; the local one (a getsockname(2)) is only
+    // needed for a PROXY header, so it is not asked for otherwise.
+    let local = match state.cfg.proxy_protocol {
+        Some(_) => client.local_addr().unwrap_or(state.cfg.listen),
+        None => state.cfg.listen,
+    };
     let pool = &state.pool;
     let mut tried: Vec<usize> = Vec::new();
     for attempt in 0..=state.cfg.retries {
