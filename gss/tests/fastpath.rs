@@ -21,6 +21,7 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::RecordType;
 use shared::admin::SiteOverride;
 use shared::config::{AllDown, ClientRule, Failback, GssConfig, Policy};
+use shared::testing::metrics::CountingRecorder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -460,62 +461,13 @@ async fn garbage_over_the_socket_gets_no_answer_from_bytes() {
     );
 }
 
-/// Counts `portico_dns_queries_total` by label set, for one thread.
-#[derive(Default)]
-struct Counting(
-    std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
-);
-
-impl metrics::Recorder for Counting {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let id = format!("{}{{{}}}", key.name(), labels.join(","));
-        let c = self.0.lock().unwrap().entry(id).or_default().clone();
-        metrics::Counter::from_arc(c)
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
-}
-
 #[test]
 fn query_counter_is_the_same_series_on_both_paths() {
     let cfg = cfg(false);
     let zone = Arc::new(ArcSwap::from_pointee(zone_for(&cfg, true, true, None)));
     let handler = DnsHandler::new(zone.clone());
     let src: SocketAddr = "192.0.2.1:5353".parse().unwrap();
-    let rec = Counting::default();
+    let rec = CountingRecorder::default();
     let a = q("Smtp.gslb.example.test.", RecordType::A);
     let mx = qe("smtp.gslb.example.test.", RecordType::MX, 1232, false);
     let nx = q("nope.gslb.example.test.", RecordType::A);
@@ -528,13 +480,7 @@ fn query_counter_is_the_same_series_on_both_paths() {
         assert!(fastpath::answer(&zone.load(), &mx, &mut out).is_some());
         assert!(fastpath::respond(&zone, &handler, &nx, src, &mut out).is_some());
     });
-    let got: std::collections::BTreeMap<String, u64> = rec
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.load(std::sync::atomic::Ordering::SeqCst)))
-        .collect();
+    let got = rec.snapshot();
     let want: std::collections::BTreeMap<String, u64> = [
         (
             "portico_dns_queries_total{name=smtp.gslb.example.test,qtype=A,rcode=NOERROR}",

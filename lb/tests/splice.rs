@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
 use shared::config::MailProtocol;
+use shared::testing::metrics::CountingRecorder;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -59,76 +59,10 @@ async fn expect(r: &mut (impl AsyncRead + Unpin), seed: u64, blocks: u64) {
 }
 
 /// Byte counters of the whole test binary, by series.
-#[derive(Default)]
-struct Counting(Mutex<HashMap<String, Arc<AtomicU64>>>);
-
-impl Counting {
-    fn get(&self, vip: &str, direction: &str) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .filter(|(k, _)| {
-                k.starts_with(lb::metrics::BYTES_TOTAL)
-                    && k.contains(&format!("vip={vip},"))
-                    && k.contains(&format!("direction={direction}"))
-            })
-            .map(|(_, v)| v.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-impl metrics::Recorder for Counting {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let id = format!("{}{{{},}}", key.name(), labels.join(","));
-        let c = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        metrics::Counter::from_arc(c)
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
-}
-
-fn recorder() -> &'static Counting {
-    static REC: OnceLock<&'static Counting> = OnceLock::new();
+fn recorder() -> &'static CountingRecorder {
+    static REC: OnceLock<&'static CountingRecorder> = OnceLock::new();
     REC.get_or_init(|| {
-        let rec: &'static Counting = Box::leak(Box::default());
+        let rec: &'static CountingRecorder = Box::leak(Box::default());
         metrics::set_global_recorder(rec).expect("first recorder");
         rec
     })
@@ -188,8 +122,20 @@ async fn sixty_four_mib_each_way_arrive_intact_and_are_counted() {
         .await
         .expect("connection released");
     let total = BLOCKS * BLOCK as u64;
-    assert_eq!(rec.get("bulk", "to_backend"), total);
-    assert_eq!(rec.get("bulk", "to_client"), total);
+    assert_eq!(
+        rec.sum(
+            lb::metrics::BYTES_TOTAL,
+            &[("vip", "bulk"), ("direction", "to_backend")]
+        ),
+        total
+    );
+    assert_eq!(
+        rec.sum(
+            lb::metrics::BYTES_TOTAL,
+            &[("vip", "bulk"), ("direction", "to_client")]
+        ),
+        total
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +187,18 @@ async fn half_close_is_forwarded_while_the_other_direction_is_in_flight() {
     eventually(WAIT, || lb.active_connections() == 0)
         .await
         .expect("connection released");
-    assert_eq!(rec.get("halfclose", "to_backend"), UP * BLOCK as u64);
-    assert_eq!(rec.get("halfclose", "to_client"), 2 * HALF * BLOCK as u64);
+    assert_eq!(
+        rec.sum(
+            lb::metrics::BYTES_TOTAL,
+            &[("vip", "halfclose"), ("direction", "to_backend")]
+        ),
+        UP * BLOCK as u64
+    );
+    assert_eq!(
+        rec.sum(
+            lb::metrics::BYTES_TOTAL,
+            &[("vip", "halfclose"), ("direction", "to_client")]
+        ),
+        2 * HALF * BLOCK as u64
+    );
 }

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod metrics;
 mod sessions;
 pub mod tls;
 

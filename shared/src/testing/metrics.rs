@@ -1,0 +1,96 @@
+//! A metrics recorder for tests that counts every counter by series, so a test can
+//! assert that traffic moved the right counter with the right labels without running
+//! the Prometheus exporter. Gauges and histograms are ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One counter series: its name, labels and value.
+struct Series {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: Arc<AtomicU64>,
+}
+
+/// Counters by series id `name{k=v,k=v}` (labels in registration order).
+#[derive(Default)]
+pub struct CountingRecorder(Mutex<HashMap<String, Series>>);
+
+impl CountingRecorder {
+    /// Every series and its value, by id `name{k=v,k=v}`.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(id, s)| (id.clone(), s.value.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// The sum over the series named `name` that carry every pair in `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.value.load(Ordering::SeqCst))
+            .sum()
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_string(), l.value().to_string()))
+            .collect();
+        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let id = format!("{}{{{}}}", key.name(), pairs.join(","));
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let series = map.entry(id).or_insert_with(|| Series {
+            name: key.name().to_string(),
+            labels,
+            value: Arc::new(AtomicU64::new(0)),
+        });
+        metrics::Counter::from_arc(series.value.clone())
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
