@@ -38,59 +38,61 @@ impl App {
     }
 
     /// Re-reads the config file and applies it; on any error the old config keeps
-    /// serving and the errors are returned for the operator.
+    /// serving and the errors are returned for the operator. Every outcome is counted
+    /// in `portico_config_reloads_total` and recorded as an event.
     pub async fn reload(&self, who: &str) -> Result<(), String> {
         let _serial = self.reload_lock.lock().await;
         let path = self.config.load().path.clone();
-        let new = match shared::config::load(&path) {
-            Ok(c) => c,
+        let outcome = match shared::config::load(&path) {
             Err(errors) => {
-                metrics::counter!("portico_config_reloads_total", "result" => "failed")
-                    .increment(1);
-                self.events.record(
-                    "config",
-                    format!(
-                        "reload refused ({who}): {} error(s); the running config keeps serving",
-                        errors.0.len()
-                    ),
-                );
                 for e in &errors.0 {
                     tracing::warn!("{e}");
                 }
-                return Err(errors.to_string());
+                let event = format!(
+                    "reload refused ({who}): {} error(s); the running config keeps serving",
+                    errors.0.len()
+                );
+                Err((event, errors.to_string()))
             }
+            Ok(new) => self
+                .apply(new)
+                .await
+                .map_err(|e| (format!("reload failed ({who}): {e}"), e)),
         };
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
+                self.events.record(
+                    "config",
+                    format!("reloaded from {} ({who})", path.display()),
+                );
+                Ok(())
+            }
+            Err((event, reply)) => {
+                metrics::counter!("portico_config_reloads_total", "result" => "failed")
+                    .increment(1);
+                self.events.record("config", event);
+                Err(reply)
+            }
+        }
+    }
+
+    /// Applies a validated config to the roles: the lb first, then the gss (started,
+    /// reloaded or stopped as the new config asks); stores it once both took it.
+    async fn apply(&self, new: Config) -> Result<(), String> {
         let old = self.config.load_full();
         if old.admin != new.admin || old.http != new.http {
             tracing::warn!("admin socket and http listener changes take effect on restart");
         }
-        if let Err(e) = self.lb.reload(&new.vips).await {
-            metrics::counter!("portico_config_reloads_total", "result" => "failed").increment(1);
-            self.events
-                .record("config", format!("reload failed ({who}): {e}"));
-            return Err(e.to_string());
-        }
-        let current = self.gss.load_full();
-        match (current, &new.gss) {
-            (Some(g), Some(c)) => {
-                if let Err(e) = g.reload(c).await {
-                    metrics::counter!("portico_config_reloads_total", "result" => "failed")
-                        .increment(1);
-                    self.events
-                        .record("config", format!("reload failed ({who}): {e}"));
-                    return Err(e.to_string());
-                }
+        self.lb.reload(&new.vips).await.map_err(|e| e.to_string())?;
+        match (self.gss.load_full(), &new.gss) {
+            (Some(g), Some(c)) => g.reload(c).await.map_err(|e| e.to_string())?,
+            (None, Some(c)) => {
+                let g = gss::Gss::start(c, self.events.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.gss.store(Some(Arc::new(g)));
             }
-            (None, Some(c)) => match gss::Gss::start(c, self.events.clone()).await {
-                Ok(g) => self.gss.store(Some(Arc::new(g))),
-                Err(e) => {
-                    metrics::counter!("portico_config_reloads_total", "result" => "failed")
-                        .increment(1);
-                    self.events
-                        .record("config", format!("reload failed ({who}): {e}"));
-                    return Err(e.to_string());
-                }
-            },
             (Some(g), None) => {
                 g.shutdown().await;
                 self.gss.store(None);
@@ -98,11 +100,6 @@ impl App {
             (None, None) => {}
         }
         self.config.store(Arc::new(new));
-        metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
-        self.events.record(
-            "config",
-            format!("reloaded from {} ({who})", path.display()),
-        );
         Ok(())
     }
 }
@@ -129,29 +126,27 @@ impl AdminHandler for AppAdmin {
             })),
             Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
                 let gss = app.gss.load_full()?;
-                let cmd = cmd.clone();
-                Some(Box::pin(async move {
-                    let handler = gss.admin();
-                    let reply = match handler.handle(&cmd, peer) {
-                        Some(f) => f.await,
-                        None => Reply::error("the gss does not handle this command"),
-                    };
-                    reply
-                }))
+                Some(delegate(gss.admin(), cmd.clone(), peer, "gss"))
             }
-            _ => {
-                let handler = app.lb.admin();
-                let cmd = cmd.clone();
-                Some(Box::pin(async move {
-                    let reply = match handler.handle(&cmd, peer) {
-                        Some(f) => f.await,
-                        None => Reply::error("the lb does not handle this command"),
-                    };
-                    reply
-                }))
-            }
+            _ => Some(delegate(app.lb.admin(), cmd.clone(), peer, "lb")),
         }
     }
+}
+
+/// Hands `cmd` to a role's handler; owns both so the future outlives this call.
+fn delegate(
+    handler: Arc<dyn AdminHandler>,
+    cmd: Command,
+    peer: Peer,
+    role: &'static str,
+) -> HandlerFuture<'static> {
+    Box::pin(async move {
+        let reply = match handler.handle(&cmd, peer) {
+            Some(f) => f.await,
+            None => Reply::error(format!("the {role} does not handle this command")),
+        };
+        reply
+    })
 }
 
 /// Raises the open-file soft limit to the hard limit: every proxied connection costs
