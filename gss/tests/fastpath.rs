@@ -28,25 +28,9 @@ use tokio_util::sync::CancellationToken;
 fn cfg(weighted: bool) -> GssConfig {
     let a1: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let a2: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    let mut smtp = name("smtp", Policy::Failover, Failback::Manual, AllDown::First);
-    smtp.answers
-        .get_mut("dc1")
-        .unwrap()
-        .push("::1".parse().unwrap());
-    let mut big = name("big", Policy::Failover, Failback::Manual, AllDown::First);
-    big.answers.insert(
-        "dc1".into(),
-        (1..=60)
-            .map(|i| format!("127.0.1.{i}").parse().unwrap())
-            .collect(),
-    );
-    let mut mid = name("mid", Policy::Failover, Failback::Manual, AllDown::First);
-    mid.answers.insert(
-        "dc1".into(),
-        (1..=30)
-            .map(|i| format!("127.0.2.{i}").parse().unwrap())
-            .collect(),
-    );
+    let smtp = dual_stack("smtp");
+    let big = many("big", "127.0.1", 60);
+    let mid = many("mid", "127.0.2", 30);
     let mut local = name("local", Policy::Failover, Failback::Manual, AllDown::First);
     local.clients = vec![ClientRule {
         networks: vec!["127.0.0.0/8".parse().unwrap()],

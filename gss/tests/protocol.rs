@@ -11,31 +11,14 @@ use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{RData, RecordType};
-use shared::config::{AllDown, Failback, Policy};
 
 async fn server() -> (gss::Gss, SocketAddr) {
     let up = Arc::new(AtomicBool::new(true));
     let a1: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let a2: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    let mut big = name("big", Policy::Failover, Failback::Manual, AllDown::First);
-    big.answers.insert(
-        "dc1".into(),
-        (1..=60)
-            .map(|i| format!("127.0.1.{i}").parse().unwrap())
-            .collect(),
-    );
-    let mut smtp = name("smtp", Policy::Failover, Failback::Manual, AllDown::First);
-    smtp.answers
-        .get_mut("dc1")
-        .unwrap()
-        .push("::1".parse().unwrap());
-    let mut mid = name("mid", Policy::Failover, Failback::Manual, AllDown::First);
-    mid.answers.insert(
-        "dc1".into(),
-        (1..=10)
-            .map(|i| format!("127.0.2.{i}").parse().unwrap())
-            .collect(),
-    );
+    let big = many("big", "127.0.1", 60);
+    let smtp = dual_stack("smtp");
+    let mid = many("mid", "127.0.2", 10);
     let cfg = config(
         vec![site("dc1", a1, timing()), site("dc2", a2, timing())],
         vec![smtp, big, mid],

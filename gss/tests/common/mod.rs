@@ -85,6 +85,26 @@ pub fn name(label: &str, policy: Policy, failback: Failback, all_down: AllDown) 
     }
 }
 
+/// A failover name whose dc1 answer is `count` addresses `PREFIX.1`..`PREFIX.count`
+/// (for truncation and size limits).
+pub fn many(label: &str, prefix: &str, count: u32) -> NameConfig {
+    let mut n = name(label, Policy::Failover, Failback::Manual, AllDown::First);
+    let addrs = (1..=count)
+        .map(|i| format!("{prefix}.{i}").parse().unwrap())
+        .collect();
+    n.answers.insert("dc1".into(), addrs);
+    n
+}
+
+/// A failover name answering dc1 with 127.0.0.1 and ::1 (A and AAAA).
+pub fn dual_stack(label: &str) -> NameConfig {
+    let mut n = name(label, Policy::Failover, Failback::Manual, AllDown::First);
+    if let Some(dc1) = n.answers.get_mut("dc1") {
+        dc1.push("::1".parse().unwrap());
+    }
+    n
+}
+
 pub fn config(sites: Vec<SiteConfig>, names: Vec<NameConfig>) -> GssConfig {
     GssConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
