@@ -11,6 +11,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of glibc malloc: the proxy paths allocate small short-lived
+/// objects (request heads, hyper's per-request state) across tasks, where glibc's
+/// arena bookkeeping showed up in profiles (~5 % of the CPU per proxied request).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portico: health-checking load balancer and DNS global site selector for mail.
 #[derive(Parser, Debug)]
 #[command(name = "portico", version, about)]

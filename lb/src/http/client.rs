@@ -184,25 +184,37 @@ impl BackendClient {
         Ok(sender)
     }
 
-    /// Hands the connection back: it joins the pool once hyper reports it ready for
-    /// another request (after the response body was relayed), or is dropped if it
-    /// closes, upgrades or the pool is full.
+    /// Hands the connection back once its response body was relayed to the end. When
+    /// hyper already reports it ready for the next request (the usual case: its
+    /// connection task re-armed while delivering the last frame) it joins the pool at
+    /// once; otherwise a task waits for readiness. It is dropped if it closes, or the
+    /// pool is full.
     pub fn checkin(self: &Arc<Self>, mut conn: Conn) {
+        if conn.sender.is_ready() {
+            self.park(conn);
+            return;
+        }
+        if conn.sender.is_closed() {
+            return;
+        }
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            if conn.sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = me.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.entry(conn.addr).or_default();
-            let now = Instant::now();
-            list.retain(|c| now.duration_since(c.since) < me.idle_timeout && !c.sender.is_closed());
-            if list.len() < MAX_IDLE_PER_BACKEND {
-                list.push(Idle {
-                    sender: conn.sender,
-                    since: now,
-                });
+            if conn.sender.ready().await.is_ok() {
+                me.park(conn);
             }
         });
+    }
+
+    fn park(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(conn.addr).or_default();
+        let now = Instant::now();
+        list.retain(|c| now.duration_since(c.since) < self.idle_timeout && !c.sender.is_closed());
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(Idle {
+                sender: conn.sender,
+                since: now,
+            });
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! an upstream proxy's entry but never ours.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::header::{CONNECTION, COOKIE, FORWARDED, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA};
@@ -21,23 +22,35 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Comma-separated tokens of every `name` header, lower-cased.
-fn tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+/// The trimmed, non-empty comma-separated tokens of every `name` header, as sent
+/// (compare them with `eq_ignore_ascii_case`); no allocation.
+fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 /// True when the message asks to switch protocols (`Connection: upgrade` plus an
 /// `Upgrade` header), the only case where `Upgrade` survives the hop.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE) && tokens(headers, &CONNECTION).iter().any(|t| t == "upgrade")
+    headers.contains_key(UPGRADE)
+        && tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
+
+/// The fixed hop-by-hop headers (besides those `Connection` names).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it
 /// names, `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`, which is
@@ -45,35 +58,48 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `upgrade`, `Upgrade` is kept and `Connection: upgrade` re-added so the next hop
 /// sees the protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry neither header: skip the token lists then.
-    let named = if headers.contains_key(CONNECTION) {
-        tokens(headers, &CONNECTION)
-    } else {
-        Vec::new()
-    };
-    let te_trailers =
-        headers.contains_key(TE) && tokens(headers, &TE).iter().any(|t| t == "trailers");
-    for name in named {
-        // `Connection: host` would strip the request target: never honoured.
-        if name == "host" {
-            continue;
-        }
-        if let Ok(h) = HeaderName::from_bytes(name.as_bytes()) {
-            if upgrade && h == UPGRADE {
-                continue;
-            }
-            headers.remove(h);
+    // Most messages carry a handful of headers and at most `Connection`: one pass
+    // over the names (standard names compare as enum tags) finds which of the fixed
+    // set are present, and only those are looked up for removal.
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
         }
     }
-    for h in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-    ] {
+    if !any {
+        if upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
+    // Headers `Connection` names, beyond the fixed set. `Connection: host` would strip
+    // the request target: never honoured.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for t in tokens(headers, &CONNECTION) {
+        if t.eq_ignore_ascii_case("host")
+            || t.eq_ignore_ascii_case("keep-alive")
+            || t.eq_ignore_ascii_case("close")
+        {
+            continue;
+        }
+        if let Ok(h) = HeaderName::from_bytes(t.as_bytes()) {
+            if !(upgrade && h == UPGRADE) {
+                named.push(h);
+            }
+        }
+    }
+    let te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    for h in named {
         headers.remove(h);
+    }
+    for (h, there) in HOP_BY_HOP.iter().zip(present) {
+        // `Upgrade` goes below, unless the message switches protocols.
+        if there && *h != UPGRADE {
+            headers.remove(h);
+        }
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -124,18 +150,21 @@ fn write_xff_node(out: &mut String, ip: IpAddr) {
 /// Writes a `Forwarded` parameter value: a token as is, anything else quoted (RFC
 /// 7230 quoted-string with `"` and `\` escaped).
 fn write_forwarded_value(out: &mut String, v: &str) {
-    let is_tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    let is_tchar = |c: u8| matches!(c, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
     if !v.is_empty() && v.bytes().all(is_tchar) {
         out.push_str(v);
     } else {
         out.reserve(v.len() + 2);
         out.push('"');
-        for c in v.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
+        // Runs without `"` or `\` are copied whole.
+        let mut rest = v;
+        while let Some(i) = rest.find(['"', '\\']) {
+            out.push_str(&rest[..i]);
+            out.push('\\');
+            out.push_str(&rest[i..=i]);
+            rest = &rest[i + 1..];
         }
+        out.push_str(rest);
         out.push('"');
     }
 }
@@ -176,49 +205,106 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
     }
 }
 
-/// As [`append_list`] with `ours` owned: with no earlier values it becomes the
-/// header value as is.
-fn append_list_owned(headers: &mut HeaderMap, name: HeaderName, ours: String) {
-    if headers.contains_key(&name) {
-        append_list(headers, name, &ours);
-    } else if let Some(v) = value_of(ours) {
-        headers.insert(name, v);
+/// The forwarding headers' parts that depend only on the client connection,
+/// rendered once per connection rather than formatted for every request on it.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// The client as `X-Forwarded-For` carries it.
+    xff: HeaderValue,
+    /// `for=…;proto=…`: the `Forwarded` element without its `host`.
+    forwarded: String,
+    /// `X-Forwarded-Proto`.
+    proto: Option<HeaderValue>,
+    /// The last request's `Host` and the `Forwarded` value rendered for it: requests
+    /// on one connection nearly always name the same host.
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl Forwarding {
+    /// The parts for a client at `ip` that reached the VIP over `proto`.
+    pub fn new(ip: IpAddr, proto: &str) -> Self {
+        let mut xff = String::with_capacity(48);
+        write_xff_node(&mut xff, ip);
+        let xff = value_of(xff).unwrap_or_else(|| HeaderValue::from_static("unknown"));
+        let mut forwarded = String::with_capacity(64);
+        forwarded.push_str("for=");
+        write_forwarded_node(&mut forwarded, ip);
+        forwarded.push_str(";proto=");
+        write_forwarded_value(&mut forwarded, proto);
+        let proto = match proto {
+            "http" => Some(HeaderValue::from_static("http")),
+            "https" => Some(HeaderValue::from_static("https")),
+            other => HeaderValue::from_str(other).ok(),
+        };
+        Forwarding {
+            xff,
+            forwarded,
+            proto,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` to this request's `host`
+    /// (replacing client-supplied values: they describe this hop, which only the
+    /// proxy knows).
+    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
+        if headers.contains_key(X_FORWARDED_FOR) {
+            let ours = self.xff.to_str().unwrap_or("unknown");
+            append_list(headers, X_FORWARDED_FOR, ours);
+        } else {
+            headers.insert(X_FORWARDED_FOR, self.xff.clone());
+        }
+        let ours = self.forwarded_for(host);
+        if headers.contains_key(FORWARDED) {
+            append_list(headers, FORWARDED, ours.to_str().unwrap_or(&self.forwarded));
+        } else {
+            headers.insert(FORWARDED, ours);
+        }
+        if let Some(v) = &self.proto {
+            headers.insert(X_FORWARDED_PROTO, v.clone());
+        }
+        match host {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST, v.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+
+    /// Our `Forwarded` element for a request to `host`, from the cache when the
+    /// connection's previous request named the same host.
+    fn forwarded_for(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some((h, v)), Some(host)) = (last.as_ref(), host) {
+            if h == host {
+                return v.clone();
+            }
+        }
+        let host_str = host.and_then(|h| h.to_str().ok());
+        let mut fwd =
+            String::with_capacity(self.forwarded.len() + 8 + host_str.map_or(0, str::len));
+        fwd.push_str(&self.forwarded);
+        if let Some(h) = host_str {
+            fwd.push_str(";host=");
+            write_forwarded_value(&mut fwd, h);
+        }
+        let v = value_of(fwd).unwrap_or_else(|| HeaderValue::from_static("for=unknown"));
+        if let Some(host) = host {
+            *last = Some((host.clone(), v.clone()));
+        }
+        v
     }
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (replacing client-supplied values: they
-/// describe this hop, which only the proxy knows).
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the one-off form of
+/// [`Forwarding::apply`]).
 pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
-    let mut xff = String::with_capacity(48);
-    write_xff_node(&mut xff, client.ip);
-    append_list_owned(headers, X_FORWARDED_FOR, xff);
-    let mut fwd = String::with_capacity(64);
-    fwd.push_str("for=");
-    write_forwarded_node(&mut fwd, client.ip);
-    fwd.push_str(";proto=");
-    write_forwarded_value(&mut fwd, client.proto);
-    if let Some(host) = client.host {
-        fwd.push_str(";host=");
-        write_forwarded_value(&mut fwd, host);
-    }
-    append_list_owned(headers, FORWARDED, fwd);
-    let proto = match client.proto {
-        "http" => Ok(HeaderValue::from_static("http")),
-        "https" => Ok(HeaderValue::from_static("https")),
-        other => HeaderValue::from_str(other),
-    };
-    if let Ok(v) = proto {
-        headers.insert(X_FORWARDED_PROTO, v);
-    }
-    match client.host.map(HeaderValue::from_str) {
-        Some(Ok(v)) => {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
-        _ => {
-            headers.remove(X_FORWARDED_HOST);
-        }
-    }
+    let host = client.host.and_then(|h| HeaderValue::from_str(h).ok());
+    Forwarding::new(client.ip, client.proto).apply(headers, host.as_ref());
 }
 
 /// Appends this hop to `Via` (`1.1 portico`, `2 portico`).
@@ -345,6 +431,51 @@ mod tests {
             h.get(X_FORWARDED_HOST).expect("host"),
             "mail.example.com:8443"
         );
+    }
+
+    #[test]
+    fn one_connection_renders_each_host_correctly() {
+        // The per-connection cache must never hand one host's `Forwarded` value to a
+        // request for another host, nor leak a previous request's header.
+        let f = Forwarding::new("192.0.2.9".parse().expect("ip"), "http");
+        let a = HeaderValue::from_static("a.example");
+        let b = HeaderValue::from_static("b.example:8080");
+        for (host, want) in [
+            (Some(&a), "for=192.0.2.9;proto=http;host=a.example"),
+            (Some(&a), "for=192.0.2.9;proto=http;host=a.example"),
+            (Some(&b), "for=192.0.2.9;proto=http;host=\"b.example:8080\""),
+            (None, "for=192.0.2.9;proto=http"),
+            (Some(&a), "for=192.0.2.9;proto=http;host=a.example"),
+        ] {
+            let mut h = map(&[("x-forwarded-host", "stale")]);
+            f.apply(&mut h, host);
+            assert_eq!(h.get(FORWARDED).expect("fwd"), want);
+            assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.9");
+            assert_eq!(h.get(X_FORWARDED_HOST), host);
+        }
+    }
+
+    #[test]
+    fn forwarded_values_escape_quotes_and_backslashes() {
+        let mut out = String::new();
+        write_forwarded_value(&mut out, "a\"b\\c:1");
+        assert_eq!(out, "\"a\\\"b\\\\c:1\"");
+        out.clear();
+        write_forwarded_value(&mut out, "mail.example.com");
+        assert_eq!(out, "mail.example.com");
+    }
+
+    #[test]
+    fn upgrade_alone_is_stripped_and_clean_heads_untouched() {
+        let mut h = map(&[("upgrade", "websocket"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key(UPGRADE));
+        assert_eq!(h.len(), 1);
+        let mut clean = map(&[("host", "a"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut clean, false);
+        assert_eq!(clean.len(), 2);
+        strip_hop_by_hop(&mut clean, true);
+        assert_eq!(clean.get(CONNECTION).expect("connection"), "upgrade");
     }
 
     #[test]

@@ -27,20 +27,34 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
-use super::client::Conn;
+use super::client::{BackendClient, Conn};
 use super::errors::{error_response, ProxyError};
-use super::headers::{self, ClientInfo};
+use super::headers::{self, Forwarding};
 use super::{empty, sticky, Body, HttpVip, RESPONSES_TOTAL};
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
 
-/// Facts about the client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+/// Facts about the client connection a request arrived on, shared by its requests.
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
     /// Whether the client connection is TLS (`https` in forwarding headers).
     pub tls: bool,
+    /// The forwarding headers' per-connection parts, rendered once.
+    forwarding: Forwarding,
+}
+
+impl ConnInfo {
+    /// The facts of a connection from `peer`, over TLS or not.
+    pub fn new(peer: SocketAddr, tls: bool) -> Arc<Self> {
+        let proto = if tls { "https" } else { "http" };
+        Arc::new(ConnInfo {
+            peer,
+            tls,
+            forwarding: Forwarding::new(peer.ip(), proto),
+        })
+    }
 }
 
 /// The rewritten head sent to backends, kept so a retry can rebuild the request.
@@ -92,14 +106,28 @@ fn origin_form(uri: Uri) -> Uri {
     origin.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// A response body that holds the backend lease until the body ends, so least_conn
-/// and `wait drained` see a request as active while its response still streams.
-struct Leased {
-    inner: Body,
+/// A backend's response body on its way to the client. It holds the backend lease
+/// until the body ends, so least_conn and `wait drained` see a request as active while
+/// its response still streams, and it hands the backend connection back to the pool
+/// only when the body was relayed to the end (a connection abandoned mid-body is
+/// dropped, never reused with unread bytes in it).
+struct Relayed {
+    inner: Incoming,
     lease: Option<Lease>,
+    /// The connection and the client it returns to; `None` after an upgrade.
+    checkin: Option<(Conn, Arc<BackendClient>)>,
 }
 
-impl hyper::body::Body for Leased {
+impl Relayed {
+    fn finish(&mut self) {
+        self.lease = None;
+        if let Some((conn, client)) = self.checkin.take() {
+            client.checkin(conn);
+        }
+    }
+}
+
+impl hyper::body::Body for Relayed {
     type Data = bytes::Bytes;
     type Error = hyper::Error;
 
@@ -108,8 +136,14 @@ impl hyper::body::Body for Leased {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &polled {
-            self.lease = None;
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+                self.checkin = None;
+            }
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            _ => {}
         }
         polled
     }
@@ -123,6 +157,16 @@ impl hyper::body::Body for Leased {
     }
 }
 
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        // hyper stops polling a body that reports its end (a Content-Length body
+        // whose last byte was read), so the end may only be seen here.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
 impl HttpVip {
     /// Counts a response the proxy made itself (`backend="-"`: no backend to blame).
     fn count_own_response(&self, status: StatusCode) {
@@ -133,7 +177,7 @@ impl HttpVip {
     pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: Arc<ConnInfo>,
     ) -> Response<Body> {
         self.count_request();
         let settings = self.settings();
@@ -163,14 +207,8 @@ impl HttpVip {
         headers::strip_hop_by_hop(&mut hdrs, upgrade);
         // 100-continue is answered by this hop when the body is first read.
         hdrs.remove(EXPECT);
-        headers::add_forwarding(
-            &mut hdrs,
-            &ClientInfo {
-                ip: conn.peer.ip(),
-                proto: if conn.tls { "https" } else { "http" },
-                host,
-            },
-        );
+        conn.forwarding
+            .apply(&mut hdrs, host.and(host_value.as_ref()));
         if settings.http.via {
             headers::add_via(&mut hdrs, version);
         }
@@ -195,7 +233,8 @@ impl HttpVip {
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
         let body_empty = body.is_end_stream();
         let resendable = idempotent && body_empty;
-        let mut body: Option<Body> = Some(body.boxed());
+        // An empty body needs no box (and no reads of the client connection).
+        let mut body: Option<Body> = Some(if body_empty { empty() } else { body.boxed() });
 
         let mut tried: Vec<usize> = Vec::new();
         let mut connect_retries = 0u32;
@@ -357,6 +396,7 @@ impl HttpVip {
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let mut lease = Some(lease);
+        let mut checkin = None;
         match (switching, client_upgrade) {
             (true, Some(client_up)) => {
                 let backend_up = hyper::upgrade::on(&mut resp);
@@ -377,7 +417,7 @@ impl HttpVip {
                 });
                 drop(c);
             }
-            _ => settings.client.checkin(c),
+            _ => checkin = Some((c, Arc::clone(&settings.client))),
         }
 
         let (mut parts, body) = resp.into_parts();
@@ -394,14 +434,12 @@ impl HttpVip {
                 }
             }
         }
-        let body: Body = match lease {
-            Some(lease) => Leased {
-                inner: body.boxed(),
-                lease: Some(lease),
-            }
-            .boxed(),
-            None => body.boxed(),
-        };
+        let body = Relayed {
+            inner: body,
+            lease,
+            checkin,
+        }
+        .boxed();
         Response::from_parts(parts, body)
     }
 }

@@ -122,7 +122,7 @@ impl HttpVip {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return,
                 }
-                let info = ConnInfo { peer, tls: false };
+                let info = ConnInfo::new(peer, false);
                 self.serve(TokioIo::new(tcp), info, Protocols::Auto, &settings, stop)
                     .await;
             }
@@ -146,7 +146,7 @@ impl HttpVip {
                     Some(b"http/1.1") => Protocols::H1,
                     _ => Protocols::Auto,
                 };
-                let info = ConnInfo { peer, tls: true };
+                let info = ConnInfo::new(peer, true);
                 self.serve(TokioIo::new(tls), info, protocols, &settings, stop)
                     .await;
             }
@@ -156,7 +156,7 @@ impl HttpVip {
     async fn serve<I>(
         self: &Arc<Self>,
         io: TokioIo<I>,
-        info: ConnInfo,
+        info: Arc<ConnInfo>,
         protocols: Protocols,
         settings: &Settings,
         stop: CancellationToken,
@@ -182,8 +182,10 @@ impl HttpVip {
             Protocols::H2 => builder.http2_only(),
         };
         let vip = Arc::clone(self);
+        let peer = info.peer;
         let service = service_fn(move |req| {
             let vip = Arc::clone(&vip);
+            let info = Arc::clone(&info);
             async move { Ok::<_, Infallible>(vip.handle(req, info).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
@@ -200,7 +202,7 @@ impl HttpVip {
             _ = self.kill.cancelled() => Ok(()),
         };
         if let Err(e) = result {
-            tracing::debug!(vip = %self.name, peer = %info.peer, error = %e, "client connection ended with an error");
+            tracing::debug!(vip = %self.name, %peer, error = %e, "client connection ended with an error");
         }
     }
 }
