@@ -264,6 +264,16 @@ impl Dir {
             Ok(0) => Ok(Fill::Eof),
             Ok(n) => {
                 self.bulk = n == buf.len();
+                if !self.bulk {
+                    // A short read drained the socket (epoll is edge-triggered): drop
+                    // the readiness now, as tokio's own `poll_read` does, instead of
+                    // learning it from one more read that fails with EAGAIN, which
+                    // would be a third of a dialogue's reads. Readiness from a newer
+                    // event is kept (tokio compares event ticks).
+                    let _ = from.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
                 self.buf = Some((buf, 0, n));
                 Ok(Fill::Moved)
             }
