@@ -209,3 +209,61 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     assert!(echo_roundtrip(&mut c2, b"still serving\n"));
     assert!(p.ctl("show events 100").contains("reload refused"));
 }
+
+#[test]
+fn single_threaded_runtime_proxies_reloads_and_drains() {
+    // One CPU (TOKIO_WORKER_THREADS=1, as under `taskset -c 1`) selects the
+    // single-threaded scheduler; everything the supervisor spawns must still run:
+    // probes, both proxies, the admin socket, reload and the SIGTERM drain.
+    use shared::testing::{Behaviour, FakeKind, FakeServer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let web = rt.block_on(FakeServer::start(FakeKind::Http, Behaviour::Good));
+    let echo = Echo::start();
+    let dir = TempDir::new("one-thread");
+    let (pt, ph, pt2) = (free_port(), free_port(), free_port());
+    let sock = dir.path("admin.sock");
+    let vips = format!(
+        "{}{}",
+        tcp_vip("t", pt, &[("t1", echo.addr, 1)]),
+        http_vip("h", ph, web.addr())
+    );
+    let mut p = Portico::start_env(
+        &dir,
+        &config(&sock.display().to_string(), &vips),
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    assert!(
+        p.log_text().contains("scheduler=\"single-threaded\""),
+        "{}",
+        p.log_text()
+    );
+    wait_backends_up(&p, "t", 1);
+    wait_backends_up(&p, "h", 1);
+    let mut session = TcpStream::connect(("127.0.0.1", pt)).unwrap();
+    assert!(echo_roundtrip(&mut session, b"one thread\n"));
+    for _ in 0..20 {
+        let (code, _) = common::http_get(([127, 0, 0, 1], ph).into(), "/").unwrap();
+        assert_eq!(code, 200);
+    }
+
+    let more = format!("{vips}{}", tcp_vip("t2", pt2, &[("u1", echo.addr, 1)]));
+    std::fs::write(&p.config, config(&sock.display().to_string(), &more)).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_backends_up(&p, "t2", 1);
+    let mut c = TcpStream::connect(("127.0.0.1", pt2)).unwrap();
+    assert!(echo_roundtrip(&mut c, b"after reload\n"));
+    assert!(echo_roundtrip(&mut session, b"kept\n"));
+    drop(c);
+
+    p.signal(libc::SIGTERM);
+    let refused = poll(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", pt)).is_err().then_some(())
+    });
+    assert!(refused.is_some(), "still accepting after SIGTERM");
+    assert!(echo_roundtrip(&mut session, b"during drain\n"));
+    drop(session);
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the session closes");
+    assert!(status.success(), "{status}\n{}", p.log_text());
+}

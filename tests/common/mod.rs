@@ -96,6 +96,11 @@ impl Portico {
     /// Writes `config` to `dir/portico.toml` and starts `portico run` on it; waits
     /// until the admin socket answers.
     pub fn start(dir: &TempDir, config: &str) -> Portico {
+        Portico::start_env(dir, config, &[])
+    }
+
+    /// As [`Portico::start`], with extra environment variables for the process.
+    pub fn start_env(dir: &TempDir, config: &str, env: &[(&str, &str)]) -> Portico {
         let path = dir.path("portico.toml");
         std::fs::write(&path, config).expect("write config");
         let log = dir.path("portico.log");
@@ -104,6 +109,7 @@ impl Portico {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logfile)
             .spawn()
