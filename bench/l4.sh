@@ -108,7 +108,7 @@ port_of() { # port_of PROXY TEST
     esac
 }
 PROXIES=(portico haproxy)
-declare -A SMTP_RATE SMTP_CPU BULK_GBPS BULK_CPU IDLE_KIB
+declare -A SMTP_RATE SMTP_CPU BULK_GBPS BULK_CPU IDLE_KIB GEN_BUSY SUT_BUSY
 
 # ------------------------------------------------------------------ 1 + 2
 start_proxy portico
@@ -118,14 +118,19 @@ for r in $(seq "$RUNS"); do
     for px in "${PROXIES[@]}"; do
         port=$(port_of "$px" smtp)
         c0=$(cpu_ticks "${PID[$px]}"); t0=$(date +%s.%N)
+        g0=$(core_ticks "$GEN_CPU"); s0=$(core_ticks "$SUT_CPU")
         taskset -c "$GEN_CPU" smtp-source -s "$SMTP_SESSIONS" -l 100 -m "$SMTP_MSGS" -C 3 \
             -M bench.example.test -f from@example.test -t to@example.test \
             127.0.0.1:"$port" >"$TMP/smtp-source.log" 2>&1 || { cat "$TMP/smtp-source.log" >&2; die "smtp-source via $px failed"; }
         t1=$(date +%s.%N); c1=$(cpu_ticks "${PID[$px]}")
+        g1=$(core_ticks "$GEN_CPU"); s1=$(core_ticks "$SUT_CPU")
+        # Which core bounds the rate: the generators' (smtp-source + sinks) or the proxy's.
+        gb=$(core_busy "$g0" "$g1"); sb=$(core_busy "$s0" "$s1")
+        GEN_BUSY[$px]+="$gb "; SUT_BUSY[$px]+="$sb "
         rate=$(awk -v n="$SMTP_MSGS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
         cpu=$(cpu_us_per_op $((c1 - c0)) "$SMTP_MSGS")
         SMTP_RATE[$px]+="$rate "; SMTP_CPU[$px]+="$cpu "
-        log "run $r smtp  $px: $rate sessions/s, $cpu us CPU/session"
+        log "run $r smtp  $px: $rate sessions/s, $cpu us CPU/session, busy: generators' core $gb %, proxy's core $sb %"
     done
 done
 
@@ -186,6 +191,8 @@ echo "| measure (median of $RUNS) | Portico | HAProxy | Portico/HAProxy |"
 echo "|---|---:|---:|---:|"
 echo "| SMTP sessions/s (smtp-source -s $SMTP_SESSIONS, 100 B) | $(fmt "$sp") | $(fmt "$sh") | $(ratio "$sp" "$sh") |"
 echo "| CPU µs per SMTP session | $(fmt "$cp" 1) | $(fmt "$ch" 1) | $(ratio "$cp" "$ch") |"
+echo "| SMTP: generators' core (smtp-source + sinks) busy % | $(fmt "$(m "${GEN_BUSY[portico]}")") | $(fmt "$(m "${GEN_BUSY[haproxy]}")") | |"
+echo "| SMTP: proxy's core busy % | $(fmt "$(m "${SUT_BUSY[portico]}")") | $(fmt "$(m "${SUT_BUSY[haproxy]}")") | |"
 echo "| bulk Gbit/s (iperf3, ${DURATION}s) | $(fmt "$bp" 2) | $(fmt "$bh" 2) | $(ratio "$bp" "$bh") |"
 echo "| CPU ms per GiB relayed | $(fmt "$gp" 1) | $(fmt "$gh" 1) | $(ratio "$gp" "$gh") |"
 echo "| RSS KiB per idle proxied connection ($IDLE_CONNS open) | $(fmt "$ip" 2) | $(fmt "$ih" 2) | $(ratio "$ip" "$ih") |"

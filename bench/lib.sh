@@ -130,6 +130,11 @@ rss_kib() {
     echo "$sum"
 }
 
+# core_ticks CPU: "busy total" clock ticks of one CPU since boot (from /proc/stat).
+core_ticks() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+# core_busy "BUSY0 TOTAL0" "BUSY1 TOTAL1": percent of the interval that CPU was busy.
+core_busy() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d; else print "nan" }'; }
+
 # cpu_us_per_op TICKS OPS: microseconds of CPU per operation.
 cpu_us_per_op() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n; else print "nan" }'; }
 
