@@ -152,7 +152,6 @@ impl Pool {
     /// out; for L7 a 5xx or gateway failure). May eject it; returns what happened.
     pub fn report_failure(&self, lease: &Lease) -> FailureOutcome {
         let backend = lease.backend();
-        backend.metrics.connect_failures.increment(1);
         let now = Instant::now();
         let others_ejected = self
             .backends

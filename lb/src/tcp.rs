@@ -130,6 +130,7 @@ async fn connect_any(
                     attempt, "{e}"
                 );
                 if e.counts_against_backend() {
+                    lease.backend().metrics.connect_failures.increment(1);
                     pool.report_failure(&lease);
                 }
                 tried.push(lease.index());

@@ -1,6 +1,7 @@
 //! Cookie stickiness: a new client is pinned with `Set-Cookie`, pinned clients stay on
 //! their node, a drained node keeps its pinned clients while taking no new ones, and a
-//! node in maint or failing its probes loses them to a healthy node (re-pinned).
+//! node in maint or failing its probes loses them to a healthy node (re-pinned); the
+//! sticky cookie itself is never forwarded to the backend application.
 
 mod http_support;
 
@@ -107,4 +108,38 @@ async fn sticky_sessions_survive_drain_and_move_on_maint_or_down() {
     let moved = get(p.addr, "/", &[("cookie", &cookie)]).await;
     assert_eq!(moved.text(), other);
     assert!(moved.header("set-cookie").is_some());
+}
+
+#[tokio::test]
+async fn the_sticky_cookie_is_not_forwarded_to_backends() {
+    // The application behind the VIP sees its own cookies only.
+    let echo = backend(|req| async move {
+        let cookies: Vec<String> = req
+            .headers()
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        Response::new(body(cookies.join(" | ")))
+    })
+    .await;
+    let cfg = vip_config(
+        "http",
+        &[("a", echo.addr)],
+        "sticky = { cookie = \"PORTICO_ID\" }",
+    );
+    let p = start(&cfg).await;
+    let first = get(p.addr, "/", &[("cookie", "lang=en")]).await;
+    assert_eq!(first.text(), "lang=en");
+    let cookie = cookie_of(&first).expect("pinned");
+    let pinned = get(
+        p.addr,
+        "/",
+        &[("cookie", &format!("lang=en; {cookie}; theme=dark"))],
+    )
+    .await;
+    assert_eq!(pinned.text(), "lang=en; theme=dark");
+    assert!(pinned.header("set-cookie").is_none(), "still pinned");
+    let only_ours = get(p.addr, "/", &[("cookie", &cookie)]).await;
+    assert_eq!(only_ours.text(), "");
 }

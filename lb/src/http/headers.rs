@@ -330,6 +330,39 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim().trim_matches('"'))
 }
 
+/// Removes cookie `name` from the request's `Cookie` headers (other cookies keep
+/// their order; a header left empty goes), so the sticky cookie, which only this hop
+/// reads, is not handed to the backend application as one of its own.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let is_ours = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name);
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if !values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(';').any(is_ours))
+    {
+        return;
+    }
+    headers.remove(COOKIE);
+    for v in values {
+        let Ok(text) = v.to_str() else {
+            headers.append(COOKIE, v);
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !is_ours(p))
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.append(COOKIE, v);
+        }
+    }
+}
+
 /// `NAME=VALUE; Path=/; HttpOnly` (+ `; Secure` for HTTPS VIPs): a session cookie
 /// that pins the browser to one backend.
 pub fn sticky_set_cookie(name: &str, value: &str, secure: bool) -> Option<HeaderValue> {
@@ -476,6 +509,25 @@ mod tests {
         assert_eq!(clean.len(), 2);
         strip_hop_by_hop(&mut clean, true);
         assert_eq!(clean.get(CONNECTION).expect("connection"), "upgrade");
+    }
+
+    #[test]
+    fn sticky_cookie_is_removed_and_the_others_kept() {
+        let mut h = map(&[
+            ("cookie", "a=1; portico=00ff; b=2"),
+            ("cookie", "portico=00ff"),
+            ("cookie", "c=3"),
+        ]);
+        remove_cookie(&mut h, "portico");
+        let got: Vec<&str> = h
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect();
+        assert_eq!(got, ["a=1; b=2", "c=3"]);
+        let mut untouched = map(&[("cookie", "portico_x=1;a=2")]);
+        remove_cookie(&mut untouched, "portico");
+        assert_eq!(untouched.get(COOKIE).expect("cookie"), "portico_x=1;a=2");
     }
 
     #[test]

@@ -224,6 +224,9 @@ impl HttpVip {
             .as_deref()
             .and_then(|name| headers::cookie(&hdrs, name))
             .map(str::to_string);
+        if let (Some(name), Some(_)) = (settings.http.sticky_cookie.as_deref(), &sticky_value) {
+            headers::remove_cookie(&mut hdrs, name);
+        }
         let template = Template {
             method: method.clone(),
             uri,
@@ -273,6 +276,9 @@ impl HttpVip {
                 }
                 Err((err, returned)) => {
                     self.count_backend_error(&backend, err.kind());
+                    if matches!(err, ProxyError::Connect { .. }) {
+                        backend.metrics.connect_failures.increment(1);
+                    }
                     if err.blames_backend() {
                         pool.report_failure(&lease);
                     }
