@@ -14,6 +14,7 @@ use http_support::*;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use shared::testing::tls::TestPki;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -236,4 +237,33 @@ async fn stalled_tls_handshake_is_cut_after_header_timeout() {
     let p = start(&cfg).await;
     let (_, closed) = raw(p.addr, b"\x16\x03\x01", Duration::from_secs(3)).await;
     assert!(closed, "a half-sent ClientHello is dropped");
+}
+
+#[tokio::test]
+async fn h2_client_that_never_sends_its_preface_is_cut() {
+    // TLS completes with ALPN h2, then silence: hyper's HTTP/1 header timer does not
+    // apply, so the proxy's own first-request bound must close it.
+    let b = text_backend("ok").await;
+    let pki = TestPki::new(&["webmail.example.test"]);
+    let mut cfg = https_cfg(b.addr, &[(&pki.cert_path(), &pki.key_path())]);
+    cfg.http.header_timeout = Duration::from_millis(300);
+    let p = start(&cfg).await;
+    let mut s = tls_connect(p.addr, "webmail.example.test", &[b"h2"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            // The server's SETTINGS may arrive before the close.
+            Ok(Ok(n)) if n > 0 => continue,
+            Ok(_) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "a silent h2 client is dropped");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

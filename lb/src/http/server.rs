@@ -1,6 +1,7 @@
 //! The accept loop of an L7 VIP and the protection around each client connection:
-//! `max_connections`, a bounded TLS handshake and first byte, hyper's HTTP/1 header
-//! read timeout (slowloris; it also bounds idle keep-alive), maximum head size,
+//! `max_connections`, a bounded TLS handshake, first byte and first request (an HTTP/2
+//! preface is not covered by hyper's timers), hyper's HTTP/1 header read timeout
+//! (slowloris; it also bounds idle keep-alive), maximum head size,
 //! maximum concurrent HTTP/2 streams, and graceful shutdown.
 //!
 //! On TLS the negotiated ALPN chooses the protocol (`h2` → HTTP/2 only, `http/1.1` →
@@ -11,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,23 +184,42 @@ impl HttpVip {
         };
         let vip = Arc::clone(self);
         let peer = info.peer;
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&first_request);
         let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
             async move { Ok::<_, Infallible>(vip.handle(req, info).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = self.kill.cancelled() => Ok(()),
+        // hyper's header timer starts with an HTTP/1 head; an HTTP/2 client (or a
+        // plain client still in protocol detection) that never completes its preface
+        // and first request would hold the connection forever. The first request must
+        // arrive within header_timeout of the connection being handed to hyper.
+        let first = tokio::time::sleep(settings.http.header_timeout);
+        tokio::pin!(first);
+        let mut first_armed = true;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = first.as_mut(), if first_armed => {
+                    first_armed = false;
+                    if !first_request.load(Ordering::Relaxed) {
+                        tracing::debug!(vip = %self.name, %peer, "no request within header_timeout; closing");
+                        break Ok(());
+                    }
                 }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = self.kill.cancelled() => Ok(()),
+                    };
+                }
+                _ = self.kill.cancelled() => break Ok(()),
             }
-            _ = self.kill.cancelled() => Ok(()),
         };
         if let Err(e) = result {
             tracing::debug!(vip = %self.name, %peer, error = %e, "client connection ended with an error");
