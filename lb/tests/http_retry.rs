@@ -192,23 +192,11 @@ async fn backend_timeout_is_504_and_no_timeout_allows_long_poll() {
     assert_eq!(got.text(), "late");
 }
 
-/// Metric series of this test binary, counted from the first call on (backends built
-/// before it register no-op handles, so each test filters by its own backend names).
-fn recorder() -> &'static shared::testing::metrics::CountingRecorder {
-    static REC: std::sync::OnceLock<&'static shared::testing::metrics::CountingRecorder> =
-        std::sync::OnceLock::new();
-    REC.get_or_init(|| {
-        let rec: &'static shared::testing::metrics::CountingRecorder = Box::leak(Box::default());
-        metrics::set_global_recorder(rec).expect("first recorder");
-        rec
-    })
-}
-
 #[tokio::test]
 async fn only_failed_connects_count_as_connect_failures() {
     // A 5xx or a backend dying mid-request is a backend error, not a failed connect:
     // `portico_lb_connect_failures_total` must mean the same for L7 as for L4.
-    let rec = recorder();
+    let rec = shared::testing::metrics::CountingRecorder::global();
     let dead = dead_addr().await;
     let (dying, _) = dying_backend().await;
     let broken = backend(|_req| async move {

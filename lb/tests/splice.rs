@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -58,16 +58,6 @@ async fn expect(r: &mut (impl AsyncRead + Unpin), seed: u64, blocks: u64) {
     );
 }
 
-/// Byte counters of the whole test binary, by series.
-fn recorder() -> &'static CountingRecorder {
-    static REC: OnceLock<&'static CountingRecorder> = OnceLock::new();
-    REC.get_or_init(|| {
-        let rec: &'static CountingRecorder = Box::leak(Box::default());
-        metrics::set_global_recorder(rec).expect("first recorder");
-        rec
-    })
-}
-
 /// A backend accepting one connection and handing it to `f`.
 async fn backend<F, Fut>(f: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
@@ -85,7 +75,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_each_way_arrive_intact_and_are_counted() {
-    let rec = recorder();
+    let rec = CountingRecorder::global();
     const BLOCKS: u64 = 1024; // 64 MiB
     let (baddr, bh) = backend(|s| async move {
         let (mut r, mut w) = s.into_split();
@@ -140,7 +130,7 @@ async fn sixty_four_mib_each_way_arrive_intact_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_forwarded_while_the_other_direction_is_in_flight() {
-    let rec = recorder();
+    let rec = CountingRecorder::global();
     const UP: u64 = 64; // 4 MiB, then FIN
     const HALF: u64 = 256; // 16 MiB before and 16 MiB after the client's FIN
     let (baddr, bh) = backend(|s| async move {

@@ -18,6 +18,20 @@ struct Series {
 pub struct CountingRecorder(Mutex<HashMap<String, Series>>);
 
 impl CountingRecorder {
+    /// The process-wide recorder, installed on first call. Handles registered before
+    /// that (by code that ran earlier in the same test binary) are no-ops, so each test
+    /// filters by its own labels.
+    pub fn global() -> &'static CountingRecorder {
+        static REC: std::sync::OnceLock<&'static CountingRecorder> = std::sync::OnceLock::new();
+        REC.get_or_init(|| {
+            let rec: &'static CountingRecorder = Box::leak(Box::default());
+            // Only fails when another recorder is already installed, which tests that
+            // use this one never do; their counts would then read zero and fail loudly.
+            let _ = metrics::set_global_recorder(rec);
+            rec
+        })
+    }
+
     /// Every series and its value, by id `name{k=v,k=v}`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
