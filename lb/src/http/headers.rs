@@ -41,8 +41,9 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+const HOP_BY_HOP_COUNT: usize = 7;
 /// The fixed hop-by-hop headers (besides those `Connection` names).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -61,15 +62,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry a handful of headers and at most `Connection`: one pass
     // over the names (standard names compare as enum tags) finds which of the fixed
     // set are present, and only those are looked up for removal.
-    let mut present = [false; 7];
-    let mut any = false;
+    let mut present = [false; HOP_BY_HOP_COUNT];
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
-            any = true;
         }
     }
-    if !any {
+    if !present.contains(&true) {
         if upgrade {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
@@ -109,17 +108,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
-}
-
-/// What the proxy knows about the client side of one request.
-#[derive(Debug, Clone)]
-pub struct ClientInfo<'a> {
-    /// The peer address of the client connection.
-    pub ip: IpAddr,
-    /// `http` or `https`: how the client reached the VIP.
-    pub proto: &'a str,
-    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
-    pub host: Option<&'a str>,
 }
 
 /// Writes the RFC 7239 node: IPv4 bare, IPv6 bracketed and quoted.
@@ -299,14 +287,6 @@ impl Forwarding {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the one-off form of
-/// [`Forwarding::apply`]).
-pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
-    let host = client.host.and_then(|h| HeaderValue::from_str(h).ok());
-    Forwarding::new(client.ip, client.proto).apply(headers, host.as_ref());
-}
-
 /// Appends this hop to `Via` (`1.1 portico`, `2 portico`).
 pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
     let v = match version {
@@ -445,12 +425,10 @@ mod tests {
             ("x-forwarded-proto", "gopher"),
             ("x-forwarded-host", "evil"),
         ]);
-        let c = ClientInfo {
-            ip: "192.0.2.9".parse().expect("ip"),
-            proto: "https",
-            host: Some("mail.example.com:8443"),
-        };
-        add_forwarding(&mut h, &c);
+        Forwarding::new("192.0.2.9".parse().expect("ip"), "https").apply(
+            &mut h,
+            Some(&HeaderValue::from_static("mail.example.com:8443")),
+        );
         assert_eq!(
             h.get(X_FORWARDED_FOR).expect("xff"),
             "203.0.113.7, 198.51.100.2, 10.0.0.1, 192.0.2.9"
@@ -533,24 +511,15 @@ mod tests {
     #[test]
     fn ipv6_forwarded_is_quoted_and_bracketed() {
         let mut h = HeaderMap::new();
-        let c = ClientInfo {
-            ip: "2001:db8::1".parse().expect("ip"),
-            proto: "http",
-            host: Some("webmail"),
-        };
-        add_forwarding(&mut h, &c);
+        Forwarding::new("2001:db8::1".parse().expect("ip"), "http")
+            .apply(&mut h, Some(&HeaderValue::from_static("webmail")));
         assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "2001:db8::1");
         assert_eq!(
             h.get(FORWARDED).expect("fwd"),
             "for=\"[2001:db8::1]\";proto=http;host=webmail"
         );
         let mut h = HeaderMap::new();
-        let mapped = ClientInfo {
-            ip: "::ffff:192.0.2.1".parse().expect("ip"),
-            proto: "http",
-            host: None,
-        };
-        add_forwarding(&mut h, &mapped);
+        Forwarding::new("::ffff:192.0.2.1".parse().expect("ip"), "http").apply(&mut h, None);
         assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.1");
         assert_eq!(h.get(FORWARDED).expect("fwd"), "for=192.0.2.1;proto=http");
         assert!(!h.contains_key(X_FORWARDED_HOST));
