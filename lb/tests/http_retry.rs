@@ -3,18 +3,22 @@
 //! whose backend fails before any response byte is retried once elsewhere, never
 //! twice; a POST whose body was streamed is never retried; consecutive 5xx eject a
 //! backend (the L4 outlier policy); a slow backend is a 504 only when
-//! `backend_timeout` is set, and otherwise a long poll is left alone.
+//! `backend_timeout` is set (counted once the request body is in, so a slow upload is
+//! not cut), and otherwise a long poll is left alone.
 
 mod http_support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, StreamBody};
 use http_support::*;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -190,6 +194,69 @@ async fn backend_timeout_is_504_and_no_timeout_allows_long_poll() {
     let got = get(p.addr, "/Microsoft-Server-ActiveSync", &[]).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "late");
+}
+
+/// A chunked request body of `chunks` ten-byte pieces, each sent `gap` after the last.
+fn slow_upload(chunks: usize, gap: Duration) -> lb::http::Body {
+    let stream = futures::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        let chunk = Frame::data(Bytes::from_static(b"0123456789"));
+        Some((Ok::<_, Infallible>(chunk), i + 1))
+    });
+    StreamBody::new(stream)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[tokio::test]
+async fn backend_timeout_counts_from_the_end_of_a_slow_upload() {
+    // The client takes 1.5s to upload; backend_timeout is 700ms. The backend answers
+    // as soon as the body is in, so the request must succeed: an upload over a slow
+    // link is not the backend's delay.
+    let counting = backend(|req: Request<hyper::body::Incoming>| async move {
+        let n = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => 0,
+        };
+        Response::new(body(n.to_string()))
+    })
+    .await;
+    let cfg = vip_config(
+        "http",
+        &[("counting", counting.addr)],
+        "backend_timeout = \"700ms\"",
+    );
+    let p = start(&cfg).await;
+    let req = Request::post("/Microsoft-Server-ActiveSync?Cmd=SendMail")
+        .header("host", "webmail.example.test")
+        .body(slow_upload(6, Duration::from_millis(250)))
+        .expect("request");
+    let got = send(p.addr, req).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.text(), "60");
+
+    // Once the body is in, the backend's own delay is bounded as before.
+    let sitting = backend(|req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Response::new(body("late"))
+    })
+    .await;
+    let cfg = vip_config(
+        "http",
+        &[("sitting", sitting.addr)],
+        "backend_timeout = \"700ms\"",
+    );
+    let p = start(&cfg).await;
+    let req = Request::post("/upload")
+        .header("host", "webmail.example.test")
+        .body(slow_upload(2, Duration::from_millis(100)))
+        .expect("request");
+    let got = send(p.addr, req).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! HTTP/1.1 connection. Bodies stream both ways under hyper's flow control, so memory
 //! per request is bounded by buffer sizes, not body sizes; `Upgrade` (WebSocket) is
 //! relayed as raw bytes after the 101; there is no request timeout unless
-//! `backend_timeout` is set, so ActiveSync long-polls are never cut.
+//! `backend_timeout` is set (and it runs from the end of the request body, so a slow
+//! upload is not cut either), so ActiveSync long-polls are never cut.
 //!
 //! Modules: [`server`] accept loop and connection protection, [`proxy`] per-request
 //! logic (selection, retries, outlier reports), [`client`] backend connections,

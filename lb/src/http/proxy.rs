@@ -14,6 +14,10 @@
 //!
 //! 5xx responses, connect failures, backend errors and timeouts count against the
 //! backend in the pool's outlier record; any other response clears it.
+//!
+//! `backend_timeout` runs from the moment the request body's last byte left for the
+//! backend (at once for a body-less request): it bounds the backend's think time, so
+//! a slow client uploading a large attachment is never answered 504 while it uploads.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +30,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use super::client::{BackendClient, Conn};
 use super::errors::{error_response, ProxyError};
@@ -73,6 +78,61 @@ impl Template {
         *req.headers_mut() = self.headers.clone();
         req
     }
+}
+
+/// A client's request body on its way to a backend. It drops its sender when the
+/// last byte has been handed over (or the body is dropped), which is when
+/// `backend_timeout` starts counting: [`uploaded`] waits for that moment.
+struct Uploading {
+    inner: Body,
+    sent: Option<watch::Sender<()>>,
+}
+
+impl Uploading {
+    /// Wraps `inner`; the receiver resolves [`uploaded`] once the body has ended.
+    fn wrap(inner: Body) -> (Body, watch::Receiver<()>) {
+        let (tx, rx) = watch::channel(());
+        let body = Uploading {
+            inner,
+            sent: Some(tx),
+        };
+        (body.boxed(), rx)
+    }
+}
+
+impl hyper::body::Body for Uploading {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.sent = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Resolves when the [`Uploading`] body behind `rx` has ended (its sender is gone;
+/// nothing is ever sent on the channel).
+async fn uploaded(mut rx: watch::Receiver<()>) {
+    while rx.changed().await.is_ok() {}
 }
 
 /// Index of the status class of `s` in [`super::CLASSES`] (`1xx`..`5xx`).
@@ -236,8 +296,17 @@ impl HttpVip {
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
         let body_empty = body.is_end_stream();
         let resendable = idempotent && body_empty;
-        // An empty body needs no box (and no reads of the client connection).
-        let mut body: Option<Body> = Some(if body_empty { empty() } else { body.boxed() });
+        // An empty body needs no box (and no reads of the client connection); a
+        // streamed one tells `backend_timeout` when its upload has finished.
+        let (body, upload) = match (body_empty, settings.http.backend_timeout) {
+            (true, _) => (empty(), None),
+            (false, None) => (body.boxed(), None),
+            (false, Some(_)) => {
+                let (b, rx) = Uploading::wrap(body.boxed());
+                (b, Some(rx))
+            }
+        };
+        let mut body = Some(body);
 
         let mut tried: Vec<usize> = Vec::new();
         let mut connect_retries = 0u32;
@@ -259,7 +328,14 @@ impl HttpVip {
             let backend = Arc::clone(lease.backend());
             let req_body = body.take().unwrap_or_else(empty);
             match self
-                .attempt(&backend, &template, req_body, resendable, &settings)
+                .attempt(
+                    &backend,
+                    &template,
+                    req_body,
+                    upload.as_ref(),
+                    resendable,
+                    &settings,
+                )
                 .await
             {
                 Ok((resp, c)) => {
@@ -308,12 +384,14 @@ impl HttpVip {
 
     /// One try on `backend`: a pooled connection (or a fresh one when the pooled one
     /// proves stale), the request, and the response head. On failure the body comes
-    /// back when it was not consumed.
+    /// back when it was not consumed. `upload` (with `backend_timeout`) says when a
+    /// streamed body has been sent, which is when the timeout starts.
     async fn attempt(
         &self,
         backend: &Backend,
         template: &Template,
         body: Body,
+        upload: Option<&watch::Receiver<()>>,
         resendable: bool,
         settings: &super::Settings,
     ) -> Result<(Response<Incoming>, Conn), (ProxyError, Option<Body>)> {
@@ -326,18 +404,26 @@ impl HttpVip {
             };
             let send = c.sender.try_send_request(template.build(body));
             let result = match settings.http.backend_timeout {
-                Some(t) => match tokio::time::timeout(t, send).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err((
-                            ProxyError::Timeout {
-                                backend: backend.name().to_string(),
-                                timeout: t,
-                            },
-                            None,
-                        ))
+                Some(t) => {
+                    let expired = async {
+                        if let Some(rx) = upload {
+                            uploaded(rx.clone()).await;
+                        }
+                        tokio::time::sleep(t).await;
+                    };
+                    tokio::select! {
+                        r = send => r,
+                        () = expired => {
+                            return Err((
+                                ProxyError::Timeout {
+                                    backend: backend.name().to_string(),
+                                    timeout: t,
+                                },
+                                None,
+                            ))
+                        }
                     }
-                },
+                }
                 None => send.await,
             };
             match result {

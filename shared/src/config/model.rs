@@ -190,7 +190,8 @@ pub struct HttpVipConfig {
     pub max_header_size: usize,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_h2_streams: u32,
-    /// Bound on waiting for a backend's response head; `None` waits (long-poll).
+    /// Bound on waiting for a backend's response head once the request body has been
+    /// sent (a slow upload is not the backend's fault); `None` waits (long-poll).
     pub backend_timeout: Option<Duration>,
     /// Cookie stickiness, when set.
     pub sticky_cookie: Option<String>,
