@@ -230,18 +230,27 @@ pub async fn answer(server: SocketAddr, name: &str) -> Option<IpAddr> {
     a_records(&r).first().copied()
 }
 
-/// Polls until `name` answers `want`, up to `bound`; returns the time it took.
-pub async fn wait_answer(server: SocketAddr, name: &str, want: &str, bound: Duration) -> Duration {
+/// Polls until `name` answers `want`, up to `bound`; returns the time it took. On
+/// timeout the panic shows the last answer and the gss's recent events, so a failure
+/// says which site state held the answer back.
+pub async fn wait_answer(
+    server: SocketAddr,
+    name: &str,
+    want: &str,
+    bound: Duration,
+    events: &EventLog,
+) -> Duration {
     let want: IpAddr = want.parse().unwrap();
     let start = tokio::time::Instant::now();
     loop {
-        if answer(server, name).await == Some(want) {
+        let got = answer(server, name).await;
+        if got == Some(want) {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < bound,
-            "{name} did not answer {want} within {bound:?}"
-        );
+        if start.elapsed() >= bound {
+            let log: Vec<String> = events.last(50).iter().map(|e| e.to_string()).collect();
+            panic!("{name} did not answer {want} within {bound:?} (last answer {got:?}); events: {log:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
