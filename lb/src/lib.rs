@@ -104,8 +104,12 @@ type Reconfig = (
 
 /// Where a planned VIP listens.
 enum SlotPlan {
-    /// Same address and mode as a running VIP: keep its listener.
-    Reuse(Arc<VipSlot>),
+    /// Same address and mode as a running VIP: keep its listener; an L7 VIP's
+    /// reloaded settings wait to be committed with the rest.
+    Reuse(
+        Arc<VipSlot>,
+        Option<(Arc<http::HttpVip>, http::PreparedReload)>,
+    ),
     /// A freshly bound listener; L7 VIPs come with their proxy, whose hooks find
     /// the slot through `cell` once it exists.
     New {
@@ -281,7 +285,10 @@ impl Lb {
             ));
             let state = VipState::new(plan.cfg.clone(), pool);
             let slot = match plan.slot {
-                SlotPlan::Reuse(slot) => {
+                SlotPlan::Reuse(slot, reloaded) => {
+                    if let Some((proxy, prepared)) = reloaded {
+                        proxy.commit_reload(prepared);
+                    }
                     slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
                     slot
@@ -344,10 +351,14 @@ impl Lb {
         let slot = match reuse {
             Some(s) => {
                 let proxy = s.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(proxy) = proxy {
-                    proxy.reload(cfg)?;
-                }
-                SlotPlan::Reuse(s)
+                let reloaded = match proxy {
+                    Some(proxy) => {
+                        let prepared = proxy.prepare_reload(cfg)?;
+                        Some((proxy, prepared))
+                    }
+                    None => None,
+                };
+                SlotPlan::Reuse(s, reloaded)
             }
             None => {
                 let http = match cfg.mode {

@@ -1,8 +1,9 @@
 //! L7 VIPs run by the lb supervisor (`Lb::start`), as the binary runs them: an HTTPS
 //! VIP serves through its slot's pool with real `http` probes, its connections count
 //! in the lb-wide total used for shutdown draining, a config reload pointing at new
-//! certificate files is seen by new handshakes, and draining the only backend turns
-//! new requests into 503s.
+//! certificate files is seen by new handshakes (and a reload that one VIP refuses
+//! changes no other VIP's certificates), and draining the only backend turns new
+//! requests into 503s.
 
 mod http_support;
 
@@ -121,6 +122,46 @@ async fn https_vip_served_by_the_lb_with_reload_and_drain() {
     assert!(
         lb.wait_idle(Duration::from_secs(5)).await,
         "connections drained"
+    );
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_one_https_vip_refuses_changes_no_other_vip() {
+    let b = text_backend("ok").await;
+    let old = TestPki::new(&["webmail.example.test"]);
+    let new = TestPki::new(&["webmail.example.test"]);
+    // Two HTTPS VIPs; `web` comes first, so it is planned before `web2` fails.
+    let second = |pki: &TestPki| {
+        let mut c = cfg_for(b.addr, pki);
+        c.name = "web2".into();
+        c.listen = "127.0.0.2:0".parse().expect("addr");
+        c
+    };
+    let lb = Lb::start(
+        &[cfg_for(b.addr, &old), second(&old)],
+        Arc::new(EventLog::default()),
+    )
+    .await
+    .expect("lb starts");
+    let addr = lb.local_addr("web").expect("bound");
+
+    let mut broken = second(&new);
+    if let Some(tls) = broken.tls.as_mut() {
+        tls.certs[0].key = new.dir().join("no-such-key.pem");
+    }
+    let refused = lb.reload(&[cfg_for(b.addr, &new), broken]).await;
+    assert!(refused.is_err(), "a missing key file refuses the reload");
+    let (_, leaf) = tls_h1(addr).await;
+    assert_eq!(leaf, old.cert, "the refused reload left `web` as it was");
+
+    lb.reload(&[cfg_for(b.addr, &new), second(&new)])
+        .await
+        .expect("reload");
+    let (_, leaf) = tls_h1(addr).await;
+    assert_eq!(
+        leaf, new.cert,
+        "an accepted reload swaps `web`'s certificate"
     );
     lb.shutdown().await;
 }

@@ -215,6 +215,13 @@ pub enum SetupError {
     NotHttp(String),
 }
 
+/// A VIP's reloaded settings and certificates, checked and waiting to be committed
+/// (see [`HttpVip::prepare_reload`]).
+pub struct PreparedReload {
+    settings: Settings,
+    certs: Option<tls::LoadedCerts>,
+}
+
 /// Everything a reload may change without restarting the listener.
 pub(crate) struct Settings {
     pub http: HttpVipConfig,
@@ -421,22 +428,41 @@ impl HttpVip {
     /// paths, header/timeout/sticky/retry options, backend TLS. All or nothing: on an
     /// error the running settings stay.
     pub fn reload(&self, cfg: &VipConfig) -> Result<(), SetupError> {
+        let prepared = self.prepare_reload(cfg)?;
+        self.commit_reload(prepared);
+        Ok(())
+    }
+
+    /// The fallible half of [`HttpVip::reload`] (certificate files, backend TLS),
+    /// changing nothing, so a config reload checks every VIP before touching any.
+    pub fn prepare_reload(&self, cfg: &VipConfig) -> Result<PreparedReload, SetupError> {
         let old = self.settings.load_full();
         let settings = build_settings(cfg, Some(&old))?;
-        if let Some(store) = &self.certs {
-            let tls_cfg = cfg
-                .tls
-                .as_ref()
-                .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
-            store
-                .reload(Some(tls_cfg))
-                .map_err(|source| SetupError::Certs {
-                    vip: cfg.name.clone(),
-                    source,
-                })?;
+        let certs = match &self.certs {
+            Some(store) => {
+                let tls_cfg = cfg
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
+                let loaded = store
+                    .prepare(Some(tls_cfg))
+                    .map_err(|source| SetupError::Certs {
+                        vip: cfg.name.clone(),
+                        source,
+                    })?;
+                Some(loaded)
+            }
+            None => None,
+        };
+        Ok(PreparedReload { settings, certs })
+    }
+
+    /// Puts a [`HttpVip::prepare_reload`] result in service; cannot fail.
+    pub fn commit_reload(&self, prepared: PreparedReload) {
+        if let (Some(store), Some(certs)) = (&self.certs, prepared.certs) {
+            store.commit(certs);
         }
-        self.settings.store(Arc::new(settings));
-        Ok(())
+        self.settings.store(Arc::new(prepared.settings));
     }
 
     /// Re-reads the certificate files (same paths) so renewed certificates are served

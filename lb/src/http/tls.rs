@@ -44,6 +44,13 @@ pub enum CertError {
     },
 }
 
+/// A certificate set read and checked but not yet served (see [`CertStore::prepare`]).
+#[derive(Debug)]
+pub struct LoadedCerts {
+    pairs: Vec<CertPair>,
+    entries: Vec<Entry>,
+}
+
 /// The certificates of one VIP, shared by its resolver and its reload hook.
 #[derive(Debug)]
 pub struct CertStore {
@@ -110,14 +117,27 @@ impl CertStore {
     /// Re-reads the files (of `cfg` when given, else the current ones) and swaps the
     /// set in; on any error nothing changes and the error is returned.
     pub fn reload(&self, cfg: Option<&TlsConfig>) -> Result<(), CertError> {
+        let loaded = self.prepare(cfg)?;
+        self.commit(loaded);
+        Ok(())
+    }
+
+    /// The fallible half of a reload: reads and checks the files (of `cfg` when
+    /// given, else the current ones) without serving them, so a config reload can
+    /// check every VIP before any VIP changes.
+    pub fn prepare(&self, cfg: Option<&TlsConfig>) -> Result<LoadedCerts, CertError> {
         let pairs = match cfg {
             Some(c) => c.certs.clone(),
             None => self.pairs.load().as_ref().clone(),
         };
         let entries = load_all(&pairs)?;
-        self.entries.store(Arc::new(entries));
-        self.pairs.store(Arc::new(pairs));
-        Ok(())
+        Ok(LoadedCerts { pairs, entries })
+    }
+
+    /// Serves a set from [`CertStore::prepare`] to new handshakes; cannot fail.
+    pub fn commit(&self, loaded: LoadedCerts) {
+        self.entries.store(Arc::new(loaded.entries));
+        self.pairs.store(Arc::new(loaded.pairs));
     }
 
     /// The certificate for `sni` (exact name first, then wildcard, then the default).
