@@ -108,7 +108,7 @@ enum SlotPlan {
     /// reloaded settings wait to be committed with the rest.
     Reuse(
         Arc<VipSlot>,
-        Option<(Arc<http::HttpVip>, http::PreparedReload)>,
+        Option<(Arc<http::HttpVip>, Box<http::PreparedReload>)>,
     ),
     /// A freshly bound listener; L7 VIPs come with their proxy, whose hooks find
     /// the slot through `cell` once it exists.
@@ -287,7 +287,7 @@ impl Lb {
             let slot = match plan.slot {
                 SlotPlan::Reuse(slot, reloaded) => {
                     if let Some((proxy, prepared)) = reloaded {
-                        proxy.commit_reload(prepared);
+                        proxy.commit_reload(*prepared);
                     }
                     slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
@@ -354,7 +354,7 @@ impl Lb {
                 let reloaded = match proxy {
                     Some(proxy) => {
                         let prepared = proxy.prepare_reload(cfg)?;
-                        Some((proxy, prepared))
+                        Some((proxy, Box::new(prepared)))
                     }
                     None => None,
                 };
