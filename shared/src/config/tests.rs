@@ -841,6 +841,10 @@ fn record_rules() {
     expect_err(&r("www.example.org. A 1.2.3.4"), "4:12", "outside the zone");
     expect_err(&r("www 300"), "4:12", "has no type");
     expect_err(&r("www 300 A-B x"), "4:12", "invalid type");
+    // Data is parsed as the gss will serve it.
+    expect_err(&r("www A 1.2.3"), "4:12", "invalid A data \"1.2.3\"");
+    expect_err(&r("@ MX ten mx.example.test."), "4:12", "invalid MX data");
+    expect_err(&r("www BOGUS x"), "4:12", "unknown record type BOGUS");
 }
 
 #[test]

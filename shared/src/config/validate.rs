@@ -1760,6 +1760,10 @@ impl<'a> Validator<'a> {
             );
             return None;
         }
+        if let Err(e) = parse_rdata(&rtype, &rdata) {
+            self.err(r.span(), format!("record \"{text}\": {e}; {usage}"));
+            return None;
+        }
         match owner_in_zone(&owner, zone, true, true) {
             Ok(fqdn) => Some(StaticRecord {
                 fqdn,
@@ -1773,6 +1777,19 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// Parses static rdata with the presentation-format parser the gss serves it with,
+/// so `portico check` refuses exactly what the gss would (and a reload never fails
+/// late on a record that the config stage let through).
+fn parse_rdata(rtype: &str, rdata: &str) -> Result<(), String> {
+    use hickory_proto::rr::{RData, RecordType};
+    let t: RecordType = rtype
+        .parse()
+        .map_err(|_| format!("unknown record type {rtype}"))?;
+    RData::try_from_str(t, rdata)
+        .map(|_| ())
+        .map_err(|e| format!("invalid {rtype} data \"{rdata}\": {e}"))
 }
 
 /// Splits `http://IP:PORT/path` without DNS. The port defaults to 80 and the path
