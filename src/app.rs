@@ -77,31 +77,56 @@ impl App {
         }
     }
 
-    /// Applies a validated config to the roles: the lb first, then the gss (started,
-    /// reloaded or stopped as the new config asks); stores it once both took it.
+    /// Applies a validated config to the roles, all or nothing: the gss's fallible
+    /// part first (its zone and probes checked, or a new gss started and bound), then
+    /// the lb (which itself changes nothing unless every VIP can be applied), then
+    /// the gss change is committed; a failure anywhere leaves both roles as they were.
     async fn apply(&self, new: Config) -> Result<(), String> {
         let old = self.config.load_full();
         if old.admin != new.admin || old.http != new.http {
             tracing::warn!("admin socket and http listener changes take effect on restart");
         }
-        self.lb.reload(&new.vips).await.map_err(|e| e.to_string())?;
-        match (self.gss.load_full(), &new.gss) {
-            (Some(g), Some(c)) => g.reload(c).await.map_err(|e| e.to_string())?,
+        let gss_change = match (self.gss.load_full(), &new.gss) {
+            (Some(g), Some(c)) => {
+                let prepared = g.prepare_reload(c).map_err(|e| e.to_string())?;
+                GssChange::Reload(g, Box::new(prepared))
+            }
             (None, Some(c)) => {
                 let g = gss::Gss::start(c, self.events.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                self.gss.store(Some(Arc::new(g)));
+                GssChange::Start(Arc::new(g))
             }
-            (Some(g), None) => {
+            (Some(g), None) => GssChange::Stop(g),
+            (None, None) => GssChange::None,
+        };
+        if let Err(e) = self.lb.reload(&new.vips).await {
+            if let GssChange::Start(g) = gss_change {
+                g.shutdown().await;
+            }
+            return Err(e.to_string());
+        }
+        match gss_change {
+            GssChange::Reload(g, prepared) => g.commit_reload(*prepared),
+            GssChange::Start(g) => self.gss.store(Some(g)),
+            GssChange::Stop(g) => {
                 g.shutdown().await;
                 self.gss.store(None);
             }
-            (None, None) => {}
+            GssChange::None => {}
         }
         self.config.store(Arc::new(new));
         Ok(())
     }
+}
+
+/// What a reload does to the gss, decided (and its fallible part done) before the
+/// lb changes.
+enum GssChange {
+    Reload(Arc<gss::Gss>, Box<gss::PreparedReload>),
+    Start(Arc<gss::Gss>),
+    Stop(Arc<gss::Gss>),
+    None,
 }
 
 /// Routes admin commands: `reload` to the app, site commands to the gss, the rest to

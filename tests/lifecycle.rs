@@ -1,13 +1,16 @@
 //! Process lifecycle of `portico run`: graceful shutdown waits for open sessions and
 //! removes the admin socket; reload applies a new config without touching established
-//! sessions or flapping unchanged backends, and a broken config is refused.
+//! sessions or flapping unchanged backends, and a broken config is refused (also when
+//! only the gss refuses it: the lb then keeps its old VIPs).
 
 mod common;
 
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{echo_roundtrip, free_port, poll, Echo, Portico, SlowHttp, TempDir};
+use common::{
+    echo_roundtrip, free_port, free_udp_tcp_port, poll, Echo, Portico, SlowHttp, TempDir,
+};
 
 fn config(sock: &str, vips: &str) -> String {
     format!("drain_timeout = \"20s\"\n\n[admin]\nsocket = \"{sock}\"\n{vips}")
@@ -266,4 +269,65 @@ fn single_threaded_runtime_proxies_reloads_and_drains() {
         .wait_exit(Duration::from_secs(10))
         .expect("exits once the session closes");
     assert!(status.success(), "{status}\n{}", p.log_text());
+}
+
+#[test]
+fn a_reload_the_gss_refuses_leaves_the_lb_as_it_was() {
+    // The new file adds VIP c and gives the gss a keepalive whose CA file is missing:
+    // the config stage accepts it (paths are read when probes are built), the gss
+    // refuses it, and the lb must not have applied its half.
+    let e1 = Echo::start();
+    let dir = TempDir::new("reload-gss");
+    let (pa, pc) = (free_port(), free_port());
+    let dns_port = free_udp_tcp_port();
+    let sock = dir.path("admin.sock").display().to_string();
+    let gss = |keepalive: &str| {
+        format!(
+            r#"
+[gss]
+listen = "127.0.0.1:{dns_port}"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+
+[[gss.site]]
+name = "dc1"
+keepalives = [ {keepalive} ]
+
+[[gss.name]]
+name = "smtp"
+sites = ["dc1"]
+answers = {{ dc1 = ["127.0.0.1"] }}
+"#
+        )
+    };
+    let plain = format!("{{ kind = \"tcp\", address = \"{}\" }}", e1.addr);
+    let before = config(&sock, &tcp_vip("a", pa, &[("a1", e1.addr, 1)])) + &gss(&plain);
+    let p = Portico::start(&dir, &before);
+    wait_backends_up(&p, "a", 1);
+
+    let missing = dir.path("no-such-ca.pem").display().to_string();
+    let broken_keepalive = format!(
+        "{{ kind = \"tcp\", address = \"{}\", tls = true, ca = \"{missing}\" }}",
+        e1.addr
+    );
+    let after = config(
+        &sock,
+        &(tcp_vip("a", pa, &[("a1", e1.addr, 1)]) + &tcp_vip("c", pc, &[("c1", e1.addr, 1)])),
+    ) + &gss(&broken_keepalive);
+    std::fs::write(&p.config, &after).unwrap();
+    let (ok, out) = p.ctl_raw(&["reload"]).unwrap();
+    assert!(!ok && out.starts_with("error: "), "{out}");
+    assert!(
+        out.contains("no-such-ca.pem"),
+        "the error names the file: {out}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", pc)).is_err(),
+        "the refused reload did not start VIP c"
+    );
+    let vips = p.ctl("show vips");
+    assert!(!vips.lines().any(|l| l.starts_with("c ")), "{vips}");
+    let mut a = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    assert!(echo_roundtrip(&mut a, b"still serving\n"));
+    assert!(p.ctl("show events 100").contains("reload failed"));
 }

@@ -63,6 +63,13 @@ pub enum GssError {
     Bind(SocketAddr, String),
 }
 
+/// A checked gss config waiting to be committed (see [`Gss::prepare_reload`]).
+pub struct PreparedReload {
+    cfg: GssConfig,
+    tpl: Arc<ZoneTemplate>,
+    built: HashMap<String, Vec<Arc<dyn Probe>>>,
+}
+
 /// Builds the probe for a keepalive; the default uses `shared::probe::build`, tests
 /// pass their own.
 pub type ProbeFactory =
@@ -489,6 +496,14 @@ impl Gss {
     /// of keepalives with the same name; names and records are re-rendered. A change
     /// of `listen` needs a restart (logged).
     pub async fn reload(&self, cfg: &GssConfig) -> Result<(), GssError> {
+        let prepared = self.prepare_reload(cfg)?;
+        self.commit_reload(prepared);
+        Ok(())
+    }
+
+    /// The fallible half of [`Gss::reload`] (zone template, probes of changed sites),
+    /// changing nothing, so the binary can check every role before touching any.
+    pub fn prepare_reload(&self, cfg: &GssConfig) -> Result<PreparedReload, GssError> {
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let old_sites: Vec<SiteConfig> = self.core.lock().tpl.cfg.sites.clone();
         let mut built = HashMap::new();
@@ -497,6 +512,21 @@ impl Gss {
                 built.insert(s.name.clone(), self.core.build_probes(s)?);
             }
         }
+        Ok(PreparedReload {
+            cfg: cfg.clone(),
+            tpl,
+            built,
+        })
+    }
+
+    /// Puts a [`Gss::prepare_reload`] result in service; cannot fail.
+    pub fn commit_reload(&self, prepared: PreparedReload) {
+        let PreparedReload {
+            cfg,
+            tpl,
+            mut built,
+        } = prepared;
+        let cfg = &cfg;
         let mut st = self.core.lock();
         if cfg.listen != st.tpl.cfg.listen {
             tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
@@ -545,7 +575,6 @@ impl Gss {
         self.core.rerender(&st, true);
         drop(st);
         self.core.events.record("gss", "config reloaded");
-        Ok(())
     }
 
     /// Stops the checkers, the timer and the DNS server.
