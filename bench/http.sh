@@ -5,7 +5,8 @@
 #   1. wrk, HTTP/1.1 keep-alive, 64 connections         -> req/s, p99
 #   2. h2load, HTTPS HTTP/2, 16 connections x 10 streams -> req/s
 #   3. new TLS handshakes/s: h2load -n N -c N -m 1 (one request per fresh connection)
-# System under test on CPU 1 (one worker/thread), everything else on CPU 0.
+# System under test on CPU 1 (one worker/thread), everything else on CPU 0. For wrk it
+# also prints both cores' busy % (which side bounded the rate) and the kernel share.
 # Usage: bash bench/http.sh   (RUNS=5 DURATION=8 HS_CONNS=1000)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -181,19 +182,23 @@ done
 # to_ms VALUE_WITH_UNIT (wrk: 812.00us, 1.23ms, 1.02s)
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print "nan" }'; }
 
-declare -A WRK_RPS WRK_P99 WRK_CPU H2_RPS H2_CPU HS_RATE HS_CPU
+declare -A WRK_RPS WRK_P99 WRK_CPU WRK_SYS WRK_GEN WRK_SUT H2_RPS H2_CPU HS_RATE HS_CPU
 for r in $(seq "$RUNS"); do
     for px in "${PROXIES[@]}"; do
         # 1. wrk: HTTP/1.1 keep-alive
-        c0=$(cpu_ticks "${PID[$px]}")
+        c0=$(cpu_ticks "${PID[$px]}"); k0=$(cpu_ticks "${PID[$px]}" sys)
+        g0=$(core_ticks "$GEN_CPU"); s0=$(core_ticks "$SUT_CPU")
         taskset -c "$GEN_CPU" wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:${HTTP_PORT[$px]}/" >"$TMP/wrk.out" 2>&1
-        c1=$(cpu_ticks "${PID[$px]}")
+        g1=$(core_ticks "$GEN_CPU"); s1=$(core_ticks "$SUT_CPU")
+        c1=$(cpu_ticks "${PID[$px]}"); k1=$(cpu_ticks "${PID[$px]}" sys)
         rps=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk.out")
         total=$(awk '/requests in/ {print $1}' "$TMP/wrk.out")
         p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$TMP/wrk.out")")
         if grep -q 'Non-2xx\|Socket errors' "$TMP/wrk.out"; then log "WARNING ($px): $(grep 'Non-2xx\|Socket errors' "$TMP/wrk.out")"; fi
         WRK_RPS[$px]+="$rps "; WRK_P99[$px]+="$p99 "; WRK_CPU[$px]+="$(cpu_us_per_op $((c1 - c0)) "$total") "
-        log "run $r wrk    $px: $rps req/s, p99 $p99 ms, $(cpu_us_per_op $((c1 - c0)) "$total") us CPU/req"
+        WRK_SYS[$px]+="$(cpu_us_per_op $((k1 - k0)) "$total") "
+        WRK_GEN[$px]+="$(core_busy "$g0" "$g1") "; WRK_SUT[$px]+="$(core_busy "$s0" "$s1") "
+        log "run $r wrk    $px: $rps req/s, p99 $p99 ms, $(cpu_us_per_op $((c1 - c0)) "$total") us CPU/req ($(cpu_us_per_op $((k1 - k0)) "$total") kernel), CPU $GEN_CPU $(core_busy "$g0" "$g1")% / CPU $SUT_CPU $(core_busy "$s0" "$s1")% busy"
 
         # 2. h2load: HTTPS, HTTP/2, 16 connections x 10 streams
         c0=$(cpu_ticks "${PID[$px]}")
@@ -222,7 +227,7 @@ done
 # ------------------------------------------------------------------ report
 declare -A M
 for px in "${PROXIES[@]}"; do
-    for k in WRK_RPS WRK_P99 WRK_CPU H2_RPS H2_CPU HS_RATE HS_CPU; do
+    for k in WRK_RPS WRK_P99 WRK_CPU WRK_SYS WRK_GEN WRK_SUT H2_RPS H2_CPU HS_RATE HS_CPU; do
         declare -n arr=$k
         M[$k-$px]=$(median ${arr[$px]})
         unset -n arr
@@ -242,6 +247,9 @@ echo "|---|---:|---:|---:|---:|---:|"
 row "HTTP/1.1 keep-alive req/s (wrk -c$WRK_CONNS)" WRK_RPS 0
 row "p99 latency ms (wrk)" WRK_P99 2
 row "CPU µs per request (wrk)" WRK_CPU 1
+row "of which kernel µs per request (wrk)" WRK_SYS 1
+row "CPU $GEN_CPU busy %: wrk + backends (wrk)" WRK_GEN 0
+row "CPU $SUT_CPU busy %: the proxy (wrk)" WRK_SUT 0
 row "HTTPS HTTP/2 req/s (h2load -c16 -m10)" H2_RPS 0
 row "CPU µs per request (h2load)" H2_CPU 1
 row "new TLS handshakes/s (h2load -n$HS_CONNS -c$HS_CONNS -m1)" HS_RATE 0

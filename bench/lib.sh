@@ -109,12 +109,14 @@ descendants() {
     done
 }
 
-# cpu_ticks PID: utime+stime (clock ticks) of PID and its descendants, all threads.
+# cpu_ticks PID [sys]: utime+stime (clock ticks) of PID and its descendants, all
+# threads; with "sys", stime only (the kernel's share).
 cpu_ticks() {
-    local sum=0 p v
+    local sum=0 p v f='$12 + $13'
+    [[ ${2:-} == sys ]] && f='$13'
     for p in $(descendants "$1"); do
         # Fields after "pid (comm) ": utime is the 12th, stime the 13th.
-        v=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}') || v=0
+        v=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk "{print $f}") || v=0
         sum=$((sum + ${v:-0}))
     done
     echo "$sum"
