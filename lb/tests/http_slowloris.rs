@@ -1,6 +1,7 @@
 //! Connection protection: a slowloris client (a head trickling in, or nothing sent at
 //! all) is disconnected after `header_timeout` while normal clients are served
-//! meanwhile; `max_connections` turns further clients away with a 503.
+//! meanwhile; a client that stalls mid-upload gets a 408 after `body_timeout`, its
+//! backend not blamed; `max_connections` turns further clients away with a 503.
 
 mod http_support;
 
@@ -99,4 +100,64 @@ async fn max_connections_refuses_with_503() {
     drop(held);
     assert!(eventually(Duration::from_secs(3), || p.vip.active() == 0).await);
     assert_eq!(get(p.addr, "/", &[]).await.text(), "ok");
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_answered_408_after_body_timeout_without_blaming_the_backend() {
+    // The backend reads the whole body before answering, as an upload handler does.
+    let b = backend(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let n = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => 0,
+        };
+        http::Response::new(body(n.to_string()))
+    })
+    .await;
+    let cfg = vip_config(
+        "http",
+        &[("web1", b.addr)],
+        "body_timeout = \"400ms\"\nejection = { consecutive_failures = 1 }",
+    );
+    let p = start(&cfg).await;
+
+    // Promises 1000 bytes, sends 10, then goes quiet while keeping the connection.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: webmail\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .await
+    .expect("write");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer to a stalled upload within 10s"),
+        }
+    }
+    let took = started.elapsed();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        took >= Duration::from_millis(350),
+        "not before body_timeout: {took:?}"
+    );
+
+    // The client stalled, not the backend: it stays in rotation (one failure would
+    // eject it here) and serves the next upload.
+    let web1 = p.pool.get("web1").expect("backend");
+    assert!(
+        !web1.is_ejected(),
+        "a stalled client does not eject its backend"
+    );
+    let req = http::Request::post("/upload")
+        .header("host", "webmail")
+        .body(body("x".repeat(100)))
+        .expect("request");
+    let got = send(p.addr, req).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "100");
 }

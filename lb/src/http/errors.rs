@@ -10,6 +10,7 @@
 //! | `NotSent` (stale pooled connection) | backend | 502 | yes (request handed back) |
 //! | `BeforeResponse` | backend | 502 | only idempotent without body, once |
 //! | `Timeout` | backend | 504 | no |
+//! | `BodyStalled` | client | 408 | no |
 //! | `Client` | client | (connection gone) | no |
 
 use bytes::Bytes;
@@ -67,9 +68,36 @@ pub enum ProxyError {
         /// The configured bound.
         timeout: std::time::Duration,
     },
+    /// The client paused its request body upload for longer than `body_timeout`;
+    /// the backend request was abandoned.
+    #[error("client sent no request body bytes for {timeout:?}")]
+    BodyStalled {
+        /// The configured bound.
+        timeout: std::time::Duration,
+    },
     /// The client side failed (e.g. its request body broke off while being streamed).
     #[error("client: {0}")]
     Client(String),
+}
+
+/// The error a request body ends with when its client stalls past `body_timeout`;
+/// the proxy finds it in hyper's error chain to answer 408 and blame the client.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes from the client for {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
+
+impl BodyStalled {
+    /// The stall bound, when `e` (a backend request's failure) was caused by one.
+    pub fn found_in(e: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(s) = err.downcast_ref::<BodyStalled>() {
+                return Some(s.0);
+            }
+            cur = err.source();
+        }
+        None
+    }
 }
 
 impl ProxyError {
@@ -77,7 +105,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoBackend => Side::Proxy,
-            ProxyError::Client(_) => Side::Client,
+            ProxyError::Client(_) | ProxyError::BodyStalled { .. } => Side::Client,
             ProxyError::BeforeResponse { source, .. } if source.is_user() => Side::Client,
             _ => Side::Backend,
         }
@@ -110,6 +138,7 @@ impl ProxyError {
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Client(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -122,6 +151,7 @@ impl ProxyError {
             ProxyError::NotSent { .. } => "not_sent",
             ProxyError::BeforeResponse { .. } => "backend",
             ProxyError::Timeout { .. } => "timeout",
+            ProxyError::BodyStalled { .. } => "client_timeout",
             ProxyError::Client(_) => "client",
         }
     }
@@ -151,6 +181,7 @@ pub fn error_response(err: &ProxyError) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no backend in rotation\n",
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the backend did not answer in time\n",
         StatusCode::BAD_REQUEST => "400 Bad Request\n",
+        StatusCode::REQUEST_TIMEOUT => "408 Request Timeout: the request body stopped arriving\n",
         _ => "502 Bad Gateway: the backend failed\n",
     };
     local_response(err.status(), text)

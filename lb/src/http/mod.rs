@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::pool::Pool;
 
-pub use errors::{ProxyError, Side};
+pub use errors::{BodyStalled, ProxyError, Side};
 pub use tls::{CertError, CertStore};
 
 /// `portico_http_requests_total{vip}`
@@ -174,8 +174,13 @@ impl HttpVip {
 }
 
 /// The body type relayed in both directions: a boxed stream of frames, so backend,
-/// client and locally generated bodies share one type without being collected.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// client and locally generated bodies share one type without being collected. Its
+/// error is boxed so the proxy can end a body with its own reason (a stalled upload,
+/// [`errors::BodyStalled`]) and find it again in hyper's error chain.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The error type of [`Body`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A complete small body (error pages).
 pub fn full(b: Bytes) -> Body {

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, EXPECT, HOST, SET_COOKIE};
 use http::request::Parts;
@@ -33,9 +34,9 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::client::{BackendClient, Conn};
-use super::errors::{error_response, ProxyError};
+use super::errors::{error_response, BodyStalled, ProxyError, Side};
 use super::headers::{self, Forwarding};
-use super::{empty, sticky, Body, HttpVip, RESPONSES_TOTAL};
+use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
 
@@ -80,29 +81,72 @@ impl Template {
     }
 }
 
-/// A client's request body on its way to a backend. It drops its sender when the
-/// last byte has been handed over (or the body is dropped), which is when
-/// `backend_timeout` starts counting: [`uploaded`] waits for that moment.
+/// A client's request body on its way to a backend. It ends with [`BodyStalled`] when
+/// the client pauses longer than `body_timeout` (otherwise a stalled upload would hold
+/// a backend connection forever), and with `backend_timeout` set it drops its sender
+/// once the last byte has been handed over (or the body is dropped), which is when
+/// that timeout starts counting: [`uploaded`] waits for that moment.
 struct Uploading {
-    inner: Body,
+    inner: Incoming,
     sent: Option<watch::Sender<()>>,
+    body_timeout: Duration,
+    /// Armed while the client owes the next piece; reused across pauses.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl Uploading {
-    /// Wraps `inner`; the receiver resolves [`uploaded`] once the body has ended.
-    fn wrap(inner: Body) -> (Body, watch::Receiver<()>) {
-        let (tx, rx) = watch::channel(());
+    /// Wraps `inner`; with `signal`, the receiver resolves [`uploaded`] once the body
+    /// has ended.
+    fn wrap(
+        inner: Incoming,
+        body_timeout: Duration,
+        signal: bool,
+    ) -> (Body, Option<watch::Receiver<()>>) {
+        let (sent, rx) = if signal {
+            let (tx, rx) = watch::channel(());
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let body = Uploading {
             inner,
-            sent: Some(tx),
+            sent,
+            body_timeout,
+            stall: None,
+            waiting: false,
         };
         (body.boxed(), rx)
+    }
+
+    /// Called when the client has nothing for us: arms the stall timer at the first
+    /// such poll after a piece arrived, or reports that it fired. Only a pause of the
+    /// client counts: while the backend is slow to take a piece, hyper does not poll
+    /// the body at all, and the next poll after that starts a fresh period.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<BodyStalled> {
+        if !self.waiting {
+            self.waiting = true;
+            let at = (Instant::now() + self.body_timeout).into();
+            match &mut self.stall {
+                Some(s) => s.as_mut().reset(at),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let fired = match &mut self.stall {
+            Some(s) => std::future::Future::poll(s.as_mut(), cx).is_ready(),
+            None => false,
+        };
+        if fired {
+            Poll::Ready(BodyStalled(self.body_timeout))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
 impl hyper::body::Body for Uploading {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -110,14 +154,23 @@ impl hyper::body::Body for Uploading {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let ended = match &polled {
+            Poll::Pending => {
+                return match self.poll_stall(cx) {
+                    Poll::Ready(stalled) => {
+                        self.sent = None;
+                        Poll::Ready(Some(Err(Box::new(stalled))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
             Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            Poll::Pending => false,
         };
+        self.waiting = false;
         if ended {
             self.sent = None;
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -189,7 +242,7 @@ impl Relayed {
 
 impl hyper::body::Body for Relayed {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -205,7 +258,7 @@ impl hyper::body::Body for Relayed {
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
             _ => {}
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -297,14 +350,16 @@ impl HttpVip {
         let body_empty = body.is_end_stream();
         let resendable = idempotent && body_empty;
         // An empty body needs no box (and no reads of the client connection); a
-        // streamed one tells `backend_timeout` when its upload has finished.
-        let (body, upload) = match (body_empty, settings.http.backend_timeout) {
-            (true, _) => (empty(), None),
-            (false, None) => (body.boxed(), None),
-            (false, Some(_)) => {
-                let (b, rx) = Uploading::wrap(body.boxed());
-                (b, Some(rx))
-            }
+        // streamed one is bounded by body_timeout and tells `backend_timeout` when
+        // its upload has finished.
+        let (body, upload) = if body_empty {
+            (empty(), None)
+        } else {
+            Uploading::wrap(
+                body,
+                settings.http.body_timeout,
+                settings.http.backend_timeout.is_some(),
+            )
         };
         let mut body = Some(body);
 
@@ -351,14 +406,20 @@ impl HttpVip {
                     );
                 }
                 Err((err, returned)) => {
-                    self.count_backend_error(&backend, err.kind());
                     if matches!(err, ProxyError::Connect { .. }) {
                         backend.metrics.connect_failures.increment(1);
+                    }
+                    if err.side() == Side::Backend {
+                        self.count_backend_error(&backend, err.kind());
+                        tracing::warn!(vip = %self.name, backend = %backend.name(), error = %err, "request failed");
+                    } else {
+                        // The client's doing (a stalled or broken upload): not a
+                        // backend error, and nothing for the operator to fix.
+                        tracing::debug!(vip = %self.name, backend = %backend.name(), error = %err, "request failed on the client side");
                     }
                     if err.blames_backend() {
                         pool.report_failure(&lease);
                     }
-                    tracing::warn!(vip = %self.name, backend = %backend.name(), error = %err, "request failed");
                     tried.push(lease.index());
                     drop(lease);
                     let retry = if err.nothing_sent() {
@@ -452,6 +513,9 @@ impl HttpVip {
                         fresh = true;
                         body = empty();
                         continue;
+                    }
+                    if let Some(timeout) = BodyStalled::found_in(&source) {
+                        return Err((ProxyError::BodyStalled { timeout }, None));
                     }
                     return Err((
                         ProxyError::BeforeResponse {

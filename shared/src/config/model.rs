@@ -193,6 +193,9 @@ pub struct HttpVipConfig {
     /// Bound on waiting for a backend's response head once the request body has been
     /// sent (a slow upload is not the backend's fault); `None` waits (long-poll).
     pub backend_timeout: Option<Duration>,
+    /// Longest pause inside a request body upload (nginx's `client_body_timeout`): a
+    /// client that stalls mid-body would otherwise hold a backend connection forever.
+    pub body_timeout: Duration,
     /// Cookie stickiness, when set.
     pub sticky_cookie: Option<String>,
     /// Speak TLS to backends.
@@ -214,6 +217,7 @@ impl Default for HttpVipConfig {
             max_header_size: 64 * 1024,
             max_h2_streams: 100,
             backend_timeout: None,
+            body_timeout: Duration::from_secs(60),
             sticky_cookie: None,
             backend_tls: false,
             backend_ca: None,

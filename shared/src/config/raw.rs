@@ -69,6 +69,7 @@ pub(crate) struct RawVip {
     pub max_header_size: O<u32>,
     pub max_h2_streams: O<u32>,
     pub backend_timeout: O<toml::Value>,
+    pub body_timeout: O<toml::Value>,
     pub sticky: O<RawSticky>,
     pub backend_tls: O<bool>,
     pub backend_ca: O<String>,

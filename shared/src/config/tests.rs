@@ -95,6 +95,7 @@ backends = [ { name = "web1", address = "127.0.0.1:18080" } ]
 probe = { kind = "http", path = "/health", expect_status = [200, 204], expect_body = "OK" }
 sticky = { cookie = "PORTICO" }
 backend_timeout = "2m"
+body_timeout = "30s"
 via = true
 
 [gss]
@@ -184,6 +185,7 @@ ttl = 5
     assert_eq!(web.http.backend_timeout, Some(Duration::from_secs(120)));
     assert!(web.http.via);
     assert_eq!(web.http.header_timeout, Duration::from_secs(10));
+    assert_eq!(web.http.body_timeout, Duration::from_secs(30));
 
     let g = c.gss.as_ref().expect("gss");
     assert_eq!(g.zone, "gslb.example.test");

@@ -725,7 +725,7 @@ impl<'a> Validator<'a> {
     fn http_vip(&mut self, r: &RawVip, mode: VipMode, name: &str) -> HttpVipConfig {
         let mut h = HttpVipConfig::default();
         if mode == VipMode::Tcp {
-            let l7: [(&str, Option<Range<usize>>); 10] = [
+            let l7: [(&str, Option<Range<usize>>); 11] = [
                 (
                     "header_timeout",
                     r.header_timeout.as_ref().map(|v| v.span()),
@@ -742,6 +742,7 @@ impl<'a> Validator<'a> {
                     "backend_timeout",
                     r.backend_timeout.as_ref().map(|v| v.span()),
                 ),
+                ("body_timeout", r.body_timeout.as_ref().map(|v| v.span())),
                 ("sticky", r.sticky.as_ref().map(|v| v.span())),
                 ("backend_tls", r.backend_tls.as_ref().map(|v| v.span())),
                 ("backend_ca", r.backend_ca.as_ref().map(|v| v.span())),
@@ -780,6 +781,7 @@ impl<'a> Validator<'a> {
             .backend_timeout
             .as_ref()
             .and_then(|v| self.duration(v, "backend_timeout"));
+        h.body_timeout = self.positive_duration(&r.body_timeout, h.body_timeout, "body_timeout");
         if let Some(s) = &r.sticky {
             let cookie = s.get_ref().cookie.get_ref();
             let ok = !cookie.is_empty()
