@@ -50,6 +50,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::pktinfo::{self, Ctrl};
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
@@ -464,6 +465,10 @@ struct Batch {
     tx_iov: Vec<libc::iovec>,
     rx_hdr: Vec<libc::mmsghdr>,
     tx_hdr: Vec<libc::mmsghdr>,
+    /// Destination reports (wildcard listen only, see [`crate::pktinfo`]).
+    rx_ctrl: Vec<Ctrl>,
+    /// Reply source addresses (wildcard listen only).
+    tx_ctrl: Vec<Ctrl>,
 }
 
 impl Batch {
@@ -483,6 +488,8 @@ impl Batch {
             tx_iov: vec![zeroed_iov; BATCH],
             rx_hdr: vec![zeroed_hdr; BATCH],
             tx_hdr: vec![zeroed_hdr; BATCH],
+            rx_ctrl: vec![Ctrl::new(); BATCH],
+            tx_ctrl: vec![Ctrl::new(); BATCH],
         });
         for i in 0..BATCH {
             b.rx_iov[i].iov_base = b.rx[i].as_mut_ptr().cast();
@@ -507,16 +514,21 @@ pub fn serve_socket(
     sock: std::net::UdpSocket,
     zone: Arc<ArcSwap<Zone>>,
     cancel: CancellationToken,
+    pktinfo: bool,
 ) {
     let fd = sock.as_raw_fd();
     let handler = DnsHandler::new(zone.clone());
     let mut b = Batch::new();
     let ss_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     while !cancel.is_cancelled() {
-        for h in b.rx_hdr.iter_mut() {
+        for (h, ctrl) in b.rx_hdr.iter_mut().zip(b.rx_ctrl.iter_mut()) {
             h.msg_hdr.msg_namelen = ss_len;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
+            if pktinfo {
+                h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = ctrl.0.len() as _;
+            }
         }
         // SAFETY: rx_hdr holds BATCH valid mmsghdrs whose iovecs and names point into
         // `b`'s own buffers (heap, never moved while the thread runs); the kernel
@@ -568,6 +580,12 @@ pub fn serve_socket(
             h.msg_hdr.msg_name = name.cast();
             h.msg_hdr.msg_namelen = b.rx_hdr[i].msg_hdr.msg_namelen;
             h.msg_len = 0;
+            // SAFETY: with pktinfo, rx_hdr[i]'s control buffer was filled by recvmmsg;
+            // without, it is null.
+            match unsafe { pktinfo::destination(&b.rx_hdr[i].msg_hdr) } {
+                Some(dst) => pktinfo::set_source(&mut h.msg_hdr, &mut b.tx_ctrl[m], dst),
+                None => pktinfo::clear(&mut h.msg_hdr),
+            }
             m += 1;
         }
         let mut sent = 0usize;

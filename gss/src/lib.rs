@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod answers;
 pub mod fastpath;
+pub mod pktinfo;
 pub mod select;
 pub mod server;
 pub mod site;

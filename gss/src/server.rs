@@ -570,7 +570,9 @@ impl Default for UdpMode {
     }
 }
 
-/// A UDP socket with `SO_REUSEPORT` bound to `addr`, blocking with a read timeout.
+/// A UDP socket with `SO_REUSEPORT` bound to `addr`, blocking with a read timeout;
+/// on a wildcard address it also reports each datagram's destination, so replies
+/// leave from the address the query was sent to ([`crate::pktinfo`]).
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -578,6 +580,9 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         Some(socket2::Protocol::UDP),
     )?;
     s.set_reuse_port(true)?;
+    if addr.ip().is_unspecified() {
+        crate::pktinfo::enable(std::os::fd::AsRawFd::as_raw_fd(&s), addr.is_ipv6())?;
+    }
     // Room for bursts while the thread is descheduled (the kernel caps this at
     // net.core.rmem_max); best effort.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -634,6 +639,7 @@ impl DnsServer {
             }
         };
         let addr = udp[0].local_addr().map_err(bind_err)?;
+        let pktinfo = addr.ip().is_unspecified();
         let cancel = cancel.child_token();
         let mut server = Server::new(DnsHandler::new(zone.clone()));
         let mut udp_threads = Vec::new();
@@ -648,7 +654,7 @@ impl DnsServer {
                     let (z, c) = (zone.clone(), cancel.clone());
                     let t = std::thread::Builder::new()
                         .name(format!("gss-udp-{i}"))
-                        .spawn(move || crate::fastpath::serve_socket(s, z, c))
+                        .spawn(move || crate::fastpath::serve_socket(s, z, c, pktinfo))
                         .map_err(|e| {
                             cancel.cancel();
                             bind_err(e)
