@@ -216,14 +216,7 @@ async fn backend_timeout_counts_from_the_end_of_a_slow_upload() {
     // The client takes 1.5s to upload; backend_timeout is 700ms. The backend answers
     // as soon as the body is in, so the request must succeed: an upload over a slow
     // link is not the backend's delay (and its 250ms pauses are within body_timeout).
-    let counting = backend(|req: Request<hyper::body::Incoming>| async move {
-        let n = match req.into_body().collect().await {
-            Ok(b) => b.to_bytes().len(),
-            Err(_) => 0,
-        };
-        Response::new(body(n.to_string()))
-    })
-    .await;
+    let counting = length_backend().await;
     let cfg = vip_config(
         "http",
         &[("counting", counting.addr)],

@@ -104,16 +104,7 @@ async fn max_connections_refuses_with_503() {
 
 #[tokio::test]
 async fn a_stalled_upload_is_answered_408_after_body_timeout_without_blaming_the_backend() {
-    // The backend reads the whole body before answering, as an upload handler does.
-    let b = backend(|req: http::Request<hyper::body::Incoming>| async move {
-        use http_body_util::BodyExt;
-        let n = match req.into_body().collect().await {
-            Ok(b) => b.to_bytes().len(),
-            Err(_) => 0,
-        };
-        http::Response::new(body(n.to_string()))
-    })
-    .await;
+    let b = length_backend().await;
     let cfg = vip_config(
         "http",
         &[("web1", b.addr)],

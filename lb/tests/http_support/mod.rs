@@ -120,6 +120,19 @@ pub async fn text_backend(text: &'static str) -> TestBackend {
     backend(move |_req| async move { Response::new(body(text)) }).await
 }
 
+/// A backend that reads the whole request body, as an upload handler does, and
+/// answers its length in bytes.
+pub async fn length_backend() -> TestBackend {
+    backend(|req| async move {
+        let n = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => 0,
+        };
+        Response::new(body(n.to_string()))
+    })
+    .await
+}
+
 /// A backend that echoes the request headers it received as `name: value` lines.
 pub async fn header_echo_backend() -> TestBackend {
     backend(|req| async move {
