@@ -18,9 +18,10 @@ use shared::config::{MailProtocol, ProxyVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::access;
 use crate::backend::Lease;
 use crate::copy;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Side};
 use crate::refuse::refusal;
 use crate::vip::{ConnGuard, Refusal, VipSlot, VipState};
 
@@ -69,6 +70,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
 
 /// Serves one admitted client to the end.
 async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
+    let started = std::time::Instant::now();
     let _ = client.set_nodelay(true);
     // Boxed, like the refusal below: the connect phase's state (connect and header
     // timeouts, the greeting probe) lives on the heap only while connecting instead of
@@ -76,6 +78,9 @@ async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard
     let Some((lease, backend)) = Box::pin(connect_any(&state, &client, peer)).await else {
         state.refused_no_backend.increment(1);
         tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
+        if state.cfg.access_log {
+            access::connection(&state.cfg.name, peer, "-", started, (0, 0), "refused");
+        }
         Box::pin(refuse(client, state.cfg.protocol)).await;
         return;
     };
@@ -89,14 +94,32 @@ async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard
     )
     .await
     {
-        Ok(r) => tracing::trace!(
-            vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
-            to_backend = r.to_backend, to_client = r.to_client, "closed"
-        ),
-        Err(e) => tracing::debug!(
-            vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
-            side = ?e.side(), "closed: {e}"
-        ),
+        Ok(r) => {
+            tracing::trace!(
+                vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
+                to_backend = r.to_backend, to_client = r.to_client, "closed"
+            );
+            if state.cfg.access_log {
+                let bytes = (r.to_backend, r.to_client);
+                let name = lease.backend().name();
+                access::connection(&state.cfg.name, peer, name, started, bytes, "closed");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(
+                vip = %state.cfg.name, backend = %lease.backend().name(), client = %peer,
+                side = ?e.side(), "closed: {e}"
+            );
+            if state.cfg.access_log {
+                let end = match e.side() {
+                    Some(Side::Client) => "client_error",
+                    Some(Side::Backend) => "backend_error",
+                    None => "idle_timeout",
+                };
+                let name = lease.backend().name();
+                access::connection(&state.cfg.name, peer, name, started, (0, 0), end);
+            }
+        }
     }
 }
 

@@ -101,6 +101,11 @@ impl Portico {
 
     /// As [`Portico::start`], with extra environment variables for the process.
     pub fn start_env(dir: &TempDir, config: &str, env: &[(&str, &str)]) -> Portico {
+        Portico::start_with(dir, config, env, &[])
+    }
+
+    /// As [`Portico::start`], with extra environment variables and `run` arguments.
+    pub fn start_with(dir: &TempDir, config: &str, env: &[(&str, &str)], args: &[&str]) -> Portico {
         let path = dir.path("portico.toml");
         std::fs::write(&path, config).expect("write config");
         let log = dir.path("portico.log");
@@ -108,6 +113,7 @@ impl Portico {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

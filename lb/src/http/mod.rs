@@ -230,6 +230,7 @@ pub struct PreparedReload {
 /// Everything a reload may change without restarting the listener.
 pub(crate) struct Settings {
     pub http: HttpVipConfig,
+    pub access_log: bool,
     pub retries: u32,
     pub max_connections: Option<u32>,
     pub client: Arc<client::BackendClient>,
@@ -306,6 +307,7 @@ fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, 
     };
     Ok(Settings {
         http: cfg.http.clone(),
+        access_log: cfg.access_log,
         retries: cfg.retries,
         max_connections: cfg.max_connections,
         client,

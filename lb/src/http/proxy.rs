@@ -37,6 +37,7 @@ use super::client::{BackendClient, Conn};
 use super::errors::{error_response, BodyStalled, ProxyError, Side};
 use super::headers::{self, Forwarding};
 use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
+use crate::access;
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
 
@@ -229,6 +230,31 @@ struct Relayed {
     lease: Option<Lease>,
     /// The connection and the client it returns to; `None` after an upgrade.
     checkin: Option<(Conn, Arc<BackendClient>)>,
+    /// The access line, written when the body ends (with `access_log`).
+    access: Option<Box<AccessPending>>,
+}
+
+/// An access-log line waiting for its response body to end.
+struct AccessPending {
+    req: Box<access::Request>,
+    backend: String,
+    status: StatusCode,
+    retries: u32,
+    head: Instant,
+    bytes: u64,
+}
+
+impl AccessPending {
+    fn log(&self, aborted: bool) {
+        self.req.log(
+            &self.backend,
+            self.status,
+            self.retries,
+            self.head,
+            self.bytes,
+            aborted,
+        );
+    }
 }
 
 impl Relayed {
@@ -236,6 +262,9 @@ impl Relayed {
         self.lease = None;
         if let Some((conn, client)) = self.checkin.take() {
             client.checkin(conn);
+        }
+        if let Some(a) = self.access.take() {
+            a.log(false);
         }
     }
 }
@@ -249,11 +278,19 @@ impl hyper::body::Body for Relayed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(a), Poll::Ready(Some(Ok(frame)))) = (&mut self.access, &polled) {
+            if let Some(data) = frame.data_ref() {
+                a.bytes += data.len() as u64;
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Err(_))) => {
                 self.lease = None;
                 self.checkin = None;
+                if let Some(a) = self.access.take() {
+                    a.log(true);
+                }
             }
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
             _ => {}
@@ -276,6 +313,9 @@ impl Drop for Relayed {
         // whose last byte was read), so the end may only be seen here.
         if self.inner.is_end_stream() {
             self.finish();
+        } else if let Some(a) = self.access.take() {
+            // The client went away (or the response was dropped) mid-body.
+            a.log(true);
         }
     }
 }
@@ -340,6 +380,17 @@ impl HttpVip {
         if let (Some(name), Some(_)) = (settings.http.sticky_cookie.as_deref(), &sticky_value) {
             headers::remove_cookie(&mut hdrs, name);
         }
+        let access = settings.access_log.then(|| {
+            Box::new(access::Request {
+                vip: self.name.clone(),
+                client: conn.peer,
+                method: method.clone(),
+                host: host_value.clone(),
+                path: uri.clone(),
+                version,
+                started: Instant::now(),
+            })
+        });
         let template = Template {
             method: method.clone(),
             uri,
@@ -378,6 +429,10 @@ impl HttpVip {
                     self.count_own_response(err.status());
                     tracing::warn!(vip = %self.name, "no backend in rotation: 503");
                 }
+                if let Some(a) = &access {
+                    let retries = tried.len().saturating_sub(1) as u32;
+                    a.log("-", err.status(), retries, Instant::now(), 0, false);
+                }
                 return error_response(&err);
             };
             let backend = Arc::clone(lease.backend());
@@ -394,6 +449,16 @@ impl HttpVip {
                 .await
             {
                 Ok((resp, c)) => {
+                    let access = access.map(|req| {
+                        Box::new(AccessPending {
+                            req,
+                            backend: backend.name().to_string(),
+                            status: resp.status(),
+                            retries: tried.len() as u32,
+                            head: Instant::now(),
+                            bytes: 0,
+                        })
+                    });
                     return self.respond(
                         resp,
                         c,
@@ -403,6 +468,7 @@ impl HttpVip {
                         client_upgrade,
                         &settings,
                         conn.tls,
+                        access,
                     );
                 }
                 Err((err, returned)) => {
@@ -434,6 +500,17 @@ impl HttpVip {
                     };
                     if !retry {
                         self.count_backend_response(&backend, status_class(err.status()));
+                        if let Some(a) = &access {
+                            let retries = tried.len().saturating_sub(1) as u32;
+                            a.log(
+                                backend.name(),
+                                err.status(),
+                                retries,
+                                Instant::now(),
+                                0,
+                                false,
+                            );
+                        }
                         return error_response(&err);
                     }
                     self.count_retry();
@@ -540,6 +617,7 @@ impl HttpVip {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         settings: &super::Settings,
         tls: bool,
+        access: Option<Box<AccessPending>>,
     ) -> Response<Body> {
         let status = resp.status();
         if status.is_server_error() {
@@ -594,6 +672,7 @@ impl HttpVip {
             inner: body,
             lease,
             checkin,
+            access,
         }
         .boxed();
         Response::from_parts(parts, body)

@@ -135,6 +135,9 @@ pub struct VipConfig {
     pub tls: Option<TlsConfig>,
     /// L7 options (ignored for `mode = "tcp"`).
     pub http: HttpVipConfig,
+    /// One `portico::access` log line per request (L7) or per connection (L4), for
+    /// answering "what happened to this user's request" after the fact.
+    pub access_log: bool,
 }
 
 /// One backend of a pool.

@@ -64,6 +64,7 @@ pub(crate) struct RawVip {
     pub min_healthy: O<u32>,
     pub ejection: O<RawEjection>,
     pub tls: O<RawTls>,
+    pub access_log: O<bool>,
     // L7 keys, flat on the VIP.
     pub header_timeout: O<toml::Value>,
     pub max_header_size: O<u32>,

@@ -97,6 +97,7 @@ sticky = { cookie = "PORTICO" }
 backend_timeout = "2m"
 body_timeout = "30s"
 via = true
+access_log = true
 
 [gss]
 listen = "127.0.0.1:5353"
@@ -186,6 +187,7 @@ ttl = 5
     assert!(web.http.via);
     assert_eq!(web.http.header_timeout, Duration::from_secs(10));
     assert_eq!(web.http.body_timeout, Duration::from_secs(30));
+    assert!(web.access_log);
 
     let g = c.gss.as_ref().expect("gss");
     assert_eq!(g.zone, "gslb.example.test");

@@ -616,6 +616,7 @@ impl<'a> Validator<'a> {
             ejection,
             tls,
             http,
+            access_log: r.access_log.as_ref().is_some_and(|v| *v.get_ref()),
         }
     }
 
