@@ -255,6 +255,16 @@ row "CPU µs per request (h2load)" H2_CPU 1
 row "new TLS handshakes/s (h2load -n$HS_CONNS -c$HS_CONNS -m1)" HS_RATE 0
 row "CPU µs per handshake + request" HS_CPU 0
 echo
+echo "Per-run ratios (median, range; each run measures the three back to back):"
+echo
+echo "| measure | Portico/HAProxy | Portico/NGINX |"
+echo "|---|---:|---:|"
+for k in WRK_RPS H2_RPS HS_RATE; do
+    declare -n arr=$k
+    echo "| $k | $(paired_ratio "${arr[portico]}" "${arr[haproxy]}") | $(paired_ratio "${arr[portico]}" "${arr[nginx]}") |"
+    unset -n arr
+done
+echo
 for k in WRK_RPS H2_RPS HS_RATE; do
     declare -n arr=$k
     echo "Per-run $k: portico [${arr[portico]% }] haproxy [${arr[haproxy]% }] nginx [${arr[nginx]% }]"

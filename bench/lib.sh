@@ -150,6 +150,19 @@ median() {
 # ratio A B: A/B to two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.2f", a / b }'; }
 
+# paired_ratio "A1 A2 ..." "B1 B2 ...": the median of the per-run ratios Ai/Bi and their
+# range, as "MEDIAN (MIN-MAX)". Each run measures the systems back to back, so a per-run
+# ratio cancels the machine's slower drift better than a ratio of medians does.
+paired_ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); m = split(b, y, " "); k = 0
+        for (i = 1; i <= n && i <= m; i++) if (y[i] + 0 > 0) r[++k] = x[i] / y[i]
+        if (k == 0) { print "n/a"; exit }
+        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+        med = (k % 2) ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2
+        printf "%.2f (%.2f-%.2f)", med, r[1], r[k] }'
+}
+
 # fmt V [DECIMALS]: a number with fixed decimals.
 fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "nan" || v == "") print "n/a"; else printf "%.*f", d, v }'; }
 
