@@ -9,6 +9,7 @@
 //! snapshot; each VIP's config + pool another, replaced whole by a reload and read
 //! lock-free by the accept loop.
 
+pub mod accept_proxy;
 pub mod access;
 pub mod admin;
 pub mod backend;

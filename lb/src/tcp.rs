@@ -18,6 +18,7 @@ use shared::config::{MailProtocol, ProxyVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept_proxy;
 use crate::access;
 use crate::backend::Lease;
 use crate::copy;
@@ -69,13 +70,32 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
 }
 
 /// Serves one admitted client to the end.
-async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
+async fn serve(mut client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
     let started = std::time::Instant::now();
     let _ = client.set_nodelay(true);
+    // Behind another balancer, its PROXY header names the client (and the address it
+    // connected to); without a valid one the connection is closed.
+    let (peer, dst) = if state.cfg.accept_proxy {
+        match Box::pin(accept_proxy::read_header(
+            &mut client,
+            accept_proxy::L4_WAIT,
+        ))
+        .await
+        {
+            Ok(Some((src, dst))) => (src, Some(dst)),
+            Ok(None) => (peer, None),
+            Err(e) => {
+                tracing::debug!(vip = %state.cfg.name, client = %peer, "closed: {e}");
+                return;
+            }
+        }
+    } else {
+        (peer, None)
+    };
     // Boxed, like the refusal below: the connect phase's state (connect and header
     // timeouts, the greeting probe) lives on the heap only while connecting instead of
     // sizing the future every connection keeps for its whole life.
-    let Some((lease, backend)) = Box::pin(connect_any(&state, &client, peer)).await else {
+    let Some((lease, backend)) = Box::pin(connect_any(&state, &client, peer, dst)).await else {
         state.refused_no_backend.increment(1);
         tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
         if state.cfg.access_log {
@@ -124,16 +144,19 @@ async fn serve(client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard
 }
 
 /// Tries backends until one accepts (and took the PROXY header), or none is left.
+/// `dst` is the address the client connected to when an upstream balancer said so.
 async fn connect_any(
     state: &VipState,
     client: &TcpStream,
     peer: SocketAddr,
+    dst: Option<SocketAddr>,
 ) -> Option<(Lease, TcpStream)> {
     // The accept gave the peer address; the local one (a getsockname(2)) is only
     // needed for a PROXY header, so it is not asked for otherwise.
-    let local = match state.cfg.proxy_protocol {
-        Some(_) => client.local_addr().unwrap_or(state.cfg.listen),
-        None => state.cfg.listen,
+    let local = match (dst, state.cfg.proxy_protocol) {
+        (Some(d), _) => d,
+        (None, Some(_)) => client.local_addr().unwrap_or(state.cfg.listen),
+        (None, None) => state.cfg.listen,
     };
     let pool = &state.pool;
     let mut tried: Vec<usize> = Vec::new();

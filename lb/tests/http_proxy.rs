@@ -169,3 +169,25 @@ async fn oversized_head_is_rejected() {
     .await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn accept_proxy_takes_the_client_from_the_proxy_header() {
+    let b = header_echo_backend().await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "accept_proxy = true");
+    let p = start(&cfg).await;
+    let request = b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nHost: webmail\r\nConnection: close\r\n\r\n";
+    let (reply, closed) = raw(p.addr, request, Duration::from_secs(5)).await;
+    assert!(closed && reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("x-forwarded-for: 192.0.2.9\n"),
+        "the header's client is forwarded: {reply}"
+    );
+    // Without the header the connection is closed unanswered.
+    let (reply, closed) = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: webmail\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed && reply.is_empty(), "{reply}");
+}

@@ -191,6 +191,51 @@ async fn proxy_v2_header_carries_the_real_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_passes_the_upstream_client_on_and_closes_headerless_connections() {
+    // Portico behind another balancer: the header it receives names the client, and
+    // the header it sends to the backend must carry that client, not the balancer.
+    let mx = FakeServer::start_with(
+        FakeKind::Smtp,
+        Behaviour::Good,
+        FakeOptions::new().expect_proxy(),
+    )
+    .await;
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
+    cfg.proxy_protocol = Some(ProxyVersion::V2);
+    cfg.accept_proxy = true;
+    let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let vip_addr = addr(&lb, "smtp");
+    let client: std::net::SocketAddr = "192.0.2.7:40001".parse().expect("addr");
+    let public: std::net::SocketAddr = "198.51.100.1:25".parse().expect("addr");
+
+    let mut c = Client::connect(vip_addr).await;
+    let header = String::from_utf8(shared::proxy_protocol::v1(client, public)).expect("ascii");
+    c.send(&header).await;
+    assert!(
+        c.line().await.starts_with("220 "),
+        "proxied after the header"
+    );
+    let h = mx.last_proxy_header().expect("header received");
+    assert_eq!(
+        h.addrs,
+        Some((client, public)),
+        "the upstream's client goes on"
+    );
+
+    // No header: closed (a reset, as the client's bytes stay unread) without a reply.
+    let mut bare = TcpStream::connect(vip_addr).await.expect("connect");
+    bare.write_all(b"EHLO me\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, bare.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection without a header is closed unanswered: {read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_per_source_is_enforced() {
     let mx = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
     let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);

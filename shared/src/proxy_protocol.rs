@@ -1,8 +1,9 @@
 //! PROXY protocol v1/v2 headers (HAProxy's `doc/proxy-protocol.txt`): what the lb
 //! sends to backends on proxied connections, and the v2 `LOCAL` header probes send.
 //!
-//! The encoders are pure functions returning bytes; the parser exists so fake servers
-//! and tests can check byte for byte what Portico puts on the wire. The parser never
+//! The encoders are pure functions returning bytes; the parser reads the headers an
+//! upstream balancer sends to `accept_proxy` VIPs, and lets fake servers and tests
+//! check byte for byte what Portico puts on the wire. The parser never
 //! panics: truncated input yields `Ok(None)` ("need more bytes") and garbage an error.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -231,6 +231,7 @@ pub struct PreparedReload {
 pub(crate) struct Settings {
     pub http: HttpVipConfig,
     pub access_log: bool,
+    pub accept_proxy: bool,
     pub retries: u32,
     pub max_connections: Option<u32>,
     pub client: Arc<client::BackendClient>,
@@ -308,6 +309,7 @@ fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, 
     Ok(Settings {
         http: cfg.http.clone(),
         access_log: cfg.access_log,
+        accept_proxy: cfg.accept_proxy,
         retries: cfg.retries,
         max_connections: cfg.max_connections,
         client,

@@ -107,13 +107,26 @@ impl HttpVip {
 
     async fn connection(
         self: Arc<Self>,
-        tcp: TcpStream,
+        mut tcp: TcpStream,
         peer: SocketAddr,
         settings: Arc<Settings>,
         stop: CancellationToken,
     ) {
         let _ = tcp.set_nodelay(true);
         let limit = settings.http.header_timeout;
+        // Behind another balancer, its PROXY header names the client (before TLS).
+        let peer = if settings.accept_proxy {
+            match crate::accept_proxy::read_header(&mut tcp, limit).await {
+                Ok(Some((src, _))) => src,
+                Ok(None) => peer,
+                Err(e) => {
+                    tracing::debug!(vip = %self.name, %peer, "closed: {e}");
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
         match self.tls.clone() {
             None => {
                 // Nothing sent at all is a slowloris too: hyper's timer only starts

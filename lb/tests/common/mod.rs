@@ -42,6 +42,7 @@ pub fn vip(name: &str, protocol: MailProtocol, backends: &[(&str, SocketAddr)]) 
         mode: VipMode::Tcp,
         balance: Balance::RoundRobin,
         proxy_protocol: None,
+        accept_proxy: false,
         protocol,
         backends: backends
             .iter()

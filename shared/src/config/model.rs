@@ -111,6 +111,9 @@ pub struct VipConfig {
     pub balance: Balance,
     /// PROXY header sent to backends on proxied connections.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// Clients are another balancer that opens each connection with a PROXY header;
+    /// its source address is the client (connections without one are closed).
+    pub accept_proxy: bool,
     /// Protocol spoken when refusing; defaults from the probe kind.
     pub protocol: MailProtocol,
     /// The pool, in config order.

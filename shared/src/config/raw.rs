@@ -65,6 +65,7 @@ pub(crate) struct RawVip {
     pub ejection: O<RawEjection>,
     pub tls: O<RawTls>,
     pub access_log: O<bool>,
+    pub accept_proxy: O<bool>,
     // L7 keys, flat on the VIP.
     pub header_timeout: O<toml::Value>,
     pub max_header_size: O<u32>,

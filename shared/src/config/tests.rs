@@ -98,6 +98,7 @@ backend_timeout = "2m"
 body_timeout = "30s"
 via = true
 access_log = true
+accept_proxy = true
 
 [gss]
 listen = "127.0.0.1:5353"
@@ -188,6 +189,7 @@ ttl = 5
     assert_eq!(web.http.header_timeout, Duration::from_secs(10));
     assert_eq!(web.http.body_timeout, Duration::from_secs(30));
     assert!(web.access_log);
+    assert!(web.accept_proxy);
 
     let g = c.gss.as_ref().expect("gss");
     assert_eq!(g.zone, "gslb.example.test");

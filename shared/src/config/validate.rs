@@ -604,6 +604,7 @@ impl<'a> Validator<'a> {
             mode,
             balance,
             proxy_protocol,
+            accept_proxy: r.accept_proxy.as_ref().is_some_and(|v| *v.get_ref()),
             protocol,
             backends,
             probe,
