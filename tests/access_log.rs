@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{echo_roundtrip, free_port, poll, Echo, Portico, SlowHttp, TempDir};
+use common::{
+    echo_roundtrip, free_port, poll, request_in_flight, Echo, Portico, SlowHttp, TempDir,
+};
 
 /// The access lines logged so far, parsed.
 fn access_lines(p: &Portico) -> Vec<serde_json::Value> {
@@ -51,15 +52,10 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     let p = Portico::start_with(&dir, &config, &[], &["--log-format", "json"]);
 
     // L7: one request, answered by the backend once it has arrived.
-    let request = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", pw)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(b"GET /owa/?ae=Folder HTTP/1.1\r\nHost: webmail.example.test\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        reply
-    });
+    let request = request_in_flight(
+        pw,
+        b"GET /owa/?ae=Folder HTTP/1.1\r\nHost: webmail.example.test\r\nConnection: close\r\n\r\n",
+    );
     web.arrived
         .recv_timeout(Duration::from_secs(10))
         .expect("the request reached the backend");

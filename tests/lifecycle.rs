@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{
-    echo_roundtrip, free_port, free_udp_tcp_port, poll, Echo, Portico, SlowHttp, TempDir,
+    echo_roundtrip, free_port, free_udp_tcp_port, poll, request_in_flight, Echo, Portico, SlowHttp,
+    TempDir,
 };
 
 fn config(sock: &str, vips: &str) -> String {
@@ -126,16 +127,10 @@ fn reload_keeps_sessions_and_state_and_refuses_broken_configs() {
     let mut session = TcpStream::connect(("127.0.0.1", pa)).unwrap();
     assert!(echo_roundtrip(&mut session, b"hello\n"));
     wait_backends_up(&p, "w", 1);
-    let long_request = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", pw)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(b"GET /long-poll HTTP/1.1\r\nHost: webmail\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        reply
-    });
+    let long_request = request_in_flight(
+        pw,
+        b"GET /long-poll HTTP/1.1\r\nHost: webmail\r\nConnection: close\r\n\r\n",
+    );
     slow.arrived
         .recv_timeout(Duration::from_secs(10))
         .expect("the long request reached the backend");

@@ -163,8 +163,9 @@ async fn half_close_is_forwarded_and_the_other_direction_keeps_flowing() {
         .expect("connection released");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_v2_header_carries_the_real_client() {
+/// An SMTP fake that drops connections without a PROXY header, and a VIP in front of
+/// it that sends one (v2).
+async fn smtp_expecting_proxy_v2() -> (FakeServer, shared::config::VipConfig) {
     let mx = FakeServer::start_with(
         FakeKind::Smtp,
         Behaviour::Good,
@@ -173,6 +174,12 @@ async fn proxy_v2_header_carries_the_real_client() {
     .await;
     let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
     cfg.proxy_protocol = Some(ProxyVersion::V2);
+    (mx, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v2_header_carries_the_real_client() {
+    let (mx, cfg) = smtp_expecting_proxy_v2().await;
     let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
     let vip_addr = addr(&lb, "smtp");
     let mut c = Client::connect(vip_addr).await;
@@ -194,14 +201,7 @@ async fn proxy_v2_header_carries_the_real_client() {
 async fn accept_proxy_passes_the_upstream_client_on_and_closes_headerless_connections() {
     // Portico behind another balancer: the header it receives names the client, and
     // the header it sends to the backend must carry that client, not the balancer.
-    let mx = FakeServer::start_with(
-        FakeKind::Smtp,
-        Behaviour::Good,
-        FakeOptions::new().expect_proxy(),
-    )
-    .await;
-    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("mx1", mx.addr())]);
-    cfg.proxy_protocol = Some(ProxyVersion::V2);
+    let (mx, mut cfg) = smtp_expecting_proxy_v2().await;
     cfg.accept_proxy = true;
     let (lb, _e) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
     let vip_addr = addr(&lb, "smtp");

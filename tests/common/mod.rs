@@ -311,6 +311,21 @@ pub fn echo_roundtrip(stream: &mut std::net::TcpStream, msg: &[u8]) -> bool {
     stream.read_exact(&mut got).is_ok() && got == msg
 }
 
+/// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) to
+/// 127.0.0.1:`port` from a thread and returns everything read until the close, so a
+/// test can act (release a held backend, reload) while the request is in flight.
+pub fn request_in_flight(port: u16, request: &'static [u8]) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    })
+}
+
 /// A minimal blocking HTTP/1.0 GET; returns (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
