@@ -1,6 +1,7 @@
 //! The L4 balancer against real mail software from Debian: Postfix's `smtp-sink` as
 //! SMTP backends with `swaks` as the client, and Dovecot as an IMAP backend that
-//! requires Portico's PROXY v2 header and must see the real client address.
+//! requires Portico's PROXY v2 header and must see the real client address, also when
+//! a real HAProxy in front hands Portico the client in its own PROXY v2 header.
 
 mod common;
 
@@ -123,25 +124,20 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
     );
     let portico = Portico::start(&dir, &config);
     // The IMAP probe (with its PROXY v2 LOCAL header) must pass against Dovecot.
-    let up = poll(Duration::from_secs(10), || {
-        let out = portico.ctl("show backends imap");
-        out.lines()
-            .any(|l| l.starts_with("imap/dovecot1 ") && l.split_whitespace().nth(2) == Some("up"))
-            .then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "probe never passed: {}",
-        portico.ctl("show backends")
-    );
+    wait_up(&portico, "imap", "dovecot1");
 
     // A client from 127.0.0.7: Dovecot must log rip=127.0.0.7, not the lb's address.
+    imap_login_from([127, 0, 0, 7], vip);
+    let logged = dovecot_login_line(&dovecot);
+    assert!(logged.contains("rip=127.0.0.7"), "{logged}");
+}
+
+/// Logs in and out over IMAP from `src` (a loopback address) to 127.0.0.1:`port`.
+fn imap_login_from(src: [u8; 4], port: u16) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((src, 0)).into()).unwrap();
     socket
-        .bind(&SocketAddr::from(([127, 0, 0, 7], 0)).into())
-        .unwrap();
-    socket
-        .connect(&SocketAddr::from(([127, 0, 0, 1], vip)).into())
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
         .unwrap();
     let mut stream: TcpStream = socket.into();
     stream
@@ -159,13 +155,94 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
     let mut rest = String::new();
     while reader.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {}
     assert!(rest.contains("b OK"), "{rest}");
+}
 
-    let logged = poll(Duration::from_secs(5), || {
+/// Dovecot's log line for the login of `user`, once it is written.
+fn dovecot_login_line(dovecot: &Dovecot) -> String {
+    poll(Duration::from_secs(5), || {
         let log = read_file(&dovecot.log);
         log.lines()
             .find(|l| l.contains("Login: user=<user>"))
             .map(str::to_string)
     })
-    .expect("dovecot logged the login");
-    assert!(logged.contains("rip=127.0.0.7"), "{logged}");
+    .expect("dovecot logged the login")
+}
+
+/// Waits until `vip/backend` is up in `show backends`.
+fn wait_up(portico: &Portico, vip: &str, backend: &str) {
+    let prefix = format!("{vip}/{backend} ");
+    let up = poll(Duration::from_secs(10), || {
+        let out = portico.ctl(&format!("show backends {vip}"));
+        out.lines()
+            .any(|l| l.starts_with(&prefix) && l.split_whitespace().nth(2) == Some("up"))
+            .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "probe never passed: {}",
+        portico.ctl("show backends")
+    );
+}
+
+#[test]
+fn behind_haproxy_sending_proxy_v2_dovecot_still_sees_the_real_client() {
+    // Two PROXY hops with real software on both ends: HAProxy (send-proxy-v2) ->
+    // Portico (accept_proxy, proxy_protocol v2) -> Dovecot (haproxy = yes).
+    let Some(haproxy) = tool("haproxy") else {
+        return;
+    };
+    let dir = TempDir::new("dovecot-haproxy");
+    let Some(dovecot) = Dovecot::start(&dir, "imap1") else {
+        return;
+    };
+    let (backend, vip, front) = (dovecot.port, free_port(), free_port());
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "imap"
+listen = "127.0.0.1:{vip}"
+accept_proxy = true
+proxy_protocol = "v2"
+backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
+probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display()
+    );
+    let portico = Portico::start(&dir, &config);
+    wait_up(&portico, "imap", "dovecot1");
+
+    let cfg = dir.path("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend imap\n    bind 127.0.0.1:{front}\n    default_backend portico\n\
+             backend portico\n    server p1 127.0.0.1:{vip} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let _front = Daemon::spawn(
+        Command::new(haproxy)
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], front)),
+            Duration::from_secs(10)
+        ),
+        "haproxy did not start"
+    );
+
+    imap_login_from([127, 0, 0, 8], front);
+    let logged = dovecot_login_line(&dovecot);
+    assert!(
+        logged.contains("rip=127.0.0.8"),
+        "the client's address crossed both hops: {logged}"
+    );
 }
