@@ -1,13 +1,19 @@
 //! Connection protection: a slowloris client (a head trickling in, or nothing sent at
 //! all) is disconnected after `header_timeout` while normal clients are served
-//! meanwhile; a client that stalls mid-upload gets a 408 after `body_timeout`, its
-//! backend not blamed; `max_connections` turns further clients away with a 503.
+//! meanwhile; a client that stalls mid-upload (HTTP/1.1 or HTTP/2) gets a 408 after
+//! `body_timeout`, its backend not blamed; `max_connections` turns further clients
+//! away with a 503.
 
 mod http_support;
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
 use http_support::*;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -151,4 +157,26 @@ async fn a_stalled_upload_is_answered_408_after_body_timeout_without_blaming_the
     let got = send(p.addr, req).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "100");
+}
+
+#[tokio::test]
+async fn a_stalled_http2_upload_gets_408_on_its_stream() {
+    let b = length_backend().await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "body_timeout = \"400ms\"");
+    let p = start(&cfg).await;
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let mut h2 = h2_conn(tcp).await;
+    // One piece, then nothing more, with the stream left open.
+    let first = futures::stream::once(async {
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"0123456789")))
+    });
+    let stalled = StreamBody::new(first.chain(futures::stream::pending()));
+    let req = http::Request::post("http://webmail/upload")
+        .body(stalled.map_err(|never| match never {}).boxed())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2.send_request(req))
+        .await
+        .expect("answered within 10s")
+        .expect("response");
+    assert_eq!(resp.status(), http::StatusCode::REQUEST_TIMEOUT);
 }
