@@ -107,21 +107,8 @@ fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
     let Some(dovecot) = Dovecot::start(&dir, "imap1") else {
         return;
     };
-    let (backend, vip) = (dovecot.port, free_port());
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "imap"
-listen = "127.0.0.1:{vip}"
-proxy_protocol = "v2"
-backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
-probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display()
-    );
+    let vip = free_port();
+    let config = imap_vip_config(&dir, vip, &dovecot, "");
     let portico = Portico::start(&dir, &config);
     // The IMAP probe (with its PROXY v2 LOCAL header) must pass against Dovecot.
     wait_up(&portico, "imap", "dovecot1");
@@ -130,6 +117,27 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
     imap_login_from([127, 0, 0, 7], vip);
     let logged = dovecot_login_line(&dovecot);
     assert!(logged.contains("rip=127.0.0.7"), "{logged}");
+}
+
+/// A config with one IMAP VIP on `vip` in front of `dovecot`, sending PROXY v2 and
+/// probing with IMAP (whose PROXY v2 LOCAL header Dovecot must accept); `extra` adds
+/// VIP keys.
+fn imap_vip_config(dir: &TempDir, vip: u16, dovecot: &Dovecot, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "imap"
+listen = "127.0.0.1:{vip}"
+proxy_protocol = "v2"
+{extra}backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
+probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display(),
+        backend = dovecot.port,
+    )
 }
 
 /// Logs in and out over IMAP from `src` (a loopback address) to 127.0.0.1:`port`.
@@ -195,22 +203,8 @@ fn behind_haproxy_sending_proxy_v2_dovecot_still_sees_the_real_client() {
     let Some(dovecot) = Dovecot::start(&dir, "imap1") else {
         return;
     };
-    let (backend, vip, front) = (dovecot.port, free_port(), free_port());
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "imap"
-listen = "127.0.0.1:{vip}"
-accept_proxy = true
-proxy_protocol = "v2"
-backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
-probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display()
-    );
+    let (vip, front) = (free_port(), free_port());
+    let config = imap_vip_config(&dir, vip, &dovecot, "accept_proxy = true\n");
     let portico = Portico::start(&dir, &config);
     wait_up(&portico, "imap", "dovecot1");
 
