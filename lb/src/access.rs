@@ -67,6 +67,13 @@ pub struct Request {
 }
 
 impl Request {
+    /// Logs a request the proxy answered itself with `status` after `attempts`
+    /// tries, the last on `backend` (`-` when none was reached).
+    pub fn log_failed(&self, backend: &str, status: StatusCode, attempts: usize) {
+        let retries = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.log(backend, status, retries, Instant::now(), 0, false);
+    }
+
     /// Logs the outcome: `status` from `backend` (`-` for the proxy's own answers),
     /// after `retries` further attempts, the head at `head`, `bytes` of body relayed.
     pub fn log(

@@ -432,18 +432,11 @@ impl HttpVip {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Applies a reloaded config of the same VIP (same listen address and mode; the
-    /// owner restarts the listener otherwise): certificates re-read from the new
-    /// paths, header/timeout/sticky/retry options, backend TLS. All or nothing: on an
-    /// error the running settings stay.
-    pub fn reload(&self, cfg: &VipConfig) -> Result<(), SetupError> {
-        let prepared = self.prepare_reload(cfg)?;
-        self.commit_reload(prepared);
-        Ok(())
-    }
-
-    /// The fallible half of [`HttpVip::reload`] (certificate files, backend TLS),
-    /// changing nothing, so a config reload checks every VIP before touching any.
+    /// Reads a reloaded config of the same VIP (same listen address and mode; the
+    /// owner restarts the listener otherwise): certificates from the new paths,
+    /// header/timeout/sticky/retry options, backend TLS. Changes nothing: the result
+    /// is put in service by [`HttpVip::commit_reload`] once every VIP of the reload
+    /// has prepared, so an error anywhere leaves all running settings as they are.
     pub fn prepare_reload(&self, cfg: &VipConfig) -> Result<PreparedReload, SetupError> {
         let old = self.settings.load_full();
         let settings = build_settings(cfg, Some(&old))?;

@@ -430,8 +430,7 @@ impl HttpVip {
                     tracing::warn!(vip = %self.name, "no backend in rotation: 503");
                 }
                 if let Some(a) = &access {
-                    let retries = tried.len().saturating_sub(1) as u32;
-                    a.log("-", err.status(), retries, Instant::now(), 0, false);
+                    a.log_failed("-", err.status(), tried.len());
                 }
                 return error_response(&err);
             };
@@ -501,15 +500,7 @@ impl HttpVip {
                     if !retry {
                         self.count_backend_response(&backend, status_class(err.status()));
                         if let Some(a) = &access {
-                            let retries = tried.len().saturating_sub(1) as u32;
-                            a.log(
-                                backend.name(),
-                                err.status(),
-                                retries,
-                                Instant::now(),
-                                0,
-                                false,
-                            );
+                            a.log_failed(backend.name(), err.status(), tried.len());
                         }
                         return error_response(&err);
                     }
