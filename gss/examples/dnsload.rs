@@ -58,6 +58,8 @@ fn config(listen: SocketAddr, extra: usize) -> GssConfig {
             ttl: 20,
         }],
         records: vec![],
+        server_id: None,
+        server_version: None,
     };
     for i in 0..extra {
         let mut n = cfg.names[0].clone();

@@ -6,8 +6,9 @@
 //! `ArcSwap` and swaps it whole when health changes, so a query costs a hash lookup
 //! and (for `weighted`) one atomic increment, never a selection run.
 //!
-//! The SOA serial changes whenever any selection changes: it becomes the unix time,
-//! or the previous serial + 1 if that is not larger (monotonic within a process).
+//! The SOA serial changes whenever the answers change ([`next_serial`]): the start
+//! of the minute the change took effect, or the previous serial + 1 if that is not
+//! larger.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
@@ -54,6 +55,8 @@ pub struct ZoneTemplate {
     pub existing: HashSet<LowerName>,
     /// Empty non-terminals: ancestors of existing names that own nothing.
     pub ents: HashSet<LowerName>,
+    /// Delegation points: owners of static NS records below the apex.
+    pub cuts: HashSet<LowerName>,
 }
 
 impl ZoneTemplate {
@@ -75,9 +78,12 @@ impl ZoneTemplate {
             let rtype: RecordType = r.rtype.parse().map_err(|e| {
                 GssError::Config(format!("record {}: type {}: {e}", r.fqdn, r.rtype))
             })?;
-            let rdata = RData::try_from_str(rtype, &r.rdata).map_err(|e| {
-                GssError::Config(format!("record {} {} {:?}: {e}", r.fqdn, r.rtype, r.rdata))
-            })?;
+            let rdata = RData::try_from_str(rtype, &r.rdata)
+                .map_err(|e| e.to_string())
+                .and_then(|d| absolutize(d, &origin_name))
+                .map_err(|e| {
+                    GssError::Config(format!("record {} {} {:?}: {e}", r.fqdn, r.rtype, r.rdata))
+                })?;
             let lower = LowerName::from(&owner);
             if !origin.zone_of(&lower) {
                 return Err(GssError::Config(format!(
@@ -117,6 +123,13 @@ impl ZoneTemplate {
                 n = n.base_name();
             }
         }
+        let cuts = statics
+            .iter()
+            .filter(|(owner, sets)| {
+                **owner != origin && sets.iter().any(|(t, _)| *t == RecordType::NS)
+            })
+            .map(|(owner, _)| owner.clone())
+            .collect();
         Ok(ZoneTemplate {
             origin,
             origin_name,
@@ -126,7 +139,25 @@ impl ZoneTemplate {
             names,
             existing,
             ents,
+            cuts,
         })
+    }
+
+    /// The delegation point at or above `name` closest to the apex, if any: the
+    /// parent side of a cut answers with a referral for everything at or below it.
+    pub fn cut_above(&self, name: &LowerName) -> Option<&LowerName> {
+        if self.cuts.is_empty() {
+            return None;
+        }
+        let mut best = None;
+        let mut n = name.clone();
+        while n != self.origin && self.origin.zone_of(&n) {
+            if let Some(c) = self.cuts.get(&n) {
+                best = Some(c);
+            }
+            n = n.base_name();
+        }
+        best
     }
 
     /// Static RRset of `rtype` at `name`.
@@ -137,6 +168,35 @@ impl ZoneTemplate {
             .find(|(t, _)| *t == rtype)
             .map(|(_, v)| v.as_slice())
     }
+}
+
+/// Makes the domain names inside static rdata absolute: as in a zone file, a name
+/// without a trailing dot is relative to the zone (`mx MX 10 mx2` means
+/// `mx2.ZONE.`), where hickory's parser would leave it relative to the root.
+fn absolutize(data: RData, origin: &Name) -> Result<RData, String> {
+    let abs = |n: Name| -> Result<Name, String> {
+        if n.is_fqdn() {
+            Ok(n)
+        } else if n.to_ascii() == "@" {
+            Ok(origin.clone())
+        } else {
+            n.append_domain(origin).map_err(|e| e.to_string())
+        }
+    };
+    Ok(match data {
+        RData::CNAME(CNAME(n)) => RData::CNAME(CNAME(abs(n)?)),
+        RData::NS(NS(n)) => RData::NS(NS(abs(n)?)),
+        RData::PTR(PTR(n)) => RData::PTR(PTR(abs(n)?)),
+        RData::MX(mut mx) => {
+            mx.exchange = abs(mx.exchange)?;
+            RData::MX(mx)
+        }
+        RData::SRV(mut srv) => {
+            srv.target = abs(srv.target)?;
+            RData::SRV(srv)
+        }
+        other => other,
+    })
 }
 
 /// One site's ready-made address records for a name.
@@ -372,11 +432,7 @@ pub fn render(
     outcomes.hash(&mut h);
     tpl.cfg.hash_key().hash(&mut h);
     let signature = h.finish();
-    let serial = match prev {
-        Some(p) if p.signature == signature => p.serial,
-        Some(p) => unix_serial().max(p.serial.wrapping_add(1)),
-        None => unix_serial(),
-    };
+    let serial = next_serial(prev.map(|p| (p.serial, p.signature)), signature, unix_now());
     let soa_cfg = &tpl.cfg.soa;
     let mname = fqdn(&soa_cfg.mname).unwrap_or_else(|_| tpl.origin_name.clone());
     let rname = fqdn(&soa_cfg.rname).unwrap_or_else(|_| tpl.origin_name.clone());
@@ -411,11 +467,37 @@ fn clamp_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-fn unix_serial() -> u32 {
+fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Width of a serial window, in seconds.
+pub const SERIAL_STEP: u64 = 60;
+
+/// The SOA serial for answers with `signature` (a digest of the config parts that show
+/// in answers and of every name's selection) when they took effect at `unix`
+/// seconds, given the serial and signature being replaced.
+///
+/// Same answers, same serial: a re-render that changes nothing keeps it. New answers
+/// get the start of their [`SERIAL_STEP`] window in unix seconds, so every node that
+/// saw the same change in the same minute (nodes probe the same targets on the same
+/// schedule) serves the same serial, never one node's exact clock reading; if that is
+/// not above the old serial (two changes in one window), the old serial + 1, so the
+/// serial always increases (RFC 1982 arithmetic) when answers change. The limits: a
+/// change observed either side of a minute boundary gives two nodes serials one
+/// window apart until the next change, and a node that starts has no history, so it
+/// serves its start window until answers change.
+pub fn next_serial(prev: Option<(u32, u64)>, signature: u64, unix: u64) -> u32 {
+    let window = u32::try_from(unix / SERIAL_STEP * SERIAL_STEP).unwrap_or(u32::MAX);
+    match prev {
+        Some((serial, sig)) if sig == signature => serial,
+        Some((serial, _)) if (window.wrapping_sub(serial) as i32) > 0 => window,
+        Some((serial, _)) => serial.wrapping_add(1),
+        None => window,
+    }
 }
 
 /// A stable key of the config parts that show in answers, so a reload that changes
@@ -480,6 +562,8 @@ mod tests {
                 rtype: "TXT".into(),
                 rdata: "\"hello world\"".into(),
             }],
+            server_id: None,
+            server_version: None,
         }
     }
 

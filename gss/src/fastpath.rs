@@ -47,24 +47,21 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::pktinfo::{self, Ctrl};
 use arc_swap::ArcSwap;
-use futures::FutureExt;
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::net::NetError;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::server::Request;
 use tokio_util::sync::CancellationToken;
 
 use crate::answers::{rotate, Zone};
-use crate::server::{encode_udp, qtype_label, rcode_label, Choose, DnsHandler, Reply};
+use crate::lookup::Choose;
+use crate::server::{qtype_label, rcode_label, DnsHandler, Reply};
 use crate::wire::{self, KEY_MAX};
 
 /// How long a socket thread blocks before checking for shutdown.
@@ -219,12 +216,12 @@ fn render_one(
     let request =
         Request::from_bytes(bytes, SocketAddr::from(([0, 0, 0, 0], 0)), Protocol::Udp).ok()?;
     let reply = Reply::new(zone, &request, Choose::Index(pick));
-    if reply.meta.truncation {
+    if reply.meta.truncation || reply.varies {
         return None;
     }
     let label: Box<str> = reply.label.into();
     let rcode = reply.meta.response_code;
-    let out = encode_udp(reply.response());
+    let out = reply.encode();
     let qlen = request.queries.as_bytes().len();
     let limit = if edns {
         usize::from(wire::MAX_EDNS_PAYLOAD)
@@ -340,31 +337,6 @@ pub fn answer(zone: &Zone, pkt: &[u8], out: &mut [u8]) -> Option<usize> {
     Some(n)
 }
 
-/// Captures the encoded response of a [`DnsHandler`] run on the hand-over path.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let bytes = encode_udp(response);
-        let header = Header::read(&mut BinDecoder::new(&bytes))
-            .map_err(|e| NetError::from(format!("encoded response unreadable: {e}")))?;
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
-        Ok(ResponseInfo::from(header))
-    }
-}
-
 /// Whether hickory's server would answer this source at all (it drops port 0 and
 /// unspecified or broadcast addresses, which cannot be replied to safely).
 pub fn sane_source(src: SocketAddr) -> bool {
@@ -377,31 +349,10 @@ pub fn sane_source(src: SocketAddr) -> bool {
     }
 }
 
-/// The hickory path for one UDP datagram, as hickory's `Server` would run it: `None`
-/// when it sends nothing (shorter than a header, or a response message).
+/// The full path for one UDP datagram ([`crate::server::answer_message`]): `None`
+/// when it sends nothing (shorter than a header, or QR=1).
 pub fn handover(handler: &DnsHandler, pkt: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
-    let header = Header::read(&mut BinDecoder::new(pkt)).ok()?;
-    let request = match Request::from_bytes(pkt.to_vec(), src, Protocol::Udp) {
-        Ok(r) => r,
-        Err(_) => {
-            let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let response = MessageResponseBuilder::new(&empty, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            return Some(encode_udp(response));
-        }
-    };
-    if request.metadata.message_type == MessageType::Response {
-        return None;
-    }
-    let capture = Capture::default();
-    let done = handler
-        .handle_request::<_, TokioTime>(&request, capture.clone())
-        .now_or_never();
-    if done.is_none() {
-        tracing::warn!("gss: DNS handler did not complete inline; query dropped");
-    }
-    let bytes = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-    bytes
+    handler.answer(pkt, src, Protocol::Udp)
 }
 
 /// Answers one datagram: fast path first, else hand-over. Returns the response length

@@ -12,11 +12,14 @@
 
 pub mod admin;
 pub mod answers;
+pub mod edns;
 pub mod fastpath;
+pub mod lookup;
 pub mod pktinfo;
 pub mod select;
 pub mod server;
 pub mod site;
+pub mod tcp;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -1,53 +1,51 @@
-//! The authoritative DNS front: our own hickory [`RequestHandler`] (the stock
-//! `Catalog` cannot set the ECS scope). hickory's `Server` runs it for TCP; UDP is
-//! owned by the fast path ([`crate::fastpath`]), which answers plain queries from
-//! bytes pre-rendered through this very code ([`Reply`]) and calls the handler
-//! directly for everything else. [`FAST_UDP`] switches UDP back to hickory's `Server`.
+//! The authoritative DNS front. Every message that is not answered from the UDP fast
+//! path's pre-rendered bytes ([`crate::fastpath`]) goes through [`answer_message`]:
+//! TCP ([`crate::tcp`]), UDP hand-overs, and the fast path's own pre-rendering, so the
+//! paths cannot drift apart. hickory-proto parses; [`crate::lookup`] decides the
+//! sections; [`Reply`] adds the header and EDNS rules and [`Reply::encode`] writes it.
 //!
-//! Per query it loads the current [`Zone`] (one atomic), looks the name up in
-//! pre-rendered records and writes the response: AA on every in-zone answer and
-//! negative, RA clear; SOA in AUTHORITY with TTL min(SOA TTL, MINIMUM) on NXDOMAIN and
-//! NODATA, NXDOMAIN only where the name and everything below it is absent; REFUSED
-//! outside the zone; OPT only when the query had one (version > 0 → BADVERS, payload
-//! below 512 read as 512, capped at 1232 for UDP, DO copied, ECS echoed with its
-//! scope); TC with an empty answer when a UDP response does not fit; RFC 8482 minimal
-//! ANY; NOTIMP for opcodes other than QUERY; FORMERR unless QDCOUNT is 1.
-//!
-//! What hickory's `Server` does before us: it drops datagrams shorter than a header
-//! and every message with QR=1, answers FORMERR itself (with no question) when the
-//! message does not parse, and otherwise hands us the parsed request whatever its
-//! opcode, QDCOUNT or EDNS version, so those rules are ours and tested here. The fast
-//! path's hand-over ([`crate::fastpath::handover`]) repeats exactly those steps.
+//! Rules applied here: AA on in-zone answers and negatives, never on REFUSED or
+//! referrals; RA clear; REFUSED outside the zone, for other classes and for zone
+//! transfers, with an extended DNS error (RFC 8914) when the query had OPT, as on
+//! SERVFAIL; CHAOS `id.server`/`version.server` per config; OPT only when the query
+//! had one, advertising our own payload size (1232), version > 0 → BADVERS, DO
+//! copied, ECS echoed with its scope and FORMERR for a malformed ECS (RFC 7871 §6);
+//! the client's payload (512 to 1232) bounds a UDP answer: optional additional data
+//! is dropped first, then TC with empty sections; NOTIMP for opcodes other than QUERY;
+//! FORMERR unless QDCOUNT is 1 and, with no question, when the message does not
+//! parse; nothing at all for a message with QR=1 or shorter than a header. Owner
+//! names compress against the question ([`Question`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
-    DEFAULT_MAX_PAYLOAD_LEN,
+    emit_message_parts, Edns, EmitAndCount, Header, HeaderCounts, MessageType, Metadata, OpCode,
+    ResponseCode, DEFAULT_MAX_PAYLOAD_LEN,
 };
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder};
-use hickory_server::net::runtime::Time;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::ProtoError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
-use hickory_server::Server;
+use hickory_server::server::Request;
+use hickory_server::zone_handler::Queries;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::answers::{NameAnswers, Zone};
-use crate::select::{self, Client};
+use crate::answers::Zone;
+use crate::edns::{self, Ede};
+use crate::lookup::{self, Choose};
+use crate::select::Client;
 use crate::GssError;
 
 /// Largest UDP response we send even to clients advertising more (DNS flag day 2020).
 pub const MAX_UDP_PAYLOAD: u16 = DEFAULT_MAX_PAYLOAD_LEN;
 
-/// The request handler: answers from whatever zone is current.
+/// The answer path bound to whatever zone is current.
 pub struct DnsHandler {
     zone: Arc<ArcSwap<Zone>>,
 }
@@ -57,135 +55,6 @@ impl DnsHandler {
     pub fn new(zone: Arc<ArcSwap<Zone>>) -> Self {
         DnsHandler { zone }
     }
-}
-
-/// The outcome of looking a question up.
-enum Answer<'z> {
-    Records {
-        answers: &'z [Record],
-        more: &'z [Record],
-        scope: u8,
-        label: &'z str,
-    },
-    NoData(&'z str),
-    NxDomain,
-    Servfail(&'z str),
-    Refused,
-}
-
-const EMPTY: &[Record] = &[];
-
-fn lookup<'z>(
-    zone: &'z Zone,
-    name: &LowerName,
-    qtype: RecordType,
-    client: Client,
-    choose: Choose,
-) -> Answer<'z> {
-    let tpl = &zone.tpl;
-    if !tpl.origin.zone_of(name) {
-        return Answer::Refused;
-    }
-    let records = |answers: &'z [Record], label: &'z str| Answer::Records {
-        answers,
-        more: EMPTY,
-        scope: 0,
-        label,
-    };
-    if *name == tpl.origin {
-        let label = tpl.cfg.zone.as_str();
-        match qtype {
-            RecordType::SOA | RecordType::ANY => {
-                return records(std::slice::from_ref(&zone.soa), label)
-            }
-            RecordType::NS if !tpl.ns.is_empty() => return records(&tpl.ns, label),
-            _ => {}
-        }
-    }
-    if let Some(n) = zone.names.get(name) {
-        if let Some(a) = site_lookup(n, qtype, client, choose) {
-            return a;
-        }
-    }
-    if let Some(sets) = tpl.statics.get(name) {
-        let label = sets
-            .first()
-            .and_then(|(_, v)| v.first())
-            .map(|_| {
-                tpl.names
-                    .get(name)
-                    .map(|c| c.fqdn.as_str())
-                    .unwrap_or("static")
-            })
-            .unwrap_or("static");
-        if qtype == RecordType::ANY {
-            if let Some((_, v)) = sets.first() {
-                return records(v, label);
-            }
-        }
-        if let Some((_, v)) = sets.iter().find(|(t, _)| *t == qtype) {
-            return records(v, label);
-        }
-    }
-    if let Some(n) = zone.names.get(name) {
-        return Answer::NoData(n.cfg.fqdn.as_str());
-    }
-    if tpl.existing.contains(name) || tpl.ents.contains(name) {
-        return Answer::NoData(if *name == tpl.origin {
-            tpl.cfg.zone.as_str()
-        } else {
-            "static"
-        });
-    }
-    Answer::NxDomain
-}
-
-fn site_lookup<'z>(
-    n: &'z NameAnswers,
-    qtype: RecordType,
-    client: Client,
-    choose: Choose,
-) -> Option<Answer<'z>> {
-    if !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
-        return None;
-    }
-    let (rule, scope) = if n.cfg.clients.is_empty() {
-        (None, 0)
-    } else {
-        (
-            select::match_rule(&n.cfg, client),
-            select::ecs_scope(&n.cfg, client),
-        )
-    };
-    let answer = match rule.and_then(|i| n.rules.get(i)) {
-        Some(r) => r,
-        None => &n.default,
-    };
-    let label = n.cfg.fqdn.as_str();
-    let pick = match choose {
-        Choose::Rotate => answer.pick(),
-        Choose::Index(i) => answer.pick_at(i),
-    };
-    let Some(pick) = pick else {
-        return Some(Answer::Servfail(label));
-    };
-    let answers: &[Record] = match qtype {
-        RecordType::A => &pick.a,
-        RecordType::AAAA => &pick.aaaa,
-        _ if !pick.a.is_empty() => &pick.a,
-        _ => &pick.aaaa,
-    };
-    if answers.is_empty() {
-        // The selected site has no address of this family: NODATA for now, but the
-        // name exists, so never NXDOMAIN.
-        return None;
-    }
-    Some(Answer::Records {
-        answers,
-        more: EMPTY,
-        scope,
-        label,
-    })
 }
 
 fn client_of(src: SocketAddr, ecs: Option<&ClientSubnet>) -> Client {
@@ -209,9 +78,9 @@ fn rdata_estimate(r: &Record) -> usize {
 
 /// Whether the response fits `limit` bytes; exact (by encoding) only when a cheap
 /// upper bound says it might not.
-fn fits(limit: usize, question: &[u8], records: &[&[Record]], opt_len: usize) -> bool {
+fn fits(limit: usize, question: &[u8], sections: &[&[Record]], opt_len: usize) -> bool {
     let base = 12 + question.len() + opt_len;
-    let bound: usize = records
+    let bound: usize = sections
         .iter()
         .flat_map(|s| s.iter())
         .map(|r| r.name.len() + 2 + 10 + rdata_estimate(r))
@@ -225,13 +94,70 @@ fn fits(limit: usize, question: &[u8], records: &[&[Record]], opt_len: usize) ->
     let mut buf = Vec::with_capacity(limit);
     let mut enc = BinEncoder::new(&mut buf);
     enc.set_max_size(u16::try_from(limit - opt_len).unwrap_or(u16::MAX));
-    if enc.emit_vec(&[0u8; 12]).is_err() || enc.emit_vec(question).is_err() {
+    if enc.emit_vec(&[0u8; 12]).is_err() {
         return false;
     }
-    records
+    let mut q = Question {
+        bytes: question,
+        count: 1,
+    };
+    if q.emit(&mut enc).is_err() {
+        return false;
+    }
+    sections
         .iter()
         .flat_map(|s| s.iter())
         .all(|r| r.emit(&mut enc).is_ok())
+}
+
+/// Length of the uncompressed name at the start of `q` (up to and including its root
+/// label), or `None` if it holds a pointer or runs short.
+fn plain_name_len(q: &[u8]) -> Option<usize> {
+    let mut at = 0usize;
+    loop {
+        let len = usize::from(*q.get(at)?);
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        if len == 0 {
+            return Some(at + 1);
+        }
+        at += 1 + len;
+    }
+}
+
+/// The question section as the client sent it, registered for name compression so
+/// answer owners point at it (as NSD and Knot do), whatever case the client used:
+/// each label suffix is registered lower-cased, then the bytes as sent are written
+/// back over it (RFC 4343: the question is echoed byte for byte).
+struct Question<'q> {
+    bytes: &'q [u8],
+    count: usize,
+}
+
+impl EmitAndCount for Question<'_> {
+    fn emit(&mut self, enc: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
+        let start = enc.offset();
+        let name_len = if self.count == 1 {
+            plain_name_len(self.bytes)
+        } else {
+            None
+        };
+        let Some(name_len) = name_len else {
+            enc.emit_vec(self.bytes)?;
+            return Ok(self.count);
+        };
+        let lower: Vec<u8> = self.bytes.iter().map(u8::to_ascii_lowercase).collect();
+        enc.emit_vec(&lower)?;
+        let mut at = 0usize;
+        while at + 1 < name_len {
+            enc.store_label_pointer(start + at, start + name_len - 1);
+            at += 1 + usize::from(self.bytes[at]);
+        }
+        enc.set_offset(start);
+        enc.emit_vec(self.bytes)?;
+        Ok(self.count)
+    }
 }
 
 pub(crate) fn qtype_label(t: RecordType) -> &'static str {
@@ -275,14 +201,6 @@ fn count(name: &str, qtype: RecordType, rcode: ResponseCode) {
     .increment(1);
 }
 
-/// Which weighted pick answers: the live rotation (queries) or a fixed one (the fast
-/// path pre-renders every pick).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Choose {
-    Rotate,
-    Index(usize),
-}
-
 /// Everything decided about one request, before encoding: kept apart from sending so
 /// the fast path can pre-render responses through exactly this logic.
 pub(crate) struct Reply<'a> {
@@ -290,11 +208,15 @@ pub(crate) struct Reply<'a> {
     queries: &'a Queries,
     empty_queries: Option<Queries>,
     pub(crate) edns: Option<Edns>,
-    answers: &'a [Record],
-    more: &'a [Record],
-    soa: &'a [Record],
+    answers: Vec<Record>,
+    authority: Vec<Record>,
+    additional: Vec<Record>,
     pub(crate) label: &'a str,
     pub(crate) qtype: RecordType,
+    /// Largest response allowed: the client's UDP payload (512 to 1232), 65535 on TCP.
+    pub(crate) limit: u16,
+    /// The answer depends on more than (name, type, pick): not for pre-rendering.
+    pub(crate) varies: bool,
 }
 
 impl<'a> Reply<'a> {
@@ -303,7 +225,6 @@ impl<'a> Reply<'a> {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
 
-        // Response OPT: only when the query had one.
         let ecs = request
             .edns
             .as_ref()
@@ -312,105 +233,106 @@ impl<'a> Reply<'a> {
                 _ => None,
             });
         let udp = request.protocol() == Protocol::Udp;
+        // Response OPT: only when the query had one, advertising our own payload size
+        // (RFC 6891 §6.2.3); the client's only bounds what we send it.
         let mut resp_edns = request.edns.as_ref().map(|q| {
             let mut e = Edns::new();
-            // hickory's encoder also uses this as the UDP size limit.
-            let payload = if udp {
-                q.max_payload().clamp(512, MAX_UDP_PAYLOAD)
-            } else {
-                MAX_UDP_PAYLOAD
-            };
-            e.set_max_payload(payload);
+            e.set_max_payload(MAX_UDP_PAYLOAD);
             e.set_version(0);
             e.set_dnssec_ok(q.flags().dnssec_ok);
             e
         });
         let limit = if udp {
-            resp_edns
+            request
+                .edns
                 .as_ref()
-                .map(|e| usize::from(e.max_payload()))
+                .map(|e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD))
                 .unwrap_or(512)
         } else {
-            usize::from(u16::MAX)
+            u16::MAX
         };
 
         let mut empty_queries = None;
-        let (code, answer) = if request.metadata.op_code != OpCode::Query {
-            (ResponseCode::NotImp, None)
+        let mut ede = None;
+        let first = request.queries.queries().first();
+        let qtype = first.map(|q| q.query_type()).unwrap_or(RecordType::NULL);
+        let resolution = if request.metadata.op_code != OpCode::Query {
+            Err(ResponseCode::NotImp)
         } else if request.queries.len() != 1 {
             empty_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok();
-            (ResponseCode::FormErr, None)
+            Err(ResponseCode::FormErr)
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            (ResponseCode::BADVERS, None)
-        } else {
-            let q = &request.queries.queries()[0];
-            let client = client_of(request.src(), ecs.as_ref());
-            if q.query_class() != DNSClass::IN {
-                (ResponseCode::Refused, None)
-            } else if matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR) {
-                meta.authoritative = zone.tpl.origin.zone_of(q.name());
-                (ResponseCode::Refused, None)
+            Err(ResponseCode::BADVERS)
+        } else if crate::edns::has_malformed_ecs(request.as_slice()) {
+            Err(ResponseCode::FormErr)
+        } else if let Some(q) = first {
+            let class = q.query_class();
+            if class == DNSClass::CH {
+                Ok(lookup::chaos(zone, q.name(), qtype))
+            } else if class != DNSClass::IN {
+                ede = Some(edns::ede(Ede::NotAuthoritative, "only class IN is served"));
+                Err(ResponseCode::Refused)
+            } else if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+                ede = Some(edns::ede(Ede::Prohibited, "zone transfers are not served"));
+                Err(ResponseCode::Refused)
             } else {
-                let a = lookup(zone, q.name(), q.query_type(), client, choose);
-                (ResponseCode::NoError, Some(a))
+                let client = client_of(request.src(), ecs.as_ref());
+                Ok(lookup::resolve(zone, q.name(), qtype, client, choose))
             }
+        } else {
+            Err(ResponseCode::FormErr)
         };
-        let qtype = request
-            .queries
-            .queries()
-            .first()
-            .map(|q| q.query_type())
-            .unwrap_or(RecordType::NULL);
-
-        let mut answers: &[Record] = EMPTY;
-        let mut more: &[Record] = EMPTY;
-        let mut soa: &[Record] = EMPTY;
-        let mut scope = 0u8;
         let mut label = "-";
-        let rcode = match answer {
-            None => code,
-            Some(Answer::Refused) => {
-                label = "out-of-zone";
-                ResponseCode::Refused
-            }
-            Some(a) => {
-                meta.authoritative = true;
-                match a {
-                    Answer::Records {
-                        answers: a,
-                        more: m,
-                        scope: s,
-                        label: l,
-                    } => {
-                        answers = a;
-                        more = m;
-                        scope = s;
-                        label = l;
-                        ResponseCode::NoError
+        let mut varies = false;
+        let mut referral = false;
+        let (mut answers, mut authority, mut additional) = (Vec::new(), Vec::new(), Vec::new());
+        let mut scope = 0u8;
+        let rcode = match resolution {
+            Err(code) => code,
+            Ok(r) => {
+                meta.authoritative = r.authoritative;
+                label = r.label;
+                varies = r.varies;
+                referral = r.referral;
+                scope = r.scope;
+                answers = r.answers;
+                authority = r.authority;
+                additional = r.additional;
+                match r.rcode {
+                    ResponseCode::Refused if r.label == "out-of-zone" => {
+                        ede = Some(edns::ede(
+                            Ede::NotAuthoritative,
+                            "the name is outside the zone served here",
+                        ));
                     }
-                    Answer::NoData(l) => {
-                        soa = std::slice::from_ref(&zone.neg_soa);
-                        label = l;
-                        ResponseCode::NoError
+                    ResponseCode::Refused => {
+                        ede = Some(edns::ede(
+                            Ede::NotAuthoritative,
+                            "no answer is configured for this CHAOS name",
+                        ));
                     }
-                    Answer::NxDomain => {
-                        soa = std::slice::from_ref(&zone.neg_soa);
-                        label = "nxdomain";
-                        ResponseCode::NXDomain
+                    ResponseCode::ServFail => {
+                        ede = Some(edns::ede(
+                            Ede::Other,
+                            "every site of this name is down and all_down = servfail",
+                        ));
                     }
-                    Answer::Servfail(l) => {
-                        label = l;
-                        ResponseCode::ServFail
-                    }
-                    Answer::Refused => ResponseCode::Refused,
+                    _ => {}
                 }
+                r.rcode
             }
         };
         meta.response_code = rcode;
-        if let (Some(e), Some(mut s)) = (resp_edns.as_mut(), ecs) {
-            if rcode != ResponseCode::BADVERS {
+        if let Some(e) = resp_edns.as_mut() {
+            if let (Some(mut s), false) = (
+                ecs,
+                matches!(rcode, ResponseCode::BADVERS | ResponseCode::FormErr),
+            ) {
                 s.set_scope_prefix(scope);
                 e.options_mut().insert(EdnsOption::Subnet(s));
+            }
+            if let Some(o) = ede {
+                e.options_mut().insert(o);
             }
         }
         let opt_len = resp_edns
@@ -429,11 +351,22 @@ impl<'a> Reply<'a> {
             Some(e) => e.as_bytes(),
             None => queries.as_bytes(),
         };
-        if udp && !fits(limit, qbytes, &[answers, more, soa], opt_len) {
-            meta.truncation = true;
-            answers = EMPTY;
-            more = EMPTY;
-            soa = EMPTY;
+        let limit_bytes = usize::from(limit);
+        if !fits(
+            limit_bytes,
+            qbytes,
+            &[&answers, &authority, &additional],
+            opt_len,
+        ) {
+            // Additional addresses are optional (RFC 2181 §9) except a referral's glue.
+            if !referral && fits(limit_bytes, qbytes, &[&answers, &authority], opt_len) {
+                additional.clear();
+            } else {
+                meta.truncation = true;
+                answers.clear();
+                authority.clear();
+                additional.clear();
+            }
         }
         Reply {
             meta,
@@ -441,10 +374,12 @@ impl<'a> Reply<'a> {
             empty_queries,
             edns: resp_edns,
             answers,
-            more,
-            soa,
+            authority,
+            additional,
             label,
             qtype,
+            limit,
+            varies,
         }
     }
 
@@ -453,95 +388,100 @@ impl<'a> Reply<'a> {
         count(self.label, self.qtype, self.meta.response_code);
     }
 
-    /// The hickory response message, borrowing from this reply.
-    pub(crate) fn response(
-        &self,
-    ) -> MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    > {
+    /// The response bytes, at most [`Reply::limit`] long; an encoding failure
+    /// becomes a bare SERVFAIL.
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let queries = self.empty_queries.as_ref().unwrap_or(self.queries);
-        let mut builder = MessageResponseBuilder::new(queries, None);
-        if let Some(e) = self.edns.as_ref() {
-            builder.edns(e);
+        let mut question = Question {
+            bytes: queries.as_bytes(),
+            count: queries.len(),
+        };
+        let mut bytes = Vec::with_capacity(512);
+        let mut enc = BinEncoder::new(&mut bytes);
+        enc.set_max_size(self.limit);
+        let done = emit_message_parts(
+            &self.meta,
+            &mut question,
+            &mut self.answers.iter(),
+            &mut self.authority.iter(),
+            &mut self.additional.iter(),
+            self.edns.as_ref(),
+            None,
+            &mut enc,
+        );
+        if done.is_ok() {
+            return bytes;
         }
-        builder.build(
-            self.meta,
-            self.answers.iter().chain(self.more.iter()),
-            EMPTY.iter(),
-            self.soa.iter(),
-            EMPTY.iter(),
-        )
+        bytes.clear();
+        servfail_header(self.meta.id, &mut bytes);
+        bytes
     }
 }
 
-/// Encodes a response as hickory's server does for UDP (`MessageResponse::encode` is
-/// crate-private there): the response OPT's payload, or 512 without EDNS, bounds the
-/// size; an encoding failure becomes a bare SERVFAIL.
-pub(crate) fn encode_udp<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Vec<u8> {
-    let id = response.metadata().id;
-    let max = response.edns().map(|e| e.max_payload()).unwrap_or(512);
-    let mut bytes = Vec::with_capacity(512);
-    let mut enc = BinEncoder::new(&mut bytes);
-    enc.set_max_size(max);
-    if response.destructive_emit(&mut enc).is_ok() {
-        return bytes;
-    }
-    bytes.clear();
+fn servfail_header(id: u16, bytes: &mut Vec<u8>) {
     let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
     metadata.response_code = ResponseCode::ServFail;
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),
     };
-    let mut enc = BinEncoder::new(&mut bytes);
+    let mut enc = BinEncoder::new(bytes);
     if header.emit(&mut enc).is_err() {
         bytes.clear();
     }
-    bytes
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let zone = self.zone.load_full();
-        let reply = Reply::new(&zone, request, Choose::Rotate);
-        reply.count();
-        let meta = reply.meta;
-        match response_handle.send_response(reply.response()).await {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, "sending DNS response failed");
-                let mut m = meta;
-                m.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: m,
-                    counts: HeaderCounts::default(),
-                })
-            }
+/// The QR bit: set on responses, which are never answered (no reflection loops,
+/// whatever else is wrong with the packet).
+fn is_response(pkt: &[u8]) -> bool {
+    pkt.get(2).is_some_and(|b| b & 0x80 != 0)
+}
+
+/// The whole answer path for one message as received: `None` when nothing is sent
+/// (shorter than a header, or QR=1); FORMERR with an empty question when hickory
+/// cannot parse it; otherwise [`Reply`] decides and [`Reply::encode`] writes it.
+pub fn answer_message(
+    zone: &Zone,
+    pkt: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    if is_response(pkt) {
+        return None;
+    }
+    let header = Header::read(&mut BinDecoder::new(pkt)).ok()?;
+    let request = match Request::from_bytes(pkt.to_vec(), src, protocol) {
+        Ok(r) => r,
+        Err(_) => {
+            let mut meta = Metadata::response_from_request(&header.metadata);
+            meta.response_code = ResponseCode::FormErr;
+            let h = Header {
+                metadata: meta,
+                counts: HeaderCounts::default(),
+            };
+            let mut bytes = Vec::with_capacity(12);
+            let mut enc = BinEncoder::new(&mut bytes);
+            h.emit(&mut enc).ok()?;
+            count("-", RecordType::NULL, ResponseCode::FormErr);
+            return Some(bytes);
         }
+    };
+    let reply = Reply::new(zone, &request, Choose::Rotate);
+    reply.count();
+    Some(reply.encode())
+}
+
+/// The answer path bound to the current zone; the UDP fast path hands what it does
+/// not answer itself to [`DnsHandler::answer`].
+impl DnsHandler {
+    /// Answers one message from the zone current at this moment.
+    pub fn answer(&self, pkt: &[u8], src: SocketAddr, protocol: Protocol) -> Option<Vec<u8>> {
+        answer_message(&self.zone.load(), pkt, src, protocol)
     }
 }
 
 /// The internal switch for the UDP fast path ([`crate::fastpath`]); with `false`,
-/// hickory's `Server` serves UDP itself, as before the fast path existed. Not a
+/// one tokio socket answers every datagram through the full parser. Not a
 /// config option: it exists to back the fast path out without a code change
 /// elsewhere and for A/B measurements.
 pub const FAST_UDP: bool = true;
@@ -549,7 +489,8 @@ pub const FAST_UDP: bool = true;
 /// Who serves UDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UdpMode {
-    /// hickory's `Server`: one socket, one task per datagram.
+    /// One tokio socket, every datagram parsed by hickory-proto and answered by
+    /// [`answer_message`] (the fast path's hand-over path for everything).
     Hickory,
     /// The fast path with this many `SO_REUSEPORT` sockets (at least 1).
     Fast(usize),
@@ -591,9 +532,35 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// UDP without the fast path: one datagram at a time through [`answer_message`].
+async fn serve_udp(sock: UdpSocket, zone: Arc<ArcSwap<Zone>>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; crate::fastpath::BUF];
+    loop {
+        let (n, src) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gss: udp recv failed");
+                    continue;
+                }
+            },
+        };
+        if !crate::fastpath::sane_source(src) {
+            continue;
+        }
+        let Some(resp) = answer_message(&zone.load(), &buf[..n], src, Protocol::Udp) else {
+            continue;
+        };
+        if let Err(e) = sock.send_to(&resp, src).await {
+            tracing::debug!(error = %e, "gss: udp send failed");
+        }
+    }
+}
+
 /// A running DNS server.
 pub struct DnsServer {
-    server: Server<DnsHandler>,
+    tasks: TaskTracker,
     addr: SocketAddr,
     cancel: CancellationToken,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
@@ -601,8 +568,8 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (the same port for both, also when `listen` asks
-    /// for port 0) and starts serving from `zone`: TCP always through hickory's
-    /// `Server`, UDP as `mode` says. `cancel` (or [`DnsServer::shutdown`]) stops it.
+    /// for port 0) and starts serving from `zone`: TCP through [`crate::tcp`], UDP
+    /// as `mode` says. `cancel` (or [`DnsServer::shutdown`]) stops it.
     pub async fn bind(
         listen: SocketAddr,
         zone: Arc<ArcSwap<Zone>>,
@@ -641,12 +608,13 @@ impl DnsServer {
         let addr = udp[0].local_addr().map_err(bind_err)?;
         let pktinfo = addr.ip().is_unspecified();
         let cancel = cancel.child_token();
-        let mut server = Server::new(DnsHandler::new(zone.clone()));
+        let tasks = TaskTracker::new();
         let mut udp_threads = Vec::new();
         match mode {
             UdpMode::Hickory => {
                 for s in udp {
-                    server.register_socket(UdpSocket::from_std(s).map_err(bind_err)?);
+                    let s = UdpSocket::from_std(s).map_err(bind_err)?;
+                    tasks.spawn(serve_udp(s, zone.clone(), cancel.clone()));
                 }
             }
             UdpMode::Fast(_) => {
@@ -663,9 +631,9 @@ impl DnsServer {
                 }
             }
         }
-        server.register_listener(tcp, Duration::from_secs(10), 64);
+        tasks.spawn(crate::tcp::serve(tcp, zone, cancel.clone(), tasks.clone()));
         Ok(DnsServer {
-            server,
+            tasks,
             addr,
             cancel,
             udp_threads,
@@ -681,9 +649,8 @@ impl DnsServer {
     /// the cancellation within [`crate::fastpath::POLL`]).
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        if let Err(e) = self.server.shutdown_gracefully().await {
-            tracing::debug!(error = %e, "dns server shutdown");
-        }
+        self.tasks.close();
+        self.tasks.wait().await;
         let threads = std::mem::take(&mut self.udp_threads);
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {

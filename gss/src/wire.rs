@@ -206,7 +206,7 @@ pub fn template_ok(tmpl: &[u8], question_len: usize, with_opt: bool) -> bool {
 /// Writes the answer to `query` (parsed as `q`) into `out` from the pre-rendered
 /// response `tmpl`, returning its length: the client's ID, RD and CD bits, the
 /// question bytes exactly as sent (RFC 4343: case preserved), and for EDNS the
-/// client's payload (clamped) and DO bit in the response OPT. `None` when `out` is too
+/// client's DO bit in the response OPT. `None` when `out` is too
 /// small or the template does not match the query's shape (never for templates that
 /// passed [`template_ok`] for this question length).
 pub fn patch(tmpl: &[u8], query: &[u8], q: &Query, out: &mut [u8]) -> Option<usize> {
@@ -222,8 +222,8 @@ pub fn patch(tmpl: &[u8], query: &[u8], q: &Query, out: &mut [u8]) -> Option<usi
     dst[2] = (dst[2] & !RD) | (qid[2] & RD);
     dst[3] = (dst[3] & !CD) | (qid[3] & CD);
     if let Some(opt) = q.opt {
+        // The payload field stays the template's: our own size (RFC 6891 §6.2.3).
         let o = dst.get_mut(n.checked_sub(OPT_LEN)?..)?;
-        o[3..5].copy_from_slice(&opt.limit().to_be_bytes());
         let flags = if opt.dnssec_ok { DO_BIT } else { 0 };
         o[7..9].copy_from_slice(&flags.to_be_bytes());
     }
@@ -402,7 +402,11 @@ mod tests {
         assert_eq!(r[3], 0x10, "CD copied");
         assert_eq!(&r[12..q.question_end], &query_bytes[12..q.question_end]);
         let o = &r[n - OPT_LEN..];
-        assert_eq!(u16::from_be_bytes([o[3], o[4]]), 1232, "payload clamped");
+        assert_eq!(
+            u16::from_be_bytes([o[3], o[4]]),
+            1232,
+            "our own payload size"
+        );
         assert_eq!(o[7], 0x80, "DO copied");
         // Without RD/CD/DO and a small payload.
         let query_bytes = query(1, [0, 0], "a.test", 1, Some((600, 0)));
@@ -410,7 +414,11 @@ mod tests {
         let n = patch(&tmpl, &query_bytes, &q, &mut out).unwrap();
         assert_eq!(out[2], 0x84);
         assert_eq!(out[3], 0);
-        assert_eq!(u16::from_be_bytes([out[n - 8], out[n - 7]]), 600);
+        assert_eq!(
+            u16::from_be_bytes([out[n - 8], out[n - 7]]),
+            1232,
+            "the client's 600 is not echoed (RFC 6891 §6.2.3)"
+        );
         assert_eq!(out[n - 4], 0);
         // Too small an output buffer is refused, not a panic.
         assert!(patch(&tmpl, &query_bytes, &q, &mut out[..10]).is_none());

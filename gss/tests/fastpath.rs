@@ -201,7 +201,11 @@ async fn sizes_and_truncation() {
     assert!(plain.edns.is_none());
     let e = same_reply(&p, &qe("smtp.gslb.example.test.", RecordType::A, 700, true)).await;
     let opt = e.edns.expect("OPT echoed");
-    assert_eq!(opt.max_payload(), 700);
+    assert_eq!(
+        opt.max_payload(),
+        1232,
+        "the response OPT advertises our own payload size (RFC 6891 §6.2.3), not the client's"
+    );
     assert!(opt.flags().dnssec_ok);
 }
 

@@ -136,6 +136,8 @@ pub fn config(sites: Vec<SiteConfig>, names: Vec<NameConfig>) -> GssConfig {
                 rdata: "\"v=spf1 -all\"".into(),
             },
         ],
+        server_id: None,
+        server_version: None,
     }
 }
 

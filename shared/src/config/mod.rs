@@ -6,6 +6,7 @@ mod error;
 mod model;
 mod raw;
 mod validate;
+mod zone_check;
 
 use std::path::Path;
 

@@ -370,6 +370,11 @@ pub struct GssConfig {
     pub names: Vec<NameConfig>,
     /// Static records served as-is.
     pub records: Vec<StaticRecord>,
+    /// Answer to CHAOS TXT `id.server` and `hostname.bind` (RFC 4892), which
+    /// operators ask to tell which name server answered; `None` refuses them.
+    pub server_id: Option<String>,
+    /// Answer to CHAOS TXT `version.server` and `version.bind`; `None` refuses them.
+    pub server_version: Option<String>,
 }
 
 /// SOA fields beyond the serial (which the gss derives from answer changes).

@@ -166,6 +166,8 @@ pub(crate) struct RawGss {
     #[serde(default)]
     pub name: Vec<S<RawName>>,
     pub records: O<Vec<S<String>>>,
+    pub server_id: O<String>,
+    pub server_version: O<String>,
 }
 
 /// `[gss.soa]`.

@@ -1192,6 +1192,7 @@ impl<'a> Validator<'a> {
         // Names.
         let mut names = Vec::new();
         let mut seen_names = HashSet::new();
+        let mut spanned_names: Vec<(String, Range<usize>)> = Vec::new();
         for rn in &g.name {
             let n = self.name(rn, &zone, ttl, &site_names);
             if let Some(n) = n {
@@ -1204,18 +1205,26 @@ impl<'a> Validator<'a> {
                         ),
                     );
                 }
+                spanned_names.push((n.fqdn.clone(), rn.get_ref().name.span()));
                 names.push(n);
             }
         }
 
         let mut records = Vec::new();
+        let mut spanned_records = Vec::new();
         if let Some(list) = &g.records {
             for r in list.get_ref() {
                 if let Some(rec) = self.record(r, &zone, soa.ttl) {
+                    spanned_records.push((rec.clone(), r.span()));
                     records.push(rec);
                 }
             }
         }
+        for (span, msg) in super::zone_check::conflicts(&zone, &spanned_names, &spanned_records) {
+            self.err(span, msg);
+        }
+        let server_id = self.chaos_text(&g.server_id, "server_id");
+        let server_version = self.chaos_text(&g.server_version, "server_version");
 
         GssConfig {
             listen,
@@ -1226,7 +1235,23 @@ impl<'a> Validator<'a> {
             sites,
             names,
             records,
+            server_id,
+            server_version,
         }
+    }
+
+    /// A CHAOS TXT answer: one character-string, so at most 255 printable ASCII bytes.
+    fn chaos_text(&mut self, v: &O<String>, what: &str) -> Option<String> {
+        let v = v.as_ref()?;
+        let s = v.get_ref();
+        if s.is_empty() || s.len() > 255 || !s.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            self.err(
+                v.span(),
+                format!("{what} must be 1 to 255 printable ASCII characters (it is served as one TXT string)"),
+            );
+            return None;
+        }
+        Some(s.clone())
     }
 
     fn soa(&mut self, raw: &O<RawSoa>, zone: &str, nameservers: &[String]) -> SoaConfig {
