@@ -397,6 +397,17 @@ pub fn render(
     now: Instant,
     prev: Option<&Zone>,
 ) -> Zone {
+    render_at(tpl, view, now, prev, unix_now())
+}
+
+/// [`render`] with the wall-clock time (unix seconds) given, for the serial.
+pub fn render_at(
+    tpl: Arc<ZoneTemplate>,
+    view: &HealthView,
+    now: Instant,
+    prev: Option<&Zone>,
+    unix: u64,
+) -> Zone {
     let mut names = HashMap::new();
     let mut outcomes = Vec::new();
     for n in &tpl.cfg.names {
@@ -432,7 +443,7 @@ pub fn render(
     outcomes.hash(&mut h);
     tpl.cfg.hash_key().hash(&mut h);
     let signature = h.finish();
-    let serial = next_serial(prev.map(|p| (p.serial, p.signature)), signature, unix_now());
+    let serial = next_serial(prev.map(|p| (p.serial, p.signature)), signature, unix);
     let soa_cfg = &tpl.cfg.soa;
     let mname = fqdn(&soa_cfg.mname).unwrap_or_else(|_| tpl.origin_name.clone());
     let rname = fqdn(&soa_cfg.rname).unwrap_or_else(|_| tpl.origin_name.clone());
@@ -608,6 +619,52 @@ mod tests {
         }
         assert_eq!(counts["dc1"], 300);
         assert_eq!(counts["dc2"], 100);
+    }
+
+    #[test]
+    fn serial_is_the_same_on_every_node_and_increases_on_change() {
+        // Two nodes: separate templates from the same config, the same health, their
+        // clocks (or moments of noticing) 40 s apart within one minute.
+        let t0 = 1_790_000_000u64 / 60 * 60 + 5;
+        let node = |unix| {
+            let tpl = Arc::new(ZoneTemplate::new(&cfg()).unwrap());
+            render_at(tpl, &view(true, true), Instant::now(), None, unix)
+        };
+        let (a, b) = (node(t0), node(t0 + 40));
+        assert_eq!(a.serial, b.serial, "same config and state, same serial");
+        assert_eq!(a.signature, b.signature);
+        // Both see dc1 fail a few seconds apart: again the same, and larger.
+        let tpl = a.tpl.clone();
+        let a2 = render_at(
+            tpl.clone(),
+            &view(false, true),
+            Instant::now(),
+            Some(&a),
+            t0 + 600,
+        );
+        let b2 = render_at(
+            b.tpl.clone(),
+            &view(false, true),
+            Instant::now(),
+            Some(&b),
+            t0 + 607,
+        );
+        assert_eq!(a2.serial, b2.serial);
+        assert!(a2.serial > a.serial);
+        // Back to the first answers within the same minute: still increasing.
+        let a3 = render_at(
+            tpl.clone(),
+            &view(true, true),
+            Instant::now(),
+            Some(&a2),
+            t0 + 610,
+        );
+        assert!(a3.serial > a2.serial, "{} !> {}", a3.serial, a2.serial);
+        // Nothing changed: nothing moves, whatever the clock says.
+        let a4 = render_at(tpl, &view(true, true), Instant::now(), Some(&a3), t0 + 9999);
+        assert_eq!(a4.serial, a3.serial);
+        // RFC 1982: increasing across the 2^32 wrap too.
+        assert_eq!(next_serial(Some((u32::MAX, 1)), 2, 0), 0);
     }
 
     #[test]
