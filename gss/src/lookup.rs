@@ -406,7 +406,8 @@ pub fn chaos<'z>(zone: &'z Zone, qname: &LowerName, qtype: RecordType) -> Resolu
     let Some(text) = text else {
         return Resolution::new(ResponseCode::Refused, false, "chaos");
     };
-    let mut r = Resolution::new(ResponseCode::NoError, true, "chaos");
+    // Not zone data: no AA, as NSD answers these.
+    let mut r = Resolution::new(ResponseCode::NoError, false, "chaos");
     if matches!(qtype, RecordType::TXT | RecordType::ANY) {
         let mut rec = Record::from_rdata(
             Name::from(qname),
