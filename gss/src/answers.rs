@@ -400,6 +400,22 @@ pub fn render(
     render_at(tpl, view, now, prev, unix_now())
 }
 
+/// The zone `cfg` serves with every site up and its fast-path table rendered, for
+/// tools and fuzzing that need answers without probes or sockets.
+pub fn render_all_up(cfg: &GssConfig) -> Result<Zone, GssError> {
+    let tpl = Arc::new(ZoneTemplate::new(cfg)?);
+    let view = HealthView {
+        sites: cfg
+            .sites
+            .iter()
+            .map(|s| (s.name.clone(), select::SiteView::up()))
+            .collect(),
+    };
+    let zone = render(tpl, &view, Instant::now(), None);
+    zone.fast_table();
+    Ok(zone)
+}
+
 /// [`render`] with the wall-clock time (unix seconds) given, for the serial.
 pub fn render_at(
     tpl: Arc<ZoneTemplate>,
