@@ -7,9 +7,11 @@
 //! every owner name in the zone and a fixed set of common QTYPEs (plus every static
 //! type), the exact UDP response the hickory path would send to a plain lower-case
 //! query, once without and once with an option-less EDNS(0) OPT. It does so by
-//! running the hickory path's own decision code ([`Reply`]) on a synthetic query and
-//! encoding it as hickory's server does ([`encode_udp`]), so the two paths cannot
-//! drift apart. The table lives inside the `Zone` (a `OnceLock`) and is swapped with
+//! running the full path's own decision code ([`Reply`]) on a synthetic query and
+//! encoding it the same way ([`Reply::encode`]: owner names compress against the
+//! question at offset 12, which the patch keeps), so the two paths cannot drift
+//! apart. Answers that depend on more than the name's own pick (a CNAME to a
+//! weighted or client-rule name) are not pre-rendered. The table lives inside the `Zone` (a `OnceLock`) and is swapped with
 //! it through the same `ArcSwap`, so a fast answer is never older than a hickory one;
 //! until a new zone's table is filled its queries simply take the hickory path. Weighted names
 //! get one rendering per site pick and share the hickory path's rotation counter;
@@ -21,21 +23,17 @@
 //! `(name, qtype)` key up in a hash map with a cheap non-keyed hash (keys come from the
 //! config, not from clients, so collisions cannot be forced into long chains), copies
 //! the template into the socket's reusable send buffer and patches ID, RD, CD, the
-//! question bytes as sent, and the OPT's payload and DO bit. Metrics use counter
+//! question bytes as sent, and the OPT's DO bit (its payload stays our own 1232). Metrics use counter
 //! handles cached per rendering (registered on first use), so the hot path does one
 //! atomic add. Responses bigger than the client may take are never sent from here.
 //!
 //! **Hand-over.** Anything else (other opcodes, QDCOUNT ≠ 1, EDNS options other than a
 //! well-formed DNS cookie, which both paths ignore, EDNS version ≠ 0, unknown names, client rules, truncation, malformed
-//! input) goes to [`handover`], which does what hickory's `Server` does with a UDP
-//! datagram (drop short ones and responses, FORMERR with no question when the
-//! message does not parse) and then calls the same [`DnsHandler`] the TCP listener
-//! uses, directly, with a response handler that captures the encoded bytes. That is
-//! the simplest correct design: the fast path owns the UDP port outright, hickory's
-//! `Server` keeps TCP, and the client's real source address reaches the handler (a
-//! forwarding socket would lose it, and with it client rules). The handler only ever
-//! awaits its own capturing response handler, so its future completes on first poll
-//! and runs inline on the socket's thread.
+//! input) goes to [`handover`], which runs [`crate::server::answer_message`], the
+//! path TCP uses too (nothing for short messages and QR=1, FORMERR with no question
+//! when hickory-proto cannot parse it), inline on the socket's thread with the
+//! client's real source address (a forwarding socket would lose it, and with it
+//! client rules).
 //!
 //! **Threads.** One blocking thread per socket (not tokio tasks): a blocking
 //! `recvmmsg` with `MSG_WAITFORONE` costs one syscall per batch with no readiness

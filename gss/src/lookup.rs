@@ -77,7 +77,7 @@ enum Node<'z> {
         varies: bool,
     },
     Cname {
-        record: Record,
+        record: Box<Record>,
         target: LowerName,
         label: &'z str,
     },
@@ -144,7 +144,7 @@ pub fn resolve<'z>(
                 if first {
                     r.label = label;
                 }
-                r.answers.push(record);
+                r.answers.push(*record);
                 visited.push(name);
                 if !tpl.origin.zone_of(&target) || visited.contains(&target) {
                     break;
@@ -238,7 +238,7 @@ fn node<'z>(
             if let RData::CNAME(CNAME(target)) = &record.data {
                 let target = LowerName::from(target);
                 return Node::Cname {
-                    record,
+                    record: Box::new(record),
                     target,
                     label: "static",
                 };

@@ -98,7 +98,7 @@ pub(crate) fn conflicts(
             continue;
         }
         if let Some(cut) = cut_above(owner, t == "NS") {
-            if !GLUE_TYPES.contains(&t) && !(t == "NS" && owner == cut) {
+            if !(GLUE_TYPES.contains(&t) || t == "NS" && owner == cut) {
                 out.push((
                     span.clone(),
                     format!("\"{owner}\" is at or below the delegation \"{cut}\" (NS records there); only A/AAAA glue may sit there, the child zone answers the rest"),
