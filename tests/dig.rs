@@ -49,6 +49,15 @@ listen = "127.0.0.1:{port}"
 zone = "gslb.example.test"
 ttl = 20
 nameservers = ["ns1.gslb.example.test"]
+server_id = "gss-dig-1"
+records = [
+  "www CNAME smtp",
+  "@ MX 10 mx",
+  "mx A 192.0.2.25",
+  "sub NS ns.sub",
+  "ns.sub A 192.0.2.99",
+  "*.wild A 192.0.2.7",
+]
 
 [[gss.site]]
 name = "dc1"
@@ -160,6 +169,35 @@ fn dig_sees_a_correct_authoritative_server_and_failover() {
         large.contains("ANSWER: 40") && !large.contains(" tc"),
         "{large}"
     );
+
+    // Zone-file semantics from the TOML records: a CNAME followed to the
+    // site-selected name, a relative MX target with its address, a referral, a wildcard.
+    assert_eq!(
+        dns.short("www.gslb.example.test", "A"),
+        ["127.0.0.1", "smtp.gslb.example.test."]
+    );
+    let mx = dns.dig(&["+norec", "gslb.example.test", "MX"]);
+    assert!(
+        mx.contains("10 mx.gslb.example.test.") && mx.contains("192.0.2.25"),
+        "{mx}"
+    );
+    let referral = dns.dig(&["+norec", "host.sub.gslb.example.test", "A"]);
+    assert!(
+        referral.contains("status: NOERROR") && !referral.contains(" aa"),
+        "{referral}"
+    );
+    assert!(
+        referral.contains("AUTHORITY: 1") && referral.contains("ns.sub.gslb.example.test."),
+        "{referral}"
+    );
+    assert!(referral.contains("192.0.2.99"), "glue: {referral}");
+    assert_eq!(dns.short("x.y.wild.gslb.example.test", "A"), ["192.0.2.7"]);
+    // Which server answered, as operators ask it; an extended error on REFUSED.
+    assert_eq!(
+        dns.dig(&["+short", "CH", "TXT", "id.server"]).trim(),
+        "\"gss-dig-1\""
+    );
+    assert!(refused.contains("EDE: 20"), "{refused}");
 
     // Operator override moves answers at once; auto releases (manual failback too).
     assert_eq!(p.ctl("site down dc1").trim(), "ok");
