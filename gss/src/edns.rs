@@ -17,8 +17,10 @@ pub enum Ede {
     Other,
     /// 18, Prohibited: zone transfers.
     Prohibited,
-    /// 20, Not Authoritative: names outside the zone, other classes.
+    /// 20, Not Authoritative: names outside the zone, unconfigured CHAOS names.
     NotAuthoritative,
+    /// 21, Not Supported: classes other than IN and CH.
+    NotSupported,
 }
 
 impl Ede {
@@ -27,6 +29,7 @@ impl Ede {
             Ede::Other => 0,
             Ede::Prohibited => 18,
             Ede::NotAuthoritative => 20,
+            Ede::NotSupported => 21,
         }
     }
 }

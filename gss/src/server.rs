@@ -270,10 +270,11 @@ impl<'a> Reply<'a> {
             if class == DNSClass::CH {
                 Ok(lookup::chaos(zone, q.name(), qtype))
             } else if class != DNSClass::IN {
-                ede = Some(edns::ede(Ede::NotAuthoritative, "only class IN is served"));
+                // Codes without EXTRA-TEXT, as NSD and Knot send them.
+                ede = Some(edns::ede(Ede::NotSupported, ""));
                 Err(ResponseCode::Refused)
             } else if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-                ede = Some(edns::ede(Ede::Prohibited, "zone transfers are not served"));
+                ede = Some(edns::ede(Ede::Prohibited, ""));
                 Err(ResponseCode::Refused)
             } else {
                 let client = client_of(request.src(), ecs.as_ref());
@@ -300,10 +301,8 @@ impl<'a> Reply<'a> {
                 additional = r.additional;
                 match r.rcode {
                     ResponseCode::Refused if r.label == "out-of-zone" => {
-                        ede = Some(edns::ede(
-                            Ede::NotAuthoritative,
-                            "the name is outside the zone served here",
-                        ));
+                        // No EXTRA-TEXT, as NSD and Knot: the commonest REFUSED stays small.
+                        ede = Some(edns::ede(Ede::NotAuthoritative, ""));
                     }
                     ResponseCode::Refused => {
                         ede = Some(edns::ede(

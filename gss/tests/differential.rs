@@ -1,9 +1,9 @@
-//! Differential test against NSD (Debian `nsd`): the same zone served by the gss and
-//! by NSD on loopback, a few hundred queries generated here (every owner × common
+//! Differential test against NSD and Knot (Debian `nsd`, `knot`): the same zone served
+//! by the gss and by each of them on loopback, a few hundred queries generated here (every owner × common
 //! types, case variations, names below existing names, out-of-zone names, EDNS sizes
 //! and options, DO, CHAOS, TCP), and a field-by-field comparison of rcode, flags,
 //! sections, OPT and size. Every intended difference is in [`intended`], with why.
-//! Skips when NSD is not installed, fails under CI (`.ci/run` installs it).
+//! Skips a peer that is not installed, fails under CI (`.ci/run` installs both).
 
 mod common;
 
@@ -110,28 +110,29 @@ fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
-fn find_nsd() -> Option<PathBuf> {
+fn find(bin: &str, package: &str) -> Option<PathBuf> {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join("nsd");
+        let p = Path::new(dir).join(bin);
         if p.exists() {
             return Some(p);
         }
     }
     if on_ci() {
-        panic!("nsd is required under CI; .ci/run installs it");
+        panic!("{bin} is required under CI; .ci/run installs {package}");
     }
-    eprintln!("skipping: nsd is not installed (apt-get install nsd, or run .ci/run)");
+    eprintln!("skipping {bin}: not installed (apt-get install {package}, or run .ci/run)");
     None
 }
 
-/// NSD in the foreground with its own config dir, killed on drop.
-struct Nsd {
+/// A reference server in the foreground with its own config dir, killed on drop.
+struct Reference {
+    name: &'static str,
     child: Child,
     dir: PathBuf,
     addr: SocketAddr,
 }
 
-impl Drop for Nsd {
+impl Drop for Reference {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -149,46 +150,71 @@ fn free_udp_tcp_port() -> u16 {
     }
 }
 
-async fn start_nsd(bin: &Path, cfg: &GssConfig) -> Nsd {
-    let dir = std::env::temp_dir().join(format!("portico-nsd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_udp_tcp_port();
-    std::fs::write(dir.join("zone"), zone_file(cfg)).unwrap();
-    let d = dir.display();
-    let conf = format!(
+/// NSD 4 with `minimal-responses` (see [`intended`]), identity as the gss's, version
+/// hidden, EDNS size 1232 like the gss.
+fn nsd_conf(port: u16, d: &str) -> String {
+    format!(
         "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
          zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
-         zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  \
+         zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/log\"\n  server-count: 1\n  \
          identity: \"{IDENTITY}\"\n  hide-version: yes\n  ip-transparent: no\n  \
          tcp-count: 16\n  minimal-responses: yes\n  ipv4-edns-size: 1232\n  ipv6-edns-size: 1232\n\
          remote-control:\n  control-enable: no\n\
          zone:\n  name: \"{ZONE}\"\n  zonefile: \"{d}/zone\"\n"
-    );
-    std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+    )
+}
+
+/// Knot 3 with its defaults (its UDP payload is 1232 too), identity as the gss's,
+/// version hidden, no journal or zone-file writes.
+fn knot_conf(port: u16, d: &str) -> String {
+    format!(
+        "server:\n    listen: 127.0.0.1@{port}\n    rundir: \"{d}\"\n    identity: \"{IDENTITY}\"\n    version: \"\"\n\
+         database:\n    storage: \"{d}\"\n\
+         template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-sync: -1\n    journal-content: none\n\
+         zone:\n  - domain: {ZONE}\n    file: \"{d}/zone\"\n\
+         log:\n  - target: \"{d}/log\"\n    any: info\n"
+    )
+}
+
+async fn start_reference(name: &'static str, bin: &Path, cfg: &GssConfig) -> Reference {
+    let dir = std::env::temp_dir().join(format!("portico-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_udp_tcp_port();
+    std::fs::write(dir.join("zone"), zone_file(cfg)).unwrap();
+    let d = dir.display().to_string();
+    let (conf, args): (String, &[&str]) = match name {
+        "nsd" => (nsd_conf(port, &d), &["-d", "-c"]),
+        _ => (knot_conf(port, &d), &["-c"]),
+    };
+    std::fs::write(dir.join("server.conf"), conf).unwrap();
     let child = Command::new(bin)
-        .arg("-d")
-        .arg("-c")
-        .arg(dir.join("nsd.conf"))
+        .args(args)
+        .arg(dir.join("server.conf"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nsd starts");
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let nsd = Nsd { child, dir, addr };
+    let r = Reference {
+        name,
+        child,
+        dir,
+        addr,
+    };
     // Ready when it answers the SOA; bounded.
     let probe = plain(&format!("{ZONE}."), RecordType::SOA)
         .to_vec()
         .unwrap();
     for _ in 0..100 {
-        if let Some(r) = exchange(addr, &probe, false, Duration::from_millis(100)).await {
-            if Message::from_vec(&r).is_ok_and(|m| !m.answers.is_empty()) {
-                return nsd;
+        if let Some(a) = exchange(addr, &probe, false, Duration::from_millis(100)).await {
+            if Message::from_vec(&a).is_ok_and(|m| !m.answers.is_empty()) {
+                return r;
             }
         }
     }
-    let log = std::fs::read_to_string(nsd.dir.join("nsd.log")).unwrap_or_default();
-    panic!("nsd did not answer within 10s; its log:\n{log}");
+    let log = std::fs::read_to_string(r.dir.join("log")).unwrap_or_default();
+    panic!("{name} did not answer within 10s; its log:\n{log}");
 }
 
 fn plain(name: &str, t: RecordType) -> Message {
@@ -396,7 +422,21 @@ fn corpus() -> Vec<Case> {
         m.queries[0].set_query_class(DNSClass::CH);
         add(format!("CH TXT {n}"), m, false);
     }
-    // RD set, TCP with EDNS, NOTIFY opcode.
+    // Zone transfers (refused), another class, another opcode.
+    for tcp in [false, true] {
+        add(
+            format!("AXFR tcp={tcp}"),
+            with_edns(plain(&fq("@"), RecordType::AXFR), 1232, false),
+            tcp,
+        );
+    }
+    let mut hs = with_edns(plain(&fq("smtp"), RecordType::A), 1232, false);
+    hs.queries[0].set_query_class(DNSClass::HS);
+    add("class HS".into(), hs, false);
+    let mut status = plain(&fq("smtp"), RecordType::A);
+    status.metadata.op_code = OpCode::Status;
+    add("opcode STATUS".into(), status, false);
+    // RD set, TCP with EDNS.
     let mut rd = plain(&fq("smtp"), RecordType::A);
     rd.metadata.recursion_desired = true;
     add("smtp A rd".into(), rd, false);
@@ -492,6 +532,7 @@ fn fields(raw: &[u8], m: &Message, options: bool, size: bool) -> BTreeMap<&'stat
 /// compared when the query had ECS or the gss added an EDE, nor is the size then).
 fn intended(
     case: &Case,
+    peer: &str,
     field: &str,
     gss: &str,
     nsd: &str,
@@ -504,19 +545,50 @@ fn intended(
         // RFC 1035 §3.3.9 / RFC 2782 additional processing Knot does by default),
         // saving a resolver the follow-up query for mail routing.
         "additional" | "size"
-            if mail_extra && (field == "size" || nsd.is_empty() && !gss.is_empty()) =>
+            if peer == "nsd"
+                && mail_extra
+                && (field == "size" || nsd.is_empty() && !gss.is_empty()) =>
         {
             Some("MX/SRV target addresses in the additional section (NSD minimal-responses)")
         }
-        "size" if case.ecs => Some("the gss echoes the ECS option; NSD ignores ECS"),
+        // The gss never transfers its zone and says so the same way on every
+        // transport; NSD and Knot answer NOTIMP over UDP (AXFR is TCP-only, RFC 5936
+        // §4.2) and Knot NOTAUTH over TCP (no transfer ACL).
+        "rcode" if case.qtype == RecordType::AXFR => {
+            Some("zone transfers: REFUSED on every transport")
+        }
+        "opt" | "size" if case.qtype == RecordType::AXFR && peer == "knot" => {
+            Some("zone transfers: REFUSED on every transport")
+        }
+        // NSD leaves the question out when it refuses another class or opcode; the
+        // gss echoes it, as Knot does and RFC 1035 §4.1.1 expects.
+        "question" | "size"
+            if peer == "nsd" && (case.what == "class HS" || case.what == "opcode STATUS") =>
+        {
+            Some("the question echoed on NOTIMP/REFUSED for other classes and opcodes")
+        }
+        "size" if case.ecs => Some("the gss echoes the ECS option; the peers ignore ECS"),
+        // RFC 8482 lets a server answer ANY with any one RRset it has: at the apex
+        // the gss picks the SOA (so does NSD here), Knot the NS set and its glue.
+        "answer" | "additional" | "size" if case.qtype == RecordType::ANY && peer == "knot" => {
+            Some("RFC 8482 minimal ANY: a different RRset chosen")
+        }
         _ => None,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gss_and_nsd_answer_the_same() {
-    let Some(bin) = find_nsd() else { return };
+async fn gss_answers_as_nsd_and_knot_do() {
     let cfg = gss_config();
+    let mut references = Vec::new();
+    for (name, bin, package) in [("nsd", "nsd", "nsd"), ("knot", "knotd", "knot")] {
+        if let Some(path) = find(bin, package) {
+            references.push(start_reference(name, &path, &cfg).await);
+        }
+    }
+    if references.is_empty() {
+        return;
+    }
     let a1: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let a2: SocketAddr = "127.0.0.1:2".parse().unwrap();
     let (gss, _) = start(
@@ -527,70 +599,81 @@ async fn gss_and_nsd_answer_the_same() {
         ]),
     )
     .await;
-    let nsd = start_nsd(&bin, &cfg).await;
     let cases = corpus();
     assert!(cases.len() >= 300, "{} cases", cases.len());
     let mut diffs = Vec::new();
-    let mut explained = BTreeMap::<&str, usize>::new();
+    let mut explained = BTreeMap::<(&str, &str), usize>::new();
     let wait = Duration::from_secs(2);
-    for case in &cases {
-        let ours = exchange(gss.local_addr(), &case.bytes, case.tcp, wait).await;
-        let theirs = exchange(nsd.addr, &case.bytes, case.tcp, wait).await;
-        let (ours, theirs) = match (ours, theirs) {
-            (Some(o), Some(t)) => (o, t),
-            (o, t) => {
-                if o.is_some() != t.is_some() {
-                    diffs.push(format!(
-                        "{}: gss answered {} / nsd answered {}",
-                        case.what,
-                        o.is_some(),
-                        t.is_some()
-                    ));
+    for reference in &references {
+        let peer = reference.name;
+        for case in &cases {
+            let ours = exchange(gss.local_addr(), &case.bytes, case.tcp, wait).await;
+            let theirs = exchange(reference.addr, &case.bytes, case.tcp, wait).await;
+            let (ours, theirs) = match (ours, theirs) {
+                (Some(o), Some(t)) => (o, t),
+                (o, t) => {
+                    if o.is_some() != t.is_some() {
+                        diffs.push(format!(
+                            "{peer}: {}: gss answered {} / {peer} answered {}",
+                            case.what,
+                            o.is_some(),
+                            t.is_some()
+                        ));
+                    }
+                    continue;
                 }
+            };
+            let (Ok(om), Ok(tm)) = (Message::from_vec(&ours), Message::from_vec(&theirs)) else {
+                diffs.push(format!("{peer}: {}: unparsable reply", case.what));
                 continue;
+            };
+            let has_ede = |m: &Message| {
+                m.edns.as_ref().is_some_and(|e| {
+                    e.options()
+                        .as_ref()
+                        .iter()
+                        .any(|(_, o)| matches!(o, EdnsOption::Unknown(15, _)))
+                })
+            };
+            // NSD 4.6 sends no extended errors: options and size are not compared
+            // where the gss adds one.
+            let ede_gap = has_ede(&om) && !has_ede(&tm);
+            if ede_gap {
+                *explained
+                    .entry((
+                        peer,
+                        "EDE on REFUSED/SERVFAIL (RFC 8914); the peer sends none",
+                    ))
+                    .or_default() += 1;
             }
-        };
-        let (Ok(om), Ok(tm)) = (Message::from_vec(&ours), Message::from_vec(&theirs)) else {
-            diffs.push(format!("{}: unparsable reply", case.what));
-            continue;
-        };
-        let has_ede = |m: &Message| {
-            m.edns.as_ref().is_some_and(|e| {
-                e.options()
-                    .as_ref()
-                    .iter()
-                    .any(|(_, o)| matches!(o, EdnsOption::Unknown(15, _)))
-            })
-        };
-        let ede = has_ede(&om);
-        let options = !case.ecs && !ede;
-        let size = !ede;
-        if ede {
-            *explained
-                .entry("EDE on REFUSED/SERVFAIL (RFC 8914); NSD 4.6 sends none")
-                .or_default() += 1;
-        }
-        let mail_extra = matches!(
-            case.qtype,
-            RecordType::MX | RecordType::SRV | RecordType::ANY
-        ) && tm.additionals.is_empty()
-            && !om.additionals.is_empty();
-        let f_ours = fields(&ours, &om, options, size);
-        let f_theirs = fields(&theirs, &tm, options, size);
-        for (k, v) in &f_ours {
-            let w = &f_theirs[k];
-            if v == w {
-                continue;
-            }
-            match intended(case, k, v, w, mail_extra) {
-                Some(why) => *explained.entry(why).or_default() += 1,
-                None => diffs.push(format!("{} [{k}]: gss {v:?} / nsd {w:?}", case.what)),
+            let options = !case.ecs && !ede_gap;
+            let size = !ede_gap;
+            let mail_extra = matches!(
+                case.qtype,
+                RecordType::MX | RecordType::SRV | RecordType::ANY
+            ) && tm.additionals.is_empty()
+                && !om.additionals.is_empty();
+            let f_ours = fields(&ours, &om, options, size);
+            let f_theirs = fields(&theirs, &tm, options, size);
+            for (k, v) in &f_ours {
+                let w = &f_theirs[k];
+                if v == w {
+                    continue;
+                }
+                match intended(case, peer, k, v, w, mail_extra) {
+                    Some(why) => *explained.entry((peer, why)).or_default() += 1,
+                    None => diffs.push(format!(
+                        "{peer}: {} [{k}]: gss {v:?} / {peer} {w:?}",
+                        case.what
+                    )),
+                }
             }
         }
     }
     eprintln!(
-        "{} queries compared; intended differences: {explained:#?}",
-        cases.len()
+        "{} queries compared against {:?}; intended differences: {explained:#?}",
+        cases.len(),
+        references.iter().map(|r| r.name).collect::<Vec<_>>()
     );
     assert!(
         diffs.is_empty(),
