@@ -72,7 +72,8 @@ async fn connection(
     zone: &ArcSwap<Zone>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    // Sized per message, so idle connections hold no 64 KiB buffer.
+    let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(IDLE, stream.read_exact(&mut len)).await {
@@ -85,6 +86,7 @@ async fn connection(
         if n < 12 {
             return Ok(());
         }
+        buf.resize(n, 0);
         let body = &mut buf[..n];
         match tokio::time::timeout(IDLE, stream.read_exact(body)).await {
             Ok(r) => r?,
@@ -100,5 +102,8 @@ async fn connection(
         out.extend_from_slice(&rlen.to_be_bytes());
         out.extend_from_slice(&resp);
         stream.write_all(&out).await?;
+        if buf.capacity() > 4096 {
+            buf = Vec::new();
+        }
     }
 }
