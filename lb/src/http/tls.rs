@@ -15,7 +15,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use shared::config::{CertPair, TlsConfig};
+use rustls::SignatureScheme;
+use rustls::SupportedCipherSuite;
+use shared::config::{CertPair, HttpVipConfig, TlsConfig, TlsVersion};
 use shared::tls::{load_certs, load_key, provider, TlsError};
 
 /// One loaded pair and the names it serves (lower case; wildcards as `*.suffix`).
@@ -140,24 +142,47 @@ impl CertStore {
         self.pairs.store(Arc::new(loaded.pairs));
     }
 
-    /// The certificate for `sni` (exact name first, then wildcard, then the default).
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `sni` (exact name first, then wildcard, then the default)
+    /// that can sign with one of the client's `schemes`: several pairs may serve one
+    /// name (an ECDSA and an RSA certificate), and each client gets one it can
+    /// verify. Within a group the configured order is the preference; when none of a
+    /// group fits, its first pair is offered and the handshake fails as it must.
+    pub fn pick(
+        &self,
+        sni: Option<&str>,
+        schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         let entries = self.entries.load();
+        let fits = |e: &&Entry| e.key.key.choose_scheme(schemes).is_some();
+        let best = |group: &mut dyn Iterator<Item = &Entry>| -> Option<Arc<CertifiedKey>> {
+            let mut first = None;
+            for e in group {
+                if fits(&e) {
+                    return Some(Arc::clone(&e.key));
+                }
+                first.get_or_insert_with(|| Arc::clone(&e.key));
+            }
+            first
+        };
         if let Some(sni) = sni {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-            let exact = entries.iter().find(|e| e.names.contains(&sni));
-            let wild = || {
-                entries.iter().find(|e| {
-                    e.names
-                        .iter()
-                        .any(|n| n.starts_with("*.") && name_matches(n, &sni))
-                })
-            };
-            if let Some(e) = exact.or_else(wild) {
-                return Some(Arc::clone(&e.key));
+            let exact = best(&mut entries.iter().filter(|e| e.names.contains(&sni)));
+            if exact.is_some() {
+                return exact;
+            }
+            let wild = best(&mut entries.iter().filter(|e| {
+                e.names
+                    .iter()
+                    .any(|n| n.starts_with("*.") && name_matches(n, &sni))
+            }));
+            if wild.is_some() {
+                return wild;
             }
         }
-        entries.first().map(|e| Arc::clone(&e.key))
+        // The default: the first pair, or the first pair serving its names that the
+        // client can verify.
+        let default = entries.first()?;
+        best(&mut entries.iter().filter(|e| e.names == default.names))
     }
 
     /// The certificate files currently served.
@@ -176,16 +201,42 @@ struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.pick(hello.server_name())
+        self.0.pick(hello.server_name(), hello.signature_schemes())
     }
 }
 
-/// The server configuration of an HTTPS VIP: TLS 1.2 and 1.3 with the `ring`
-/// provider, ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
-/// certificates from `store` (so a reload needs no new configuration).
-pub fn server_config(store: &Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, CertError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+/// The server configuration of an HTTPS VIP: TLS 1.3 and (unless
+/// `tls_min_version = "1.3"`) TLS 1.2 with the `ring` provider, its TLS 1.2 suites
+/// narrowed to `tls12_ciphers` when set (TLS 1.3 suites are all kept: each is
+/// strong), ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
+/// certificates from `store` (so a certificate reload needs no new configuration).
+pub fn server_config(
+    store: &Arc<CertStore>,
+    http: &HttpVipConfig,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = &http.tls12_ciphers {
+        let all = rustls::crypto::ring::ALL_CIPHER_SUITES;
+        let mut suites: Vec<SupportedCipherSuite> = all
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+            .copied()
+            .collect();
+        for name in names {
+            if let Some(s) = all.iter().find(|s| {
+                s.version() == &rustls::version::TLS12 && s.suite().as_str() == Some(name.as_str())
+            }) {
+                suites.push(*s);
+            }
+        }
+        provider.cipher_suites = suites;
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match http.tls_min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
         .map_err(TlsError::from)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(Arc::clone(store))));
