@@ -4,7 +4,11 @@
 //! Each pair's names are read from the leaf certificate's subjectAltName DNS entries
 //! (exact names and `*.example.com` wildcards, matching one label as RFC 6125 says).
 //! A handshake whose SNI matches no name — or that sends none, as IP-literal clients
-//! do — gets the default pair. [`CertStore::reload`] re-reads every file and swaps
+//! do — gets the default pair. Several pairs may serve one name (an ECDSA and an RSA
+//! certificate): among the pairs that match, the first whose key can sign with a
+//! signature scheme the client offered is chosen, so old RSA-only clients and modern
+//! ECDSA clients both get a certificate they can verify. The TLS versions and TLS 1.2
+//! suites offered come from `tls_min_version` and `tls12_ciphers`. [`CertStore::reload`] re-reads every file and swaps
 //! the whole set only if all of them load, so a bad file on reload keeps the old
 //! certificates serving; handshakes after the swap see the new set while established
 //! connections keep the session they negotiated.
