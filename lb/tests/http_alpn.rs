@@ -3,7 +3,8 @@
 //! HTTP/1 only (an HTTP/2 preface is refused), and an invalid HTTP/2 preface, over
 //! TLS or in plain text, gets a GOAWAY (h2spec 3.5 #2). The TLS edge: an ECDSA and an
 //! RSA certificate for one name, chosen by the client's signature schemes; the
-//! minimum TLS version and the TLS 1.2 cipher list.
+//! minimum TLS version and the TLS 1.2 cipher list; an OCSP response stapled from a
+//! file and re-read by `reload_certs`.
 
 mod http_support;
 
@@ -29,9 +30,9 @@ const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
 const GOAWAY_HEAD: &[u8] = &[0, 0, 8, 7, 0, 0, 0, 0, 0];
 
 /// A client that accepts any certificate and offers only `schemes` (all when empty)
-/// and only `versions`.
-#[derive(Debug)]
-struct Offer(Vec<SignatureScheme>);
+/// and only `versions`; it keeps the OCSP response the server stapled.
+#[derive(Debug, Default)]
+struct Offer(Vec<SignatureScheme>, std::sync::Mutex<Vec<u8>>);
 
 impl ServerCertVerifier for Offer {
     fn verify_server_cert(
@@ -39,9 +40,10 @@ impl ServerCertVerifier for Offer {
         _: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
-        _: &[u8],
+        ocsp: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner()) = ocsp.to_vec();
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -86,13 +88,25 @@ fn client(
     schemes: &[SignatureScheme],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
+    client_with(
+        Arc::new(Offer(schemes.to_vec(), Default::default())),
+        alpn,
+        versions,
+    )
+}
+
+fn client_with(
+    verifier: Arc<Offer>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(versions)
     .expect("versions")
     .dangerous()
-    .with_custom_certificate_verifier(Arc::new(Offer(schemes.to_vec())))
+    .with_custom_certificate_verifier(verifier)
     .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
@@ -348,4 +362,53 @@ async fn tls_min_version_and_tls12_cipher_list() {
         .expect("TLS 1.2 with the listed suite");
     let suite = s.get_ref().1.negotiated_cipher_suite().expect("suite");
     assert_eq!(suite.suite().as_str(), Some(want));
+}
+
+#[tokio::test]
+async fn ocsp_response_is_stapled_and_reread_on_reload() {
+    let pki = TestPki::new(&["mail.example.test"]);
+    let dir = std::env::temp_dir().join(format!("portico-ocsp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ocsp = dir.join("mail.ocsp");
+    // A DER OCSPResponse: SEQUENCE { responseStatus ENUMERATED }.
+    let first = [0x30, 0x03, 0x0a, 0x01, 0x00];
+    std::fs::write(&ocsp, first).expect("write");
+    let b = text_backend("ok").await;
+    let cert = pki.cert_path();
+    let cfg = vip_config(
+        "https",
+        &[("web1", b.addr)],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\nocsp = {{ \"{}\" = \"{}\" }}",
+            cert.display(),
+            pki.key_path().display(),
+            cert.display(),
+            ocsp.display()
+        ),
+    );
+    let p = start(&cfg).await;
+    let stapled = |version: &'static rustls::SupportedProtocolVersion| {
+        let addr = p.addr;
+        async move {
+            let v = Arc::new(Offer::default());
+            tls(addr, client_with(Arc::clone(&v), &[], &[version]))
+                .await
+                .expect("tls");
+            let got = v.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            got
+        }
+    };
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(stapled(version).await, first, "{version:?}");
+    }
+    let second = [0x30, 0x03, 0x0a, 0x01, 0x01];
+    std::fs::write(&ocsp, second).expect("write");
+    p.vip.reload_certs().expect("reload");
+    assert_eq!(stapled(&rustls::version::TLS13).await, second);
+
+    // A file that is not DER is refused and the served response stays.
+    std::fs::write(&ocsp, b"-----BEGIN OCSP-----").expect("write");
+    assert!(p.vip.reload_certs().is_err());
+    assert_eq!(stapled(&rustls::version::TLS13).await, second);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -438,7 +438,7 @@ impl HttpVip {
                     vip: cfg.name.clone(),
                     source,
                 };
-                let store = CertStore::load(tls_cfg).map_err(certs_err)?;
+                let store = CertStore::load(tls_cfg, &cfg.http.ocsp).map_err(certs_err)?;
                 let config = tls::server_config(&store, &cfg.http).map_err(certs_err)?;
                 (Some(store), Some(ArcSwap::new(config)))
             }
@@ -495,7 +495,9 @@ impl HttpVip {
                     .tls
                     .as_ref()
                     .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
-                let loaded = store.prepare(Some(tls_cfg)).map_err(certs_err)?;
+                let loaded = store
+                    .prepare(Some((tls_cfg, &cfg.http.ocsp)))
+                    .map_err(certs_err)?;
                 let changed = old.http.tls_min_version != cfg.http.tls_min_version
                     || old.http.tls12_ciphers != cfg.http.tls12_ciphers;
                 let tls = if changed {

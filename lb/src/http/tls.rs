@@ -8,12 +8,14 @@
 //! certificate): among the pairs that match, the first whose key can sign with a
 //! signature scheme the client offered is chosen, so old RSA-only clients and modern
 //! ECDSA clients both get a certificate they can verify. The TLS versions and TLS 1.2
-//! suites offered come from `tls_min_version` and `tls12_ciphers`. [`CertStore::reload`] re-reads every file and swaps
+//! suites offered come from `tls_min_version` and `tls12_ciphers`. A pair may staple
+//! an OCSP response read from a file (`ocsp`), re-read with the certificates. [`CertStore::reload`] re-reads every file and swaps
 //! the whole set only if all of them load, so a bad file on reload keeps the old
 //! certificates serving; handshakes after the swap see the new set while established
 //! connections keep the session they negotiated.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -50,10 +52,14 @@ pub enum CertError {
     },
 }
 
+/// OCSP response files by the certificate file they staple to (`ocsp`).
+pub type OcspFiles = BTreeMap<PathBuf, PathBuf>;
+
 /// A certificate set read and checked but not yet served (see [`CertStore::prepare`]).
 #[derive(Debug)]
 pub struct LoadedCerts {
     pairs: Vec<CertPair>,
+    ocsp: OcspFiles,
     entries: Vec<Entry>,
 }
 
@@ -61,10 +67,26 @@ pub struct LoadedCerts {
 #[derive(Debug)]
 pub struct CertStore {
     pairs: ArcSwap<Vec<CertPair>>,
+    ocsp: ArcSwap<OcspFiles>,
     entries: ArcSwap<Vec<Entry>>,
 }
 
-fn load_pair(pair: &CertPair) -> Result<Entry, CertError> {
+/// Reads a DER OCSP response to staple. Its freshness is the operator's job (a
+/// cron job fetching it, then a reload); a file that is not DER at all (a PEM
+/// or an error page saved by mistake) is refused rather than sent to clients.
+fn load_ocsp(path: &Path) -> Result<Vec<u8>, CertError> {
+    let bad = |reason: String| CertError::Pair {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read OCSP response: {e}")))?;
+    if der.len() < 2 || der[0] != 0x30 {
+        return Err(bad("not a DER OCSP response".into()));
+    }
+    Ok(der)
+}
+
+fn load_pair(pair: &CertPair, ocsp: &OcspFiles) -> Result<Entry, CertError> {
     let chain = load_certs(&pair.cert)?;
     let key = load_key(&pair.key)?;
     let bad = |reason: String| CertError::Pair {
@@ -80,19 +102,22 @@ fn load_pair(pair: &CertPair) -> Result<Entry, CertError> {
             names.push(n.trim_end_matches('.').to_ascii_lowercase());
         }
     }
-    let certified = CertifiedKey::from_der(chain, key, &provider())
+    let mut certified = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+    if let Some(file) = ocsp.get(&pair.cert) {
+        certified.ocsp = Some(load_ocsp(file)?);
+    }
     Ok(Entry {
         names,
         key: Arc::new(certified),
     })
 }
 
-fn load_all(pairs: &[CertPair]) -> Result<Vec<Entry>, CertError> {
+fn load_all(pairs: &[CertPair], ocsp: &OcspFiles) -> Result<Vec<Entry>, CertError> {
     if pairs.is_empty() {
         return Err(CertError::Empty);
     }
-    pairs.iter().map(load_pair).collect()
+    pairs.iter().map(|p| load_pair(p, ocsp)).collect()
 }
 
 /// True when a certificate name (`mail.example.com` or `*.example.com`) covers `sni`.
@@ -108,21 +133,23 @@ pub fn name_matches(pattern: &str, sni: &str) -> bool {
 }
 
 impl CertStore {
-    /// Loads every pair of `cfg`; all must load.
-    pub fn load(cfg: &TlsConfig) -> Result<Arc<CertStore>, CertError> {
-        let entries = load_all(&cfg.certs)?;
+    /// Loads every pair of `cfg` (with its OCSP response from `ocsp`); all must load.
+    pub fn load(cfg: &TlsConfig, ocsp: &OcspFiles) -> Result<Arc<CertStore>, CertError> {
+        let entries = load_all(&cfg.certs, ocsp)?;
         for e in &entries {
             tracing::debug!(names = ?e.names, "certificate loaded");
         }
         Ok(Arc::new(CertStore {
             pairs: ArcSwap::from_pointee(cfg.certs.clone()),
+            ocsp: ArcSwap::from_pointee(ocsp.clone()),
             entries: ArcSwap::from_pointee(entries),
         }))
     }
 
-    /// Re-reads the files (of `cfg` when given, else the current ones) and swaps the
-    /// set in; on any error nothing changes and the error is returned.
-    pub fn reload(&self, cfg: Option<&TlsConfig>) -> Result<(), CertError> {
+    /// Re-reads the files (of `cfg` when given, else the current ones), OCSP
+    /// responses included, and swaps the set in; on any error nothing changes and the
+    /// error is returned.
+    pub fn reload(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<(), CertError> {
         let loaded = self.prepare(cfg)?;
         self.commit(loaded);
         Ok(())
@@ -131,19 +158,27 @@ impl CertStore {
     /// The fallible half of a reload: reads and checks the files (of `cfg` when
     /// given, else the current ones) without serving them, so a config reload can
     /// check every VIP before any VIP changes.
-    pub fn prepare(&self, cfg: Option<&TlsConfig>) -> Result<LoadedCerts, CertError> {
-        let pairs = match cfg {
-            Some(c) => c.certs.clone(),
-            None => self.pairs.load().as_ref().clone(),
+    pub fn prepare(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<LoadedCerts, CertError> {
+        let (pairs, ocsp) = match cfg {
+            Some((c, o)) => (c.certs.clone(), o.clone()),
+            None => (
+                self.pairs.load().as_ref().clone(),
+                self.ocsp.load().as_ref().clone(),
+            ),
         };
-        let entries = load_all(&pairs)?;
-        Ok(LoadedCerts { pairs, entries })
+        let entries = load_all(&pairs, &ocsp)?;
+        Ok(LoadedCerts {
+            pairs,
+            ocsp,
+            entries,
+        })
     }
 
     /// Serves a set from [`CertStore::prepare`] to new handshakes; cannot fail.
     pub fn commit(&self, loaded: LoadedCerts) {
         self.entries.store(Arc::new(loaded.entries));
         self.pairs.store(Arc::new(loaded.pairs));
+        self.ocsp.store(Arc::new(loaded.ocsp));
     }
 
     /// The certificate for `sni` (exact name first, then wildcard, then the default)

@@ -226,6 +226,8 @@ pub struct HttpVipConfig {
     /// TLS 1.2 cipher suites offered (rustls names, in preference order); `None`
     /// offers rustls' defaults.
     pub tls12_ciphers: Option<Vec<String>>,
+    /// DER OCSP responses to staple, by the certificate file they belong to.
+    pub ocsp: BTreeMap<PathBuf, PathBuf>,
 }
 
 /// `forwarded_for`: whether a request's forwarding chain is kept.
@@ -271,6 +273,7 @@ impl Default for HttpVipConfig {
             max_headers: DEFAULT_MAX_HEADERS,
             tls_min_version: TlsVersion::Tls12,
             tls12_ciphers: None,
+            ocsp: BTreeMap::new(),
         }
     }
 }

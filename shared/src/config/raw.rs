@@ -83,6 +83,7 @@ pub(crate) struct RawVip {
     pub max_headers: O<u32>,
     pub tls_min_version: O<String>,
     pub tls12_ciphers: O<Vec<S<String>>>,
+    pub ocsp: O<BTreeMap<S<String>, S<String>>>,
 }
 
 /// One entry of a VIP's `backends`.

@@ -1030,4 +1030,23 @@ fn l7_edge_options() {
         "4:15",
         "max_headers applies only to mode \"http\" or \"https\"",
     );
+
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { certs = [ { cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" } ] }\nocsp = { \"b.pem\" = \"b.ocsp\" }\nbackends",
+    );
+    let c = parse_ok(&t);
+    assert_eq!(
+        c.vips[0].http.ocsp.get(Path::new("b.pem")),
+        Some(&PathBuf::from("b.ocsp"))
+    );
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { cert = \"a.pem\", key = \"a.key\" }\nocsp = { \"c.pem\" = \"c.ocsp\" }\nbackends",
+    );
+    expect_err(
+        &t,
+        "6:10",
+        "ocsp names \"c.pem\", which is not a cert of this VIP's tls",
+    );
 }

@@ -727,7 +727,7 @@ impl<'a> Validator<'a> {
     fn http_vip(&mut self, r: &RawVip, mode: VipMode, name: &str) -> HttpVipConfig {
         let mut h = HttpVipConfig::default();
         if mode == VipMode::Tcp {
-            let l7: [(&str, Option<Range<usize>>); 16] = [
+            let l7: [(&str, Option<Range<usize>>); 17] = [
                 (
                     "header_timeout",
                     r.header_timeout.as_ref().map(|v| v.span()),
@@ -765,6 +765,7 @@ impl<'a> Validator<'a> {
                     r.tls_min_version.as_ref().map(|v| v.span()),
                 ),
                 ("tls12_ciphers", r.tls12_ciphers.as_ref().map(|v| v.span())),
+                ("ocsp", r.ocsp.as_ref().map(|v| v.span())),
             ];
             for (key, span) in l7 {
                 if let Some(span) = span {
@@ -903,6 +904,7 @@ impl<'a> Validator<'a> {
                 r.tls_min_version.as_ref().map(|v| v.span()),
             ),
             ("tls12_ciphers", r.tls12_ciphers.as_ref().map(|v| v.span())),
+            ("ocsp", r.ocsp.as_ref().map(|v| v.span())),
         ];
         if mode != VipMode::Https {
             for (key, span) in tls_only {
@@ -952,6 +954,34 @@ impl<'a> Validator<'a> {
                 }
             }
             h.tls12_ciphers = Some(names);
+        }
+        if let Some(map) = &r.ocsp {
+            // Each key names a certificate file of this VIP's `tls`, as written there.
+            let certs: Vec<&str> = r.tls.as_ref().map_or_else(Vec::new, |t| {
+                let t = t.get_ref();
+                let single = t.cert.iter().map(|c| c.get_ref().as_str());
+                let listed = t.certs.iter().flat_map(|l| {
+                    l.get_ref()
+                        .iter()
+                        .map(|p| p.get_ref().cert.get_ref().as_str())
+                });
+                single.chain(listed).collect()
+            });
+            for (cert, file) in map.get_ref() {
+                if !certs.contains(&cert.get_ref().as_str()) {
+                    self.err(
+                        cert.span(),
+                        format!(
+                            "ocsp names \"{}\", which is not a cert of this VIP's tls",
+                            l7_echo(cert.get_ref())
+                        ),
+                    );
+                    continue;
+                }
+                let cert = self.path(cert, "ocsp cert");
+                let path = self.path(file, "ocsp response file");
+                h.ocsp.insert(cert, path);
+            }
         }
     }
 
