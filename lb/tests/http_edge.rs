@@ -36,6 +36,8 @@ async fn http1_host_must_be_one_valid_header() {
         "GET / HTTP/1.1\r\nHost: a.example/evil\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a.example:99999999\r\n\r\n",
+        "GET http://a.example/ HTTP/1.1\r\n\r\n",
+        "GET http://a.example/ HTTP/1.1\r\nHost: a b\r\n\r\n",
     ] {
         let (out, closed) = raw(p.addr, req.as_bytes(), LIMIT).await;
         assert!(out.starts_with("HTTP/1.1 400 "), "{req:?} got {out:?}");

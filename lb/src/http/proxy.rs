@@ -141,6 +141,16 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal>
     if hosts.next().is_some() {
         return Err(Refusal::BadHost);
     }
+    let h2 = req.version() == Version::HTTP_2;
+    if let Some(h) = header {
+        // Empty is what an HTTP/1.1 client sends for a target without an authority.
+        let empty_ok = !h2 && h.is_empty();
+        if !empty_ok && !headers::valid_host(h.as_bytes()) {
+            return Err(Refusal::BadHost);
+        }
+    } else if req.version() == Version::HTTP_11 {
+        return Err(Refusal::BadHost);
+    }
     if let Some(authority) = req.uri().authority() {
         let a = authority.as_str().as_bytes();
         if !headers::valid_host(a) {
@@ -150,7 +160,7 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal>
             if h.as_bytes() == a {
                 return Ok(Some(h.clone()));
             }
-            if req.version() == Version::HTTP_2 && !h.as_bytes().eq_ignore_ascii_case(a) {
+            if h2 && !h.as_bytes().eq_ignore_ascii_case(a) {
                 return Err(Refusal::BadHost);
             }
         }
@@ -159,11 +169,10 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal>
             .map_err(|_| Refusal::BadHost);
     }
     match header {
-        Some(h) if h.is_empty() && req.version() != Version::HTTP_2 => Ok(None),
-        Some(h) if headers::valid_host(h.as_bytes()) => Ok(Some(h.clone())),
-        Some(_) => Err(Refusal::BadHost),
-        None if req.version() <= Version::HTTP_10 => Ok(None),
-        None => Err(Refusal::BadHost),
+        Some(h) if h.is_empty() => Ok(None),
+        Some(h) => Ok(Some(h.clone())),
+        None if h2 => Err(Refusal::BadHost),
+        None => Ok(None),
     }
 }
 
@@ -517,13 +526,8 @@ impl HttpVip {
         hdrs.remove(EXPECT);
         // The backend, the forwarding headers and the access log all see the one
         // validated host.
-        match &host_value {
-            Some(h) => {
-                hdrs.insert(HOST, h.clone());
-            }
-            None => {
-                hdrs.remove(HOST);
-            }
+        if let Some(h) = &host_value {
+            hdrs.insert(HOST, h.clone());
         }
         conn.forwarding
             .apply(&mut hdrs, host_value.as_ref(), conn.append_forwarded);
