@@ -182,6 +182,14 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     assert_eq!(host["status"], 400, "{host}");
     assert_eq!(host["backend"], "-", "{host}");
     assert_eq!(host["method"], "GET", "{host}");
+    let unparsed = lines
+        .iter()
+        .filter(|l| l["method"] == "-" && l["status"] == 400)
+        .count();
+    assert_eq!(
+        unparsed, 1,
+        "only the broken head is logged as one: {lines:#?}"
+    );
     let head = find(&|l| l["method"] == "-" && l["status"] == 400);
     assert_eq!(head["backend"], "-", "{head}");
     let large = find(&|l| l["status"] == 431);

@@ -471,3 +471,40 @@ async fn refuse(mut tcp: TcpStream, plain: bool) {
         let _ = tcp.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn opening(bytes: &[u8], expect: Option<Protocols>) -> (Opening, usize) {
+        let mut buf = [0u8; 24];
+        read_opening(&mut &bytes[..], expect, &mut buf).await
+    }
+
+    #[tokio::test]
+    async fn first_bytes_decide_the_protocol() {
+        assert_eq!(
+            opening(b"GET / HTTP/1.1\r\n", None).await,
+            (Opening::Speak(Protocols::H1), 16)
+        );
+        assert_eq!(
+            opening(PREFACE, None).await,
+            (Opening::Speak(Protocols::H2), 24)
+        );
+        // "PRI" alone could still be an HTTP/1 method; the preface's whole first
+        // line cannot.
+        assert_eq!(
+            opening(b"PRI / HTTP/1.1\r\n", None).await.0,
+            Opening::Speak(Protocols::H1)
+        );
+        assert_eq!(
+            opening(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", None).await.0,
+            Opening::BadPreface
+        );
+        assert_eq!(
+            opening(b"GET / HTTP/1.1\r\n", Some(Protocols::H2)).await.0,
+            Opening::BadPreface
+        );
+        assert_eq!(opening(b"PRI * HT", None).await.0, Opening::Gone);
+    }
+}
