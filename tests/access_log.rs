@@ -101,3 +101,120 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     assert_eq!(conn["to_client"], 6, "{conn}");
     assert_eq!(conn["end"], "closed", "{conn}");
 }
+
+/// Writes `bytes` to the VIP and reads its answer until it closes (or 5 s pass).
+fn exchange(port: u16, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn refused_requests_and_client_faults_are_logged_and_counted_as_client_errors() {
+    let web = SlowHttp::start();
+    let dir = TempDir::new("access-log-refused");
+    let (ph, pw) = (free_port(), free_port());
+    let config = format!(
+        r#"[admin]
+socket = "{sock}"
+
+[http]
+listen = "127.0.0.1:{ph}"
+
+[[vip]]
+name = "webmail"
+mode = "http"
+listen = "127.0.0.1:{pw}"
+access_log = true
+max_headers = 20
+backends = [ {{ name = "web1", address = "{w}" }} ]
+probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display(),
+        w = web.addr,
+    );
+    let p = Portico::start_with(&dir, &config, &[], &["--log-format", "json"]);
+    assert!(common::wait_listening(
+        format!("127.0.0.1:{pw}").parse().unwrap(),
+        Duration::from_secs(10)
+    ));
+
+    // Refused by the proxy: two Host headers.
+    let r = exchange(
+        pw,
+        b"GET /a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // Refused by hyper before the proxy saw a request: a broken head, too many headers.
+    let r = exchange(pw, b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let r = exchange(pw, many.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // The client's broken upload, after the request reached the backend.
+    let r = exchange(
+        pw,
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n-1\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    let lines = poll(Duration::from_secs(10), || {
+        let lines = access_lines(&p);
+        (lines.iter().filter(|l| l["vip"] == "webmail").count() >= 4).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("expected four access lines:\n{}", p.log_text()));
+    let find = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| f(l))
+            .unwrap_or_else(|| panic!("no such line in {lines:#?}"))
+            .clone()
+    };
+    let host = find(&|l| l["path"] == "/a");
+    assert_eq!(host["status"], 400, "{host}");
+    assert_eq!(host["backend"], "-", "{host}");
+    assert_eq!(host["method"], "GET", "{host}");
+    let unparsed = lines
+        .iter()
+        .filter(|l| l["method"] == "-" && l["status"] == 400)
+        .count();
+    assert_eq!(
+        unparsed, 1,
+        "only the broken head is logged as one: {lines:#?}"
+    );
+    let head = find(&|l| l["method"] == "-" && l["status"] == 400);
+    assert_eq!(head["backend"], "-", "{head}");
+    let large = find(&|l| l["status"] == 431);
+    assert_eq!(large["backend"], "-", "{large}");
+    let upload = find(&|l| l["path"] == "/upload");
+    assert_eq!(upload["status"], 400, "{upload}");
+    assert_eq!(upload["method"], "POST", "{upload}");
+
+    let (code, metrics) =
+        common::http_get(format!("127.0.0.1:{ph}").parse().unwrap(), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for reason in ["bad_host", "bad_head", "head_too_large", "body"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("portico_http_client_errors_total{")
+                    && l.contains("vip=\"webmail\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no client error counted for {reason}:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("portico_http_responses_total{") && l.contains("class=\"5xx\"")),
+        "a client's fault is never a 5xx:\n{metrics}"
+    );
+}

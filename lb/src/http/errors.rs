@@ -9,6 +9,7 @@
 //! | `Connect` | backend | 502 | yes (nothing was sent) |
 //! | `NotSent` (stale pooled connection) | backend | 502 | yes (request handed back) |
 //! | `BeforeResponse` | backend | 502 | only idempotent without body, once |
+//! | `BeforeResponse` (the request body failed) | client | 400 | no |
 //! | `Timeout` | backend | 504 | no |
 //! | `BodyStalled` | client | 408 | no |
 //! | `Client` | client | (connection gone) | no |
@@ -139,20 +140,27 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            // The client's upload broke off or was malformed (RFC 9112 §7.1: a bad
+            // chunked body is the client's error): not a gateway failure.
+            ProxyError::BeforeResponse { .. } if self.side() == Side::Client => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::BAD_GATEWAY,
         }
     }
 
-    /// A short label for metrics and logs.
+    /// A short label for metrics and logs: the `kind` of a backend error, the
+    /// `reason` of a client error.
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoBackend => "no_backend",
             ProxyError::Connect { .. } => "connect",
             ProxyError::NotSent { .. } => "not_sent",
+            ProxyError::BeforeResponse { .. } if self.side() == Side::Client => "body",
             ProxyError::BeforeResponse { .. } => "backend",
             ProxyError::Timeout { .. } => "timeout",
-            ProxyError::BodyStalled { .. } => "client_timeout",
-            ProxyError::Client(_) => "client",
+            ProxyError::BodyStalled { .. } => "body_timeout",
+            ProxyError::Client(_) => "body",
         }
     }
 }

@@ -35,10 +35,133 @@ fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 }
 
 /// True when the message asks to switch protocols (`Connection: upgrade` plus an
-/// `Upgrade` header), the only case where `Upgrade` survives the hop.
+/// `Upgrade` header), the only case where `Upgrade` survives the hop. An offer of
+/// `h2c` is never relayed: the backends speak HTTP/1.1 to this hop, and a client
+/// that wants HTTP/2 gets it from the proxy itself (ALPN or prior knowledge).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
         && tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && !tokens(headers, &UPGRADE).any(|t| t.eq_ignore_ascii_case("h2c"))
+}
+
+/// Whether `v` is a valid `Host` value or `:authority` for a request to this proxy:
+/// `host [ ":" port ]` of RFC 3986 (a reg-name, an IPv4 address or a bracketed
+/// IPv6 literal; no userinfo, path or whitespace) and at most 255 bytes. Checked on
+/// the bytes hyper already holds, without copying.
+pub fn valid_host(v: &[u8]) -> bool {
+    if v.is_empty() || v.len() > 255 {
+        return false;
+    }
+    let (host, port) = if v[0] == b'[' {
+        let Some(end) = v.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let inner = &v[1..end];
+        let ok = !inner.is_empty()
+            && inner
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'))
+            && std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&v[..0], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&c| c == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &v[..0]),
+        }
+    };
+    let reg_name = |c: &u8| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            )
+    };
+    let host_ok = v[0] == b'[' || (!host.is_empty() && host.iter().all(reg_name));
+    let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+    // `host:` with an empty port is allowed by RFC 3986, but only where a colon
+    // was written.
+    host_ok && port_ok
+}
+
+/// Joins several `Cookie` headers into one, separated by "; " (RFC 9113 §8.2.3:
+/// HTTP/2 clients may split cookies into crumbs, and an HTTP/1.1 backend expects a
+/// single line). One header, the usual case, is left alone without allocating.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = Vec::with_capacity(first.len() * 2);
+    for v in headers.get_all(COOKIE) {
+        let v = v.as_bytes();
+        if v.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v);
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// What a request's `Transfer-Encoding` means to this proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferCoding {
+    /// None (a `Content-Length` body, or none).
+    Absent,
+    /// Exactly one coding, `chunked`: the only one relayed.
+    Chunked,
+    /// Anything else (`gzip, chunked`, `identity, chunked`, ...): never rewritten
+    /// into a plain chunked body the backend would misread; answered 501 (RFC 9112
+    /// §6.1).
+    Unsupported,
+}
+
+/// Classifies the request's `Transfer-Encoding` (every header line, every coding).
+pub fn transfer_coding(headers: &HeaderMap) -> TransferCoding {
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        return TransferCoding::Absent;
+    }
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&c| c == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => TransferCoding::Chunked,
+        _ => TransferCoding::Unsupported,
+    }
+}
+
+/// Whether the client accepts trailers (`TE: trailers`, RFC 9110 §10.1.4), read before
+/// the hop-by-hop headers are stripped.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"))
 }
 
 const HOP_BY_HOP_COUNT: usize = 7;
@@ -232,19 +355,20 @@ impl Forwarding {
         }
     }
 
-    /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets
-    /// `X-Forwarded-Proto` and `X-Forwarded-Host` to this request's `host`
-    /// (replacing client-supplied values: they describe this hop, which only the
-    /// proxy knows).
-    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
-        if headers.contains_key(X_FORWARDED_FOR) {
+    /// Puts the client in `X-Forwarded-For` and `Forwarded`: appended to the chain
+    /// the request brought with `append` (the peer is a proxy whose word is trusted),
+    /// replacing it otherwise (a client on the Internet can write anything there).
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are always set to this request's
+    /// (client-supplied values describe this hop, which only the proxy knows).
+    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>, append: bool) {
+        if append && headers.contains_key(X_FORWARDED_FOR) {
             let ours = self.xff.to_str().unwrap_or("unknown");
             append_list(headers, X_FORWARDED_FOR, ours);
         } else {
             headers.insert(X_FORWARDED_FOR, self.xff.clone());
         }
         let ours = self.forwarded_for(host);
-        if headers.contains_key(FORWARDED) {
+        if append && headers.contains_key(FORWARDED) {
             append_list(headers, FORWARDED, ours.to_str().unwrap_or(&self.forwarded));
         } else {
             headers.insert(FORWARDED, ours);
@@ -428,6 +552,7 @@ mod tests {
         Forwarding::new("192.0.2.9".parse().expect("ip"), "https").apply(
             &mut h,
             Some(&HeaderValue::from_static("mail.example.com:8443")),
+            true,
         );
         assert_eq!(
             h.get(X_FORWARDED_FOR).expect("xff"),
@@ -459,7 +584,7 @@ mod tests {
             (Some(&a), "for=192.0.2.9;proto=http;host=a.example"),
         ] {
             let mut h = map(&[("x-forwarded-host", "stale")]);
-            f.apply(&mut h, host);
+            f.apply(&mut h, host, true);
             assert_eq!(h.get(FORWARDED).expect("fwd"), want);
             assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.9");
             assert_eq!(h.get(X_FORWARDED_HOST), host);
@@ -511,15 +636,18 @@ mod tests {
     #[test]
     fn ipv6_forwarded_is_quoted_and_bracketed() {
         let mut h = HeaderMap::new();
-        Forwarding::new("2001:db8::1".parse().expect("ip"), "http")
-            .apply(&mut h, Some(&HeaderValue::from_static("webmail")));
+        Forwarding::new("2001:db8::1".parse().expect("ip"), "http").apply(
+            &mut h,
+            Some(&HeaderValue::from_static("webmail")),
+            true,
+        );
         assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "2001:db8::1");
         assert_eq!(
             h.get(FORWARDED).expect("fwd"),
             "for=\"[2001:db8::1]\";proto=http;host=webmail"
         );
         let mut h = HeaderMap::new();
-        Forwarding::new("::ffff:192.0.2.1".parse().expect("ip"), "http").apply(&mut h, None);
+        Forwarding::new("::ffff:192.0.2.1".parse().expect("ip"), "http").apply(&mut h, None, true);
         assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.1");
         assert_eq!(h.get(FORWARDED).expect("fwd"), "for=192.0.2.1;proto=http");
         assert!(!h.contains_key(X_FORWARDED_HOST));
@@ -538,5 +666,92 @@ mod tests {
             sticky_set_cookie("S", "v", true).expect("hv"),
             "S=v; Path=/; HttpOnly; Secure"
         );
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "mail.example.com",
+            "mail.example.com:8443",
+            "192.0.2.1",
+            "192.0.2.1:80",
+            "[2001:db8::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+            "a:",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "user@mail.example.com",
+            "mail.example.com/x",
+            "a b",
+            "a:b:c",
+            "[2001:db8::1",
+            "[zz]",
+            "[::1]x",
+            "a:123456",
+            ":80",
+            "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+        assert!(!valid_host(&[b'a'; 256]));
+    }
+
+    #[test]
+    fn cookie_crumbs_join_into_one_line() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2; c=3"), ("cookie", "d=4")]);
+        join_cookies(&mut h);
+        let got: Vec<&HeaderValue> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(got, ["a=1; b=2; c=3; d=4"]);
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one.get(COOKIE).expect("cookie"), "a=1");
+    }
+
+    #[test]
+    fn only_a_lone_chunked_coding_is_relayed() {
+        assert_eq!(transfer_coding(&map(&[])), TransferCoding::Absent);
+        assert_eq!(
+            transfer_coding(&map(&[("transfer-encoding", "Chunked")])),
+            TransferCoding::Chunked
+        );
+        for bad in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "identity, chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ][..],
+            &[("transfer-encoding", "chunked, chunked")][..],
+            &[("transfer-encoding", "")][..],
+        ] {
+            assert_eq!(
+                transfer_coding(&map(bad)),
+                TransferCoding::Unsupported,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn h2c_is_not_an_upgrade_and_forwarding_can_replace() {
+        let h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(!is_upgrade(&h));
+        let mut h = h;
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]);
+        Forwarding::new("192.0.2.9".parse().expect("ip"), "http").apply(&mut h, None, false);
+        assert_eq!(h.get(X_FORWARDED_FOR).expect("xff"), "192.0.2.9");
+        assert_eq!(h.get(FORWARDED).expect("fwd"), "for=192.0.2.9;proto=http");
+        assert!(accepts_trailers(&map(&[("te", "trailers")])));
+        assert!(!accepts_trailers(&map(&[("te", "gzip")])));
     }
 }

@@ -25,12 +25,14 @@
 //! | `portico_http_backend_errors_total` | counter | vip, backend, kind (`connect`/`not_sent`/`backend`/`timeout`) | failed attempts |
 //! | `portico_http_connections_active` | gauge | vip | client connections open now |
 //! | `portico_http_refused_total` | counter | vip, reason (`max_connections`/`tls_handshake`) | client connections refused before HTTP |
+//! | `portico_http_client_errors_total` | counter | vip, reason | requests (or connections) that failed by the client's doing, never counted against a backend: `bad_head` (hyper's 400), `head_too_large` (431), `too_many_headers` (431), `bad_host` (400), `transfer_encoding` (501), `connect` (405), `body` (upload broken off or malformed: 400, or nothing when the client left), `body_timeout` (408), `bad_preface` (GOAWAY) |
 //!
 //! ## Operational notes
 //!
 //! * Slowloris: an HTTP/1 request head must arrive within `header_timeout` (also the
 //!   idle keep-alive bound); a TLS handshake too. Heads over `max_header_size` get 431.
-//! * Malformed requests get hyper's 400 and the connection is closed.
+//! * Malformed requests get hyper's 400 and the connection is closed; the access log
+//!   has a line for them too.
 //! * `max_connections` refuses further connections (plain HTTP gets a 503).
 
 pub mod client;
@@ -69,6 +71,8 @@ pub const BACKEND_ERRORS_TOTAL: &str = "portico_http_backend_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "portico_http_connections_active";
 /// `portico_http_refused_total{vip,reason}`
 pub const REFUSED_TOTAL: &str = "portico_http_refused_total";
+/// `portico_http_client_errors_total{vip,reason}`
+pub const CLIENT_ERRORS_TOTAL: &str = "portico_http_client_errors_total";
 
 /// Describes the L7 metrics for the exporter; call once after installing it.
 pub fn describe_metrics() {
@@ -81,6 +85,10 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, "HTTP client connections open now");
     metrics::describe_counter!(REFUSED_TOTAL, "HTTP client connections refused before HTTP");
+    metrics::describe_counter!(
+        CLIENT_ERRORS_TOTAL,
+        "HTTP requests that failed by the client's doing, by reason"
+    );
 }
 
 /// Status classes of `portico_http_responses_total`, in index order.
@@ -158,6 +166,40 @@ impl HttpVip {
         }
     }
 
+    /// Counts a request that failed by the client's doing (rare: not cached).
+    fn count_client_error(&self, reason: &'static str) {
+        metrics::counter!(CLIENT_ERRORS_TOTAL, "vip" => self.name.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// The access line of a request hyper refused before the handler saw it (an
+    /// unparsable or oversized head): the same fields as every L7 line, with `-`
+    /// for what could not be read.
+    fn log_rejected(
+        &self,
+        client: std::net::SocketAddr,
+        status: http::StatusCode,
+        since: std::time::Instant,
+    ) {
+        tracing::info!(
+            target: crate::access::TARGET,
+            vip = %self.name,
+            client = %client,
+            method = "-",
+            host = "-",
+            path = "-",
+            version = "-",
+            backend = "-",
+            status = status.as_u16(),
+            retries = 0u32,
+            head_ms = 0u64,
+            duration_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes = 0u64,
+            aborted = false,
+            "request"
+        );
+    }
+
     /// Counts a failed attempt of kind `kind` on `backend`.
     fn count_backend_error(&self, backend: &Backend, kind: &'static str) {
         match KINDS.iter().position(|k| *k == kind) {
@@ -225,6 +267,8 @@ pub enum SetupError {
 pub struct PreparedReload {
     settings: Settings,
     certs: Option<tls::LoadedCerts>,
+    /// A new TLS configuration, when the versions or ciphers changed.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Everything a reload may change without restarting the listener.
@@ -358,7 +402,8 @@ pub struct HttpVip {
     hooks: Hooks,
     settings: ArcSwap<Settings>,
     certs: Option<Arc<CertStore>>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Replaced on a reload that changes the TLS versions or ciphers.
+    tls: Option<ArcSwap<rustls::ServerConfig>>,
     active: AtomicU64,
     /// Cached metric handles.
     counters: VipCounters,
@@ -393,9 +438,9 @@ impl HttpVip {
                     vip: cfg.name.clone(),
                     source,
                 };
-                let store = CertStore::load(tls_cfg).map_err(certs_err)?;
-                let config = tls::server_config(&store).map_err(certs_err)?;
-                (Some(store), Some(config))
+                let store = CertStore::load(tls_cfg, &cfg.http.ocsp).map_err(certs_err)?;
+                let config = tls::server_config(&store, &cfg.http).map_err(certs_err)?;
+                (Some(store), Some(ArcSwap::new(config)))
             }
         };
         let settings = build_settings(cfg, None)?;
@@ -440,29 +485,44 @@ impl HttpVip {
     pub fn prepare_reload(&self, cfg: &VipConfig) -> Result<PreparedReload, SetupError> {
         let old = self.settings.load_full();
         let settings = build_settings(cfg, Some(&old))?;
-        let certs = match &self.certs {
+        let certs_err = |source| SetupError::Certs {
+            vip: cfg.name.clone(),
+            source,
+        };
+        let (certs, tls) = match &self.certs {
             Some(store) => {
                 let tls_cfg = cfg
                     .tls
                     .as_ref()
                     .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
                 let loaded = store
-                    .prepare(Some(tls_cfg))
-                    .map_err(|source| SetupError::Certs {
-                        vip: cfg.name.clone(),
-                        source,
-                    })?;
-                Some(loaded)
+                    .prepare(Some((tls_cfg, &cfg.http.ocsp)))
+                    .map_err(certs_err)?;
+                let changed = old.http.tls_min_version != cfg.http.tls_min_version
+                    || old.http.tls12_ciphers != cfg.http.tls12_ciphers;
+                let tls = if changed {
+                    Some(tls::server_config(store, &cfg.http).map_err(certs_err)?)
+                } else {
+                    None
+                };
+                (Some(loaded), tls)
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(PreparedReload { settings, certs })
+        Ok(PreparedReload {
+            settings,
+            certs,
+            tls,
+        })
     }
 
     /// Puts a [`HttpVip::prepare_reload`] result in service; cannot fail.
     pub fn commit_reload(&self, prepared: PreparedReload) {
         if let (Some(store), Some(certs)) = (&self.certs, prepared.certs) {
             store.commit(certs);
+        }
+        if let (Some(current), Some(new)) = (&self.tls, prepared.tls) {
+            current.store(new);
         }
         self.settings.store(Arc::new(prepared.settings));
     }

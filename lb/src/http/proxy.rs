@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, EXPECT, HOST, SET_COOKIE};
+use http::header::{HeaderValue, CONNECTION, EXPECT, HOST, SET_COOKIE, TRAILER};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -34,12 +34,13 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::client::{BackendClient, Conn};
-use super::errors::{error_response, BodyStalled, ProxyError, Side};
+use super::errors::{error_response, local_response, BodyStalled, ProxyError, Side};
 use super::headers::{self, Forwarding};
 use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
 use crate::access;
 use crate::backend::{Backend, Lease};
 use crate::pool::Pool;
+use shared::config::{ForwardedFor, HttpVipConfig};
 
 /// Facts about the client connection a request arrived on, shared by its requests.
 #[derive(Debug)]
@@ -50,18 +51,145 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The forwarding headers' per-connection parts, rendered once.
     forwarding: Forwarding,
+    /// Whether the chain the client's requests bring is kept (`forwarded_for` and
+    /// `trusted_proxies`), decided once per connection.
+    append_forwarded: bool,
 }
 
 impl ConnInfo {
-    /// The facts of a connection from `peer`, over TLS or not.
-    pub fn new(peer: SocketAddr, tls: bool) -> Arc<Self> {
+    /// The facts of a connection from `peer`, over TLS or not, under `http`'s
+    /// forwarding rules.
+    pub fn new(peer: SocketAddr, tls: bool, http: &HttpVipConfig) -> Arc<Self> {
         let proto = if tls { "https" } else { "http" };
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let append_forwarded = match http.forwarded_for {
+            ForwardedFor::Replace => false,
+            ForwardedFor::Append => {
+                http.trusted_proxies.is_empty()
+                    || http.trusted_proxies.iter().any(|n| n.contains(&ip))
+            }
+        };
         Arc::new(ConnInfo {
             peer,
             tls,
             forwarding: Forwarding::new(peer.ip(), proto),
+            append_forwarded,
         })
     }
+}
+
+/// Why a request is answered by the proxy before any backend sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Missing (HTTP/1.1), repeated or invalid Host, or one that differs from
+    /// `:authority`.
+    BadHost,
+    /// A transfer coding other than a lone `chunked`.
+    TransferEncoding,
+    /// CONNECT: this is a reverse proxy, not a tunnel.
+    Connect,
+    /// More header lines than `max_headers` (HTTP/2; hyper counts HTTP/1's).
+    TooManyHeaders,
+}
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::BadHost => StatusCode::BAD_REQUEST,
+            Refusal::TransferEncoding => StatusCode::NOT_IMPLEMENTED,
+            Refusal::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::BadHost => "bad_host",
+            Refusal::TransferEncoding => "transfer_encoding",
+            Refusal::Connect => "connect",
+            Refusal::TooManyHeaders => "too_many_headers",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Refusal::BadHost => "400 Bad Request: missing, repeated or invalid Host\n",
+            Refusal::TransferEncoding => {
+                "501 Not Implemented: only the chunked transfer coding is accepted\n"
+            }
+            Refusal::Connect => "405 Method Not Allowed: CONNECT is not served here\n",
+            Refusal::TooManyHeaders => "431 Request Header Fields Too Large\n",
+        }
+    }
+}
+
+/// The one host of a request, validated (RFC 9112 §3.2, RFC 9113 §8.3.1): the
+/// target's authority when it has one (HTTP/2 `:authority`, or an HTTP/1
+/// absolute-form target, which replaces Host), else the single Host header. Two
+/// Host headers, an invalid value, an HTTP/2 Host that differs from `:authority`,
+/// and no host at all on HTTP/1.1 or HTTP/2 are refused. `None` is an HTTP/1.0
+/// request without one, or an empty Host. The usual case (one valid Host header, or
+/// an `:authority` alone) costs a reference-count increment or one copy.
+fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadHost);
+    }
+    let h2 = req.version() == Version::HTTP_2;
+    if let Some(h) = header {
+        // Empty is what an HTTP/1.1 client sends for a target without an authority.
+        let empty_ok = !h2 && h.is_empty();
+        if !empty_ok && !headers::valid_host(h.as_bytes()) {
+            return Err(Refusal::BadHost);
+        }
+    } else if req.version() == Version::HTTP_11 {
+        return Err(Refusal::BadHost);
+    }
+    if let Some(authority) = req.uri().authority() {
+        let a = authority.as_str().as_bytes();
+        if !headers::valid_host(a) {
+            return Err(Refusal::BadHost);
+        }
+        if let Some(h) = header {
+            if h.as_bytes() == a {
+                return Ok(Some(h.clone()));
+            }
+            if h2 && !h.as_bytes().eq_ignore_ascii_case(a) {
+                return Err(Refusal::BadHost);
+            }
+        }
+        return HeaderValue::from_bytes(a)
+            .map(Some)
+            .map_err(|_| Refusal::BadHost);
+    }
+    match header {
+        Some(h) if h.is_empty() => Ok(None),
+        Some(h) => Ok(Some(h.clone())),
+        None if h2 => Err(Refusal::BadHost),
+        None => Ok(None),
+    }
+}
+
+/// Checks a request before it is rewritten: what is refused outright, and its host.
+fn admit(req: &Request<Incoming>, http: &HttpVipConfig) -> Result<Option<HeaderValue>, Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    if req.version() == Version::HTTP_2 && req.headers().len() > http.max_headers {
+        return Err(Refusal::TooManyHeaders);
+    }
+    if req.version() < Version::HTTP_2
+        && headers::transfer_coding(req.headers()) == headers::TransferCoding::Unsupported
+    {
+        return Err(Refusal::TransferEncoding);
+    }
+    request_host(req)
 }
 
 /// The rewritten head sent to backends, kept so a retry can rebuild the request.
@@ -322,8 +450,48 @@ impl Drop for Relayed {
 
 impl HttpVip {
     /// Counts a response the proxy made itself (`backend="-"`: no backend to blame).
-    fn count_own_response(&self, status: StatusCode) {
+    pub(super) fn count_own_response(&self, status: StatusCode) {
         metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => "-", "class" => super::CLASSES[status_class(status)]).increment(1);
+    }
+
+    /// Answers a request refused before any backend saw it (and logs it). On
+    /// HTTP/1 the connection closes after the answer: the refused request's body
+    /// (of an unknown coding, say) cannot be skipped safely.
+    fn refuse(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        settings: &super::Settings,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let status = refusal.status();
+        self.count_client_error(refusal.reason());
+        self.count_own_response(status);
+        tracing::debug!(vip = %self.name, client = %conn.peer, reason = refusal.reason(), "request refused: {status}");
+        if settings.access_log {
+            access::Request {
+                vip: self.name.clone(),
+                client: conn.peer,
+                method: req.method().clone(),
+                host: None,
+                path: req.uri().clone(),
+                version: req.version(),
+                started: Instant::now(),
+            }
+            .log_failed("-", status, 0);
+        }
+        let mut resp = local_response(status, refusal.text());
+        if refusal == Refusal::Connect {
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+            );
+        }
+        if req.version() < Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 
     /// Serves one client request; never fails (failures become 502/503/504).
@@ -337,15 +505,11 @@ impl HttpVip {
         let pool = self.pool();
         let mut req = req;
 
-        // The Host header (a cheap shared clone), else the HTTP/2 `:authority`.
-        let host_value: Option<HeaderValue> = match req.headers().get(HOST) {
-            Some(h) if h.to_str().is_ok() => Some(h.clone()),
-            _ => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        let host_value = match admit(&req, &settings.http) {
+            Ok(h) => h,
+            Err(refusal) => return self.refuse(&req, &conn, &settings, refusal),
         };
-        let host: Option<&str> = host_value.as_ref().and_then(|h| h.to_str().ok());
+        let trailers = req.version() == Version::HTTP_2 || headers::accepts_trailers(req.headers());
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -360,16 +524,17 @@ impl HttpVip {
         headers::strip_hop_by_hop(&mut hdrs, upgrade);
         // 100-continue is answered by this hop when the body is first read.
         hdrs.remove(EXPECT);
+        // The backend, the forwarding headers and the access log all see the one
+        // validated host.
+        if let Some(h) = &host_value {
+            hdrs.insert(HOST, h.clone());
+        }
         conn.forwarding
-            .apply(&mut hdrs, host.and(host_value.as_ref()));
+            .apply(&mut hdrs, host_value.as_ref(), conn.append_forwarded);
         if settings.http.via {
             headers::add_via(&mut hdrs, version);
         }
-        if !hdrs.contains_key(HOST) {
-            if let Some(v) = host.and(host_value.clone()) {
-                hdrs.insert(HOST, v);
-            }
-        }
+        headers::join_cookies(&mut hdrs);
         let uri = origin_form(uri);
         let sticky_value = settings
             .http
@@ -466,7 +631,7 @@ impl HttpVip {
                         pinned,
                         client_upgrade,
                         &settings,
-                        conn.tls,
+                        (conn.tls, trailers),
                         access,
                     );
                 }
@@ -498,7 +663,14 @@ impl HttpVip {
                         false
                     };
                     if !retry {
-                        self.count_backend_response(&backend, status_class(err.status()));
+                        if err.side() == Side::Client {
+                            // The client's fault is its own line in the metrics,
+                            // never a backend's response class.
+                            self.count_client_error(err.kind());
+                            self.count_own_response(err.status());
+                        } else {
+                            self.count_backend_response(&backend, status_class(err.status()));
+                        }
                         if let Some(a) = &access {
                             a.log_failed(backend.name(), err.status(), tried.len());
                         }
@@ -607,7 +779,7 @@ impl HttpVip {
         pinned: bool,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         settings: &super::Settings,
-        tls: bool,
+        (tls, trailers): (bool, bool),
         access: Option<Box<AccessPending>>,
     ) -> Response<Body> {
         let status = resp.status();
@@ -646,7 +818,18 @@ impl HttpVip {
         }
 
         let (mut parts, body) = resp.into_parts();
+        // `Trailer` announces the trailer fields; hyper relays trailers to an
+        // HTTP/1.1 client only for the fields it names, so it stays for clients
+        // that accept trailers (`TE: trailers`, or HTTP/2).
+        let announced = if trailers && parts.headers.contains_key(TRAILER) {
+            parts.headers.get_all(TRAILER).iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         headers::strip_hop_by_hop(&mut parts.headers, switching);
+        for v in announced {
+            parts.headers.append(TRAILER, v);
+        }
         if settings.http.via {
             headers::add_via(&mut parts.headers, parts.version);
         }

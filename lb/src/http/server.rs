@@ -4,22 +4,29 @@
 //! (slowloris; it also bounds idle keep-alive), maximum head size,
 //! maximum concurrent HTTP/2 streams, and graceful shutdown.
 //!
-//! On TLS the negotiated ALPN chooses the protocol (`h2` → HTTP/2 only, `http/1.1` →
-//! HTTP/1 only, so hyper's header timer runs from the first byte); plain HTTP and TLS
-//! without ALPN auto-detect HTTP/2 prior knowledge. A connection task never panics the
-//! process and errors are per connection: a malformed request gets hyper's 400 and the
-//! connection closes.
+//! The protocol is decided before hyper sees a byte, and only that protocol is
+//! served: on TLS the negotiated ALPN decides (`h2` → HTTP/2 only; `http/1.1` or no
+//! ALPN → HTTP/1 only), so a client cannot speak one protocol after negotiating the
+//! other; on plain HTTP the first bytes decide (the HTTP/2 preface → HTTP/2 prior
+//! knowledge, anything else → HTTP/1). An invalid HTTP/2 preface gets a GOAWAY
+//! (PROTOCOL_ERROR) and the connection closes. A connection task never panics the
+//! process and errors are per connection: a malformed request gets hyper's 400 (or
+//! 431 for an oversized head), which is access-logged, and the connection closes.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,12 +47,121 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Which HTTP versions a connection may speak.
-#[derive(Clone, Copy)]
+/// Which HTTP version a connection speaks (decided before hyper sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocols {
-    Auto,
     H1,
     H2,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Its first line, which is never a valid HTTP/1 request: a client that sends it
+/// means HTTP/2, and a wrong remainder is an invalid preface, not an HTTP/1 request.
+const PREFACE_LINE: usize = 16;
+
+/// An empty SETTINGS frame (the server's preface) followed by GOAWAY with last
+/// stream 0 and PROTOCOL_ERROR: the answer to an invalid client preface.
+const GOAWAY_PROTOCOL_ERROR: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, no parameters
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY on stream 0, 8 bytes:
+    0, 0, 0, 0, // last stream id 0
+    0, 0, 0, 1, // PROTOCOL_ERROR
+];
+
+/// What the first bytes of a connection said.
+#[derive(Debug, PartialEq, Eq)]
+enum Opening {
+    /// Speak this protocol; the bytes read so far are replayed to hyper.
+    Speak(Protocols),
+    /// An HTTP/2 preface that is not one.
+    BadPreface,
+    /// The client closed (or failed) before deciding anything.
+    Gone,
+}
+
+/// Reads the start of a connection into `buf` (returning how much) and decides its
+/// protocol: with `expect = Some(H2)` (ALPN h2) the exact preface is required;
+/// with `None` (plain HTTP) the preface means HTTP/2 and any other start HTTP/1,
+/// decided at the first byte that differs from the preface, so an HTTP/1 request
+/// costs one read.
+async fn read_opening<I: AsyncRead + Unpin>(
+    io: &mut I,
+    expect: Option<Protocols>,
+    buf: &mut [u8; 24],
+) -> (Opening, usize) {
+    let mut n = 0;
+    while n < PREFACE.len() {
+        match io.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return (Opening::Gone, n),
+            Ok(r) => n += r,
+        }
+        if let Some(at) = buf[..n].iter().zip(PREFACE).position(|(a, b)| a != b) {
+            let opening = if expect == Some(Protocols::H2) || at >= PREFACE_LINE {
+                Opening::BadPreface
+            } else {
+                Opening::Speak(Protocols::H1)
+            };
+            return (opening, n);
+        }
+    }
+    (Opening::Speak(Protocols::H2), n)
+}
+
+/// A stream whose first bytes were already read to pick the protocol: they are
+/// served again before the rest.
+struct Replayed<I> {
+    head: [u8; 24],
+    pos: usize,
+    len: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replayed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.len {
+            let n = (self.len - self.pos).min(buf.remaining());
+            let from = self.pos;
+            buf.put_slice(&self.head[from..from + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl HttpVip {
@@ -127,18 +243,12 @@ impl HttpVip {
         } else {
             peer
         };
-        match self.tls.clone() {
+        match self.tls.as_ref().map(|t| t.load_full()) {
             None => {
                 // Nothing sent at all is a slowloris too: hyper's timer only starts
-                // once the protocol is detected.
-                let mut byte = [0u8; 1];
-                match tokio::time::timeout(limit, tcp.peek(&mut byte)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                }
-                let info = ConnInfo::new(peer, false);
-                self.serve(TokioIo::new(tcp), info, Protocols::Auto, &settings, stop)
-                    .await;
+                // with a request head.
+                let info = ConnInfo::new(peer, false, &settings.http);
+                self.open(tcp, None, info, &settings, stop).await;
             }
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -155,16 +265,63 @@ impl HttpVip {
                         return;
                     }
                 };
-                let protocols = match tls.get_ref().1.alpn_protocol() {
+                // ALPN decides: without it (or with http/1.1), HTTP/2 is refused.
+                let expect = match tls.get_ref().1.alpn_protocol() {
                     Some(b"h2") => Protocols::H2,
-                    Some(b"http/1.1") => Protocols::H1,
-                    _ => Protocols::Auto,
+                    _ => Protocols::H1,
                 };
-                let info = ConnInfo::new(peer, true);
-                self.serve(TokioIo::new(tls), info, protocols, &settings, stop)
-                    .await;
+                let info = ConnInfo::new(peer, true, &settings.http);
+                self.open(tls, Some(expect), info, &settings, stop).await;
             }
         }
+    }
+
+    /// Decides the protocol of a connection (`expect` from ALPN, else from its first
+    /// bytes, which must arrive within `header_timeout`) and serves it.
+    async fn open<I>(
+        self: &Arc<Self>,
+        mut io: I,
+        expect: Option<Protocols>,
+        info: Arc<ConnInfo>,
+        settings: &Settings,
+        stop: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut head = [0u8; 24];
+        let (opening, len) = match expect {
+            // HTTP/1 only: hyper's header timer covers the first bytes.
+            Some(Protocols::H1) => (Opening::Speak(Protocols::H1), 0),
+            _ => {
+                let read = read_opening(&mut io, expect, &mut head);
+                match tokio::time::timeout(settings.http.header_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => (Opening::Gone, 0),
+                }
+            }
+        };
+        let protocols = match opening {
+            Opening::Speak(p) => p,
+            Opening::Gone => return,
+            Opening::BadPreface => {
+                tracing::debug!(vip = %self.name, peer = %info.peer, "invalid HTTP/2 preface; GOAWAY");
+                self.count_client_error("bad_preface");
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    io.write_all(&GOAWAY_PROTOCOL_ERROR).await?;
+                    io.shutdown().await
+                })
+                .await;
+                return;
+            }
+        };
+        let io = Replayed {
+            head,
+            pos: 0,
+            len,
+            inner: io,
+        };
+        self.serve(TokioIo::new(io), info, protocols, settings, stop)
+            .await;
     }
 
     async fn serve<I>(
@@ -177,24 +334,6 @@ impl HttpVip {
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.http.header_timeout)
-            .max_buf_size(settings.http.max_header_size.max(MIN_H1_BUF))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(settings.http.max_h2_streams)
-            .max_header_list_size(u32::try_from(settings.http.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let builder = match protocols {
-            Protocols::Auto => builder,
-            Protocols::H1 => builder.http1_only(),
-            Protocols::H2 => builder.http2_only(),
-        };
         let vip = Arc::clone(self);
         let peer = info.peer;
         let first_request = Arc::new(AtomicBool::new(false));
@@ -205,37 +344,120 @@ impl HttpVip {
             let info = Arc::clone(&info);
             async move { Ok::<_, Infallible>(vip.handle(req, info).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        // hyper's header timer starts with an HTTP/1 head; an HTTP/2 client (or a
-        // plain client still in protocol detection) that never completes its preface
-        // and first request would hold the connection forever. The first request must
-        // arrive within header_timeout of the connection being handed to hyper.
+        let opened = Instant::now();
+        let result = match protocols {
+            Protocols::H1 => {
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(settings.http.header_timeout)
+                    .max_buf_size(settings.http.max_header_size.max(MIN_H1_BUF))
+                    .keep_alive(true);
+                // hyper parses up to 100 headers on the stack; another limit puts
+                // every request's header array on the heap, so it is set only when
+                // configured.
+                if settings.http.max_headers != shared::config::DEFAULT_MAX_HEADERS {
+                    builder.max_headers(settings.http.max_headers);
+                }
+                let conn = builder.serve_connection(io, service).with_upgrades();
+                tokio::pin!(conn);
+                self.drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    &first_request,
+                    peer,
+                    settings,
+                    &stop,
+                )
+                .await
+            }
+            Protocols::H2 => {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(settings.http.max_h2_streams)
+                    .max_header_list_size(
+                        u32::try_from(settings.http.max_header_size).unwrap_or(u32::MAX),
+                    )
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let conn = builder.serve_connection(io, service);
+                tokio::pin!(conn);
+                self.drive(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    &first_request,
+                    peer,
+                    settings,
+                    &stop,
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            // hyper answered a request head it could not parse itself (400, or 431
+            // when too large): the handler never saw it, so its access line and
+            // client-error count are written here.
+            let status = if e.is_parse_too_large() {
+                Some((
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "head_too_large",
+                ))
+            } else if e.is_parse() && !e.is_parse_version_h2() {
+                Some((http::StatusCode::BAD_REQUEST, "bad_head"))
+            } else {
+                None
+            };
+            if let Some((status, reason)) = status {
+                self.count_client_error(reason);
+                self.count_own_response(status);
+                if settings.access_log {
+                    self.log_rejected(peer, status, opened);
+                }
+            }
+            tracing::debug!(vip = %self.name, %peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    /// Runs a client connection to its end: bounded until its first request,
+    /// shut down gracefully on `stop`, cut on [`HttpVip::abort_connections`].
+    async fn drive<C>(
+        &self,
+        mut conn: Pin<&mut C>,
+        graceful: impl Fn(Pin<&mut C>),
+        first_request: &AtomicBool,
+        peer: SocketAddr,
+        settings: &Settings,
+        stop: &CancellationToken,
+    ) -> Result<(), hyper::Error>
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        // hyper's header timer starts with an HTTP/1 head; an HTTP/2 client that
+        // completes its preface but never sends a request would hold the connection
+        // forever. The first request must arrive within header_timeout of the
+        // connection being handed to hyper.
         let first = tokio::time::sleep(settings.http.header_timeout);
         tokio::pin!(first);
         let mut first_armed = true;
-        let result = loop {
+        loop {
             tokio::select! {
-                r = conn.as_mut() => break r,
+                r = conn.as_mut() => return r,
                 _ = first.as_mut(), if first_armed => {
                     first_armed = false;
                     if !first_request.load(Ordering::Relaxed) {
                         tracing::debug!(vip = %self.name, %peer, "no request within header_timeout; closing");
-                        break Ok(());
+                        return Ok(());
                     }
                 }
                 _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    break tokio::select! {
+                    graceful(conn.as_mut());
+                    return tokio::select! {
                         r = conn.as_mut() => r,
                         _ = self.kill.cancelled() => Ok(()),
                     };
                 }
-                _ = self.kill.cancelled() => break Ok(()),
+                _ = self.kill.cancelled() => return Ok(()),
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(vip = %self.name, %peer, error = %e, "client connection ended with an error");
         }
     }
 }
@@ -247,5 +469,42 @@ async fn refuse(mut tcp: TcpStream, plain: bool) {
         let msg = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nRetry-After: 5\r\nConnection: close\r\n\r\ntoo many connections\n";
         let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(msg)).await;
         let _ = tcp.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn opening(bytes: &[u8], expect: Option<Protocols>) -> (Opening, usize) {
+        let mut buf = [0u8; 24];
+        read_opening(&mut &bytes[..], expect, &mut buf).await
+    }
+
+    #[tokio::test]
+    async fn first_bytes_decide_the_protocol() {
+        assert_eq!(
+            opening(b"GET / HTTP/1.1\r\n", None).await,
+            (Opening::Speak(Protocols::H1), 16)
+        );
+        assert_eq!(
+            opening(PREFACE, None).await,
+            (Opening::Speak(Protocols::H2), 24)
+        );
+        // "PRI" alone could still be an HTTP/1 method; the preface's whole first
+        // line cannot.
+        assert_eq!(
+            opening(b"PRI / HTTP/1.1\r\n", None).await.0,
+            Opening::Speak(Protocols::H1)
+        );
+        assert_eq!(
+            opening(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", None).await.0,
+            Opening::BadPreface
+        );
+        assert_eq!(
+            opening(b"GET / HTTP/1.1\r\n", Some(Protocols::H2)).await.0,
+            Opening::BadPreface
+        );
+        assert_eq!(opening(b"PRI * HT", None).await.0, Opening::Gone);
     }
 }

@@ -4,18 +4,26 @@
 //! Each pair's names are read from the leaf certificate's subjectAltName DNS entries
 //! (exact names and `*.example.com` wildcards, matching one label as RFC 6125 says).
 //! A handshake whose SNI matches no name — or that sends none, as IP-literal clients
-//! do — gets the default pair. [`CertStore::reload`] re-reads every file and swaps
+//! do — gets the default pair. Several pairs may serve one name (an ECDSA and an RSA
+//! certificate): among the pairs that match, the first whose key can sign with a
+//! signature scheme the client offered is chosen, so old RSA-only clients and modern
+//! ECDSA clients both get a certificate they can verify. The TLS versions and TLS 1.2
+//! suites offered come from `tls_min_version` and `tls12_ciphers`. A pair may staple
+//! an OCSP response read from a file (`ocsp`), re-read with the certificates. [`CertStore::reload`] re-reads every file and swaps
 //! the whole set only if all of them load, so a bad file on reload keeps the old
 //! certificates serving; handshakes after the swap see the new set while established
 //! connections keep the session they negotiated.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use shared::config::{CertPair, TlsConfig};
+use rustls::SignatureScheme;
+use rustls::SupportedCipherSuite;
+use shared::config::{CertPair, HttpVipConfig, TlsConfig, TlsVersion};
 use shared::tls::{load_certs, load_key, provider, TlsError};
 
 /// One loaded pair and the names it serves (lower case; wildcards as `*.suffix`).
@@ -44,10 +52,14 @@ pub enum CertError {
     },
 }
 
+/// OCSP response files by the certificate file they staple to (`ocsp`).
+pub type OcspFiles = BTreeMap<PathBuf, PathBuf>;
+
 /// A certificate set read and checked but not yet served (see [`CertStore::prepare`]).
 #[derive(Debug)]
 pub struct LoadedCerts {
     pairs: Vec<CertPair>,
+    ocsp: OcspFiles,
     entries: Vec<Entry>,
 }
 
@@ -55,10 +67,26 @@ pub struct LoadedCerts {
 #[derive(Debug)]
 pub struct CertStore {
     pairs: ArcSwap<Vec<CertPair>>,
+    ocsp: ArcSwap<OcspFiles>,
     entries: ArcSwap<Vec<Entry>>,
 }
 
-fn load_pair(pair: &CertPair) -> Result<Entry, CertError> {
+/// Reads a DER OCSP response to staple. Its freshness is the operator's job (a
+/// cron job fetching it, then a reload); a file that is not DER at all (a PEM
+/// or an error page saved by mistake) is refused rather than sent to clients.
+fn load_ocsp(path: &Path) -> Result<Vec<u8>, CertError> {
+    let bad = |reason: String| CertError::Pair {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read OCSP response: {e}")))?;
+    if der.len() < 2 || der[0] != 0x30 {
+        return Err(bad("not a DER OCSP response".into()));
+    }
+    Ok(der)
+}
+
+fn load_pair(pair: &CertPair, ocsp: &OcspFiles) -> Result<Entry, CertError> {
     let chain = load_certs(&pair.cert)?;
     let key = load_key(&pair.key)?;
     let bad = |reason: String| CertError::Pair {
@@ -74,19 +102,22 @@ fn load_pair(pair: &CertPair) -> Result<Entry, CertError> {
             names.push(n.trim_end_matches('.').to_ascii_lowercase());
         }
     }
-    let certified = CertifiedKey::from_der(chain, key, &provider())
+    let mut certified = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+    if let Some(file) = ocsp.get(&pair.cert) {
+        certified.ocsp = Some(load_ocsp(file)?);
+    }
     Ok(Entry {
         names,
         key: Arc::new(certified),
     })
 }
 
-fn load_all(pairs: &[CertPair]) -> Result<Vec<Entry>, CertError> {
+fn load_all(pairs: &[CertPair], ocsp: &OcspFiles) -> Result<Vec<Entry>, CertError> {
     if pairs.is_empty() {
         return Err(CertError::Empty);
     }
-    pairs.iter().map(load_pair).collect()
+    pairs.iter().map(|p| load_pair(p, ocsp)).collect()
 }
 
 /// True when a certificate name (`mail.example.com` or `*.example.com`) covers `sni`.
@@ -102,21 +133,23 @@ pub fn name_matches(pattern: &str, sni: &str) -> bool {
 }
 
 impl CertStore {
-    /// Loads every pair of `cfg`; all must load.
-    pub fn load(cfg: &TlsConfig) -> Result<Arc<CertStore>, CertError> {
-        let entries = load_all(&cfg.certs)?;
+    /// Loads every pair of `cfg` (with its OCSP response from `ocsp`); all must load.
+    pub fn load(cfg: &TlsConfig, ocsp: &OcspFiles) -> Result<Arc<CertStore>, CertError> {
+        let entries = load_all(&cfg.certs, ocsp)?;
         for e in &entries {
             tracing::debug!(names = ?e.names, "certificate loaded");
         }
         Ok(Arc::new(CertStore {
             pairs: ArcSwap::from_pointee(cfg.certs.clone()),
+            ocsp: ArcSwap::from_pointee(ocsp.clone()),
             entries: ArcSwap::from_pointee(entries),
         }))
     }
 
-    /// Re-reads the files (of `cfg` when given, else the current ones) and swaps the
-    /// set in; on any error nothing changes and the error is returned.
-    pub fn reload(&self, cfg: Option<&TlsConfig>) -> Result<(), CertError> {
+    /// Re-reads the files (of `cfg` when given, else the current ones), OCSP
+    /// responses included, and swaps the set in; on any error nothing changes and the
+    /// error is returned.
+    pub fn reload(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<(), CertError> {
         let loaded = self.prepare(cfg)?;
         self.commit(loaded);
         Ok(())
@@ -125,39 +158,70 @@ impl CertStore {
     /// The fallible half of a reload: reads and checks the files (of `cfg` when
     /// given, else the current ones) without serving them, so a config reload can
     /// check every VIP before any VIP changes.
-    pub fn prepare(&self, cfg: Option<&TlsConfig>) -> Result<LoadedCerts, CertError> {
-        let pairs = match cfg {
-            Some(c) => c.certs.clone(),
-            None => self.pairs.load().as_ref().clone(),
+    pub fn prepare(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<LoadedCerts, CertError> {
+        let (pairs, ocsp) = match cfg {
+            Some((c, o)) => (c.certs.clone(), o.clone()),
+            None => (
+                self.pairs.load().as_ref().clone(),
+                self.ocsp.load().as_ref().clone(),
+            ),
         };
-        let entries = load_all(&pairs)?;
-        Ok(LoadedCerts { pairs, entries })
+        let entries = load_all(&pairs, &ocsp)?;
+        Ok(LoadedCerts {
+            pairs,
+            ocsp,
+            entries,
+        })
     }
 
     /// Serves a set from [`CertStore::prepare`] to new handshakes; cannot fail.
     pub fn commit(&self, loaded: LoadedCerts) {
         self.entries.store(Arc::new(loaded.entries));
         self.pairs.store(Arc::new(loaded.pairs));
+        self.ocsp.store(Arc::new(loaded.ocsp));
     }
 
-    /// The certificate for `sni` (exact name first, then wildcard, then the default).
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `sni` (exact name first, then wildcard, then the default)
+    /// that can sign with one of the client's `schemes`: several pairs may serve one
+    /// name (an ECDSA and an RSA certificate), and each client gets one it can
+    /// verify. Within a group the configured order is the preference; when none of a
+    /// group fits, its first pair is offered and the handshake fails as it must.
+    pub fn pick(
+        &self,
+        sni: Option<&str>,
+        schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         let entries = self.entries.load();
+        let fits = |e: &&Entry| e.key.key.choose_scheme(schemes).is_some();
+        let best = |group: &mut dyn Iterator<Item = &Entry>| -> Option<Arc<CertifiedKey>> {
+            let mut first = None;
+            for e in group {
+                if fits(&e) {
+                    return Some(Arc::clone(&e.key));
+                }
+                first.get_or_insert_with(|| Arc::clone(&e.key));
+            }
+            first
+        };
         if let Some(sni) = sni {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-            let exact = entries.iter().find(|e| e.names.contains(&sni));
-            let wild = || {
-                entries.iter().find(|e| {
-                    e.names
-                        .iter()
-                        .any(|n| n.starts_with("*.") && name_matches(n, &sni))
-                })
-            };
-            if let Some(e) = exact.or_else(wild) {
-                return Some(Arc::clone(&e.key));
+            let exact = best(&mut entries.iter().filter(|e| e.names.contains(&sni)));
+            if exact.is_some() {
+                return exact;
+            }
+            let wild = best(&mut entries.iter().filter(|e| {
+                e.names
+                    .iter()
+                    .any(|n| n.starts_with("*.") && name_matches(n, &sni))
+            }));
+            if wild.is_some() {
+                return wild;
             }
         }
-        entries.first().map(|e| Arc::clone(&e.key))
+        // The default: the first pair, or the first pair serving its names that the
+        // client can verify.
+        let default = entries.first()?;
+        best(&mut entries.iter().filter(|e| e.names == default.names))
     }
 
     /// The certificate files currently served.
@@ -176,16 +240,42 @@ struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.pick(hello.server_name())
+        self.0.pick(hello.server_name(), hello.signature_schemes())
     }
 }
 
-/// The server configuration of an HTTPS VIP: TLS 1.2 and 1.3 with the `ring`
-/// provider, ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
-/// certificates from `store` (so a reload needs no new configuration).
-pub fn server_config(store: &Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, CertError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+/// The server configuration of an HTTPS VIP: TLS 1.3 and (unless
+/// `tls_min_version = "1.3"`) TLS 1.2 with the `ring` provider, its TLS 1.2 suites
+/// narrowed to `tls12_ciphers` when set (TLS 1.3 suites are all kept: each is
+/// strong), ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
+/// certificates from `store` (so a certificate reload needs no new configuration).
+pub fn server_config(
+    store: &Arc<CertStore>,
+    http: &HttpVipConfig,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = &http.tls12_ciphers {
+        let all = rustls::crypto::ring::ALL_CIPHER_SUITES;
+        let mut suites: Vec<SupportedCipherSuite> = all
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+            .copied()
+            .collect();
+        for name in names {
+            if let Some(s) = all.iter().find(|s| {
+                s.version() == &rustls::version::TLS12 && s.suite().as_str() == Some(name.as_str())
+            }) {
+                suites.push(*s);
+            }
+        }
+        provider.cipher_suites = suites;
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match http.tls_min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
         .map_err(TlsError::from)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(Arc::clone(store))));

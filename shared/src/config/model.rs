@@ -214,7 +214,45 @@ pub struct HttpVipConfig {
     pub backend_tls_verify: bool,
     /// Add a `Via` header.
     pub via: bool,
+    /// What becomes of the `X-Forwarded-For`/`Forwarded` chain a request brings.
+    pub forwarded_for: ForwardedFor,
+    /// With [`ForwardedFor::Append`], the peers whose chain is kept; empty trusts
+    /// every peer.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Most header lines in a request head (431 beyond).
+    pub max_headers: usize,
+    /// Oldest TLS version offered to clients of an HTTPS VIP.
+    pub tls_min_version: TlsVersion,
+    /// TLS 1.2 cipher suites offered (rustls names, in preference order); `None`
+    /// offers rustls' defaults.
+    pub tls12_ciphers: Option<Vec<String>>,
+    /// DER OCSP responses to staple, by the certificate file they belong to.
+    pub ocsp: BTreeMap<PathBuf, PathBuf>,
 }
+
+/// `forwarded_for`: whether a request's forwarding chain is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Append the client to the chain (behind trusted proxies only, when
+    /// `trusted_proxies` is set).
+    Append,
+    /// Drop the chain and start a new one with the client: for VIPs facing the
+    /// Internet, where a client could otherwise forge its address for the backend.
+    Replace,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// The default `max_headers`: hyper's own limit, which keeps its header parsing on
+/// the stack.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
 
 impl Default for HttpVipConfig {
     fn default() -> Self {
@@ -230,6 +268,12 @@ impl Default for HttpVipConfig {
             backend_sni: None,
             backend_tls_verify: true,
             via: false,
+            forwarded_for: ForwardedFor::Append,
+            trusted_proxies: Vec::new(),
+            max_headers: DEFAULT_MAX_HEADERS,
+            tls_min_version: TlsVersion::Tls12,
+            tls12_ciphers: None,
+            ocsp: BTreeMap::new(),
         }
     }
 }

@@ -78,6 +78,12 @@ pub(crate) struct RawVip {
     pub backend_sni: O<String>,
     pub backend_tls_verify: O<bool>,
     pub via: O<bool>,
+    pub forwarded_for: O<String>,
+    pub trusted_proxies: O<Vec<S<String>>>,
+    pub max_headers: O<u32>,
+    pub tls_min_version: O<String>,
+    pub tls12_ciphers: O<Vec<S<String>>>,
+    pub ocsp: O<BTreeMap<S<String>, S<String>>>,
 }
 
 /// One entry of a VIP's `backends`.

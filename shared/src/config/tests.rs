@@ -970,3 +970,83 @@ fn demo_config_has_both_sites() {
         );
     }
 }
+
+#[test]
+fn l7_edge_options() {
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }\nforwarded_for = \"append\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]\nmax_headers = 50\ntls_min_version = \"1.2\"\ntls12_ciphers = [\"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\"]\nbackends",
+    );
+    let c = parse_ok(&t);
+    let h = &c.vips[0].http;
+    assert_eq!(h.forwarded_for, ForwardedFor::Append);
+    assert_eq!(
+        h.trusted_proxies,
+        vec![
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "192.0.2.1/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(h.max_headers, 50);
+    assert_eq!(h.tls_min_version, TlsVersion::Tls12);
+    assert_eq!(
+        h.tls12_ciphers.as_deref(),
+        Some(&["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_string()][..])
+    );
+    let d = parse_ok(&VIP.replace("backends", "mode = \"http\"\nbackends"));
+    assert_eq!(d.vips[0].http.forwarded_for, ForwardedFor::Append);
+    assert_eq!(d.vips[0].http.max_headers, DEFAULT_MAX_HEADERS);
+
+    let t = VIP.replace(
+        "backends",
+        "mode = \"http\"\nforwarded_for = \"replace\"\ntrusted_proxies = [\"nope\"]\nmax_headers = 3\ntls_min_version = \"1.3\"\nbackends",
+    );
+    expect_err(
+        &t,
+        "6:19",
+        "trusted_proxies only applies with forwarded_for = \"append\"",
+    );
+    expect_err(&t, "6:20", "invalid network \"nope\" in trusted_proxies");
+    expect_err(&t, "7:15", "max_headers must be between 8 and 10000");
+    expect_err(&t, "8:19", "tls_min_version applies only to mode \"https\"");
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }\nforwarded_for = \"sometimes\"\ntls_min_version = \"1.3\"\ntls12_ciphers = [\"TLS_RSA_WITH_RC4_128_MD5\"]\nbackends",
+    );
+    expect_err(&t, "6:17", "unknown forwarded_for \"sometimes\"");
+    expect_err(
+        &t,
+        "8:17",
+        "tls12_ciphers has no effect with tls_min_version = \"1.3\"",
+    );
+    expect_err(
+        &t,
+        "8:18",
+        "unknown TLS 1.2 cipher suite \"TLS_RSA_WITH_RC4_128_MD5\"",
+    );
+    let t = VIP.replace("backends", "max_headers = 50\nbackends");
+    expect_err(
+        &t,
+        "4:15",
+        "max_headers applies only to mode \"http\" or \"https\"",
+    );
+
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { certs = [ { cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" } ] }\nocsp = { \"b.pem\" = \"b.ocsp\" }\nbackends",
+    );
+    let c = parse_ok(&t);
+    assert_eq!(
+        c.vips[0].http.ocsp.get(Path::new("b.pem")),
+        Some(&PathBuf::from("b.ocsp"))
+    );
+    let t = VIP.replace(
+        "backends",
+        "mode = \"https\"\ntls = { cert = \"a.pem\", key = \"a.key\" }\nocsp = { \"c.pem\" = \"c.ocsp\" }\nbackends",
+    );
+    expect_err(
+        &t,
+        "6:10",
+        "ocsp names \"c.pem\", which is not a cert of this VIP's tls",
+    );
+}

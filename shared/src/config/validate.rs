@@ -727,7 +727,7 @@ impl<'a> Validator<'a> {
     fn http_vip(&mut self, r: &RawVip, mode: VipMode, name: &str) -> HttpVipConfig {
         let mut h = HttpVipConfig::default();
         if mode == VipMode::Tcp {
-            let l7: [(&str, Option<Range<usize>>); 11] = [
+            let l7: [(&str, Option<Range<usize>>); 17] = [
                 (
                     "header_timeout",
                     r.header_timeout.as_ref().map(|v| v.span()),
@@ -754,6 +754,18 @@ impl<'a> Validator<'a> {
                     r.backend_tls_verify.as_ref().map(|v| v.span()),
                 ),
                 ("via", r.via.as_ref().map(|v| v.span())),
+                ("forwarded_for", r.forwarded_for.as_ref().map(|v| v.span())),
+                (
+                    "trusted_proxies",
+                    r.trusted_proxies.as_ref().map(|v| v.span()),
+                ),
+                ("max_headers", r.max_headers.as_ref().map(|v| v.span())),
+                (
+                    "tls_min_version",
+                    r.tls_min_version.as_ref().map(|v| v.span()),
+                ),
+                ("tls12_ciphers", r.tls12_ciphers.as_ref().map(|v| v.span())),
+                ("ocsp", r.ocsp.as_ref().map(|v| v.span())),
             ];
             for (key, span) in l7 {
                 if let Some(span) = span {
@@ -829,7 +841,148 @@ impl<'a> Validator<'a> {
             .map(|v| *v.get_ref())
             .unwrap_or(true);
         h.via = r.via.as_ref().map(|v| *v.get_ref()).unwrap_or(false);
+        self.http_edge_options(r, mode, &mut h);
         h
+    }
+
+    /// The options of an L7 VIP's edge: forwarding chains, header count, and the TLS
+    /// versions and TLS 1.2 ciphers offered to clients.
+    fn http_edge_options(&mut self, r: &RawVip, mode: VipMode, h: &mut HttpVipConfig) {
+        if let Some(v) = &r.forwarded_for {
+            h.forwarded_for = self
+                .choice(
+                    v,
+                    "forwarded_for",
+                    &[
+                        ("append", ForwardedFor::Append),
+                        ("replace", ForwardedFor::Replace),
+                    ],
+                )
+                .unwrap_or(ForwardedFor::Replace);
+        }
+        if let Some(list) = &r.trusted_proxies {
+            if h.forwarded_for == ForwardedFor::Replace {
+                self.err(
+                    list.span(),
+                    "trusted_proxies only applies with forwarded_for = \"append\" (with \"replace\" no chain is kept)",
+                );
+            }
+            if list.get_ref().is_empty() {
+                self.err(
+                    list.span(),
+                    "trusted_proxies is empty; list networks, or remove it to trust every peer",
+                );
+            }
+            for net in list.get_ref() {
+                let s = net.get_ref().trim();
+                let parsed = s
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
+                match parsed {
+                    Some(p) => h.trusted_proxies.push(p),
+                    None => self.err(
+                        net.span(),
+                        format!(
+                            "invalid network \"{}\" in trusted_proxies: expected CIDR such as \"10.0.0.0/8\" or an address",
+                            l7_echo(net.get_ref())
+                        ),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = &r.max_headers {
+            let n = *v.get_ref();
+            if !(8..=10_000).contains(&n) {
+                self.err(v.span(), "max_headers must be between 8 and 10000");
+            }
+            h.max_headers = n as usize;
+        }
+        let tls_only = [
+            (
+                "tls_min_version",
+                r.tls_min_version.as_ref().map(|v| v.span()),
+            ),
+            ("tls12_ciphers", r.tls12_ciphers.as_ref().map(|v| v.span())),
+            ("ocsp", r.ocsp.as_ref().map(|v| v.span())),
+        ];
+        if mode != VipMode::Https {
+            for (key, span) in tls_only {
+                if let Some(span) = span {
+                    self.err(span, format!("{key} applies only to mode \"https\""));
+                }
+            }
+            return;
+        }
+        if let Some(v) = &r.tls_min_version {
+            h.tls_min_version = self
+                .choice(
+                    v,
+                    "tls_min_version",
+                    &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)],
+                )
+                .unwrap_or(TlsVersion::Tls12);
+        }
+        if let Some(list) = &r.tls12_ciphers {
+            if h.tls_min_version == TlsVersion::Tls13 {
+                self.err(
+                    list.span(),
+                    "tls12_ciphers has no effect with tls_min_version = \"1.3\"; remove one of them",
+                );
+            }
+            if list.get_ref().is_empty() {
+                self.err(
+                    list.span(),
+                    "tls12_ciphers is empty; list at least one suite, or remove it for the defaults",
+                );
+            }
+            let known = tls12_cipher_names();
+            let mut names = Vec::new();
+            for c in list.get_ref() {
+                let name = c.get_ref().trim().to_ascii_uppercase();
+                if known.contains(&name.as_str()) {
+                    names.push(name);
+                } else {
+                    self.err(
+                        c.span(),
+                        format!(
+                            "unknown TLS 1.2 cipher suite \"{}\"; known: {}",
+                            l7_echo(c.get_ref()),
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+            h.tls12_ciphers = Some(names);
+        }
+        if let Some(map) = &r.ocsp {
+            // Each key names a certificate file of this VIP's `tls`, as written there.
+            let certs: Vec<&str> = r.tls.as_ref().map_or_else(Vec::new, |t| {
+                let t = t.get_ref();
+                let single = t.cert.iter().map(|c| c.get_ref().as_str());
+                let listed = t.certs.iter().flat_map(|l| {
+                    l.get_ref()
+                        .iter()
+                        .map(|p| p.get_ref().cert.get_ref().as_str())
+                });
+                single.chain(listed).collect()
+            });
+            for (cert, file) in map.get_ref() {
+                if !certs.contains(&cert.get_ref().as_str()) {
+                    self.err(
+                        cert.span(),
+                        format!(
+                            "ocsp names \"{}\", which is not a cert of this VIP's tls",
+                            l7_echo(cert.get_ref())
+                        ),
+                    );
+                    continue;
+                }
+                let cert = self.path(cert, "ocsp cert");
+                let path = self.path(file, "ocsp response file");
+                h.ocsp.insert(cert, path);
+            }
+        }
     }
 
     // ---- probes ---------------------------------------------------------------
@@ -1854,6 +2007,23 @@ fn parse_status_url(url: &str) -> Result<(SocketAddr, String), String> {
             )
         })?;
     Ok((address, path.to_string()))
+}
+
+/// The TLS 1.2 cipher suites rustls (ring) implements, by their IANA names.
+fn tls12_cipher_names() -> Vec<&'static str> {
+    rustls::crypto::ring::ALL_CIPHER_SUITES
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .filter_map(|s| s.suite().as_str())
+        .collect()
+}
+
+/// At most 64 characters of a value echoed in an L7 option's error message.
+fn l7_echo(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 #[cfg(test)]
