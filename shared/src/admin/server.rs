@@ -458,7 +458,9 @@ mod tests {
             s.write_all(b"wait drained smtp/mx1 3600\n")
                 .await
                 .expect("w");
-            started.await;
+            tokio::time::timeout(Duration::from_secs(10), started)
+                .await
+                .expect("the wait started");
             assert_eq!(lb.waiting.load(std::sync::atomic::Ordering::SeqCst), i + 1);
             waiting.push(s);
         }
