@@ -3,20 +3,24 @@
 //! `FILE:LINE:COL` so `portico check` and a refused reload point at the culprit.
 
 mod error;
+mod files;
 mod model;
 mod raw;
 mod validate;
 
 use std::path::Path;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{clip, clip_message, ConfigError, ConfigErrors, MAX_ECHO, MAX_MESSAGE};
 pub use model::*;
 
-/// Reads and validates the config file at `path`. An unreadable file is reported
-/// as an error at line 1, column 1 so callers print every failure the same way.
+/// Reads and validates the config file at `path`, then opens and parses every file it
+/// names (certificates, keys, CA bundles), each problem reported at the line naming
+/// it. The one loader behind `portico check`, `run` and reload, so they cannot
+/// disagree. An unreadable config file is reported as an error at line 1, column 1
+/// so callers print every failure the same way.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
+        Ok(text) => load_text(&text, path),
         Err(e) => Err(ConfigErrors::whole_file(
             path,
             format!("cannot read config file: {e}"),
@@ -24,13 +28,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Validates config `text`; `path` is used in error messages and kept in
-/// [`Config::path`] so a reload re-reads the same file.
-///
+/// [`load`] for config text already read: [`parse`], then the named files.
+pub fn load_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let (config, files) = parse_refs(text, path)?;
+    files.check(text, path)?;
+    Ok(config)
+}
+
+/// Validates config `text` without touching any file (the named certificates and
+/// keys are not opened; [`load`] does that); `path` is used in error messages and
+/// kept in [`Config::path`] so a reload re-reads the same file.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    parse_refs(text, path).map(|(config, _)| config)
+}
+
 /// serde stops at the first problem, so an unknown key on a line of its own is
 /// recorded, commented out (columns unchanged) and the text parsed again: one run
 /// reports every typo'd key and, once the rest parses, the validation errors too.
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+fn parse_refs(text: &str, path: &Path) -> Result<(Config, files::FileRefs), ConfigErrors> {
     let mut c = error::Collector::new(text, path);
     let mut current = text.to_string();
     // Bounded: each round removes one line.
@@ -38,7 +53,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         let e = match toml::from_str::<raw::RawConfig>(&current) {
             Ok(raw) => {
                 return match validate::validate(raw, text, path) {
-                    Ok(config) if !c.has_errors() => Ok(config),
+                    Ok(parsed) if !c.has_errors() => Ok(parsed),
                     Ok(_) => Err(c.finish()),
                     Err(more) => Err(c.finish_with(more)),
                 };
