@@ -197,3 +197,34 @@ fn missing_file_is_an_error_with_position() {
         "{stderr}"
     );
 }
+
+/// A reload reports a file problem the way `check` does, at the line naming it, and
+/// the running config keeps serving.
+#[test]
+fn reload_reports_a_missing_ca_at_its_line() {
+    let dir = common::TempDir::new("reload-files");
+    let vip = |probe: &str| {
+        format!(
+            "[admin]\nsocket = \"{}\"\n\n[[vip]]\nname = \"smtp\"\nlisten = \"127.0.0.1:{}\"\nbackends = [ {{ name = \"mx1\", address = \"127.0.0.1:{}\" }} ]\n{probe}\n",
+            dir.path("admin.sock").display(),
+            common::free_port(),
+            common::free_port()
+        )
+    };
+    let portico = common::Portico::start(&dir, &vip(""));
+    let missing = dir.path("no-such-ca.pem");
+    let probe = format!(
+        "probe = {{ kind = \"smtp\", tls = true, ca = \"{}\" }}",
+        missing.display()
+    );
+    std::fs::write(&portico.config, vip(&probe)).unwrap();
+    let (ok, out) = portico.ctl_raw(&["reload"]).unwrap();
+    assert!(!ok, "{out}");
+    let want = format!(
+        "{}:8:43: probe ca \"{}\": ",
+        portico.config.display(),
+        missing.display()
+    );
+    assert!(out.contains(&want), "expected {want:?} in {out}");
+    assert!(portico.ctl("show vips").starts_with("smtp "));
+}

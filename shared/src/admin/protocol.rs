@@ -212,9 +212,11 @@ impl Reply {
             }
             Reply::Error(e) => {
                 // Errors quote what the operator typed; a 4 KB line must not come
-                // back as a 4 KB (or, escaped, larger) reply.
+                // back as a 4 KB (or, escaped, larger) reply. Clipped line by line,
+                // so every config error of a refused reload still shows.
                 out.push_str("error: ");
-                out.push_str(&crate::config::clip_message(&e.replace('\n', " ")));
+                let lines: Vec<String> = e.split('\n').map(crate::config::clip_message).collect();
+                out.push_str(&lines.join(" "));
                 out.push('\n');
             }
         }
