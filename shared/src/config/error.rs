@@ -52,6 +52,14 @@ impl ConfigErrors {
         }])
     }
 
+    /// These errors and `more`, in file order.
+    pub fn merged(mut self, more: ConfigErrors) -> ConfigErrors {
+        self.0.extend(more.0);
+        self.0.sort_by_key(|e| (e.line, e.col));
+        self.0.dedup();
+        self
+    }
+
     /// Iterates over the errors in file order.
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
         self.0.iter()

@@ -30,33 +30,42 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// [`load`] for config text already read: [`parse`], then the named files.
 pub fn load_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let (config, files) = parse_refs(text, path)?;
-    files.check(text, path)?;
-    Ok(config)
+    let (parsed, files) = parse_refs(text, path);
+    // Files are checked even when validation found problems, so one run of
+    // `portico check` lists everything to fix.
+    match (parsed, files.check(text, path)) {
+        (Ok(config), Ok(())) => Ok(config),
+        (Ok(_), Err(e)) | (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(more)) => Err(e.merged(more)),
+    }
 }
 
 /// Validates config `text` without touching any file (the named certificates and
 /// keys are not opened; [`load`] does that); `path` is used in error messages and
 /// kept in [`Config::path`] so a reload re-reads the same file.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    parse_refs(text, path).map(|(config, _)| config)
+    parse_refs(text, path).0
 }
 
 /// serde stops at the first problem, so an unknown key on a line of its own is
 /// recorded, commented out (columns unchanged) and the text parsed again: one run
 /// reports every typo'd key and, once the rest parses, the validation errors too.
-fn parse_refs(text: &str, path: &Path) -> Result<(Config, files::FileRefs), ConfigErrors> {
+///
+/// Also returns the files the config names (as far as validation got), unopened.
+fn parse_refs(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, files::FileRefs) {
     let mut c = error::Collector::new(text, path);
     let mut current = text.to_string();
     // Bounded: each round removes one line.
     for _ in 0..64 {
         let e = match toml::from_str::<raw::RawConfig>(&current) {
             Ok(raw) => {
-                return match validate::validate(raw, text, path) {
-                    Ok(parsed) if !c.has_errors() => Ok(parsed),
+                let (validated, files) = validate::validate(raw, text, path);
+                let result = match validated {
+                    Ok(config) if !c.has_errors() => Ok(config),
                     Ok(_) => Err(c.finish()),
                     Err(more) => Err(c.finish_with(more)),
                 };
+                return (result, files);
             }
             Err(e) => e,
         };
@@ -67,7 +76,7 @@ fn parse_refs(text: &str, path: &Path) -> Result<(Config, files::FileRefs), Conf
             None => break,
         }
     }
-    Err(c.finish())
+    (Err(c.finish()), files::FileRefs::default())
 }
 
 /// toml's message on one line; for an unknown key close to a known one, a

@@ -1070,3 +1070,44 @@ fn a_megabyte_vip_name_is_not_echoed_whole() {
         assert!(e.contains('…'), "{e}");
     }
 }
+
+#[test]
+fn probe_values_the_probe_builder_would_refuse_are_errors_with_a_position() {
+    let with_probe = |probe: &str| VIP.replace("backends", &format!("probe = {probe}\nbackends"));
+    expect_err(
+        &with_probe(r#"{ kind = "smtp", tls = true, sni = "not a name!" }"#),
+        "4:44",
+        "probe sni",
+    );
+    expect_err(
+        &with_probe(r#"{ kind = "http", host = "a\u0001b" }"#),
+        "4:33",
+        "Host header",
+    );
+    expect_err(
+        &with_probe(r#"{ kind = "http", tls = true, host = "bad name:443" }"#),
+        "4:45",
+        "set sni",
+    );
+    expect_err(
+        &with_probe(r#"{ kind = "http", path = "/a b" }"#),
+        "4:33",
+        "valid request path",
+    );
+    parse_ok(&with_probe(
+        r#"{ kind = "http", tls = true, host = "mail.example.com:443", path = "/healthz?x=1" }"#,
+    ));
+}
+
+#[test]
+fn one_load_reports_validation_and_file_errors_together() {
+    let pki = crate::testing::tls::TestPki::new(&["localhost"]);
+    let missing = pki.dir().join("missing.pem");
+    let text = https_vip(&pki.cert_path(), &pki.key_path(), &missing)
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let errs = load_errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(errs[0].starts_with("7:14: backend_ca"), "{errs:#?}");
+    assert!(errs[1].contains("port 0"), "{errs:#?}");
+    assert!(errs[2].starts_with("9:43: probe ca"), "{errs:#?}");
+}

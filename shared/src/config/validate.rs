@@ -21,12 +21,12 @@ use super::model::*;
 use super::raw::*;
 
 /// Validates a parsed file. `text` is the source the spans refer to. Also returns
-/// the files the config names, still unopened.
+/// the files the config names, still unopened, whether or not it is valid.
 pub(crate) fn validate(
     raw: RawConfig,
     text: &str,
     path: &Path,
-) -> Result<(Config, FileRefs), ConfigErrors> {
+) -> (Result<Config, ConfigErrors>, FileRefs) {
     let mut v = Validator {
         c: Collector::new(text, path),
         listeners: Vec::new(),
@@ -35,11 +35,12 @@ pub(crate) fn validate(
     };
     let config = v.config(raw, path);
     v.check_listeners();
-    if v.c.has_errors() {
+    let result = if v.c.has_errors() {
         Err(v.c.finish())
     } else {
-        Ok((config, v.files))
-    }
+        Ok(config)
+    };
+    (result, v.files)
 }
 
 /// Where a probe table is used; decides defaults and which keys are allowed.
@@ -1100,12 +1101,52 @@ impl<'a> Validator<'a> {
                     format!("probe path \"{}\" must start with '/'", v.get_ref()),
                 );
             }
+            if v.get_ref().starts_with('/') && v.get_ref().parse::<http::Uri>().is_err() {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe path \"{}\" is not a valid request path; percent-encode spaces and special characters",
+                        v.get_ref()
+                    ),
+                );
+            }
             p.path = v.get_ref().clone();
         }
         p.host = r
             .host
             .as_ref()
             .map(|v| self.nonempty_string(v, "probe host"));
+        // What the probe builder would refuse at start, refused here with a position.
+        if let Some(v) = &r.sni {
+            if crate::tls::server_name(v.get_ref()).is_err() {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe sni \"{}\" is neither a DNS name nor an IP address",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &r.host {
+            let host = v.get_ref();
+            if http::HeaderValue::from_str(host).is_err() {
+                self.err(
+                    v.span(),
+                    format!("probe host {host:?} cannot be sent as an HTTP Host header"),
+                );
+            } else if (p.tls || p.starttls)
+                && r.sni.is_none()
+                && crate::tls::server_name(crate::probe::conn::strip_port(host)).is_err()
+            {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe host \"{host}\" is not a TLS server name (the probe verifies the certificate against it); set sni"
+                    ),
+                );
+            }
+        }
         if let Some(v) = &r.expect_status {
             p.expect_status = self.expect_status(v);
         }
