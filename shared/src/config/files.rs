@@ -83,15 +83,23 @@ impl FileRefs {
                 continue;
             }
             let (cert, key) = (&self.files[cert], &self.files[key]);
-            if let Err(reason) = check_pair(&cert.path, &key.path) {
-                c.err(
+            match check_pair(&cert.path, &key.path) {
+                Ok(()) => {}
+                Err(PairError::Mismatch(reason)) => c.err(
                     key.span.clone(),
                     format!(
                         "tls key \"{}\" does not fit certificate \"{}\": {reason}",
                         key.path.display(),
                         cert.path.display()
                     ),
-                );
+                ),
+                Err(PairError::Certificate(reason)) => c.err(
+                    cert.span.clone(),
+                    format!(
+                        "tls cert \"{}\": unusable certificate: {reason}",
+                        cert.path.display()
+                    ),
+                ),
             }
         }
         if c.has_errors() {
@@ -117,12 +125,23 @@ fn check_file(path: &Path, kind: FileKind) -> Result<(), String> {
     }
 }
 
-/// The same check rustls makes when the lb loads the pair: the key's public half is
-/// the leaf certificate's.
-fn check_pair(cert: &Path, key: &Path) -> Result<(), String> {
-    let chain = crate::tls::load_certs(cert).map_err(|e| e.to_string())?;
-    let key = crate::tls::load_key(key).map_err(|e| e.to_string())?;
+/// Why a certificate and key cannot be served together.
+enum PairError {
+    /// The key is not the certificate's.
+    Mismatch(String),
+    /// The leaf certificate itself cannot be parsed.
+    Certificate(String),
+}
+
+/// The same check rustls makes when the lb loads the pair: the leaf certificate
+/// parses and the key's public half is the leaf's.
+fn check_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
+    let chain = crate::tls::load_certs(cert).map_err(|e| PairError::Certificate(e.to_string()))?;
+    let key = crate::tls::load_key(key).map_err(|e| PairError::Mismatch(e.to_string()))?;
     CertifiedKey::from_der(chain, key, &crate::tls::provider())
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => PairError::Mismatch(e.to_string()),
+            other => PairError::Certificate(other.to_string()),
+        })
 }

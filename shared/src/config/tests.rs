@@ -1043,6 +1043,17 @@ fn load_rejects_files_that_hold_the_wrong_thing() {
         errs.iter().any(|e| e.starts_with("7:14: backend_ca")),
         "{errs:#?}"
     );
+    // Valid PEM around bytes that are no certificate.
+    let garbage = pki.dir().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let errs = load_errors(&https_vip(&garbage, &pki.key_path(), &pki.ca_path()));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("5:16: tls cert"), "{errs:#?}");
+    assert!(errs[0].contains("unusable certificate"), "{errs:#?}");
     // A key that belongs to another certificate.
     let errs = load_errors(&https_vip(
         &pki.cert_path(),
