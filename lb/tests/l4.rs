@@ -583,3 +583,38 @@ async fn the_greeting_follows_the_proxy_header_and_reaches_the_client_once() {
     assert!(greeting.starts_with("220 "), "{greeting:?}");
     assert!(fake.last_proxy_header().is_some());
 }
+
+/// IMAP and POP3 greet in one line: `* BYE` and `-ERR` (or silence) pass the client
+/// on to a backend that greets with `* OK` / `+OK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_and_pop3_clients_only_see_good_greetings() {
+    for (kind, protocol, good_prefix) in [
+        (FakeKind::Imap, MailProtocol::Imap, "* OK"),
+        (FakeKind::Pop3, MailProtocol::Pop3, "+OK"),
+    ] {
+        let refusing = FakeServer::start(kind, Behaviour::BadGreeting).await;
+        let silent = FakeServer::start(kind, Behaviour::Hang).await;
+        let good = FakeServer::start(kind, Behaviour::Good).await;
+        let mut cfg = vip(
+            "mail",
+            protocol,
+            &[
+                ("refusing", refusing.addr()),
+                ("silent", silent.addr()),
+                ("good", good.addr()),
+            ],
+        );
+        cfg.greeting_timeout = Duration::from_millis(200);
+        cfg.ejection.consecutive_failures = 0;
+        let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+        for i in 0..9 {
+            let mut c = Client::connect(addr(&lb, "mail")).await;
+            let line = c.line().await;
+            assert!(
+                line.starts_with(good_prefix),
+                "{protocol:?} session {i}: {line:?}"
+            );
+        }
+        assert!(refusing.connections() >= 3 && silent.connections() >= 3);
+    }
+}
