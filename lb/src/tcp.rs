@@ -284,57 +284,67 @@ fn greets(cfg: &shared::config::VipConfig) -> bool {
     ) && !cfg.probe.tls
 }
 
-/// Reads the backend's whole greeting within `bound` and returns its bytes once
-/// [`greeting::judge`] calls it a welcome. Silence is [`ProxyError::GreetingTimeout`],
-/// a close or reset [`ProxyError::NoGreeting`], a refusal or garbage
-/// [`ProxyError::BadGreeting`]: all retried elsewhere and counted against the backend.
+/// How long the rest of a multi-line SMTP greeting may take once its first line
+/// arrived positive (`220-`): Postfix's postscreen pauses before its last line
+/// (`postscreen_greet_wait`, 6 s), and a client connected directly waits for the
+/// whole greeting too, up to RFC 5321's 5 minutes (§4.5.3.2.1).
+const GREETING_REST: Duration = Duration::from_secs(300);
+
+/// Reads the backend's whole greeting and returns its bytes once
+/// [`greeting::judge`] calls it a welcome. Its first line must arrive within `bound`:
+/// silence is [`ProxyError::GreetingTimeout`], a close or reset
+/// [`ProxyError::NoGreeting`], a refusal or garbage [`ProxyError::BadGreeting`], all
+/// retried elsewhere and counted against the backend. A greeting that began with a
+/// positive continuation line has until [`GREETING_REST`] to finish.
 async fn read_greeting(
     stream: &TcpStream,
     addr: SocketAddr,
     protocol: MailProtocol,
     bound: Duration,
 ) -> Result<Vec<u8>, ProxyError> {
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + bound;
     let mut buf = Vec::with_capacity(256);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = match stream.try_read(&mut chunk) {
-                Ok(0) => return Err(ProxyError::NoGreeting { addr, source: None }),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stream
-                        .readable()
-                        .await
-                        .map_err(|e| ProxyError::NoGreeting {
+    let mut chunk = [0u8; 1024];
+    let timeout = |deadline: tokio::time::Instant| ProxyError::GreetingTimeout {
+        addr,
+        timeout: deadline - started,
+    };
+    loop {
+        let n = match stream.try_read(&mut chunk) {
+            Ok(0) => return Err(ProxyError::NoGreeting { addr, source: None }),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout_at(deadline, stream.readable()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::NoGreeting {
                             addr,
                             source: Some(e),
-                        })?;
-                    continue;
-                }
-                Err(e) => {
-                    return Err(ProxyError::NoGreeting {
-                        addr,
-                        source: Some(e),
-                    })
-                }
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            match greeting::judge(protocol, &buf) {
-                Verdict::Incomplete => {}
-                Verdict::Welcome => return Ok(()),
-                Verdict::Refused(reply) | Verdict::Malformed(reply) => {
-                    return Err(ProxyError::BadGreeting { addr, reply })
+                        })
+                    }
+                    Err(_) => return Err(timeout(deadline)),
                 }
             }
+            Err(e) => {
+                return Err(ProxyError::NoGreeting {
+                    addr,
+                    source: Some(e),
+                })
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match greeting::judge(protocol, &buf) {
+            // A complete line that left the verdict open is a positive `220-`.
+            Verdict::Incomplete if buf.contains(&b'\n') => {
+                deadline = deadline.max(started + GREETING_REST);
+            }
+            Verdict::Incomplete => {}
+            Verdict::Welcome => return Ok(buf),
+            Verdict::Refused(reply) | Verdict::Malformed(reply) => {
+                return Err(ProxyError::BadGreeting { addr, reply })
+            }
         }
-    };
-    match tokio::time::timeout(bound, read).await {
-        Ok(Ok(())) => Ok(buf),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProxyError::GreetingTimeout {
-            addr,
-            timeout: bound,
-        }),
     }
 }
 

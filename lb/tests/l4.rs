@@ -618,3 +618,37 @@ async fn imap_and_pop3_clients_only_see_good_greetings() {
         assert!(refusing.connections() >= 3 && silent.connections() >= 3);
     }
 }
+
+/// The greeting's first line must come within `greeting_timeout`, not the whole of a
+/// multi-line greeting: Postfix's postscreen sends `220-` and pauses before the last
+/// line, and that backend is alive and welcoming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_multi_line_greeting_that_began_well_is_awaited() {
+    let pausing = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let pausing_addr = pausing.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = pausing.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220-postscreen pause\r\n").await;
+                // The pause is the behaviour under test: longer than greeting_timeout.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let _ = s.write_all(b"220 mx ESMTP\r\n").await;
+                let mut line = [0u8; 64];
+                if matches!(s.read(&mut line).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(b"221 bye\r\n").await;
+                }
+            });
+        }
+    });
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("pausing", pausing_addr)]);
+    cfg.greeting_timeout = Duration::from_millis(200);
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let greeting = smtp_session(addr(&lb, "smtp"), WAIT)
+        .await
+        .expect("session");
+    assert_eq!(greeting, "220 mx ESMTP\r\n");
+    let pausing = lb.backend("smtp", "pausing").expect("backend");
+    assert!(!pausing.is_ejected() && pausing.in_rotation());
+}
