@@ -30,13 +30,116 @@ fn example_configs_pass() {
             .arg(&file)
             .output()
             .unwrap();
+        if out.status.success() {
+            continue;
+        }
+        // The production example names certificates and CAs under /etc/portico that
+        // this machine lacks: those, and only those, are reported, each at the line
+        // and column that names it.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in stderr.lines() {
+            let rest = line
+                .strip_prefix(&format!("{}:", file.display()))
+                .unwrap_or_else(|| panic!("{}: unexpected {line:?}", file.display()));
+            let mut parts = rest.splitn(3, ':');
+            let (l, c, msg) = (
+                parts.next().and_then(|n| n.parse::<usize>().ok()).unwrap(),
+                parts.next().and_then(|n| n.parse::<usize>().ok()).unwrap(),
+                parts.next().unwrap(),
+            );
+            let named = msg
+                .split('"')
+                .nth(1)
+                .filter(|p| p.starts_with("/etc/portico/"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} should be valid but for its files: {line}",
+                        file.display()
+                    )
+                });
+            let src_line = text.lines().nth(l - 1).unwrap();
+            let at: String = src_line.chars().skip(c - 1).collect();
+            assert!(
+                at.starts_with(&format!("\"{named}\"")),
+                "{line}: column {c} of line {l} is {at:?}"
+            );
+        }
+    }
+}
+
+fn write_config(dir: &common::TempDir, text: &str) -> PathBuf {
+    let path = dir.path("portico.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A certificate file that does not exist is found by `check`, at the line naming it,
+/// and `run` refuses the config with the very same line (one loader for both).
+#[test]
+fn check_and_run_report_a_missing_certificate_at_its_line() {
+    let dir = common::TempDir::new("check-files");
+    let missing = dir.path("missing.pem");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"[[vip]]
+name = "web"
+listen = "127.0.0.1:{}"
+mode = "https"
+tls = {{ cert = "{m}", key = "{m}" }}
+backends = [ {{ name = "w1", address = "127.0.0.1:8080" }} ]
+"#,
+            common::free_port(),
+            m = missing.display()
+        ),
+    );
+    let want = format!(
+        "{}:5:16: tls cert \"{}\": ",
+        config.display(),
+        missing.display()
+    );
+    for cmd in ["check", "run"] {
+        let out = Command::new(common::bin())
+            .args([cmd, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
         assert!(
-            out.status.success(),
-            "{} should be valid:\n{}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
+            stderr.lines().any(|l| l.starts_with(&want)),
+            "{cmd}: expected {want:?} in:\n{stderr}"
         );
     }
+}
+
+/// A megabyte of VIP name comes back as a short, clipped quote, not a megabyte.
+#[test]
+fn check_does_not_echo_huge_values() {
+    let dir = common::TempDir::new("check-echo");
+    let name = "n".repeat(1 << 20);
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[vip]]\nname = \"{name}\"\nlisten = \"127.0.0.1:1\"\nbackends = [ {{ name = \"b\", address = \"127.0.0.1:0\" }} ]\n"
+        ),
+    );
+    let out = Command::new(common::bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        &stderr[..stderr.len().min(300)]
+    );
+    assert!(stderr.len() < 4096, "{} bytes of errors", stderr.len());
+    assert!(stderr.contains("port 0"), "{stderr}");
+    assert!(stderr.contains('…'), "{stderr}");
 }
 
 #[test]
@@ -93,4 +196,35 @@ fn missing_file_is_an_error_with_position() {
         stderr.starts_with("/nonexistent/portico.toml:1:1: "),
         "{stderr}"
     );
+}
+
+/// A reload reports a file problem the way `check` does, at the line naming it, and
+/// the running config keeps serving.
+#[test]
+fn reload_reports_a_missing_ca_at_its_line() {
+    let dir = common::TempDir::new("reload-files");
+    let vip = |probe: &str| {
+        format!(
+            "[admin]\nsocket = \"{}\"\n\n[[vip]]\nname = \"smtp\"\nlisten = \"127.0.0.1:{}\"\nbackends = [ {{ name = \"mx1\", address = \"127.0.0.1:{}\" }} ]\n{probe}\n",
+            dir.path("admin.sock").display(),
+            common::free_port(),
+            common::free_port()
+        )
+    };
+    let portico = common::Portico::start(&dir, &vip(""));
+    let missing = dir.path("no-such-ca.pem");
+    let probe = format!(
+        "probe = {{ kind = \"smtp\", tls = true, ca = \"{}\" }}",
+        missing.display()
+    );
+    std::fs::write(&portico.config, vip(&probe)).unwrap();
+    let (ok, out) = portico.ctl_raw(&["reload"]).unwrap();
+    assert!(!ok, "{out}");
+    let want = format!(
+        "{}:8:43: probe ca \"{}\": ",
+        portico.config.display(),
+        missing.display()
+    );
+    assert!(out.contains(&want), "expected {want:?} in {out}");
+    assert!(portico.ctl("show vips").starts_with("smtp "));
 }

@@ -268,17 +268,19 @@ fn single_threaded_runtime_proxies_reloads_and_drains() {
 
 #[test]
 fn a_reload_the_gss_refuses_leaves_the_lb_as_it_was() {
-    // The new file adds VIP c and gives the gss a keepalive whose CA file is missing:
-    // the config stage accepts it (paths are read when probes are built), the gss
-    // refuses it, and the lb must not have applied its half.
+    // The new file adds VIP c and a gss whose DNS port another process holds: the
+    // config is valid (files named in a config are checked when it is loaded, so a
+    // missing file can no longer get this far), the gss cannot start, and the lb must
+    // not have applied its half.
     let e1 = Echo::start();
     let dir = TempDir::new("reload-gss");
     let (pa, pc) = (free_port(), free_port());
     let dns_port = free_udp_tcp_port();
+    let _held_udp = std::net::UdpSocket::bind(("127.0.0.1", dns_port)).unwrap();
+    let _held_tcp = std::net::TcpListener::bind(("127.0.0.1", dns_port)).unwrap();
     let sock = dir.path("admin.sock").display().to_string();
-    let gss = |keepalive: &str| {
-        format!(
-            r#"
+    let gss = format!(
+        r#"
 [gss]
 listen = "127.0.0.1:{dns_port}"
 zone = "gslb.example.test"
@@ -286,35 +288,29 @@ nameservers = ["ns1.gslb.example.test"]
 
 [[gss.site]]
 name = "dc1"
-keepalives = [ {keepalive} ]
+keepalives = [ {{ kind = "tcp", address = "{}" }} ]
 
 [[gss.name]]
 name = "smtp"
 sites = ["dc1"]
 answers = {{ dc1 = ["127.0.0.1"] }}
-"#
-        )
-    };
-    let plain = format!("{{ kind = \"tcp\", address = \"{}\" }}", e1.addr);
-    let before = config(&sock, &tcp_vip("a", pa, &[("a1", e1.addr, 1)])) + &gss(&plain);
+"#,
+        e1.addr
+    );
+    let before = config(&sock, &tcp_vip("a", pa, &[("a1", e1.addr, 1)]));
     let p = Portico::start(&dir, &before);
     wait_backends_up(&p, "a", 1);
 
-    let missing = dir.path("no-such-ca.pem").display().to_string();
-    let broken_keepalive = format!(
-        "{{ kind = \"tcp\", address = \"{}\", tls = true, ca = \"{missing}\" }}",
-        e1.addr
-    );
     let after = config(
         &sock,
         &(tcp_vip("a", pa, &[("a1", e1.addr, 1)]) + &tcp_vip("c", pc, &[("c1", e1.addr, 1)])),
-    ) + &gss(&broken_keepalive);
+    ) + &gss;
     std::fs::write(&p.config, &after).unwrap();
     let (ok, out) = p.ctl_raw(&["reload"]).unwrap();
     assert!(!ok && out.starts_with("error: "), "{out}");
     assert!(
-        out.contains("no-such-ca.pem"),
-        "the error names the file: {out}"
+        out.contains(&format!("127.0.0.1:{dns_port}")),
+        "the error names the port: {out}"
     );
     assert!(
         TcpStream::connect(("127.0.0.1", pc)).is_err(),

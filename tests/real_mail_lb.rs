@@ -101,6 +101,95 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
     );
 }
 
+/// One SMTP session straight over TCP (greeting, `QUIT`, `221`), every read bounded.
+fn smtp_session(port: u16) -> Result<(), String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .map_err(|e| format!("greeting: {e}"))?;
+        if !line.starts_with("220") {
+            return Err(format!("greeting {line:?}"));
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            break;
+        }
+    }
+    r.get_mut()
+        .write_all(b"QUIT\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut bye = String::new();
+    r.read_line(&mut bye).map_err(|e| format!("QUIT: {e}"))?;
+    bye.starts_with("221")
+        .then_some(())
+        .ok_or_else(|| format!("QUIT answered {bye:?}"))
+}
+
+/// A stopped Postfix process still has its kernel accept connections, so only its
+/// missing greeting shows it is gone. The lb reads the greeting as part of connecting:
+/// none of 300 sessions started right after one of two smtp-sinks is SIGSTOPped fails
+/// or hangs, and the stopped one leaves rotation.
+#[test]
+fn a_sigstopped_smtp_sink_costs_no_session() {
+    let (p1, p2, vip) = (free_port(), free_port(), free_port());
+    let Some(mut sink1) = smtp_sink(p1) else {
+        return;
+    };
+    let Some(_sink2) = smtp_sink(p2) else { return };
+    let dir = TempDir::new("sigstop");
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[[vip]]
+name = "smtp"
+listen = "127.0.0.1:{vip}"
+greeting_timeout = "500ms"
+backends = [
+  {{ name = "sink1", address = "127.0.0.1:{p1}" }},
+  {{ name = "sink2", address = "127.0.0.1:{p2}" }},
+]
+probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
+"#,
+        sock = dir.path("admin.sock").display()
+    );
+    let portico = Portico::start(&dir, &config);
+    let both_up = poll(Duration::from_secs(10), || {
+        let out = portico.ctl("show backends smtp");
+        (out.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("up"))
+            .count()
+            == 2)
+            .then_some(())
+    });
+    assert!(both_up.is_some(), "{}", portico.ctl("show backends"));
+
+    sink1.signal_group(libc::SIGSTOP);
+    let failures: Vec<String> = (0..300)
+        .filter_map(|i| smtp_session(vip).err().map(|e| format!("session {i}: {e}")))
+        .collect();
+    let backends = portico.ctl("show backends smtp");
+    sink1.kill_hard();
+    assert!(
+        failures.is_empty(),
+        "{} of 300 sessions failed or hung: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let sink1_line = backends
+        .lines()
+        .find(|l| l.starts_with("smtp/sink1 "))
+        .unwrap_or_default();
+    assert!(
+        sink1_line.split_whitespace().nth(2) != Some("up"),
+        "the stopped sink left rotation:\n{backends}"
+    );
+}
+
 #[test]
 fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
     let dir = TempDir::new("dovecot");

@@ -163,6 +163,22 @@ mod tests {
         assert!(matches!(err, AcceptProxyError::Invalid(_)), "{err}");
     }
 
+    #[tokio::test]
+    async fn a_tlv_running_past_the_header_is_refused() {
+        let (mut client, mut server) = pair().await;
+        // A v2 TCP4 header whose length covers 4 bytes after the addresses, where a
+        // TLV claims 255: the client's own bytes must not be taken for the rest of it.
+        let mut sent = proxy_protocol::v2(addr("192.0.2.7:40000"), addr("198.51.100.1:25"));
+        sent[15] = 12 + 4;
+        sent.extend_from_slice(&[0x04, 0x00, 0xFF, 0x00]);
+        sent.extend_from_slice(b"EHLO x\r\n");
+        client.write_all(&sent).await.expect("write");
+        let err = read_header(&mut server, Duration::from_secs(5))
+            .await
+            .expect_err("bad TLV");
+        assert!(matches!(err, AcceptProxyError::Invalid(_)), "{err}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn silence_is_cut_after_the_bound() {
         let (_client, mut server) = pair().await;

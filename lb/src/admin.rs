@@ -54,7 +54,7 @@ impl LbAdmin {
         let slots = self.inner.vips.load();
         if let Some(v) = vip {
             if !slots.iter().any(|s| s.state.load().cfg.name == v) {
-                return Reply::error(format!("no vip {v}; see show vips"));
+                return Reply::error(format!("no vip {v:?}; see show vips"));
             }
         }
         let mut lines = Vec::new();
@@ -73,7 +73,7 @@ impl LbAdmin {
     fn find(&self, id: &BackendId) -> Result<Arc<Backend>, Reply> {
         self.inner
             .backend(&id.vip, &id.backend)
-            .ok_or_else(|| Reply::error(format!("no backend {id}; see show backends")))
+            .ok_or_else(|| Reply::error(format!("no backend \"{id}\"; see show backends")))
     }
 }
 

@@ -65,6 +65,24 @@ pub enum ProxyError {
         #[source]
         source: Option<io::Error>,
     },
+    /// A server-speaks-first backend accepted but sent no complete greeting within
+    /// `greeting_timeout` (a stopped or overloaded process; the kernel still accepts).
+    #[error("{addr} sent no greeting within {}ms", .timeout.as_millis())]
+    GreetingTimeout {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The bound that expired.
+        timeout: Duration,
+    },
+    /// The backend greeted with a refusal (`421`, `* BYE`, `-ERR`) or with something
+    /// that is not a greeting of the VIP's protocol.
+    #[error("{addr} greeted {reply:?}")]
+    BadGreeting {
+        /// Backend address.
+        addr: SocketAddr,
+        /// The greeting's first line (clipped), or what was wrong with it.
+        reply: String,
+    },
     /// Reading from one leg failed.
     #[error("{side} read: {source}")]
     Read {
@@ -95,7 +113,9 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ProxyHeader { .. }
-            | ProxyError::NoGreeting { .. } => Some(Side::Backend),
+            | ProxyError::NoGreeting { .. }
+            | ProxyError::GreetingTimeout { .. }
+            | ProxyError::BadGreeting { .. } => Some(Side::Backend),
             ProxyError::Read { side, .. } | ProxyError::Write { side, .. } => Some(*side),
             ProxyError::Idle(_) => None,
         }
@@ -110,6 +130,18 @@ impl ProxyError {
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::ProxyHeader { .. }
                 | ProxyError::NoGreeting { .. }
+                | ProxyError::GreetingTimeout { .. }
+                | ProxyError::BadGreeting { .. }
+        )
+    }
+
+    /// True for failures of the greeting phase (counted on their own as well).
+    pub fn is_greeting(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoGreeting { .. }
+                | ProxyError::GreetingTimeout { .. }
+                | ProxyError::BadGreeting { .. }
         )
     }
 

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod balance;
 pub mod copy;
 pub mod error;
+pub mod greeting;
 pub mod http;
 pub mod metrics;
 pub mod outlier;

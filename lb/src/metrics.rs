@@ -8,6 +8,7 @@
 //! | `portico_lb_connections_total` | counter | vip, backend | connections established to the backend |
 //! | `portico_lb_bytes_total` | counter | vip, backend, direction (`to_backend`/`to_client`) | bytes forwarded |
 //! | `portico_lb_connect_failures_total` | counter | vip, backend | failed connects (refused, timeout, PROXY header write) |
+//! | `portico_lb_greeting_failures_total` | counter | vip, backend | connects that failed on the greeting (silent past `greeting_timeout`, a refusal, garbage); also in connect failures |
 //! | `portico_lb_retries_total` | counter | vip | connects retried on another backend |
 //! | `portico_lb_ejections_total` | counter | vip, backend | passive ejections |
 //! | `portico_lb_backend_up` | gauge | vip, backend | 1 while active checks pass |
@@ -24,6 +25,8 @@ pub const CONNECTIONS_TOTAL: &str = "portico_lb_connections_total";
 pub const BYTES_TOTAL: &str = "portico_lb_bytes_total";
 /// `portico_lb_connect_failures_total{vip,backend}`
 pub const CONNECT_FAILURES_TOTAL: &str = "portico_lb_connect_failures_total";
+/// `portico_lb_greeting_failures_total{vip,backend}`
+pub const GREETING_FAILURES_TOTAL: &str = "portico_lb_greeting_failures_total";
 /// `portico_lb_retries_total{vip}`
 pub const RETRIES_TOTAL: &str = "portico_lb_retries_total";
 /// `portico_lb_ejections_total{vip,backend}`
@@ -45,6 +48,10 @@ pub fn describe() {
     metrics::describe_counter!(CONNECTIONS_TOTAL, "Connections established to the backend");
     metrics::describe_counter!(BYTES_TOTAL, "Bytes forwarded");
     metrics::describe_counter!(CONNECT_FAILURES_TOTAL, "Failed connects to the backend");
+    metrics::describe_counter!(
+        GREETING_FAILURES_TOTAL,
+        "Backend connects that failed on the greeting"
+    );
     metrics::describe_counter!(RETRIES_TOTAL, "Connects retried on another backend");
     metrics::describe_counter!(EJECTIONS_TOTAL, "Passive ejections");
     metrics::describe_gauge!(BACKEND_UP, "1 while active checks pass");

@@ -2,12 +2,17 @@
 //!
 //! Per connection: admission limits, then up to `1 + retries` attempts, each picking a
 //! backend not yet tried ([`crate::pool::Pool::select`]), connecting within
-//! `connect_timeout` and writing the PROXY header. A failed attempt is reported for
-//! passive ejection and the next backend tried, so a dead node not yet detected costs
-//! the client nothing (nothing has been relayed yet, so a retry is invisible). When
-//! nothing is left the client gets its protocol's temporary-failure greeting
-//! ([`crate::refuse`]) instead of a reset. Then [`crate::copy::relay`] moves bytes
-//! with `TCP_NODELAY` on both legs and the VIP's idle timeout.
+//! `connect_timeout` and writing the PROXY header. For protocols whose server speaks
+//! first (SMTP, IMAP, POP3 in the clear) the backend's whole greeting is part of
+//! connecting: it is read within `greeting_timeout` and judged ([`crate::greeting`]),
+//! so a backend that accepts but stays silent (SIGSTOPped, overloaded) or greets with a
+//! refusal is a failed attempt like a refused connect. A failed attempt is reported for
+//! passive ejection and the next backend tried, so a dead or hung node not yet
+//! detected costs the client nothing (nothing has been relayed yet, so a retry is
+//! invisible). When nothing is left the client gets its protocol's temporary-failure
+//! greeting ([`crate::refuse`]) instead of a reset. Otherwise the good greeting is
+//! written to the client, then [`crate::copy::relay`] moves bytes with `TCP_NODELAY`
+//! on both legs and the VIP's idle timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +28,7 @@ use crate::access;
 use crate::backend::Lease;
 use crate::copy;
 use crate::error::{ProxyError, Side};
+use crate::greeting::{self, Verdict};
 use crate::refuse::refusal;
 use crate::vip::{ConnGuard, Refusal, VipSlot, VipState};
 
@@ -95,15 +101,32 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _g
     // Boxed, like the refusal below: the connect phase's state (connect and header
     // timeouts, the greeting probe) lives on the heap only while connecting instead of
     // sizing the future every connection keeps for its whole life.
-    let Some((lease, backend)) = Box::pin(connect_any(&state, &client, peer, dst)).await else {
-        state.refused_no_backend.increment(1);
-        tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
-        if state.cfg.access_log {
-            access::connection(&state.cfg.name, peer, "-", started, (0, 0), "refused");
+    let (lease, backend, greeting) = match Box::pin(connect_any(&state, &client, peer, dst)).await {
+        Ok(connected) => connected,
+        Err(why) => {
+            state.refused_no_backend.increment(1);
+            tracing::debug!(vip = %state.cfg.name, client = %peer, "no backend available; refusing");
+            if state.cfg.access_log {
+                access::connection(&state.cfg.name, peer, "-", started, (0, 0), why.end());
+            }
+            Box::pin(refuse(client, state.cfg.protocol)).await;
+            return;
         }
-        Box::pin(refuse(client, state.cfg.protocol)).await;
-        return;
     };
+    // The backend's greeting, read while connecting, reaches the client before any
+    // relayed byte; the client's socket buffer is empty, so this only fails for a
+    // client that already went away.
+    if !greeting.is_empty() {
+        let sent = Box::pin(write_all_within(&client, greeting, state.cfg.idle_timeout)).await;
+        if let Err(e) = sent {
+            tracing::debug!(vip = %state.cfg.name, client = %peer, "closed: greeting to client: {e}");
+            if state.cfg.access_log {
+                let name = lease.backend().name();
+                access::connection(&state.cfg.name, peer, name, started, (0, 0), "client_error");
+            }
+            return;
+        }
+    }
     let m = &lease.backend().metrics;
     match copy::relay(
         &client,
@@ -143,14 +166,34 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _g
     }
 }
 
-/// Tries backends until one accepts (and took the PROXY header), or none is left.
-/// `dst` is the address the client connected to when an upstream balancer said so.
+/// Why no backend took a client: the access log's `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoBackend {
+    /// None in rotation, or every attempt failed to connect.
+    Refused,
+    /// At least one attempt reached a backend that did not greet properly.
+    GreetingFailed,
+}
+
+impl NoBackend {
+    fn end(self) -> &'static str {
+        match self {
+            NoBackend::Refused => "refused",
+            NoBackend::GreetingFailed => "greeting_failed",
+        }
+    }
+}
+
+/// Tries backends until one accepts (took the PROXY header and, for protocols whose
+/// server speaks first, greeted), or none is left. Returns the connection and the
+/// greeting bytes read from it, still owed to the client. `dst` is the address the
+/// client connected to when an upstream balancer said so.
 async fn connect_any(
     state: &VipState,
     client: &TcpStream,
     peer: SocketAddr,
     dst: Option<SocketAddr>,
-) -> Option<(Lease, TcpStream)> {
+) -> Result<(Lease, TcpStream, Vec<u8>), NoBackend> {
     // The accept gave the peer address; the local one (a getsockname(2)) is only
     // needed for a PROXY header, so it is not asked for otherwise.
     let local = match (dst, state.cfg.proxy_protocol) {
@@ -160,42 +203,48 @@ async fn connect_any(
     };
     let pool = &state.pool;
     let mut tried: Vec<usize> = Vec::new();
+    let mut why = NoBackend::Refused;
     for attempt in 0..=state.cfg.retries {
-        let lease = pool.select(peer.ip(), &tried)?;
+        let lease = pool.select(peer.ip(), &tried).ok_or(why)?;
         if attempt > 0 {
             state.retries.increment(1);
         }
         match connect(&state.cfg, lease.backend().address(), peer, local).await {
-            Ok(stream) => {
+            Ok((stream, greeting)) => {
                 pool.report_success(&lease);
-                return Some((lease, stream));
+                return Ok((lease, stream, greeting));
             }
             Err(e) => {
                 tracing::debug!(
                     vip = %state.cfg.name, backend = %lease.backend().name(),
                     attempt, "{e}"
                 );
+                if e.is_greeting() {
+                    lease.backend().metrics.greeting_failures.increment(1);
+                    why = NoBackend::GreetingFailed;
+                }
                 if e.counts_against_backend() {
                     lease.backend().metrics.connect_failures.increment(1);
                     pool.report_failure(&lease);
                 }
                 tried.push(lease.index());
                 if !e.retry_safe() {
-                    return None;
+                    return Err(why);
                 }
             }
         }
     }
-    None
+    Err(why)
 }
 
-/// Connects to `addr` within the VIP's connect timeout and sends the PROXY header.
+/// Connects to `addr` within the VIP's connect timeout, sends the PROXY header, and
+/// reads the greeting when the server speaks first (returned, else empty).
 async fn connect(
     cfg: &shared::config::VipConfig,
     addr: SocketAddr,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<TcpStream, ProxyError> {
+) -> Result<(TcpStream, Vec<u8>), ProxyError> {
     let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
@@ -212,45 +261,100 @@ async fn connect(
             ProxyVersion::V1 => shared::proxy_protocol::v1(peer, local),
             ProxyVersion::V2 => shared::proxy_protocol::v2(peer, local),
         };
-        write_header(&stream, &header, cfg.connect_timeout)
+        write_all_within(&stream, header, cfg.connect_timeout)
             .await
             .map_err(|source| ProxyError::ProxyHeader { addr, source })?;
     }
-    if server_speaks_first(cfg.protocol) {
-        await_greeting(&stream, addr, cfg.connect_timeout).await?;
-    }
-    Ok(stream)
+    let greeting = if greets(cfg) {
+        read_greeting(&stream, addr, cfg.protocol, cfg.greeting_timeout).await?
+    } else {
+        Vec::new()
+    };
+    Ok((stream, greeting))
 }
 
 /// SMTP, IMAP and POP3 servers speak first, so until the greeting arrives nothing has
-/// reached the client and a backend that closes is as good as one that refused.
-fn server_speaks_first(protocol: MailProtocol) -> bool {
+/// reached the client and a backend that stays silent, closes or refuses can be
+/// passed over. Behind implicit TLS (the probe's `tls`: 465, 993, 995) the client
+/// speaks first and the greeting is inside TLS, out of the lb's sight.
+fn greets(cfg: &shared::config::VipConfig) -> bool {
     matches!(
-        protocol,
+        cfg.protocol,
         MailProtocol::Smtp | MailProtocol::Imap | MailProtocol::Pop3
-    )
+    ) && !cfg.probe.tls
 }
 
-/// Waits up to `bound` for the backend's first byte (left unread for the relay). A
-/// close or reset before it is [`ProxyError::NoGreeting`], retried elsewhere; a slow
-/// greeting (postscreen, a loaded node) is not an error and the relay starts anyway.
-async fn await_greeting(
+/// How long the rest of a multi-line SMTP greeting may take once its first line
+/// arrived positive (`220-`): Postfix's postscreen pauses before its last line
+/// (`postscreen_greet_wait`, 6 s), and a client connected directly waits for the
+/// whole greeting too, up to RFC 5321's 5 minutes (§4.5.3.2.1).
+const GREETING_REST: Duration = Duration::from_secs(300);
+
+/// Reads the backend's whole greeting and returns its bytes once
+/// [`greeting::judge`] calls it a welcome. Its first line must arrive within `bound`:
+/// silence is [`ProxyError::GreetingTimeout`], a close or reset
+/// [`ProxyError::NoGreeting`], a refusal or garbage [`ProxyError::BadGreeting`], all
+/// retried elsewhere and counted against the backend. A greeting that began with a
+/// positive continuation line has until [`GREETING_REST`] to finish.
+async fn read_greeting(
     stream: &TcpStream,
     addr: SocketAddr,
+    protocol: MailProtocol,
     bound: Duration,
-) -> Result<(), ProxyError> {
-    let mut probe = [0u8; 1];
-    match tokio::time::timeout(bound, stream.peek(&mut probe)).await {
-        Err(_) | Ok(Ok(1..)) => Ok(()),
-        Ok(Ok(0)) => Err(ProxyError::NoGreeting { addr, source: None }),
-        Ok(Err(e)) => Err(ProxyError::NoGreeting {
-            addr,
-            source: Some(e),
-        }),
+) -> Result<Vec<u8>, ProxyError> {
+    let started = tokio::time::Instant::now();
+    let mut deadline = started + bound;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    let timeout = |deadline: tokio::time::Instant| ProxyError::GreetingTimeout {
+        addr,
+        timeout: deadline - started,
+    };
+    loop {
+        let n = match stream.try_read(&mut chunk) {
+            Ok(0) => return Err(ProxyError::NoGreeting { addr, source: None }),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout_at(deadline, stream.readable()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::NoGreeting {
+                            addr,
+                            source: Some(e),
+                        })
+                    }
+                    Err(_) => return Err(timeout(deadline)),
+                }
+            }
+            Err(e) => {
+                return Err(ProxyError::NoGreeting {
+                    addr,
+                    source: Some(e),
+                })
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match greeting::judge(protocol, &buf) {
+            // A complete line that left the verdict open is a positive `220-`.
+            Verdict::Incomplete if buf.contains(&b'\n') => {
+                deadline = deadline.max(started + GREETING_REST);
+            }
+            Verdict::Incomplete => {}
+            Verdict::Welcome => return Ok(buf),
+            Verdict::Refused(reply) | Verdict::Malformed(reply) => {
+                return Err(ProxyError::BadGreeting { addr, reply })
+            }
+        }
     }
 }
 
-async fn write_header(stream: &TcpStream, header: &[u8], timeout: Duration) -> io::Result<()> {
+/// Writes all of `bytes` within `timeout` on a shared reference (no split needed).
+async fn write_all_within(
+    stream: &TcpStream,
+    bytes: impl AsRef<[u8]>,
+    timeout: Duration,
+) -> io::Result<()> {
+    let header = bytes.as_ref();
     let write = async {
         let mut off = 0;
         while off < header.len() {

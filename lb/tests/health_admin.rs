@@ -180,7 +180,7 @@ async fn admin_commands_and_their_output() {
     );
     assert_eq!(
         admin(&lb, "drain smtp/mx7").await,
-        Reply::error("no backend smtp/mx7; see show backends")
+        Reply::error("no backend \"smtp/mx7\"; see show backends")
     );
     assert!(matches!(
         admin(&lb, "show backends nope").await,

@@ -401,3 +401,254 @@ async fn a_backend_closing_before_its_greeting_is_retried_elsewhere() {
         "round robin did try the dying backend"
     );
 }
+
+/// One SMTP session through the VIP, bounded: the whole greeting, `QUIT`, `221`.
+/// Returns the greeting's last line, or why the session failed or hung.
+async fn smtp_session(addr: std::net::SocketAddr, bound: Duration) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let session = async {
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut r = tokio::io::BufReader::new(s);
+        let mut greeting = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                return Err(format!("closed after {greeting:?}"));
+            }
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            greeting = line;
+            if last {
+                break;
+            }
+        }
+        if !greeting.starts_with("220 ") {
+            return Err(format!("greeting {greeting:?}"));
+        }
+        r.get_mut()
+            .write_all(b"QUIT\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut bye = String::new();
+        r.read_line(&mut bye).await.map_err(|e| e.to_string())?;
+        if !bye.starts_with("221") {
+            return Err(format!("QUIT answered {bye:?}"));
+        }
+        Ok(greeting)
+    };
+    tokio::time::timeout(bound, session)
+        .await
+        .unwrap_or_else(|_| Err("hung".to_string()))
+}
+
+/// Runs `n` bounded SMTP sessions, 20 at a time; returns every failure.
+async fn smtp_sessions(addr: std::net::SocketAddr, n: u32) -> Vec<String> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            smtp_session(addr, Duration::from_secs(3))
+                .await
+                .map_err(|e| format!("session {i}: {e}"))
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.expect("join") {
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+/// A backend whose process is stopped still completes TCP handshakes (the kernel
+/// does), so only its missing greeting shows it is gone: the lb reads the greeting as
+/// part of connecting and passes over a silent backend within `greeting_timeout`, so
+/// none of 300 sessions hangs, even before probes or ejection notice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_costs_no_session() {
+    let good = FakeServer::start_with(
+        FakeKind::Smtp,
+        Behaviour::Good,
+        FakeOptions::new().banner("good"),
+    )
+    .await;
+    let silent = FakeServer::start(FakeKind::Smtp, Behaviour::Hang).await;
+    let mut cfg = vip(
+        "smtp",
+        MailProtocol::Smtp,
+        &[("good", good.addr()), ("silent", silent.addr())],
+    );
+    cfg.greeting_timeout = Duration::from_millis(300);
+    // Retries alone must hide it; ejection is checked separately below.
+    cfg.ejection.consecutive_failures = 0;
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let addr = addr(&lb, "smtp");
+    let failures = smtp_sessions(addr, 300).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 300 failed or hung: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        silent.connections() >= 20,
+        "round robin did send attempts to the silent backend ({})",
+        silent.connections()
+    );
+    assert_eq!(good.sessions_completed(), 300);
+}
+
+/// Greeting failures count for passive ejection like refused connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_is_ejected() {
+    let good = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let silent = FakeServer::start(FakeKind::Smtp, Behaviour::Hang).await;
+    let mut cfg = vip(
+        "smtp",
+        MailProtocol::Smtp,
+        &[("good", good.addr()), ("silent", silent.addr())],
+    );
+    cfg.greeting_timeout = Duration::from_millis(200);
+    cfg.ejection.consecutive_failures = 2;
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let failures = smtp_sessions(addr(&lb, "smtp"), 20).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let silent = lb.backend("smtp", "silent").expect("backend");
+    assert_eq!(silent.state_str(), "ejected");
+}
+
+/// A backend that greets with a refusal (`421` busy, multi-line or not, or a `554`)
+/// gets no clients: each attempt on it moves on to the next backend, and with no
+/// good backend at all the client gets the lb's own refusal, never the backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_greeting_with_a_refusal_gets_no_clients() {
+    let good = FakeServer::start_with(
+        FakeKind::Smtp,
+        Behaviour::Good,
+        FakeOptions::new().banner("good"),
+    )
+    .await;
+    let refusing = FakeServer::start(FakeKind::Smtp, Behaviour::BadGreeting).await;
+    let busy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let busy_addr = busy.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = busy.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = s.write_all(b"421-mx3 busy\r\n421 try later\r\n").await;
+                let mut sink = [0u8; 64];
+                let _ = tokio::time::timeout(WAIT, s.read(&mut sink)).await;
+            });
+        }
+    });
+    let backends = [
+        ("good", good.addr()),
+        ("refusing", refusing.addr()),
+        ("busy", busy_addr),
+    ];
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &backends);
+    cfg.ejection.consecutive_failures = 0;
+    let mut only_bad = vip("bad", MailProtocol::Smtp, &backends[1..]);
+    only_bad.ejection.consecutive_failures = 0;
+    let (lb, _events) = start(&[cfg, only_bad], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let failures = smtp_sessions(addr(&lb, "smtp"), 60).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        refusing.connections() >= 10 && accepted.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    );
+    assert_eq!(good.sessions_completed(), 60);
+    let mut c = Client::connect(addr(&lb, "bad")).await;
+    let line = c.line().await;
+    assert!(
+        line.starts_with("421 4.3.2 Service not available"),
+        "{line:?}"
+    );
+}
+
+/// With PROXY headers to the backends the header still goes first, then the greeting
+/// is read; the client sees the backend's greeting once, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_follows_the_proxy_header_and_reaches_the_client_once() {
+    let (fake, cfg) = smtp_expecting_proxy_v2().await;
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let greeting = smtp_session(addr(&lb, "smtp"), WAIT)
+        .await
+        .expect("session");
+    assert!(greeting.starts_with("220 "), "{greeting:?}");
+    assert!(fake.last_proxy_header().is_some());
+}
+
+/// IMAP and POP3 greet in one line: `* BYE` and `-ERR` (or silence) pass the client
+/// on to a backend that greets with `* OK` / `+OK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_and_pop3_clients_only_see_good_greetings() {
+    for (kind, protocol, good_prefix) in [
+        (FakeKind::Imap, MailProtocol::Imap, "* OK"),
+        (FakeKind::Pop3, MailProtocol::Pop3, "+OK"),
+    ] {
+        let refusing = FakeServer::start(kind, Behaviour::BadGreeting).await;
+        let silent = FakeServer::start(kind, Behaviour::Hang).await;
+        let good = FakeServer::start(kind, Behaviour::Good).await;
+        let mut cfg = vip(
+            "mail",
+            protocol,
+            &[
+                ("refusing", refusing.addr()),
+                ("silent", silent.addr()),
+                ("good", good.addr()),
+            ],
+        );
+        cfg.greeting_timeout = Duration::from_millis(200);
+        cfg.ejection.consecutive_failures = 0;
+        let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+        for i in 0..9 {
+            let mut c = Client::connect(addr(&lb, "mail")).await;
+            let line = c.line().await;
+            assert!(
+                line.starts_with(good_prefix),
+                "{protocol:?} session {i}: {line:?}"
+            );
+        }
+        assert!(refusing.connections() >= 3 && silent.connections() >= 3);
+    }
+}
+
+/// The greeting's first line must come within `greeting_timeout`, not the whole of a
+/// multi-line greeting: Postfix's postscreen sends `220-` and pauses before the last
+/// line, and that backend is alive and welcoming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_multi_line_greeting_that_began_well_is_awaited() {
+    let pausing = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let pausing_addr = pausing.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = pausing.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220-postscreen pause\r\n").await;
+                // The pause is the behaviour under test: longer than greeting_timeout.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let _ = s.write_all(b"220 mx ESMTP\r\n").await;
+                let mut line = [0u8; 64];
+                if matches!(s.read(&mut line).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(b"221 bye\r\n").await;
+                }
+            });
+        }
+    });
+    let mut cfg = vip("smtp", MailProtocol::Smtp, &[("pausing", pausing_addr)]);
+    cfg.greeting_timeout = Duration::from_millis(200);
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let greeting = smtp_session(addr(&lb, "smtp"), WAIT)
+        .await
+        .expect("session");
+    assert_eq!(greeting, "220 mx ESMTP\r\n");
+    let pausing = lb.backend("smtp", "pausing").expect("backend");
+    assert!(!pausing.is_ejected() && pausing.in_rotation());
+}

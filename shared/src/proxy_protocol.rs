@@ -142,7 +142,7 @@ fn as_v6(ip: IpAddr) -> Ipv6Addr {
 ///
 /// Returns `Ok(None)` when `buf` is a valid prefix that needs more bytes, and
 /// `Ok(Some((header, consumed)))` once complete; bytes after `consumed` belong to the
-/// proxied stream. v2 TLVs are skipped.
+/// proxied stream. v2 TLVs are checked to fill the header exactly, then skipped.
 pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
     if buf.is_empty() {
         return Ok(None);
@@ -235,21 +235,34 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
         return Ok(None);
     }
     let body = &buf[16..total];
+    // The address block's size follows from the family; whatever the length field
+    // adds beyond it must be TLVs that end exactly at the header's end (HAProxy and
+    // the spec reject anything else), so a lying TLV cannot make us skip or read
+    // bytes that belong to the proxied stream.
+    let addr_len = match fam >> 4 {
+        0 => 0,
+        1 => 12,
+        2 => 36,
+        3 => 216,
+        _ => return Err(ParseError::V2("unsupported address family")),
+    };
+    if body.len() < addr_len {
+        return Err(ParseError::V2(match fam >> 4 {
+            1 => "short IPv4 address block",
+            2 => "short IPv6 address block",
+            _ => "short UNIX address block",
+        }));
+    }
+    check_tlvs(&body[addr_len..])?;
     let addrs = match fam >> 4 {
         0 => None,
         1 => {
-            if body.len() < 12 {
-                return Err(ParseError::V2("short IPv4 address block"));
-            }
             let ip4 = |o: usize| Ipv4Addr::new(body[o], body[o + 1], body[o + 2], body[o + 3]);
             let src = SocketAddr::new(ip4(0).into(), u16::from_be_bytes([body[8], body[9]]));
             let dst = SocketAddr::new(ip4(4).into(), u16::from_be_bytes([body[10], body[11]]));
             Some((src, dst))
         }
         2 => {
-            if body.len() < 36 {
-                return Err(ParseError::V2("short IPv6 address block"));
-            }
             let ip6 = |o: usize| {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(&body[o..o + 16]);
@@ -260,8 +273,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
             Some((src, dst))
         }
         // AF_UNIX: addresses are paths; nothing a TCP peer can use.
-        3 => None,
-        _ => return Err(ParseError::V2("unsupported address family")),
+        _ => None,
     };
     if !matches!(fam & 0x0f, 0..=2) {
         return Err(ParseError::V2("unsupported transport"));
@@ -279,6 +291,22 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
         },
         total,
     )))
+}
+
+/// Walks the TLV vector after the address block: each TLV is a type byte, a 16-bit
+/// big-endian length and that many value bytes, and together they fill `tlvs`.
+fn check_tlvs(mut tlvs: &[u8]) -> Result<(), ParseError> {
+    while !tlvs.is_empty() {
+        if tlvs.len() < 3 {
+            return Err(ParseError::V2("trailing bytes shorter than a TLV"));
+        }
+        let len = usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]]));
+        if tlvs.len() - 3 < len {
+            return Err(ParseError::V2("TLV longer than the header"));
+        }
+        tlvs = &tlvs[3 + len..];
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -406,6 +434,56 @@ mod tests {
         let (h, n) = parse(&buf).unwrap().unwrap();
         assert_eq!(n, 16 + 17);
         assert_eq!(h.source(), Some(sa("1.2.3.4:5")));
+    }
+
+    /// A v2 TCP4 header whose length field covers `extra` after the addresses.
+    fn v2_with(extra: &[u8]) -> Vec<u8> {
+        let mut buf = v2(sa("1.2.3.4:5"), sa("6.7.8.9:10"));
+        let len = u16::try_from(12 + extra.len()).unwrap();
+        buf[14..16].copy_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(extra);
+        buf
+    }
+
+    #[test]
+    fn v2_tlvs_must_fill_the_header_exactly() {
+        // Two well-formed TLVs (ALPN "h2" and an empty NOOP) fill it: accepted.
+        let ok = v2_with(&[0x01, 0x00, 0x02, b'h', b'2', 0x04, 0x00, 0x00]);
+        assert_eq!(parse(&ok).unwrap().unwrap().1, ok.len());
+        // A TLV claiming more bytes than the header has.
+        let mut long = v2_with(&[0x04, 0x00, 0x05, 0xAB]);
+        assert_eq!(
+            parse(&long),
+            Err(ParseError::V2("TLV longer than the header"))
+        );
+        // ... even when the stream after the header has the bytes it claims.
+        long.extend_from_slice(b"EHLO x\r\n");
+        assert!(parse(&long).is_err());
+        // Trailing bytes too short to be a TLV.
+        for tail in [&[0x04][..], &[0x04, 0x00][..]] {
+            assert_eq!(
+                parse(&v2_with(tail)),
+                Err(ParseError::V2("trailing bytes shorter than a TLV")),
+                "{tail:?}"
+            );
+        }
+        // A good TLV followed by a stray byte.
+        assert!(parse(&v2_with(&[0x04, 0x00, 0x01, 0xAA, 0x00])).is_err());
+        // LOCAL headers (probes of an upstream balancer) are held to the same rule.
+        let mut local = v2_local().to_vec();
+        local[15] = 2;
+        local.extend_from_slice(&[0x04, 0x00]);
+        assert!(parse(&local).is_err());
+        // AF_UNIX needs its whole 216-byte address block.
+        let mut unix = v2_local().to_vec();
+        unix[12] = 0x21;
+        unix[13] = 0x31;
+        unix[15] = 16;
+        unix.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            parse(&unix),
+            Err(ParseError::V2("short UNIX address block"))
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn vip(name: &str, protocol: MailProtocol, backends: &[(&str, SocketAddr)]) 
         probe,
         retries: 2,
         connect_timeout: Duration::from_secs(2),
+        greeting_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
         max_connections_per_source: None,

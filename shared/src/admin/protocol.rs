@@ -211,8 +211,12 @@ impl Reply {
                 }
             }
             Reply::Error(e) => {
+                // Errors quote what the operator typed; a 4 KB line must not come
+                // back as a 4 KB (or, escaped, larger) reply. Clipped line by line,
+                // so every config error of a refused reload still shows.
                 out.push_str("error: ");
-                out.push_str(&e.replace('\n', " "));
+                let lines: Vec<String> = e.split('\n').map(crate::config::clip_message).collect();
+                out.push_str(&lines.join(" "));
                 out.push('\n');
             }
         }
@@ -298,5 +302,20 @@ mod tests {
             "a\nb\n\n"
         );
         assert_eq!(Reply::error("no\nway").render(), "error: no way\n\n");
+    }
+
+    #[test]
+    fn error_replies_do_not_echo_whole_lines() {
+        let long = "\u{7f}".repeat(MAX_LINE - 20);
+        for line in [
+            format!("{long} x"),
+            format!("drain {long}"),
+            format!("set weight a/b {long}"),
+            format!("explain x {long}"),
+        ] {
+            let reply = Reply::Error(parse(&line).expect_err("malformed")).render();
+            assert!(reply.len() < 600, "{} bytes: {}", reply.len(), &reply[..80]);
+            assert!(reply.contains('…'), "{reply}");
+        }
     }
 }

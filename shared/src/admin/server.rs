@@ -111,12 +111,121 @@ impl Drop for SocketGuard {
     }
 }
 
-const MAX_CONNECTIONS: usize = 32;
-const IDLE: Duration = Duration::from_secs(300);
+/// Connections counted against the limit: all but those waiting in `wait drained`.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Pending `wait drained` commands; one more is refused at once instead of queueing.
+pub const MAX_WAITS: usize = 64;
+/// A connection with no command in progress is closed after this long.
+pub const IDLE: Duration = Duration::from_secs(30);
+/// Bound on delivering one reply to a peer that does not read.
+const WRITE: Duration = Duration::from_secs(10);
+
+/// The open connections, so the operator always gets in: when [`MAX_CONNECTIONS`] are
+/// open, the one idle the longest (no command in progress, nothing but an open socket
+/// or a half-typed line) is closed to make room. Commands answer at once except
+/// `wait drained`, and waiting connections are not counted (they have their own
+/// limit), so idle connections, however many a stuck script leaves open, can never
+/// lock anyone out. The socket is mode 0600, so every peer is its owner or root and a
+/// limit per uid would protect no one from anyone.
+#[derive(Default)]
+struct Registry {
+    inner: std::sync::Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    next_id: u64,
+    /// Bumped on every idle transition; the lowest stamp is the longest idle.
+    clock: u64,
+    conns: std::collections::HashMap<u64, Slot>,
+}
+
+struct Slot {
+    /// `Some(stamp)` while no command is in progress.
+    idle_since: Option<u64>,
+    /// In `wait drained`: not counted, not evictable.
+    waiting: bool,
+    /// Fired to close the connection for a newcomer.
+    evict: CancellationToken,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a new connection, evicting the longest-idle one at the limit; `None`
+    /// when every counted connection is busy with a command.
+    fn admit(self: &Arc<Self>) -> Option<Registered> {
+        let mut r = self.lock();
+        let counted = r.conns.values().filter(|s| !s.waiting).count();
+        if counted >= MAX_CONNECTIONS {
+            let oldest = r
+                .conns
+                .iter()
+                .filter(|(_, s)| !s.waiting)
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .min()?;
+            if let Some(slot) = r.conns.remove(&oldest.1) {
+                slot.evict.cancel();
+            }
+        }
+        r.next_id += 1;
+        r.clock += 1;
+        let (id, stamp) = (r.next_id, r.clock);
+        let evict = CancellationToken::new();
+        r.conns.insert(
+            id,
+            Slot {
+                idle_since: Some(stamp),
+                waiting: false,
+                evict: evict.clone(),
+            },
+        );
+        Some(Registered {
+            registry: Arc::clone(self),
+            id,
+            evict,
+        })
+    }
+}
+
+/// A connection's entry in the [`Registry`]; removed on drop.
+struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+    evict: CancellationToken,
+}
+
+impl Registered {
+    fn set_idle(&self, idle: bool) {
+        let mut r = self.registry.lock();
+        r.clock += 1;
+        let stamp = r.clock;
+        if let Some(slot) = r.conns.get_mut(&self.id) {
+            slot.idle_since = idle.then_some(stamp);
+        }
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Some(slot) = self.registry.lock().conns.get_mut(&self.id) {
+            slot.waiting = waiting;
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().conns.remove(&self.id);
+    }
+}
 
 /// Accepts admin connections until `cancel` fires.
 pub async fn serve(listener: UnixListener, dispatcher: Arc<Dispatcher>, cancel: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let registry = Arc::new(Registry::default());
+    let waits = Arc::new(Semaphore::new(MAX_WAITS));
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -129,26 +238,21 @@ pub async fn serve(listener: UnixListener, dispatcher: Arc<Dispatcher>, cancel: 
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(registered) = registry.admit() else {
             tokio::spawn(async move {
                 let mut s = stream;
-                let _ = s
-                    .write_all(
-                        Reply::error("too many admin connections; retry")
-                            .render()
-                            .as_bytes(),
-                    )
-                    .await;
+                let reply = Reply::error("every admin connection is busy with a command; retry");
+                let _ = tokio::time::timeout(WRITE, s.write_all(reply.render().as_bytes())).await;
             });
             continue;
         };
         let dispatcher = dispatcher.clone();
         let cancel = cancel.clone();
+        let waits = waits.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = connection(stream, &dispatcher) => {
+                r = connection(stream, &dispatcher, &registered, &waits) => {
                     if let Err(e) = r {
                         tracing::debug!("admin connection: {e}");
                     }
@@ -158,7 +262,12 @@ pub async fn serve(listener: UnixListener, dispatcher: Arc<Dispatcher>, cancel: 
     }
 }
 
-async fn connection(stream: UnixStream, dispatcher: &Dispatcher) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    dispatcher: &Dispatcher,
+    registered: &Registered,
+    waits: &Arc<Semaphore>,
+) -> io::Result<()> {
     let peer = Peer {
         uid: stream.peer_cred().ok().map(|c| c.uid()),
     };
@@ -167,29 +276,48 @@ async fn connection(stream: UnixStream, dispatcher: &Dispatcher) -> io::Result<(
     let mut buf = Vec::with_capacity(128);
     loop {
         buf.clear();
-        let n = match tokio::time::timeout(
-            IDLE,
-            (&mut reader)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut buf),
-        )
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
+        registered.set_idle(true);
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let line = limited.read_until(b'\n', &mut buf);
+        let n = tokio::select! {
+            _ = registered.evict.cancelled() => {
+                let reply = Reply::error("closed to make room for another admin connection");
+                let _ = tokio::time::timeout(WRITE, write.write_all(reply.render().as_bytes())).await;
+                return Ok(());
+            }
+            r = tokio::time::timeout(IDLE, line) => match r {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
         };
+        registered.set_idle(false);
         if n == 0 {
             return Ok(());
         }
         if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
             let reply = Reply::error(format!("line longer than {MAX_LINE} bytes; closing"));
-            write.write_all(reply.render().as_bytes()).await?;
+            send(&mut write, &reply).await?;
             return Ok(());
         }
         let reply = match std::str::from_utf8(&buf) {
             Err(_) => Reply::error("command is not UTF-8 text"),
             Ok(line) => match protocol::parse(line) {
                 Err(e) => Reply::Error(e),
+                Ok(cmd @ Command::WaitDrained(..)) => {
+                    // Waits may last long; they have their own limit and do not count
+                    // against (or get evicted by) the general one.
+                    match waits.clone().try_acquire_owned() {
+                        Ok(_permit) => {
+                            registered.set_waiting(true);
+                            let reply = dispatcher.dispatch(&cmd, peer).await;
+                            registered.set_waiting(false);
+                            reply
+                        }
+                        Err(_) => Reply::error(format!(
+                            "{MAX_WAITS} wait drained commands are already pending; retry later"
+                        )),
+                    }
+                }
                 Ok(cmd) => {
                     let reply = dispatcher.dispatch(&cmd, peer).await;
                     if cmd.changes_state() {
@@ -204,8 +332,15 @@ async fn connection(stream: UnixStream, dispatcher: &Dispatcher) -> io::Result<(
                 }
             },
         };
-        write.write_all(reply.render().as_bytes()).await?;
+        send(&mut write, &reply).await?;
     }
+}
+
+/// Writes one reply within [`WRITE`]; a peer that stops reading loses its connection.
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+    tokio::time::timeout(WRITE, write.write_all(reply.render().as_bytes()))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "reply not read")))
 }
 
 /// Sends one command and returns the reply text (without the final blank line).
@@ -232,25 +367,58 @@ pub async fn request(path: &Path, command: &str) -> io::Result<String> {
 mod tests {
     use super::*;
 
-    struct Lb;
+    /// Answers `show vips`; `wait drained` never finishes (a backend that never
+    /// drains) and is counted in `waiting` once it started.
+    #[derive(Default)]
+    struct Lb {
+        waiting: std::sync::atomic::AtomicUsize,
+        started: tokio::sync::Notify,
+    }
     impl AdminHandler for Lb {
         fn handle<'a>(&'a self, cmd: &'a Command, _peer: Peer) -> Option<HandlerFuture<'a>> {
             match cmd {
                 Command::ShowVips => Some(Box::pin(async { Reply::Data(vec!["smtp up".into()]) })),
+                Command::WaitDrained(..) => Some(Box::pin(async {
+                    self.waiting
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    self.started.notify_waiters();
+                    std::future::pending::<Reply>().await
+                })),
                 _ => None,
             }
         }
     }
 
     async fn start() -> (tempdir::Dir, CancellationToken) {
+        let (dir, cancel, _) = start_lb().await;
+        (dir, cancel)
+    }
+
+    async fn start_lb() -> (tempdir::Dir, CancellationToken, Arc<Lb>) {
         let dir = tempdir::Dir::new();
         let listener = bind(&dir.sock()).expect("bind");
         let events = Arc::new(EventLog::new(10));
         events.record("smtp/mx1", "down: connection refused");
-        let d = Arc::new(Dispatcher::new(events, vec![Arc::new(Lb)]));
+        let lb = Arc::new(Lb::default());
+        let d = Arc::new(Dispatcher::new(events, vec![lb.clone()]));
         let cancel = CancellationToken::new();
         tokio::spawn(serve(listener, d, cancel.clone()));
-        (dir, cancel)
+        (dir, cancel, lb)
+    }
+
+    /// Reads one reply (up to its blank line) or `None` at EOF.
+    async fn reply(r: &mut BufReader<UnixStream>) -> Option<String> {
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            if line == "\n" {
+                return Some(out);
+            }
+            out.push_str(&line);
+        }
     }
 
     mod tempdir {
@@ -275,6 +443,75 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    /// Idle connections and pending waits, each up to its limit and past it, never
+    /// keep the operator out: the longest-idle connection makes room for a new one,
+    /// waits are not counted, and a wait past their own limit is refused at once.
+    #[tokio::test]
+    async fn the_operator_always_gets_in() {
+        let (dir, cancel, lb) = start_lb().await;
+        let mut waiting = Vec::new();
+        for i in 0..MAX_WAITS {
+            let mut s = UnixStream::connect(dir.sock()).await.expect("connect");
+            let started = lb.started.notified();
+            s.write_all(b"wait drained smtp/mx1 3600\n")
+                .await
+                .expect("w");
+            tokio::time::timeout(Duration::from_secs(10), started)
+                .await
+                .expect("the wait started");
+            assert_eq!(lb.waiting.load(std::sync::atomic::Ordering::SeqCst), i + 1);
+            waiting.push(s);
+        }
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(BufReader::new(
+                UnixStream::connect(dir.sock()).await.expect("connect"),
+            ));
+        }
+        // One more wait: refused at once, not queued.
+        let refused = request(&dir.sock(), "wait drained smtp/mx1 3600").await;
+        assert!(
+            refused
+                .as_deref()
+                .is_ok_and(|r| r.contains("already pending")),
+            "{refused:?}"
+        );
+        // The operator's command is answered ...
+        assert_eq!(
+            request(&dir.sock(), "show vips").await.expect("answered"),
+            "smtp up\n"
+        );
+        // ... because the longest-idle connection was closed, with a reason.
+        let first = reply(&mut idle[0]).await.expect("a reason");
+        assert!(first.contains("make room"), "{first}");
+        assert_eq!(reply(&mut idle[0]).await, None);
+        // The others stay usable, and the waits still wait.
+        let last = idle.last_mut().expect("idle");
+        last.get_mut().write_all(b"show vips\n").await.expect("w");
+        assert_eq!(reply(last).await.as_deref(), Some("smtp up\n"));
+        assert_eq!(
+            lb.waiting.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_WAITS
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let (dir, cancel) = start().await;
+        let mut c = BufReader::new(UnixStream::connect(dir.sock()).await.expect("connect"));
+        c.get_mut().write_all(b"show vips\n").await.expect("w");
+        assert_eq!(reply(&mut c).await.as_deref(), Some("smtp up\n"));
+        let since = tokio::time::Instant::now();
+        assert_eq!(reply(&mut c).await, None, "closed while idle");
+        let idle = since.elapsed();
+        assert!(
+            idle >= IDLE && idle < IDLE + Duration::from_secs(1),
+            "closed after {idle:?}"
+        );
+        cancel.cancel();
     }
 
     #[tokio::test]

@@ -48,8 +48,16 @@ impl ConfigErrors {
             file: file.to_path_buf(),
             line: 1,
             col: 1,
-            message: message.into(),
+            message: clip_message(&message.into()),
         }])
+    }
+
+    /// These errors and `more`, in file order.
+    pub fn merged(mut self, more: ConfigErrors) -> ConfigErrors {
+        self.0.extend(more.0);
+        self.0.sort_by_key(|e| (e.line, e.col));
+        self.0.dedup();
+        self
     }
 
     /// Iterates over the errors in file order.
@@ -66,6 +74,57 @@ impl ConfigErrors {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Longest stretch of echoed input (a quoted name, key or value) an error message
+/// keeps: enough to recognise it, never a megabyte of it.
+pub const MAX_ECHO: usize = 80;
+
+/// Longest error message kept whole (characters); longer ones are cut.
+pub const MAX_MESSAGE: usize = 1000;
+
+/// `s` cut to at most `max` characters, the cut marked with `…`.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some(_) => {
+            let keep = max.saturating_sub(1);
+            let end = s.char_indices().nth(keep).map_or(s.len(), |(i, _)| i);
+            format!("{}…", &s[..end])
+        }
+    }
+}
+
+/// An error message with every quoted stretch (`"..."` or `` `...` ``), which is
+/// where messages echo input, cut to [`MAX_ECHO`] characters, and the whole to
+/// [`MAX_MESSAGE`]: operators see which value is wrong without it drowning the
+/// terminal or the admin reply.
+pub fn clip_message(message: &str) -> String {
+    if message.chars().count() <= MAX_ECHO {
+        return message.to_string();
+    }
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE * 4));
+    let mut quote: Option<char> = None;
+    let mut run = String::new();
+    for ch in message.chars() {
+        match quote {
+            Some(q) if ch == q => {
+                out.push_str(&clip(&run, MAX_ECHO));
+                run.clear();
+                out.push(ch);
+                quote = None;
+            }
+            Some(_) => run.push(ch),
+            None => {
+                out.push(ch);
+                if ch == '"' || ch == '`' {
+                    quote = Some(ch);
+                }
+            }
+        }
+    }
+    out.push_str(&clip(&run, MAX_ECHO));
+    clip(&out, MAX_MESSAGE)
 }
 
 /// Collects errors while validating, turning byte offsets into line:col.
@@ -116,7 +175,7 @@ impl<'a> Collector<'a> {
             file: self.file.to_path_buf(),
             line,
             col,
-            message: message.into(),
+            message: clip_message(&message.into()),
         });
     }
 
@@ -153,6 +212,24 @@ mod tests {
         assert_eq!(c.position(12), (2, 6));
         assert_eq!(c.position(999), (2, 9));
         assert_eq!(c.position(text.len()), (2, 9));
+    }
+
+    #[test]
+    fn echoed_input_is_clipped() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip("ééééé", 3), "éé…");
+        let name = "v".repeat(1 << 20);
+        let msg = clip_message(&format!("invalid VIP name \"{name}\": use 1-64 letters"));
+        assert_eq!(
+            msg,
+            format!("invalid VIP name \"{}…\": use 1-64 letters", "v".repeat(79))
+        );
+        let msg = clip_message(&format!("unknown field `{name}`, expected `name`"));
+        assert!(msg.ends_with("…`, expected `name`"), "{msg}");
+        // An unterminated quote and unquoted floods are capped all the same.
+        assert!(clip_message(&format!("\"{name}")).chars().count() <= MAX_ECHO + 1);
+        assert!(clip_message(&name).chars().count() <= MAX_MESSAGE);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `FILE:LINE:COL` so `portico check` and a refused reload point at the culprit.
 
 mod error;
+mod files;
 mod model;
 mod raw;
 mod validate;
@@ -10,14 +11,17 @@ mod zone_check;
 
 use std::path::Path;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{clip, clip_message, ConfigError, ConfigErrors, MAX_ECHO, MAX_MESSAGE};
 pub use model::*;
 
-/// Reads and validates the config file at `path`. An unreadable file is reported
-/// as an error at line 1, column 1 so callers print every failure the same way.
+/// Reads and validates the config file at `path`, then opens and parses every file it
+/// names (certificates, keys, CA bundles), each problem reported at the line naming
+/// it. The one loader behind `portico check`, `run` and reload, so they cannot
+/// disagree. An unreadable config file is reported as an error at line 1, column 1
+/// so callers print every failure the same way.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
+        Ok(text) => load_text(&text, path),
         Err(e) => Err(ConfigErrors::whole_file(
             path,
             format!("cannot read config file: {e}"),
@@ -25,24 +29,44 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Validates config `text`; `path` is used in error messages and kept in
-/// [`Config::path`] so a reload re-reads the same file.
-///
+/// [`load`] for config text already read: [`parse`], then the named files.
+pub fn load_text(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let (parsed, files) = parse_refs(text, path);
+    // Files are checked even when validation found problems, so one run of
+    // `portico check` lists everything to fix.
+    match (parsed, files.check(text, path)) {
+        (Ok(config), Ok(())) => Ok(config),
+        (Ok(_), Err(e)) | (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(more)) => Err(e.merged(more)),
+    }
+}
+
+/// Validates config `text` without touching any file (the named certificates and
+/// keys are not opened; [`load`] does that); `path` is used in error messages and
+/// kept in [`Config::path`] so a reload re-reads the same file.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    parse_refs(text, path).0
+}
+
 /// serde stops at the first problem, so an unknown key on a line of its own is
 /// recorded, commented out (columns unchanged) and the text parsed again: one run
 /// reports every typo'd key and, once the rest parses, the validation errors too.
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+///
+/// Also returns the files the config names (as far as validation got), unopened.
+fn parse_refs(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, files::FileRefs) {
     let mut c = error::Collector::new(text, path);
     let mut current = text.to_string();
     // Bounded: each round removes one line.
     for _ in 0..64 {
         let e = match toml::from_str::<raw::RawConfig>(&current) {
             Ok(raw) => {
-                return match validate::validate(raw, text, path) {
+                let (validated, files) = validate::validate(raw, text, path);
+                let result = match validated {
                     Ok(config) if !c.has_errors() => Ok(config),
                     Ok(_) => Err(c.finish()),
                     Err(more) => Err(c.finish_with(more)),
                 };
+                return (result, files);
             }
             Err(e) => e,
         };
@@ -53,7 +77,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             None => break,
         }
     }
-    Err(c.finish())
+    (Err(c.finish()), files::FileRefs::default())
 }
 
 /// toml's message on one line; for an unknown key close to a known one, a

@@ -124,6 +124,10 @@ pub struct VipConfig {
     pub retries: u32,
     /// Bound on connecting to a backend.
     pub connect_timeout: Duration,
+    /// Bound on a server-speaks-first backend's first greeting line (SMTP, IMAP, POP3
+    /// in the clear): one that stays silent this long (a stopped process whose kernel
+    /// still accepts) is a failed connect, retried elsewhere, not a hung client.
+    pub greeting_timeout: Duration,
     /// A proxied connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
     /// Concurrent client connections the VIP accepts; beyond it new ones are refused.

@@ -58,6 +58,7 @@ pub(crate) struct RawVip {
     pub probe: O<RawProbe>,
     pub retries: O<u32>,
     pub connect_timeout: O<toml::Value>,
+    pub greeting_timeout: O<toml::Value>,
     pub idle_timeout: O<toml::Value>,
     pub max_connections: O<u32>,
     pub max_connections_per_source: O<u32>,

@@ -3,7 +3,8 @@
 //! cross-reference. It never stops at the first problem: each check records its
 //! error (with the line:col of the offending value) and validation carries on with
 //! a placeholder, so one `portico check` lists everything. Files named in the config
-//! (certificates, CA bundles) are not read here; the roles load them when starting.
+//! (certificates, keys, CA bundles) are not read here, only recorded with their spans
+//! ([`FileRefs`]) for the loader to open afterwards.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -15,23 +16,31 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::error::{Collector, ConfigErrors};
+use super::files::{FileKind, FileRefs};
 use super::model::*;
 use super::raw::*;
 
-/// Validates a parsed file. `text` is the source the spans refer to.
-pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+/// Validates a parsed file. `text` is the source the spans refer to. Also returns
+/// the files the config names, still unopened, whether or not it is valid.
+pub(crate) fn validate(
+    raw: RawConfig,
+    text: &str,
+    path: &Path,
+) -> (Result<Config, ConfigErrors>, FileRefs) {
     let mut v = Validator {
         c: Collector::new(text, path),
         listeners: Vec::new(),
         status_refs: Vec::new(),
+        files: FileRefs::default(),
     };
     let config = v.config(raw, path);
     v.check_listeners();
-    if v.c.has_errors() {
+    let result = if v.c.has_errors() {
         Err(v.c.finish())
     } else {
         Ok(config)
-    }
+    };
+    (result, v.files)
 }
 
 /// Where a probe table is used; decides defaults and which keys are allowed.
@@ -52,6 +61,8 @@ struct Validator<'a> {
     /// VIP names that lb_status keepalives expect at a `/status` address, checked
     /// against this file's own VIPs when that address is this file's `[http]`.
     status_refs: Vec<(SocketAddr, Spanned<String>)>,
+    /// Files named by the config, opened by the loader once validation passed.
+    files: FileRefs,
 }
 
 fn fmt_dur(d: Duration) -> String {
@@ -339,6 +350,30 @@ impl<'a> Validator<'a> {
         PathBuf::from(self.nonempty_string(v, what))
     }
 
+    /// A path to a file the roles will read, recorded for the loader to open.
+    fn file(&mut self, v: &Spanned<String>, what: &'static str, kind: FileKind) -> PathBuf {
+        let path = self.path(v, what);
+        self.files.add(&path, v.span(), what, kind);
+        path
+    }
+
+    /// A certificate chain and its key, recorded as files that must match.
+    fn cert_pair(&mut self, cert: &Spanned<String>, key: &Spanned<String>) -> CertPair {
+        let cert_path = self.path(cert, "tls cert");
+        let key_path = self.path(key, "tls key");
+        let c = self
+            .files
+            .add(&cert_path, cert.span(), "tls cert", FileKind::CertChain);
+        let k = self
+            .files
+            .add(&key_path, key.span(), "tls key", FileKind::Key);
+        self.files.pair(c, k);
+        CertPair {
+            cert: cert_path,
+            key: key_path,
+        }
+    }
+
     /// An lb_status keepalive aimed at this very process's status listener can only
     /// name VIPs this file defines; a typo there would keep the site down forever.
     fn check_status_refs(&mut self, http: SocketAddr, vips: &[VipConfig]) {
@@ -516,6 +551,15 @@ impl<'a> Validator<'a> {
                     let address = self
                         .addr(&b.address, "backend address")
                         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    if address.port() == 0 && parse_addr(b.address.get_ref()).is_some() {
+                        self.err(
+                            b.address.span(),
+                            format!(
+                                "backend address \"{}\" has port 0, which nothing listens on; give the backend's port",
+                                b.address.get_ref()
+                            ),
+                        );
+                    }
                     let weight = match &b.weight {
                         Some(w) if *w.get_ref() < 1 => {
                             self.err(
@@ -545,6 +589,11 @@ impl<'a> Validator<'a> {
             &r.connect_timeout,
             Duration::from_secs(2),
             "connect_timeout",
+        );
+        let greeting_timeout = self.positive_duration(
+            &r.greeting_timeout,
+            Duration::from_secs(5),
+            "greeting_timeout",
         );
         let idle_timeout = self.positive_duration(
             &r.idle_timeout,
@@ -610,6 +659,7 @@ impl<'a> Validator<'a> {
             probe,
             retries,
             connect_timeout,
+            greeting_timeout,
             idle_timeout,
             max_connections,
             max_connections_per_source,
@@ -677,10 +727,7 @@ impl<'a> Validator<'a> {
         let t = raw.get_ref();
         let mut certs = Vec::new();
         match (&t.cert, &t.key, &t.certs) {
-            (Some(cert), Some(key), None) => certs.push(CertPair {
-                cert: self.path(cert, "tls cert"),
-                key: self.path(key, "tls key"),
-            }),
+            (Some(cert), Some(key), None) => certs.push(self.cert_pair(cert, key)),
             (None, None, Some(list)) => {
                 if list.get_ref().is_empty() {
                     self.err(
@@ -690,10 +737,7 @@ impl<'a> Validator<'a> {
                 }
                 for p in list.get_ref() {
                     let p = p.get_ref();
-                    certs.push(CertPair {
-                        cert: self.path(&p.cert, "tls cert"),
-                        key: self.path(&p.key, "tls key"),
-                    });
+                    certs.push(self.cert_pair(&p.cert, &p.key));
                 }
             }
             (_, _, Some(list)) => {
@@ -830,7 +874,10 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        h.backend_ca = r.backend_ca.as_ref().map(|v| self.path(v, "backend_ca"));
+        h.backend_ca = r
+            .backend_ca
+            .as_ref()
+            .map(|v| self.file(v, "backend_ca", FileKind::CaBundle));
         h.backend_sni = r
             .backend_sni
             .as_ref()
@@ -1171,7 +1218,9 @@ impl<'a> Validator<'a> {
             }
         }
         p.tls_verify = r.tls_verify.as_ref().map(|v| *v.get_ref()).unwrap_or(true);
-        p.ca = r.ca.as_ref().map(|v| self.path(v, "probe ca"));
+        p.ca =
+            r.ca.as_ref()
+                .map(|v| self.file(v, "probe ca", FileKind::CaBundle));
         p.sni = r.sni.as_ref().map(|v| self.nonempty_string(v, "probe sni"));
 
         // HTTP-ish keys.
@@ -1205,12 +1254,52 @@ impl<'a> Validator<'a> {
                     format!("probe path \"{}\" must start with '/'", v.get_ref()),
                 );
             }
+            if v.get_ref().starts_with('/') && v.get_ref().parse::<http::Uri>().is_err() {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe path \"{}\" is not a valid request path; percent-encode spaces and special characters",
+                        v.get_ref()
+                    ),
+                );
+            }
             p.path = v.get_ref().clone();
         }
         p.host = r
             .host
             .as_ref()
             .map(|v| self.nonempty_string(v, "probe host"));
+        // What the probe builder would refuse at start, refused here with a position.
+        if let Some(v) = &r.sni {
+            if crate::tls::server_name(v.get_ref()).is_err() {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe sni \"{}\" is neither a DNS name nor an IP address",
+                        v.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &r.host {
+            let host = v.get_ref();
+            if http::HeaderValue::from_str(host).is_err() {
+                self.err(
+                    v.span(),
+                    format!("probe host {host:?} cannot be sent as an HTTP Host header"),
+                );
+            } else if (p.tls || p.starttls)
+                && r.sni.is_none()
+                && crate::tls::server_name(crate::probe::conn::strip_port(host)).is_err()
+            {
+                self.err(
+                    v.span(),
+                    format!(
+                        "probe host \"{host}\" is not a TLS server name (the probe verifies the certificate against it); set sni"
+                    ),
+                );
+            }
+        }
         if let Some(v) = &r.expect_status {
             p.expect_status = self.expect_status(v);
         }

@@ -58,7 +58,7 @@ impl TlsParams {
 }
 
 /// `host:port` → `host`, `[v6]:port` → `v6`, anything else unchanged.
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

@@ -55,6 +55,14 @@ pub fn evaluate(doc: &StatusDoc, wanted: &[String]) -> Result<(), String> {
     }
 }
 
+/// Pure verdict on a `/status` body as received: parsed as a [`StatusDoc`], then
+/// [`evaluate`]d. Any bytes give a verdict, never a panic.
+pub fn judge(body: &[u8], wanted: &[String]) -> Result<(), ProbeError> {
+    let doc: StatusDoc = serde_json::from_slice(body)
+        .map_err(|e| ProbeError::Protocol(format!("status json: {e}")))?;
+    evaluate(&doc, wanted).map_err(ProbeError::LbStatus)
+}
+
 /// A Portico lb's `/status`.
 pub struct LbStatusProbe {
     endpoint: Endpoint,
@@ -89,9 +97,7 @@ impl LbStatusProbe {
                 "status document larger than {DOC_CAP} bytes"
             )));
         }
-        let doc: StatusDoc = serde_json::from_slice(&answer.body)
-            .map_err(|e| ProbeError::Protocol(format!("status json: {e}")))?;
-        evaluate(&doc, &self.vips).map_err(ProbeError::LbStatus)
+        judge(&answer.body, &self.vips)
     }
 }
 
@@ -156,5 +162,14 @@ mod tests {
   "sites": [ { "name": "dc1", "up": true, "override": null } ] }"#;
         let d: StatusDoc = serde_json::from_str(json).unwrap();
         assert_eq!(evaluate(&d, &[]), Ok(()));
+        assert_eq!(judge(json.as_bytes(), &["smtp".into()]), Ok(()));
+        assert_eq!(
+            judge(json.as_bytes(), &["imap".into()]),
+            Err(ProbeError::LbStatus("missing: imap".into()))
+        );
+        assert!(matches!(
+            judge(b"{\"vips\": 7}", &[]),
+            Err(ProbeError::Protocol(m)) if m.starts_with("status json: ")
+        ));
     }
 }

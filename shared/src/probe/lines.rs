@@ -12,9 +12,33 @@ use super::conn::io_error;
 use super::ProbeError;
 
 /// Longest line a probe accepts, CRLF included.
-pub(crate) const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 /// Most lines a probe accepts in one reply.
-pub(crate) const MAX_LINES: usize = 64;
+pub const MAX_LINES: usize = 64;
+
+/// The framing of [`LineConn::read_line`], free of I/O: takes the first complete line
+/// (without CR/LF, invalid UTF-8 replaced) out of `buf`; `Ok(None)` while more bytes
+/// are needed; an error once `max_line` bytes hold no line end.
+pub fn take_line(
+    buf: &mut Vec<u8>,
+    max_line: usize,
+    phase: &'static str,
+) -> Result<Option<String>, ProbeError> {
+    if let Some(lf) = buf.iter().position(|&b| b == b'\n') {
+        let mut line: Vec<u8> = buf.drain(..=lf).collect();
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+    }
+    if buf.len() >= max_line {
+        return Err(ProbeError::Protocol(format!(
+            "line longer than {max_line} bytes during {phase}"
+        )));
+    }
+    Ok(None)
+}
 
 /// A stream with a bounded line buffer.
 pub(crate) struct LineConn<S> {
@@ -42,19 +66,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     /// invalid UTF-8 is replaced rather than rejected (servers send Latin-1 banners).
     pub(crate) async fn read_line(&mut self, phase: &'static str) -> Result<String, ProbeError> {
         loop {
-            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            if self.buf.len() >= self.max_line {
-                return Err(ProbeError::Protocol(format!(
-                    "line longer than {} bytes during {phase}",
-                    self.max_line
-                )));
+            if let Some(line) = take_line(&mut self.buf, self.max_line, phase)? {
+                return Ok(line);
             }
             let mut chunk = [0u8; 1024];
             let room = (self.max_line - self.buf.len()).min(chunk.len());
@@ -114,6 +127,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn take_line_frames_without_io() {
+        let mut buf = b"220 a\r\n250 b\nrest".to_vec();
+        assert_eq!(take_line(&mut buf, 16, "t"), Ok(Some("220 a".into())));
+        assert_eq!(take_line(&mut buf, 16, "t"), Ok(Some("250 b".into())));
+        assert_eq!(take_line(&mut buf, 16, "t"), Ok(None));
+        assert_eq!(buf, b"rest");
+        let mut long = vec![b'x'; 16];
+        assert!(take_line(&mut long, 16, "t").is_err());
+    }
+
     use super::*;
 
     #[tokio::test]

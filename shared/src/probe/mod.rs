@@ -16,7 +16,7 @@ pub(crate) mod conn;
 pub mod http;
 pub mod imap;
 pub mod lb_status;
-pub(crate) mod lines;
+pub mod lines;
 pub mod mapi;
 pub mod pop3;
 pub mod smtp;

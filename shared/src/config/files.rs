@@ -1,0 +1,147 @@
+//! The files a config names (TLS certificates and keys, CA bundles), opened and parsed
+//! by the loader itself so `portico check`, `run` and a reload all find a missing or
+//! broken file before anything starts, and report it at the line that names it. The
+//! checks use the very functions the roles load these files with ([`crate::tls`]), so
+//! `check` cannot pass a file `run` then refuses.
+//!
+//! Validation only records the references ([`FileRefs`]); [`FileRefs::check`] does the
+//! I/O, so [`super::parse`] stays free of it (it is what the fuzzer drives).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use rustls::sign::CertifiedKey;
+
+use super::error::{Collector, ConfigErrors};
+
+/// What a named file must contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// A PEM certificate chain, leaf first (`tls.cert`).
+    CertChain,
+    /// A PEM private key (`tls.key`).
+    Key,
+    /// A PEM bundle with at least one usable CA certificate (`backend_ca`, probe `ca`).
+    CaBundle,
+}
+
+/// One file reference: where the config names it and what it must hold.
+#[derive(Debug, Clone)]
+struct FileRef {
+    path: PathBuf,
+    span: Range<usize>,
+    what: &'static str,
+    kind: FileKind,
+}
+
+/// Every file a config names, in config order, plus which cert and key belong together.
+#[derive(Debug, Default)]
+pub(crate) struct FileRefs {
+    files: Vec<FileRef>,
+    /// Indices into `files` of a certificate chain and its key.
+    pairs: Vec<(usize, usize)>,
+}
+
+impl FileRefs {
+    /// Records a reference; returns its index for [`FileRefs::pair`].
+    pub(crate) fn add(
+        &mut self,
+        path: &Path,
+        span: Range<usize>,
+        what: &'static str,
+        kind: FileKind,
+    ) -> usize {
+        self.files.push(FileRef {
+            path: path.to_path_buf(),
+            span,
+            what,
+            kind,
+        });
+        self.files.len() - 1
+    }
+
+    /// Records that the key at `key` must match the certificate at `cert`.
+    pub(crate) fn pair(&mut self, cert: usize, key: usize) {
+        self.pairs.push((cert, key));
+    }
+
+    /// Opens and parses every file; each problem is reported at the value naming it.
+    pub(crate) fn check(&self, text: &str, config: &Path) -> Result<(), ConfigErrors> {
+        let mut c = Collector::new(text, config);
+        let mut ok = vec![true; self.files.len()];
+        for (i, f) in self.files.iter().enumerate() {
+            if let Err(reason) = check_file(&f.path, f.kind) {
+                ok[i] = false;
+                c.err(
+                    f.span.clone(),
+                    format!("{} \"{}\": {reason}", f.what, f.path.display()),
+                );
+            }
+        }
+        for &(cert, key) in &self.pairs {
+            if !(ok[cert] && ok[key]) {
+                continue;
+            }
+            let (cert, key) = (&self.files[cert], &self.files[key]);
+            match check_pair(&cert.path, &key.path) {
+                Ok(()) => {}
+                Err(PairError::Mismatch(reason)) => c.err(
+                    key.span.clone(),
+                    format!(
+                        "tls key \"{}\" does not fit certificate \"{}\": {reason}",
+                        key.path.display(),
+                        cert.path.display()
+                    ),
+                ),
+                Err(PairError::Certificate(reason)) => c.err(
+                    cert.span.clone(),
+                    format!(
+                        "tls cert \"{}\": unusable certificate: {reason}",
+                        cert.path.display()
+                    ),
+                ),
+            }
+        }
+        if c.has_errors() {
+            Err(c.finish())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The reason a file is unusable, without its path (the caller names it).
+fn check_file(path: &Path, kind: FileKind) -> Result<(), String> {
+    let reason = |e: crate::tls::TlsError| match e {
+        crate::tls::TlsError::File { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    match kind {
+        FileKind::CertChain => crate::tls::load_certs(path).map(drop).map_err(reason),
+        FileKind::Key => crate::tls::load_key(path).map(drop).map_err(reason),
+        FileKind::CaBundle => crate::tls::client_config(true, Some(path), &[])
+            .map(drop)
+            .map_err(reason),
+    }
+}
+
+/// Why a certificate and key cannot be served together.
+enum PairError {
+    /// The key is not the certificate's.
+    Mismatch(String),
+    /// The leaf certificate itself cannot be parsed.
+    Certificate(String),
+}
+
+/// The same check rustls makes when the lb loads the pair: the leaf certificate
+/// parses and the key's public half is the leaf's.
+fn check_pair(cert: &Path, key: &Path) -> Result<(), PairError> {
+    let chain = crate::tls::load_certs(cert).map_err(|e| PairError::Certificate(e.to_string()))?;
+    let key = crate::tls::load_key(key).map_err(|e| PairError::Mismatch(e.to_string()))?;
+    CertifiedKey::from_der(chain, key, &crate::tls::provider())
+        .map(drop)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => PairError::Mismatch(e.to_string()),
+            other => PairError::Certificate(other.to_string()),
+        })
+}
