@@ -125,6 +125,22 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Reads a DER OCSP response to staple. Its freshness is the operator's job (a cron
+/// job fetching it, then a reload); a file that is not DER at all (a PEM or an error
+/// page saved by mistake) is refused rather than sent to clients. `portico check` and
+/// the lb both read it through here, so they cannot disagree.
+pub fn load_ocsp(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bad = |reason: String| TlsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read OCSP response: {e}")))?;
+    if der.len() < 2 || der[0] != 0x30 {
+        return Err(bad("not a DER OCSP response".into()));
+    }
+    Ok(der)
+}
+
 /// A server configuration for one certificate chain, with the same provider and
 /// protocol versions as the clients; used by fakes and simple TLS listeners.
 pub fn server_config(

@@ -71,19 +71,15 @@ pub struct CertStore {
     entries: ArcSwap<Vec<Entry>>,
 }
 
-/// Reads a DER OCSP response to staple. Its freshness is the operator's job (a
-/// cron job fetching it, then a reload); a file that is not DER at all (a PEM
-/// or an error page saved by mistake) is refused rather than sent to clients.
+/// Reads the DER OCSP response to staple (see [`shared::tls::load_ocsp`]).
 fn load_ocsp(path: &Path) -> Result<Vec<u8>, CertError> {
-    let bad = |reason: String| CertError::Pair {
+    shared::tls::load_ocsp(path).map_err(|e| CertError::Pair {
         path: path.to_path_buf(),
-        reason,
-    };
-    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read OCSP response: {e}")))?;
-    if der.len() < 2 || der[0] != 0x30 {
-        return Err(bad("not a DER OCSP response".into()));
-    }
-    Ok(der)
+        reason: match e {
+            shared::tls::TlsError::File { reason, .. } => reason,
+            other => other.to_string(),
+        },
+    })
 }
 
 fn load_pair(pair: &CertPair, ocsp: &OcspFiles) -> Result<Entry, CertError> {

@@ -23,6 +23,8 @@ pub(crate) enum FileKind {
     Key,
     /// A PEM bundle with at least one usable CA certificate (`backend_ca`, probe `ca`).
     CaBundle,
+    /// A DER OCSP response to staple (`ocsp`).
+    OcspResponse,
 }
 
 /// One file reference: where the config names it and what it must hold.
@@ -122,6 +124,7 @@ fn check_file(path: &Path, kind: FileKind) -> Result<(), String> {
         FileKind::CaBundle => crate::tls::client_config(true, Some(path), &[])
             .map(drop)
             .map_err(reason),
+        FileKind::OcspResponse => crate::tls::load_ocsp(path).map(drop).map_err(reason),
     }
 }
 

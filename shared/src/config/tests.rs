@@ -1202,3 +1202,35 @@ fn one_load_reports_validation_and_file_errors_together() {
     assert!(errs[1].contains("port 0"), "{errs:#?}");
     assert!(errs[2].starts_with("9:43: probe ca"), "{errs:#?}");
 }
+
+#[test]
+fn load_opens_ocsp_response_files_at_their_line() {
+    let pki = crate::testing::tls::TestPki::new(&["localhost"]);
+    let cert = pki.cert_path();
+    let with_ocsp = |file: &Path| {
+        https_vip(&cert, &pki.key_path(), &pki.ca_path()).replace(
+            "backend_tls = true",
+            &format!(
+                "ocsp = {{ \"{}\" = \"{}\" }}\nbackend_tls = true",
+                cert.display(),
+                file.display()
+            ),
+        )
+    };
+    let der = pki.dir().join("ok.ocsp");
+    std::fs::write(&der, [0x30, 0x03, 0x0a, 0x01, 0x00]).expect("write");
+    load_text(&with_ocsp(&der), Path::new("t.toml")).expect("a DER response loads");
+    let pem = pki.dir().join("saved-as-pem.ocsp");
+    std::fs::write(&pem, "-----BEGIN OCSP RESPONSE-----\n").expect("write");
+    let text = with_ocsp(&pem);
+    let col = text.lines().nth(5).and_then(|l| l.find("\" = \"")).unwrap() + 5;
+    let errs = load_errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with(&format!("6:{col}: ocsp response file")),
+        "{errs:#?}"
+    );
+    assert!(errs[0].contains("not a DER OCSP response"), "{errs:#?}");
+    let errs = load_errors(&with_ocsp(&pki.dir().join("missing.ocsp")));
+    assert!(errs[0].contains("cannot read OCSP response"), "{errs:#?}");
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::error::{Collector, ConfigErrors};
+use super::error::{clip, Collector, ConfigErrors, MAX_ECHO};
 use super::files::{FileKind, FileRefs};
 use super::model::*;
 use super::raw::*;
@@ -932,7 +932,7 @@ impl<'a> Validator<'a> {
                         net.span(),
                         format!(
                             "invalid network \"{}\" in trusted_proxies: expected CIDR such as \"10.0.0.0/8\" or an address",
-                            l7_echo(net.get_ref())
+                            clip(net.get_ref(), MAX_ECHO)
                         ),
                     ),
                 }
@@ -994,7 +994,7 @@ impl<'a> Validator<'a> {
                         c.span(),
                         format!(
                             "unknown TLS 1.2 cipher suite \"{}\"; known: {}",
-                            l7_echo(c.get_ref()),
+                            clip(c.get_ref(), MAX_ECHO),
                             known.join(", ")
                         ),
                     );
@@ -1020,13 +1020,13 @@ impl<'a> Validator<'a> {
                         cert.span(),
                         format!(
                             "ocsp names \"{}\", which is not a cert of this VIP's tls",
-                            l7_echo(cert.get_ref())
+                            clip(cert.get_ref(), MAX_ECHO)
                         ),
                     );
                     continue;
                 }
                 let cert = self.path(cert, "ocsp cert");
-                let path = self.path(file, "ocsp response file");
+                let path = self.file(file, "ocsp response file", FileKind::OcspResponse);
                 h.ocsp.insert(cert, path);
             }
         }
@@ -2105,14 +2105,6 @@ fn tls12_cipher_names() -> Vec<&'static str> {
         .filter(|s| s.version() == &rustls::version::TLS12)
         .filter_map(|s| s.suite().as_str())
         .collect()
-}
-
-/// At most 64 characters of a value echoed in an L7 option's error message.
-fn l7_echo(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[cfg(test)]
