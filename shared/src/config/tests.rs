@@ -1234,3 +1234,17 @@ fn load_opens_ocsp_response_files_at_their_line() {
     let errs = load_errors(&with_ocsp(&pki.dir().join("missing.ocsp")));
     assert!(errs[0].contains("cannot read OCSP response"), "{errs:#?}");
 }
+
+#[test]
+fn a_backend_sni_the_lb_would_refuse_is_an_error_at_its_position() {
+    let t = VIP.replace(
+        "backends",
+        "mode = \"http\"\nbackend_tls = true\nbackend_sni = \"not a name!\"\nbackends",
+    );
+    expect_err(&t, "6:15", "backend_sni \"not a name!\" is neither");
+    let ok = VIP.replace(
+        "backends",
+        "mode = \"http\"\nbackend_tls = true\nbackend_sni = \"mail.example.com\"\nbackends",
+    );
+    parse_ok(&ok);
+}

@@ -882,6 +882,18 @@ impl<'a> Validator<'a> {
             .backend_sni
             .as_ref()
             .map(|v| self.nonempty_string(v, "backend_sni"));
+        // The lb would refuse it when building its backend TLS client: refuse it here.
+        if let Some(v) = &r.backend_sni {
+            if !v.get_ref().is_empty() && crate::tls::server_name(v.get_ref()).is_err() {
+                self.err(
+                    v.span(),
+                    format!(
+                        "backend_sni \"{}\" is neither a DNS name nor an IP address",
+                        clip(v.get_ref(), MAX_ECHO)
+                    ),
+                );
+            }
+        }
         h.backend_tls_verify = r
             .backend_tls_verify
             .as_ref()
