@@ -35,7 +35,7 @@ impl AdminHandler for GssAdmin {
                 };
                 match self.core.set_override(site, *o, &who) {
                     Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error(e),
+                    Err(e) => Reply::Error(e.to_string()),
                 }
             }
             Command::Explain(name, ip) => match explain(&self.core, name, *ip) {

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::answers::{rotate, Zone};
 use crate::lookup::Choose;
-use crate::server::{qtype_label, rcode_label, DnsHandler, Reply};
+use crate::server::{DnsHandler, Reply};
 use crate::wire::{self, KEY_MAX};
 
 /// How long a socket thread blocks before checking for shutdown.
@@ -139,14 +139,7 @@ struct Variant {
 impl Variant {
     fn count(&self) {
         self.counter
-            .get_or_init(|| {
-                metrics::counter!(
-                    "portico_dns_queries_total",
-                    "name" => self.label.to_string(),
-                    "qtype" => qtype_label(self.qtype),
-                    "rcode" => rcode_label(self.rcode)
-                )
-            })
+            .get_or_init(|| crate::metrics::query_counter(&self.label, self.qtype, self.rcode))
             .increment(1);
     }
 }

@@ -15,6 +15,7 @@ pub mod answers;
 pub mod edns;
 pub mod fastpath;
 pub mod lookup;
+pub mod metrics;
 pub mod pktinfo;
 pub mod select;
 pub mod server;
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answers::{render, Zone, ZoneTemplate};
+use crate::metrics::KeepaliveMetrics;
 use crate::select::HealthView;
 use crate::server::DnsServer;
 
@@ -67,6 +69,14 @@ pub enum GssError {
     Bind(SocketAddr, String),
 }
 
+/// Why an operator override was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    /// No site has this name.
+    #[error("no site {0:?}; `show sites` lists them")]
+    UnknownSite(String),
+}
+
 /// A checked gss config waiting to be committed (see [`Gss::prepare_reload`]).
 pub struct PreparedReload {
     cfg: GssConfig,
@@ -89,6 +99,8 @@ const COLD_START_SLACK: Duration = Duration::from_millis(300);
 
 struct SiteTask {
     cancel: CancellationToken,
+    /// Kept with the checkers so the site's gauge is registered once.
+    metrics: crate::metrics::SiteMetrics,
     generation: u64,
     handles: Vec<JoinHandle<()>>,
 }
@@ -174,13 +186,11 @@ impl Core {
         let t0 = Instant::now();
         self.rerender(st, false);
         let switched = t0.elapsed();
-        metrics::gauge!("portico_gss_site_up", "site" => site.to_string()).set(if change.up {
-            1.0
-        } else {
-            0.0
-        });
+        if let Some(t) = st.tasks.get(site) {
+            t.metrics.set_up(change.up);
+        }
         if let Some(d) = change.detection {
-            metrics::histogram!("portico_gss_failover_detection_seconds").record(d.as_secs_f64());
+            crate::metrics::failover_detection().record(d.as_secs_f64());
         }
         self.events.record(
             site,
@@ -192,7 +202,15 @@ impl Core {
         );
     }
 
-    fn on_result(&self, site: &str, generation: u64, idx: usize, r: &CheckResult) {
+    fn on_result(
+        &self,
+        site: &str,
+        generation: u64,
+        idx: usize,
+        r: &CheckResult,
+        counters: &KeepaliveMetrics,
+    ) {
+        counters.record(r.ok());
         let mut st = self.lock();
         if st.tasks.get(site).map(|t| t.generation) != Some(generation) {
             return;
@@ -201,18 +219,6 @@ impl Core {
         let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
             return;
         };
-        let keepalive = s
-            .keepalives
-            .get(idx)
-            .map(|k| k.name.clone())
-            .unwrap_or_default();
-        metrics::counter!(
-            "portico_gss_keepalive_results_total",
-            "site" => site.to_string(),
-            "keepalive" => keepalive,
-            "result" => if r.ok() { "ok" } else { "fail" }
-        )
-        .increment(1);
         let change = s.observe(
             idx,
             r.ok(),
@@ -249,6 +255,7 @@ impl Core {
                 RiseFall::with_state(timing.rise, timing.fall, known.get(idx).copied().flatten());
             let core = Arc::downgrade(self);
             let site = cfg.name.clone();
+            let counters = KeepaliveMetrics::new(&cfg.name, &k.name);
             handles.push(spawn_checker(
                 probe,
                 timing,
@@ -256,7 +263,7 @@ impl Core {
                 cancel.clone(),
                 move |r| {
                     if let Some(core) = core.upgrade() {
-                        core.on_result(&site, generation, idx, r);
+                        core.on_result(&site, generation, idx, r, &counters);
                     }
                 },
             ));
@@ -265,6 +272,7 @@ impl Core {
             cfg.name.clone(),
             SiteTask {
                 cancel,
+                metrics: crate::metrics::SiteMetrics::new(&cfg.name),
                 generation,
                 handles,
             },
@@ -286,11 +294,16 @@ impl Core {
             .collect()
     }
 
-    /// Applies an operator override; `Err` names an unknown site.
-    pub fn set_override(&self, site: &str, o: SiteOverride, who: &str) -> Result<(), String> {
+    /// Applies an operator override.
+    pub fn set_override(
+        &self,
+        site: &str,
+        o: SiteOverride,
+        who: &str,
+    ) -> Result<(), OverrideError> {
         let mut st = self.lock();
         let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
-            return Err(format!("no site {site:?}; `show sites` lists them"));
+            return Err(OverrideError::UnknownSite(site.to_string()));
         };
         let (note, change) = s.set_override(o, Instant::now());
         self.events.record(site, format!("{note} ({who})"));
@@ -379,6 +392,7 @@ impl Gss {
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
+        crate::metrics::describe();
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
         let core = Arc::new(Core {
@@ -438,11 +452,9 @@ impl Gss {
             st.settled = true;
             core.rerender(&st, true);
             for (name, c) in changes {
-                metrics::gauge!("portico_gss_site_up", "site" => name.clone()).set(if c.up {
-                    1.0
-                } else {
-                    0.0
-                });
+                if let Some(t) = st.tasks.get(&name) {
+                    t.metrics.set_up(c.up);
+                }
                 core.events.record(name, c.message);
             }
             for (name, summaries) in &core.zone.load().outcomes {

@@ -160,45 +160,8 @@ impl EmitAndCount for Question<'_> {
     }
 }
 
-pub(crate) fn qtype_label(t: RecordType) -> &'static str {
-    match t {
-        RecordType::A => "A",
-        RecordType::AAAA => "AAAA",
-        RecordType::SOA => "SOA",
-        RecordType::NS => "NS",
-        RecordType::ANY => "ANY",
-        RecordType::MX => "MX",
-        RecordType::TXT => "TXT",
-        RecordType::SRV => "SRV",
-        RecordType::CNAME => "CNAME",
-        RecordType::PTR => "PTR",
-        RecordType::CAA => "CAA",
-        RecordType::HTTPS => "HTTPS",
-        _ => "other",
-    }
-}
-
-pub(crate) fn rcode_label(r: ResponseCode) -> &'static str {
-    match r {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "other",
-    }
-}
-
 fn count(name: &str, qtype: RecordType, rcode: ResponseCode) {
-    metrics::counter!(
-        "portico_dns_queries_total",
-        "name" => name.to_string(),
-        "qtype" => qtype_label(qtype),
-        "rcode" => rcode_label(rcode)
-    )
-    .increment(1);
+    crate::metrics::query_counter(name, qtype, rcode).increment(1);
 }
 
 /// Everything decided about one request, before encoding: kept apart from sending so

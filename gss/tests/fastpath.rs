@@ -324,6 +324,12 @@ async fn overrides_show_in_the_very_next_fast_answer() {
         .set_override("dc1", SiteOverride::Up, "test")
         .unwrap();
     assert_eq!(answer(addr, smtp).await, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        g.core().set_override("dc9", SiteOverride::Down, "test"),
+        Err(gss::OverrideError::UnknownSite("dc9".into())),
+        "an unknown site is a typed error and changes nothing"
+    );
+    assert_eq!(answer(addr, smtp).await, Some("127.0.0.1".parse().unwrap()));
     g.shutdown().await;
     // The port is closed once shutdown returns: no reply.
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
