@@ -47,8 +47,8 @@ const SLACK: Duration = Duration::from_millis(1500);
 async fn wait_site_up(gss: &gss::Gss, site: &str, bound: Duration) -> tokio::time::Instant {
     let start = tokio::time::Instant::now();
     loop {
-        let (_, view) = gss.core().snapshot();
-        if let Some(v) = view.sites.get(site) {
+        let snap = gss.core().snapshot();
+        if let Some(v) = snap.view.sites.get(site) {
             if v.up {
                 return v.recovered_at.unwrap_or_else(tokio::time::Instant::now);
             }
