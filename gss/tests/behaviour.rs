@@ -505,3 +505,42 @@ async fn shutdown_waits_for_every_checker_also_those_a_reload_replaced() {
         "a probe is still in flight after shutdown returned"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn manual_failback_holds_on_a_paused_clock() {
+    let dc1 = Arc::new(AtomicBool::new(true));
+    let dc2 = Arc::new(AtomicBool::new(true));
+    let cfg = config(
+        vec![
+            site("dc1", addr(K1), timing()),
+            site("dc2", addr(K2), timing()),
+        ],
+        vec![name(
+            "smtp",
+            Policy::Failover,
+            Failback::Manual,
+            AllDown::First,
+        )],
+    );
+    let (g, _) = start(
+        &cfg,
+        switch_probes(vec![(addr(K1), dc1.clone()), (addr(K2), dc2)]),
+    )
+    .await;
+    assert_eq!(current(&g), "dc1");
+    dc1.store(false, Ordering::SeqCst);
+    // fall 2 at 200ms (+10 % jitter) is well inside a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(current(&g), "dc2");
+    dc1.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(g.core().snapshot().view.sites["dc1"].up, "dc1 is back");
+    // 300 probe intervals later, still held on dc2.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(current(&g), "dc2", "manual failback holds");
+    g.core()
+        .set_override("dc1", SiteOverride::Auto, "test")
+        .unwrap();
+    assert_eq!(current(&g), "dc1", "site auto releases the hold at once");
+    g.shutdown().await;
+}
