@@ -441,21 +441,30 @@ async fn auto_failback_on_a_paused_clock() {
 }
 
 /// A probe that never answers and counts its checks in flight: one is in flight until
-/// its checker drops it (timeout, cancellation).
-struct Live(Arc<std::sync::atomic::AtomicUsize>);
+/// its checker has dropped it (timeout, cancellation). Once `slow` is set, dropping
+/// takes a while, as for a probe tearing down a slow connection: longer than the DNS
+/// server's own shutdown (UDP threads see it within 100 ms), so only a shutdown that
+/// waits for the checkers sees none in flight.
+struct Live {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    slow: Arc<AtomicBool>,
+}
 
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>, Arc<AtomicBool>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.1.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Probe for Live {
     fn check(&self) -> ProbeFuture<'_> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self.0.clone());
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone(), self.slow.clone());
         Box::pin(async move {
             let _guard = guard;
             std::future::pending::<()>().await;
@@ -467,9 +476,13 @@ impl Probe for Live {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_every_checker_also_those_a_reload_replaced() {
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let probe_live = live.clone();
+    let slow = Arc::new(AtomicBool::new(false));
+    let (probe_live, probe_slow) = (live.clone(), slow.clone());
     let probes: gss::ProbeFactory = Arc::new(move |_: &shared::config::KeepaliveConfig| {
-        Ok(Arc::new(Live(probe_live.clone())) as Arc<dyn Probe>)
+        Ok(Arc::new(Live {
+            in_flight: probe_live.clone(),
+            slow: probe_slow.clone(),
+        }) as Arc<dyn Probe>)
     });
     let cfg = config(
         vec![
@@ -484,6 +497,7 @@ async fn shutdown_waits_for_every_checker_also_those_a_reload_replaced() {
         )],
     );
     let (g, _) = start(&cfg, probes).await;
+    slow.store(true, Ordering::SeqCst);
     // dc1's keepalive changes (its checker is replaced), dc2 is removed.
     let mut next = cfg.clone();
     next.sites.truncate(1);
