@@ -2,6 +2,9 @@
 //! [`describe`]) and the handles the hot paths hold, so no name is spelled twice and
 //! no keepalive result or fast-path answer looks its labels up again.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use metrics::{Counter, Gauge, Histogram};
@@ -72,6 +75,39 @@ pub fn query_counter(name: &str, qtype: RecordType, rcode: ResponseCode) -> Coun
     )
 }
 
+/// The `portico_dns_queries_total` handles the full answer path has used, by name
+/// label then (QTYPE, RCODE): a query whose series was seen before costs a read lock
+/// and two hash lookups, no label allocation and no registry lookup. Kept per
+/// rendered zone, so it is as fresh as the zone (and a test's local recorder sees
+/// its own registrations).
+#[derive(Debug, Default)]
+pub struct QueryCounters(RwLock<HashMap<Box<str>, ByTypeAndCode>>);
+
+/// One name's handles by (QTYPE, RCODE).
+type ByTypeAndCode = HashMap<(u16, u16), Counter>;
+
+impl QueryCounters {
+    /// Counts one answered query.
+    pub fn count(&self, name: &str, qtype: RecordType, rcode: ResponseCode) {
+        let key = (u16::from(qtype), u16::from(rcode));
+        {
+            let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = map.get(name).and_then(|m| m.get(&key)) {
+                c.increment(1);
+                return;
+            }
+        }
+        let c = query_counter(name, qtype, rcode);
+        c.increment(1);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.into())
+            .or_default()
+            .insert(key, c);
+    }
+}
+
 /// One keepalive's result counters, registered when its checker starts.
 pub struct KeepaliveMetrics {
     ok: Counter,
@@ -129,11 +165,12 @@ pub fn failover_detection() -> Histogram {
 mod tests {
     use super::*;
     use shared::testing::metrics::CountingRecorder;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    /// Records the names described to it.
+    /// Records the names described to it and counts counter registrations.
     #[derive(Default)]
-    struct Described(Mutex<Vec<String>>);
+    struct Described(Mutex<Vec<String>>, AtomicUsize);
 
     impl Described {
         fn add(&self, k: metrics::KeyName) {
@@ -170,6 +207,7 @@ mod tests {
             self.add(k);
         }
         fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            self.1.fetch_add(1, Ordering::SeqCst);
             Counter::noop()
         }
         fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
@@ -181,10 +219,40 @@ mod tests {
     }
 
     #[test]
+    fn the_full_path_registers_each_query_series_once() {
+        let rec = Described::default();
+        let counters = QueryCounters::default();
+        metrics::with_local_recorder(&rec, || {
+            for _ in 0..5 {
+                counters.count("smtp.example", RecordType::A, ResponseCode::NoError);
+            }
+            counters.count("smtp.example", RecordType::MX, ResponseCode::NoError);
+            counters.count("nxdomain", RecordType::A, ResponseCode::NXDomain);
+        });
+        assert_eq!(
+            rec.1.load(Ordering::SeqCst),
+            3,
+            "one registration per series"
+        );
+        let counting = CountingRecorder::default();
+        let counters = QueryCounters::default();
+        metrics::with_local_recorder(&counting, || {
+            for _ in 0..3 {
+                counters.count("smtp.example", RecordType::A, ResponseCode::NoError);
+            }
+        });
+        assert_eq!(
+            counting.sum(QUERIES, &[("name", "smtp.example"), ("rcode", "NOERROR")]),
+            3
+        );
+    }
+
+    #[test]
     fn every_metric_is_described() {
         let rec = Described::default();
         metrics::with_local_recorder(&rec, describe);
         let mut got = rec.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(rec.1.into_inner(), 0, "describing registers nothing");
         got.sort();
         let mut want = vec![QUERIES, SITE_UP, KEEPALIVE_RESULTS, FAILOVER_DETECTION];
         want.sort();

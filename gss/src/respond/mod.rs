@@ -145,10 +145,6 @@ impl EmitAndCount for Question<'_> {
     }
 }
 
-fn count(name: &str, qtype: RecordType, rcode: ResponseCode) {
-    crate::metrics::query_counter(name, qtype, rcode).increment(1);
-}
-
 /// Everything decided about one request, before encoding: kept apart from sending so
 /// the fast path can pre-render responses through exactly this logic.
 pub(crate) struct Reply<'a> {
@@ -330,9 +326,10 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// Counts the query in `portico_dns_queries_total`.
-    pub(crate) fn count(&self) {
-        count(self.label, self.qtype, self.meta.response_code);
+    /// Counts the query in `portico_dns_queries_total` through `zone`'s handles.
+    pub(crate) fn count(&self, zone: &Zone) {
+        zone.counters
+            .count(self.label, self.qtype, self.meta.response_code);
     }
 
     /// The response bytes, at most [`Reply::limit`] long; an encoding failure
@@ -409,11 +406,12 @@ pub fn answer_message(
             let mut bytes = Vec::with_capacity(12);
             let mut enc = BinEncoder::new(&mut bytes);
             h.emit(&mut enc).ok()?;
-            count("-", RecordType::NULL, ResponseCode::FormErr);
+            zone.counters
+                .count("-", RecordType::NULL, ResponseCode::FormErr);
             return Some(bytes);
         }
     };
     let reply = Reply::new(zone, &request, Choose::Rotate);
-    reply.count();
+    reply.count(zone);
     Some(reply.encode())
 }

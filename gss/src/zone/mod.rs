@@ -25,6 +25,7 @@ use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
 
 use crate::error::GssError;
+use crate::metrics::QueryCounters;
 use crate::select::{self, HealthView, Outcome, Selection};
 
 pub mod lookup;
@@ -336,6 +337,8 @@ pub struct Zone {
     pub outcomes: Vec<(String, Vec<String>)>,
     /// Hash of `outcomes`; a different value means the answers changed.
     pub signature: u64,
+    /// The full answer path's query counters for this zone's answers.
+    pub counters: QueryCounters,
 }
 
 fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
@@ -475,6 +478,7 @@ pub fn render_at(
         names,
         outcomes,
         signature,
+        counters: QueryCounters::default(),
     }
 }
 
