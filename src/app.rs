@@ -88,7 +88,7 @@ impl App {
         }
         let gss_change = match (self.gss.load_full(), &new.gss) {
             (Some(g), Some(c)) => {
-                let prepared = g.prepare_reload(c).map_err(|e| e.to_string())?;
+                let prepared = g.prepare(c).map_err(|e| e.to_string())?;
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
@@ -107,7 +107,7 @@ impl App {
             return Err(e.to_string());
         }
         match gss_change {
-            GssChange::Reload(g, prepared) => g.commit_reload(*prepared),
+            GssChange::Reload(g, plan) => g.commit(*plan),
             GssChange::Start(g) => self.gss.store(Some(g)),
             GssChange::Stop(g) => {
                 g.shutdown().await;
@@ -123,7 +123,7 @@ impl App {
 /// What a reload does to the gss, decided (and its fallible part done) before the
 /// lb changes.
 enum GssChange {
-    Reload(Arc<gss::Gss>, Box<gss::PreparedReload>),
+    Reload(Arc<gss::Gss>, Box<gss::Plan>),
     Start(Arc<gss::Gss>),
     Stop(Arc<gss::Gss>),
     None,

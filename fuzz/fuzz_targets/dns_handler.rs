@@ -1,21 +1,21 @@
 //! Everything the fast path hands over (and every TCP message) goes through
-//! hickory-proto's parser and [`gss::server::answer_message`].
+//! hickory-proto's parser and [`gss::respond::answer_message`].
 #![no_main]
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use gss::server::{answer_message, Protocol};
+use gss::respond::{answer_message, Protocol};
 use libfuzzer_sys::fuzz_target;
 
-fn zone() -> &'static gss::answers::Zone {
-    static ZONE: OnceLock<gss::answers::Zone> = OnceLock::new();
+fn zone() -> &'static gss::zone::Zone {
+    static ZONE: OnceLock<gss::zone::Zone> = OnceLock::new();
     ZONE.get_or_init(|| {
         let text = include_str!("dns_zone.toml");
         let cfg =
             shared::config::parse(text, Path::new("dns_zone.toml")).expect("fuzz zone config");
-        gss::answers::render_all_up(&cfg.gss.expect("[gss]")).expect("fuzz zone renders")
+        gss::zone::render_all_up(&cfg.gss.expect("[gss]")).expect("fuzz zone renders")
     })
 }
 

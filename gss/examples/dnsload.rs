@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use gss::answers::{render, ZoneTemplate};
 use gss::select::{HealthView, SiteView};
-use gss::server::{DnsServer, UdpMode};
+use gss::server::DnsServer;
+use gss::udp::UdpMode;
+use gss::zone::{render, ZoneTemplate};
+use gss::Snapshot;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use shared::config::{AllDown, Failback, GssConfig, NameConfig, Policy, SoaConfig};
@@ -75,13 +77,13 @@ async fn serve(mode: &str, listen: SocketAddr, extra: usize) -> Result<(), Strin
     let view = HealthView::from_pairs([("dc1", SiteView::up()), ("dc2", SiteView::up())]);
     let t0 = Instant::now();
     let zone = render(tpl, &view, tokio::time::Instant::now(), None);
-    zone.fast_table();
+    let snap = Snapshot::new(zone, view);
     println!(
         "rendered {} fast-path keys in {:?}",
-        zone.fast_table().len(),
+        snap.fill_table().len(),
         t0.elapsed()
     );
-    let zone = Arc::new(ArcSwap::from_pointee(zone));
+    let zone = Arc::new(ArcSwap::from_pointee(snap));
     let mode = match mode {
         "fast" => UdpMode::default(),
         "hickory" => UdpMode::Hickory,

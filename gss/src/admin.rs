@@ -10,7 +10,14 @@ use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use tokio::time::Instant;
 
 use crate::select::{self, Client, Outcome};
-use crate::Core;
+use crate::supervisor::{Core, Gss};
+
+impl Gss {
+    /// The admin handler for `show sites`, `site ...` and `explain`.
+    pub fn admin(&self) -> Arc<dyn AdminHandler> {
+        Arc::new(GssAdmin::new(self.core().clone()))
+    }
+}
 
 /// Handles the gss admin commands; returns `None` for every other command.
 pub struct GssAdmin {
@@ -35,7 +42,7 @@ impl AdminHandler for GssAdmin {
                 };
                 match self.core.set_override(site, *o, &who) {
                     Ok(()) => Reply::Ok,
-                    Err(e) => Reply::Error(e),
+                    Err(e) => Reply::Error(e.to_string()),
                 }
             }
             Command::Explain(name, ip) => match explain(&self.core, name, *ip) {
@@ -50,8 +57,9 @@ impl AdminHandler for GssAdmin {
 
 /// The answer `client` would get for `name` now, and why.
 pub fn explain(core: &Core, name: &str, client: Option<IpAddr>) -> Result<Vec<String>, String> {
-    let (tpl, view) = core.snapshot();
-    let zone = core.zone();
+    // One snapshot: the config, health and zone serial all of the same moment.
+    let snap = core.snapshot();
+    let (tpl, view, zone) = (&snap.zone.tpl, &snap.view, &snap.zone);
     let wanted = name.trim_end_matches('.').to_ascii_lowercase();
     let zone_name = tpl.cfg.zone.as_str();
     let cfg = tpl
@@ -74,7 +82,7 @@ pub fn explain(core: &Core, name: &str, client: Option<IpAddr>) -> Result<Vec<St
         Some(ip) => Client::Addr(ip),
         None => Client::Unknown,
     };
-    let sel = select::select(cfg, &view, who, Instant::now());
+    let sel = select::select(cfg, view, who, Instant::now());
     let addrs = |site: &str| {
         cfg.answers
             .get(site)

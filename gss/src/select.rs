@@ -2,7 +2,7 @@
 //! ([`HealthView`]), who is asking ([`Client`]) and the time, decide which sites answer
 //! and say why. Nothing here does I/O or reads a clock, so every policy rule (failover
 //! order, weights, client rules, failback hold and wait, all-down behaviour) is unit
-//! tested directly. The fast path ([`crate::answers`]) runs this once per name and
+//! tested directly. The zone renderer ([`crate::zone`]) runs this once per name and
 //! client rule whenever health changes, never per query.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! DNS over TCP (RFC 7766): two-byte length-prefixed messages, pipelined queries
 //! answered in order, an idle timeout, and a cap on open connections. Every message
-//! goes through [`crate::server::answer_message`], the same path as UDP hand-overs,
+//! goes through [`crate::respond::answer_message`], the same path as UDP hand-overs,
 //! so TCP answers compress against the question and never answer QR=1 (hickory's
 //! `Server` did neither: it encodes the question uncompressed and answers a
 //! malformed response with FORMERR).
@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answers::Zone;
-use crate::server::answer_message;
+use crate::respond::answer_message;
+use crate::snapshot::Snapshot;
 
 /// A connection that sends no complete query for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Accepts connections until `cancel` fires; each runs on `tracker`.
 pub async fn serve(
     listener: TcpListener,
-    zone: Arc<ArcSwap<Zone>>,
+    snap: Arc<ArcSwap<Snapshot>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -49,11 +49,11 @@ pub async fn serve(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let (zone, cancel) = (zone.clone(), cancel.clone());
+        let (snap, cancel) = (snap.clone(), cancel.clone());
         tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = connection(stream, peer, &zone) => {
+                r = connection(stream, peer, &snap) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "gss: tcp connection ended");
                     }
@@ -69,7 +69,7 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    zone: &ArcSwap<Zone>,
+    snap: &ArcSwap<Snapshot>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     // Sized per message, so idle connections hold no 64 KiB buffer.
@@ -92,7 +92,7 @@ async fn connection(
             Ok(r) => r?,
             Err(_) => return Ok(()),
         };
-        let Some(resp) = answer_message(&zone.load(), body, peer, Protocol::Tcp) else {
+        let Some(resp) = answer_message(&snap.load().zone, body, peer, Protocol::Tcp) else {
             continue;
         };
         let Ok(rlen) = u16::try_from(resp.len()) else {

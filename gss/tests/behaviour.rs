@@ -371,8 +371,8 @@ async fn cold_start_waits_for_the_first_round_bounded_by_the_timeout() {
 async fn reload_keeps_overrides_and_rerenders_names() {
     let f = fixture(true, true).await;
     admin(&f.gss, Command::Site("dc1".into(), SiteOverride::Down)).await;
-    let serial_before = f.gss.core().zone().serial;
-    let (tpl, _) = f.gss.core().snapshot();
+    let serial_before = f.gss.core().snapshot().zone.serial;
+    let tpl = f.gss.core().snapshot().zone.tpl.clone();
     let mut cfg = tpl.cfg.clone();
     cfg.names[0]
         .answers
@@ -384,7 +384,7 @@ async fn reload_keeps_overrides_and_rerenders_names() {
     );
     assert_eq!(f.gss.status()[0].override_state.as_deref(), Some("down"));
     assert!(
-        f.gss.core().zone().serial > serial_before,
+        f.gss.core().snapshot().zone.serial > serial_before,
         "serial moves with the answers"
     );
     // A bad static record is refused and the old config keeps serving.
@@ -399,7 +399,7 @@ async fn reload_keeps_overrides_and_rerenders_names() {
 }
 
 fn current(g: &gss::Gss) -> String {
-    g.core().zone().outcomes[0].1[0].clone()
+    g.core().snapshot().zone.outcomes[0].1[0].clone()
 }
 
 #[tokio::test(start_paused = true)]
@@ -430,12 +430,131 @@ async fn auto_failback_on_a_paused_clock() {
     assert_eq!(current(&g), "dc2");
     dc1.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, view) = g.core().snapshot();
+    let view = g.core().snapshot().view.clone();
     let back = view.sites["dc1"].recovered_at.expect("dc1 recovered");
     assert!(view.sites["dc1"].up);
     tokio::time::sleep_until(back + Duration::from_secs(59)).await;
     assert_eq!(current(&g), "dc2", "still waiting at 59s");
     tokio::time::sleep_until(back + Duration::from_millis(60_050)).await;
     assert_eq!(current(&g), "dc1", "failed back at 60s");
+    g.shutdown().await;
+}
+
+/// A probe that never answers and counts its checks in flight: one is in flight until
+/// its checker has dropped it (timeout, cancellation). Once `slow` is set, dropping
+/// takes a while, as for a probe tearing down a slow connection: longer than the DNS
+/// server's own shutdown (UDP threads see it within 100 ms), so only a shutdown that
+/// waits for the checkers sees none in flight.
+struct Live {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    slow: Arc<AtomicBool>,
+}
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>, Arc<AtomicBool>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.1.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Probe for Live {
+    fn check(&self) -> ProbeFuture<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone(), self.slow.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_every_checker_also_those_a_reload_replaced() {
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow = Arc::new(AtomicBool::new(false));
+    let (probe_live, probe_slow) = (live.clone(), slow.clone());
+    let probes: gss::ProbeFactory = Arc::new(move |_: &shared::config::KeepaliveConfig| {
+        Ok(Arc::new(Live {
+            in_flight: probe_live.clone(),
+            slow: probe_slow.clone(),
+        }) as Arc<dyn Probe>)
+    });
+    let cfg = config(
+        vec![
+            site("dc1", addr(K1), timing()),
+            site("dc2", addr(K2), timing()),
+        ],
+        vec![name(
+            "smtp",
+            Policy::Failover,
+            Failback::Manual,
+            AllDown::First,
+        )],
+    );
+    let (g, _) = start(&cfg, probes).await;
+    slow.store(true, Ordering::SeqCst);
+    // dc1's keepalive changes (its checker is replaced), dc2 is removed.
+    let mut next = cfg.clone();
+    next.sites.truncate(1);
+    next.sites[0].keepalives[0].name = "renamed".into();
+    next.names[0].sites.truncate(1);
+    next.names[0].answers.remove("dc2");
+    g.reload(&next).await.expect("reload");
+    let snap = g.core().snapshot();
+    assert_eq!(
+        snap.zone.tpl.cfg.sites.len(),
+        1,
+        "config and view swap together"
+    );
+    assert!(!snap.view.sites.contains_key("dc2"));
+    g.shutdown().await;
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "a probe is still in flight after shutdown returned"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_failback_holds_on_a_paused_clock() {
+    let dc1 = Arc::new(AtomicBool::new(true));
+    let dc2 = Arc::new(AtomicBool::new(true));
+    let cfg = config(
+        vec![
+            site("dc1", addr(K1), timing()),
+            site("dc2", addr(K2), timing()),
+        ],
+        vec![name(
+            "smtp",
+            Policy::Failover,
+            Failback::Manual,
+            AllDown::First,
+        )],
+    );
+    let (g, _) = start(
+        &cfg,
+        switch_probes(vec![(addr(K1), dc1.clone()), (addr(K2), dc2)]),
+    )
+    .await;
+    assert_eq!(current(&g), "dc1");
+    dc1.store(false, Ordering::SeqCst);
+    // fall 2 at 200ms (+10 % jitter) is well inside a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(current(&g), "dc2");
+    dc1.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(g.core().snapshot().view.sites["dc1"].up, "dc1 is back");
+    // 300 probe intervals later, still held on dc2.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(current(&g), "dc2", "manual failback holds");
+    g.core()
+        .set_override("dc1", SiteOverride::Auto, "test")
+        .unwrap();
+    assert_eq!(current(&g), "dc1", "site auto releases the hold at once");
     g.shutdown().await;
 }

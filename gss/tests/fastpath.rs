@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use common::*;
-use gss::answers::{render, Zone, ZoneTemplate};
-use gss::fastpath;
+use gss::respond::{answer_message, Protocol};
 use gss::select::{HealthView, SiteView};
-use gss::server::{DnsHandler, DnsServer, UdpMode};
+use gss::server::DnsServer;
+use gss::udp::{self, UdpMode};
+use gss::zone::{render, ZoneTemplate};
+use gss::Snapshot;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::RecordType;
@@ -50,17 +52,28 @@ fn cfg(weighted: bool) -> GssConfig {
     )
 }
 
-fn zone_for(cfg: &GssConfig, dc1: bool, dc2: bool, prev: Option<&Zone>) -> Zone {
+fn zone_for(cfg: &GssConfig, dc1: bool, dc2: bool, prev: Option<&Snapshot>) -> Snapshot {
     let tpl = Arc::new(ZoneTemplate::new(cfg).unwrap());
     let v = |up| if up { SiteView::up() } else { SiteView::down() };
     let view = HealthView::from_pairs([("dc1", v(dc1)), ("dc2", v(dc2))]);
-    let z = render(tpl, &view, Instant::now(), prev);
-    z.fast_table();
-    z
+    let z = render(tpl, &view, Instant::now(), prev.map(|p| &*p.zone));
+    let s = Snapshot::new(z, view);
+    s.fill_table();
+    s
+}
+
+/// The fast path alone: `None` when `snap`'s table does not answer `pkt`.
+fn fast(snap: &Snapshot, pkt: &[u8], out: &mut [u8]) -> Option<usize> {
+    gss::fast::answer(snap.table()?, pkt, out)
+}
+
+/// The full path for a UDP datagram, as the fast path hands it over.
+fn handover(snap: &Snapshot, pkt: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    answer_message(&snap.zone, pkt, src, Protocol::Udp)
 }
 
 struct Pair {
-    zone: Arc<ArcSwap<Zone>>,
+    zone: Arc<ArcSwap<Snapshot>>,
     fast: DnsServer,
     hickory: DnsServer,
     _cancel: CancellationToken,
@@ -102,10 +115,10 @@ async fn same_reply(p: &Pair, bytes: &[u8]) -> Message {
     let fm = Message::from_vec(&f).expect("fast reply parses");
     let hm = Message::from_vec(&h).expect("hickory reply parses");
     assert_eq!(fm, hm, "query {bytes:02x?}");
-    let mut key = [0u8; gss::wire::KEY_MAX];
+    let mut key = [0u8; gss::fast::wire::KEY_MAX];
     if let (false, Some(pq)) = (
         fm.queries.is_empty(),
-        gss::wire::parse_query(bytes, &mut key),
+        gss::fast::wire::parse_query(bytes, &mut key),
     ) {
         let qend = pq.question_end;
         assert_eq!(f[12..qend], bytes[12..qend], "question echoed as sent");
@@ -114,9 +127,9 @@ async fn same_reply(p: &Pair, bytes: &[u8]) -> Message {
     fm
 }
 
-fn fast_answers(zone: &Zone, bytes: &[u8]) -> bool {
-    let mut out = [0u8; fastpath::BUF];
-    fastpath::answer(zone, bytes, &mut out).is_some()
+fn fast_answers(snap: &Snapshot, bytes: &[u8]) -> bool {
+    let mut out = [0u8; udp::BUF];
+    fast(snap, bytes, &mut out).is_some()
 }
 
 #[tokio::test]
@@ -324,13 +337,24 @@ async fn overrides_show_in_the_very_next_fast_answer() {
         .set_override("dc1", SiteOverride::Up, "test")
         .unwrap();
     assert_eq!(answer(addr, smtp).await, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        g.core().set_override("dc9", SiteOverride::Down, "test"),
+        Err(gss::OverrideError::UnknownSite("dc9".into())),
+        "an unknown site is a typed error and changes nothing"
+    );
+    assert_eq!(answer(addr, smtp).await, Some("127.0.0.1".parse().unwrap()));
     g.shutdown().await;
-    // The port is closed once shutdown returns: no reply.
+    // Every socket is closed once shutdown returns: the kernel refuses the datagram
+    // (ICMP port unreachable, seen as ECONNREFUSED on a connected socket).
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(&q(smtp, RecordType::A), addr).await.unwrap();
+    sock.connect(addr).await.unwrap();
+    sock.send(&q(smtp, RecordType::A)).await.unwrap();
     let mut buf = [0u8; 512];
-    let r = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await;
-    assert!(!matches!(r, Ok(Ok(_))), "no answer after shutdown");
+    let r = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await;
+    assert!(
+        matches!(&r, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "no answer after shutdown, the port is closed: {r:?}"
+    );
 }
 
 #[tokio::test]
@@ -370,8 +394,7 @@ fn xorshift(s: &mut u64) -> u64 {
 #[test]
 fn fuzzed_queries_agree_with_the_hickory_path() {
     let cfg = cfg(false);
-    let zone = Arc::new(ArcSwap::from_pointee(zone_for(&cfg, true, false, None)));
-    let handler = DnsHandler::new(zone.clone());
+    let zone = zone_for(&cfg, true, false, None);
     let src: SocketAddr = "192.0.2.1:5353".parse().unwrap();
     let seeds: Vec<Vec<u8>> = vec![
         q("smtp.gslb.example.test.", RecordType::A),
@@ -384,8 +407,8 @@ fn fuzzed_queries_agree_with_the_hickory_path() {
         q("sf.gslb.example.test.", RecordType::A),
     ];
     let mut s = 0x2545_f491_4f6c_dd1du64;
-    let mut out = [0u8; fastpath::BUF];
-    let (mut fast, mut agreed) = (0, 0);
+    let mut out = [0u8; udp::BUF];
+    let (mut fast_hits, mut agreed) = (0, 0);
     for i in 0..60_000 {
         let mut p = if i % 10 == 0 {
             let len = (xorshift(&mut s) % 64) as usize;
@@ -408,24 +431,29 @@ fn fuzzed_queries_agree_with_the_hickory_path() {
                 }
             }
         }
-        let Some(n) = fastpath::answer(&zone.load(), &p, &mut out) else {
+        let Some(n) = fast(&zone, &p, &mut out) else {
             continue;
         };
-        fast += 1;
+        fast_hits += 1;
         let parsed = Message::from_vec(&p).expect("the fast path only answers parseable queries");
         assert_eq!(parsed.queries.len(), 1);
         let mine = Message::from_vec(&out[..n]).expect("fast answer parses");
-        let theirs = fastpath::handover(&handler, &p, src).expect("hickory answers it too");
+        let theirs = handover(&zone, &p, src).expect("hickory answers it too");
         let theirs = Message::from_vec(&theirs).unwrap();
         assert_eq!(mine, theirs, "query {p:02x?}");
-        let mut key = [0u8; gss::wire::KEY_MAX];
-        let qend = gss::wire::parse_query(&p, &mut key).unwrap().question_end;
+        let mut key = [0u8; gss::fast::wire::KEY_MAX];
+        let qend = gss::fast::wire::parse_query(&p, &mut key)
+            .unwrap()
+            .question_end;
         assert_eq!(out[12..qend], p[12..qend], "question echoed as sent");
         assert_eq!(out[..2], p[..2], "ID copied");
         agreed += 1;
     }
-    assert!(fast > 10_000, "most seeds still hit the fast path ({fast})");
-    assert_eq!(fast, agreed);
+    assert!(
+        fast_hits > 10_000,
+        "most seeds still hit the fast path ({fast_hits})"
+    );
+    assert_eq!(fast_hits, agreed);
 }
 
 #[tokio::test]
@@ -435,13 +463,24 @@ async fn garbage_over_the_socket_gets_no_answer_from_bytes() {
     // Too short for a header, and a response message: hickory answers nothing, so
     // neither do we. The server keeps serving afterwards.
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(p.fast.local_addr()).await.unwrap();
     let mut resp = q("smtp.gslb.example.test.", RecordType::A);
+    resp[..2].copy_from_slice(&[0x11, 0x11]);
     resp[2] |= 0x80;
+    let mut valid = q("smtp.gslb.example.test.", RecordType::A);
+    valid[..2].copy_from_slice(&[0x42, 0x42]);
     for bytes in [&b"\x01\x02\x03"[..], &resp[..]] {
-        sock.send_to(bytes, p.fast.local_addr()).await.unwrap();
+        // Datagrams from one source reach one socket thread, which answers them in
+        // order: the first reply is to the valid query sent after the garbage.
+        sock.send(bytes).await.unwrap();
+        sock.send(&valid).await.unwrap();
         let mut buf = [0u8; 512];
-        let r = tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await;
-        assert!(r.is_err(), "no reply to {bytes:02x?}");
+        let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+            .await
+            .expect("the valid query is answered")
+            .unwrap();
+        assert!(n >= 12);
+        assert_eq!(buf[..2], [0x42, 0x42], "no reply to {bytes:02x?}");
     }
     assert_eq!(
         answer(p.fast.local_addr(), "smtp.gslb.example.test.").await,
@@ -452,21 +491,20 @@ async fn garbage_over_the_socket_gets_no_answer_from_bytes() {
 #[test]
 fn query_counter_is_the_same_series_on_both_paths() {
     let cfg = cfg(false);
-    let zone = Arc::new(ArcSwap::from_pointee(zone_for(&cfg, true, true, None)));
-    let handler = DnsHandler::new(zone.clone());
+    let zone = zone_for(&cfg, true, true, None);
     let src: SocketAddr = "192.0.2.1:5353".parse().unwrap();
     let rec = CountingRecorder::default();
     let a = q("Smtp.gslb.example.test.", RecordType::A);
     let mx = qe("smtp.gslb.example.test.", RecordType::MX, 1232, false);
     let nx = q("nope.gslb.example.test.", RecordType::A);
     metrics::with_local_recorder(&rec, || {
-        let mut out = [0u8; fastpath::BUF];
+        let mut out = [0u8; udp::BUF];
         for _ in 0..3 {
-            assert!(fastpath::answer(&zone.load(), &a, &mut out).is_some());
+            assert!(fast(&zone, &a, &mut out).is_some());
         }
-        assert!(fastpath::handover(&handler, &a, src).is_some());
-        assert!(fastpath::answer(&zone.load(), &mx, &mut out).is_some());
-        assert!(fastpath::respond(&zone, &handler, &nx, src, &mut out).is_some());
+        assert!(handover(&zone, &a, src).is_some());
+        assert!(fast(&zone, &mx, &mut out).is_some());
+        assert!(udp::respond(&zone, &nx, src, &mut out).is_some());
     });
     let got = rec.snapshot();
     let want: std::collections::BTreeMap<String, u64> = [

@@ -11,7 +11,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{CNAME, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 
-use crate::answers::{NameAnswers, Zone, ZoneTemplate};
+use super::{NameAnswers, Zone, ZoneTemplate};
 use crate::select::{self, Client};
 
 /// Longest CNAME chain followed inside the zone; longer chains are answered with
@@ -423,8 +423,8 @@ pub fn chaos<'z>(zone: &'z Zone, qname: &LowerName, qtype: RecordType) -> Resolu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answers::{fqdn, render, ZoneTemplate};
     use crate::select::{HealthView, SiteView};
+    use crate::zone::{fqdn, render, ZoneTemplate};
     use shared::config::{
         AllDown, Failback, GssConfig, NameConfig, Policy, SoaConfig, StaticRecord,
     };

@@ -1,10 +1,12 @@
-//! The answer fast path. Everything a query can get is rendered ahead of time into
-//! ready-made hickory records: a [`ZoneTemplate`] per config (apex SOA/NS fields,
-//! parsed static records, the set of existing names and empty non-terminals), and a
-//! [`Zone`] per health state with, for every site-selected name and every client rule,
-//! the records of the chosen site(s). The server holds the current [`Zone`] in an
-//! `ArcSwap` and swaps it whole when health changes, so a query costs a hash lookup
-//! and (for `weighted`) one atomic increment, never a selection run.
+//! The zone: config template and rendered answers, no sockets. Everything a query
+//! can get is rendered ahead of time into ready-made hickory records: a
+//! [`ZoneTemplate`] per config (apex SOA/NS fields, parsed static records, the set of
+//! existing names and empty non-terminals), and a [`Zone`] per health state with, for
+//! every site-selected name and every client rule, the records of the chosen
+//! site(s). The supervisor publishes the current [`Zone`] in its snapshot
+//! ([`crate::snapshot`]) and swaps it whole when health changes, so a query costs a
+//! hash lookup ([`lookup`]) and (for `weighted`) one atomic increment, never a
+//! selection run.
 //!
 //! The SOA serial changes whenever the answers change ([`next_serial`]): the start
 //! of the minute the change took effect, or the previous serial + 1 if that is not
@@ -15,16 +17,18 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
 
-use crate::fastpath::{self, FastTable};
+use crate::error::GssError;
+use crate::metrics::QueryCounters;
 use crate::select::{self, HealthView, Outcome, Selection};
-use crate::GssError;
+
+pub mod lookup;
 
 /// Parses a configured domain name (no trailing dot) as a fully qualified name.
 pub fn fqdn(s: &str) -> Result<Name, GssError> {
@@ -333,18 +337,8 @@ pub struct Zone {
     pub outcomes: Vec<(String, Vec<String>)>,
     /// Hash of `outcomes`; a different value means the answers changed.
     pub signature: u64,
-    /// Pre-rendered UDP response bytes for the fast path ([`crate::fastpath`]),
-    /// rendered from this zone so both paths always answer from the same state.
-    /// Filled after the zone is stored ([`Zone::fast_table`]), so rendering bytes
-    /// never delays a failover: until it is there, UDP queries take the hickory path.
-    pub fast: OnceLock<FastTable>,
-}
-
-impl Zone {
-    /// The fast path's table, rendering it on first call.
-    pub fn fast_table(&self) -> &FastTable {
-        self.fast.get_or_init(|| fastpath::render_table(self))
-    }
+    /// The full answer path's query counters for this zone's answers.
+    pub counters: QueryCounters,
 }
 
 fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
@@ -400,8 +394,8 @@ pub fn render(
     render_at(tpl, view, now, prev, unix_now())
 }
 
-/// The zone `cfg` serves with every site up and its fast-path table rendered, for
-/// tools and fuzzing that need answers without probes or sockets.
+/// The zone `cfg` serves with every site up, for tools and fuzzing that need
+/// answers without probes or sockets.
 pub fn render_all_up(cfg: &GssConfig) -> Result<Zone, GssError> {
     let tpl = Arc::new(ZoneTemplate::new(cfg)?);
     let view = HealthView {
@@ -411,9 +405,7 @@ pub fn render_all_up(cfg: &GssConfig) -> Result<Zone, GssError> {
             .map(|s| (s.name.clone(), select::SiteView::up()))
             .collect(),
     };
-    let zone = render(tpl, &view, Instant::now(), None);
-    zone.fast_table();
-    Ok(zone)
+    Ok(render(tpl, &view, Instant::now(), None))
 }
 
 /// [`render`] with the wall-clock time (unix seconds) given, for the serial.
@@ -486,7 +478,7 @@ pub fn render_at(
         names,
         outcomes,
         signature,
-        fast: OnceLock::new(),
+        counters: QueryCounters::default(),
     }
 }
 

@@ -1,0 +1,630 @@
+//! The supervisor: owns the health state, every task the role spawns and the one
+//! published [`Snapshot`].
+//!
+//! [`Gss::start`] runs one keepalive checker per keepalive (rise/fall from `shared`),
+//! waits for the first round (bounded by the probe timeouts) so it never answers from
+//! an unknown state, renders the answers ([`crate::zone`]) and only then opens its
+//! port ([`crate::server`]). Every keepalive result goes through [`Core`], which
+//! aggregates it per site ([`crate::site`]), re-runs selection ([`crate::select`])
+//! when a site changes and publishes a new snapshot. A timer task re-renders when a
+//! failback wait ends. Checkers, the timer and the fast-path table renders all run
+//! on one `TaskTracker` under one `CancellationToken`; [`Gss::shutdown`] cancels them
+//! and waits (bounded) for them and for the server's connections and UDP threads.
+//!
+//! A reload is [`Gss::prepare`] (everything that can fail: zone template, probes of
+//! changed sites) then [`Gss::commit`] (cannot fail; one snapshot swap).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use shared::admin::SiteOverride;
+use shared::config::{GssConfig, KeepaliveConfig, SiteConfig};
+use shared::events::EventLog;
+use shared::health::{spawn_checker, CheckResult, RiseFall};
+use shared::probe::{BuildError, Probe};
+use shared::status::SiteStatus;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{GssError, OverrideError};
+use crate::metrics::{KeepaliveMetrics, SiteMetrics};
+use crate::select::{self, HealthView};
+use crate::server::DnsServer;
+use crate::site::{Change, SiteState};
+use crate::snapshot::Snapshot;
+use crate::udp::UdpMode;
+use crate::zone::{render, ZoneTemplate};
+
+/// A checked gss config waiting to be committed (see [`Gss::prepare`]).
+pub struct Plan {
+    cfg: GssConfig,
+    tpl: Arc<ZoneTemplate>,
+    built: HashMap<String, Vec<Arc<dyn Probe>>>,
+}
+
+/// Builds the probe for a keepalive; the default uses `shared::probe::build`, tests
+/// pass their own.
+pub type ProbeFactory =
+    Arc<dyn Fn(&KeepaliveConfig) -> Result<Arc<dyn Probe>, BuildError> + Send + Sync>;
+
+/// The factory used by [`Gss::start`].
+pub fn default_probes() -> ProbeFactory {
+    Arc::new(|k: &KeepaliveConfig| shared::probe::build(&k.probe, k.address))
+}
+
+/// Extra wait beyond the slowest keepalive's first-round bound at cold start.
+const COLD_START_SLACK: Duration = Duration::from_millis(300);
+
+/// How long [`Gss::shutdown`] waits for the role's tasks, connections and threads.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+struct SiteTask {
+    cancel: CancellationToken,
+    /// Kept with the checkers so the site's gauge is registered once.
+    metrics: SiteMetrics,
+    generation: u64,
+}
+
+struct State {
+    tpl: Arc<ZoneTemplate>,
+    sites: Vec<SiteState>,
+    tasks: HashMap<String, SiteTask>,
+    generation: u64,
+    settled: bool,
+}
+
+/// The supervisor shared by checkers, the timer, the admin handler and [`Gss`]. The
+/// mutex holds the writer's state (site state machines, checker tasks); readers use
+/// the published [`Snapshot`].
+pub struct Core {
+    state: Mutex<State>,
+    snap: Arc<ArcSwap<Snapshot>>,
+    events: Arc<EventLog>,
+    probes: ProbeFactory,
+    wake: Notify,
+    reported: Notify,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view(st: &State) -> HealthView {
+        HealthView {
+            sites: st
+                .sites
+                .iter()
+                .map(|s| (s.name.clone(), s.view()))
+                .collect(),
+        }
+    }
+
+    /// Renders the zone for the current health and publishes one snapshot: a new
+    /// zone when the answers changed (or `force`), recording an event per name whose
+    /// answer moved, else the same zone under the new health view.
+    fn rerender(&self, st: &State, force: bool) {
+        // Health changed: the failback timer recomputes its deadline either way.
+        self.wake.notify_one();
+        let view = Core::view(st);
+        let current = self.snap.load_full();
+        let prev = &current.zone;
+        let next = render(st.tpl.clone(), &view, Instant::now(), Some(prev));
+        if next.signature == prev.signature && !force {
+            self.snap.store(Arc::new(current.with_view(view)));
+            return;
+        }
+        let mut changes: Vec<(String, String)> = Vec::new();
+        for (name, now) in &next.outcomes {
+            let before = prev
+                .outcomes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b);
+            for (i, s) in now.iter().enumerate() {
+                let was = before.and_then(|b| b.get(i));
+                if was == Some(s) {
+                    continue;
+                }
+                let what = if i == 0 {
+                    "answers".to_string()
+                } else {
+                    format!("answers for client rule #{i}")
+                };
+                let was = was.map(String::as_str).unwrap_or("nothing");
+                changes.push((name.clone(), format!("{what} now {s} (was {was})")));
+            }
+        }
+        let serial = next.serial;
+        let next = Arc::new(Snapshot::new(next, view));
+        self.snap.store(next.clone());
+        self.fill_table(next);
+        if st.settled {
+            for (name, msg) in changes {
+                self.events.record(name, format!("{msg}; serial {serial}"));
+            }
+        }
+    }
+
+    fn apply_change(&self, st: &State, site: &str, change: Change) {
+        let t0 = Instant::now();
+        self.rerender(st, false);
+        let switched = t0.elapsed();
+        if let Some(t) = st.tasks.get(site) {
+            t.metrics.set_up(change.up);
+        }
+        if let Some(d) = change.detection {
+            crate::metrics::failover_detection().record(d.as_secs_f64());
+        }
+        self.events.record(
+            site,
+            format!(
+                "{}; answers switched {:.1}ms later",
+                change.message,
+                switched.as_secs_f64() * 1000.0
+            ),
+        );
+    }
+
+    fn on_result(
+        &self,
+        site: &str,
+        generation: u64,
+        idx: usize,
+        r: &CheckResult,
+        counters: &KeepaliveMetrics,
+    ) {
+        counters.record(r.ok());
+        let mut st = self.lock();
+        if st.tasks.get(site).map(|t| t.generation) != Some(generation) {
+            return;
+        }
+        let settled = st.settled;
+        let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
+            return;
+        };
+        let before = s.view();
+        let change = s.observe(
+            idx,
+            r.ok(),
+            r.up,
+            r.error.as_ref().map(|e| e.to_string()),
+            Instant::now(),
+        );
+        if !settled {
+            if st.sites.iter().all(SiteState::reported) {
+                self.reported.notify_waiters();
+            }
+            return;
+        }
+        match change {
+            Some(c) => self.apply_change(&st, site, c),
+            None if st
+                .sites
+                .iter()
+                .any(|s| s.name == site && s.view() != before) =>
+            {
+                // Passing counts moved without a site change: same answers, new view.
+                let current = self.snap.load();
+                self.snap
+                    .store(Arc::new(current.with_view(Core::view(&st))));
+            }
+            None => {}
+        }
+    }
+
+    /// Starts the checkers of `cfg`'s keepalives, keeping verdicts from `state`.
+    fn spawn_site(self: &Arc<Self>, st: &mut State, cfg: &SiteConfig, probes: Vec<Arc<dyn Probe>>) {
+        st.generation += 1;
+        let generation = st.generation;
+        let cancel = self.cancel.child_token();
+        let known: Vec<Option<bool>> = st
+            .sites
+            .iter()
+            .find(|s| s.name == cfg.name)
+            .map(|s| s.keepalives.iter().map(|k| k.up).collect())
+            .unwrap_or_default();
+        for (idx, (k, probe)) in cfg.keepalives.iter().zip(probes).enumerate() {
+            let timing = k.probe.timing;
+            let machine =
+                RiseFall::with_state(timing.rise, timing.fall, known.get(idx).copied().flatten());
+            let core = Arc::downgrade(self);
+            let site = cfg.name.clone();
+            let counters = KeepaliveMetrics::new(&cfg.name, &k.name);
+            let checker = spawn_checker(probe, timing, machine, cancel.clone(), move |r| {
+                if let Some(core) = core.upgrade() {
+                    core.on_result(&site, generation, idx, r, &counters);
+                }
+            });
+            // `shared` spawns the checker; the tracker owns waiting for it.
+            self.tasks.spawn(async move {
+                if let Err(e) = checker.await {
+                    tracing::warn!(error = %e, "gss keepalive checker ended abnormally");
+                }
+            });
+        }
+        if let Some(old) = st.tasks.insert(
+            cfg.name.clone(),
+            SiteTask {
+                cancel,
+                metrics: SiteMetrics::new(&cfg.name),
+                generation,
+            },
+        ) {
+            old.cancel.cancel();
+        }
+    }
+
+    fn build_probes(&self, cfg: &SiteConfig) -> Result<Vec<Arc<dyn Probe>>, GssError> {
+        cfg.keepalives
+            .iter()
+            .map(|k| {
+                (self.probes)(k).map_err(|e| GssError::Probe {
+                    site: cfg.name.clone(),
+                    keepalive: k.name.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies an operator override.
+    pub fn set_override(
+        &self,
+        site: &str,
+        o: SiteOverride,
+        who: &str,
+    ) -> Result<(), OverrideError> {
+        let mut st = self.lock();
+        let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
+            return Err(OverrideError::UnknownSite(site.to_string()));
+        };
+        let (note, change) = s.set_override(o, Instant::now());
+        self.events.record(site, format!("{note} ({who})"));
+        match change {
+            Some(c) => self.apply_change(&st, site, c),
+            // `auto` may release a failback hold without a state change.
+            None => self.rerender(&st, false),
+        }
+        Ok(())
+    }
+
+    /// `show sites` lines.
+    pub fn show_sites(&self) -> Vec<String> {
+        let st = self.lock();
+        st.sites
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} {}/{} since {}",
+                    s.name,
+                    if s.up == Some(true) { "up" } else { "down" },
+                    s.forced.map(|o| o.as_str()).unwrap_or("-"),
+                    s.passing(),
+                    s.keepalives.len(),
+                    humantime::format_rfc3339_seconds(s.since)
+                )
+            })
+            .collect()
+    }
+
+    /// Site states for `/status`.
+    pub fn status(&self) -> Vec<SiteStatus> {
+        let st = self.lock();
+        st.sites
+            .iter()
+            .map(|s| SiteStatus {
+                name: s.name.clone(),
+                up: s.up == Some(true),
+                override_state: s.forced.map(|o| o.as_str().to_string()),
+            })
+            .collect()
+    }
+
+    /// What the gss serves now: zone, config and health view, published together.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.load_full()
+    }
+
+    /// Renders `snap`'s fast-path table off the caller's thread when there is a
+    /// runtime (the switch is already visible through the full path). A snapshot
+    /// replaced by another zone before its turn comes is skipped (flapping costs no
+    /// wasted renders).
+    fn fill_table(&self, snap: Arc<Snapshot>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            snap.fill_table();
+            return;
+        }
+        let current = self.snap.clone();
+        self.tasks.spawn_blocking(move || {
+            if current.load().same_table(&snap) {
+                snap.fill_table();
+            }
+        });
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let st = self.lock();
+        let view = Core::view(&st);
+        let now = Instant::now();
+        st.tpl
+            .cfg
+            .names
+            .iter()
+            .filter_map(|n| select::next_deadline(n, &view, now))
+            .min()
+    }
+}
+
+/// A running gss.
+pub struct Gss {
+    core: Arc<Core>,
+    server: tokio::sync::Mutex<Option<DnsServer>>,
+    addr: SocketAddr,
+}
+
+impl Gss {
+    /// Starts the gss with the real probes (`shared::probe::build`).
+    pub async fn start(cfg: &GssConfig, events: Arc<EventLog>) -> Result<Gss, GssError> {
+        Gss::start_with_probes(cfg, events, default_probes()).await
+    }
+
+    /// Starts the gss with `probes` building each keepalive's probe: checkers first,
+    /// then (after the first round, bounded) the DNS port.
+    pub async fn start_with_probes(
+        cfg: &GssConfig,
+        events: Arc<EventLog>,
+        probes: ProbeFactory,
+    ) -> Result<Gss, GssError> {
+        crate::metrics::describe();
+        let tpl = Arc::new(ZoneTemplate::new(cfg)?);
+        let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
+        let core = Arc::new(Core {
+            state: Mutex::new(State {
+                tpl,
+                sites: cfg.sites.iter().map(SiteState::new).collect(),
+                tasks: HashMap::new(),
+                generation: 0,
+                settled: false,
+            }),
+            snap: Arc::new(ArcSwap::from_pointee(Snapshot::new(
+                initial,
+                HealthView::default(),
+            ))),
+            events,
+            probes,
+            wake: Notify::new(),
+            reported: Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let mut built = Vec::with_capacity(cfg.sites.len());
+        for s in &cfg.sites {
+            built.push(core.build_probes(s)?);
+        }
+        {
+            let mut st = core.lock();
+            for (s, p) in cfg.sites.iter().zip(built) {
+                core.spawn_site(&mut st, s, p);
+            }
+        }
+        // Cold start: wait for every keepalive's first verdict, bounded by the first
+        // round's worst case (initial spread of interval/5, then the timeout).
+        let bound = cfg
+            .sites
+            .iter()
+            .flat_map(|s| s.keepalives.iter())
+            .map(|k| k.probe.timing.interval / 5 + k.probe.timing.timeout)
+            .max()
+            .unwrap_or_default()
+            + COLD_START_SLACK;
+        let deadline = Instant::now() + bound;
+        loop {
+            let notified = core.reported.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if core.lock().sites.iter().all(SiteState::reported) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!("gss: not every keepalive answered its first round in {bound:?}; treating the silent ones as failing");
+                break;
+            }
+        }
+        {
+            let mut st = core.lock();
+            let mut changes = Vec::new();
+            for s in st.sites.iter_mut() {
+                changes.push((s.name.clone(), s.settle()));
+            }
+            st.settled = true;
+            core.rerender(&st, true);
+            for (name, c) in changes {
+                if let Some(t) = st.tasks.get(&name) {
+                    t.metrics.set_up(c.up);
+                }
+                core.events.record(name, c.message);
+            }
+            for (name, summaries) in &core.snap.load().zone.outcomes {
+                core.events
+                    .record(name.clone(), format!("answers {} (initial)", summaries[0]));
+            }
+        }
+        let server = match DnsServer::bind(
+            cfg.listen,
+            core.snap.clone(),
+            UdpMode::default(),
+            core.cancel.clone(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                core.cancel.cancel();
+                return Err(e);
+            }
+        };
+        let addr = server.local_addr();
+        tracing::info!(%addr, zone = %cfg.zone, "gss serving");
+        core.tasks
+            .spawn(timer_loop(Arc::downgrade(&core), core.cancel.clone()));
+        Ok(Gss {
+            core,
+            server: tokio::sync::Mutex::new(Some(server)),
+            addr,
+        })
+    }
+
+    /// The address the DNS server listens on (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every site's effective state and override, for `/status`.
+    pub fn status(&self) -> Vec<SiteStatus> {
+        self.core.status()
+    }
+
+    /// The supervisor (for tests and in-process inspection).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Applies a new config: sites whose config is unchanged keep their checkers and
+    /// state; changed sites restart their checkers but keep overrides and the verdicts
+    /// of keepalives with the same name; names and records are re-rendered. A change
+    /// of `listen` needs a restart (logged).
+    pub async fn reload(&self, cfg: &GssConfig) -> Result<(), GssError> {
+        let plan = self.prepare(cfg)?;
+        self.commit(plan);
+        Ok(())
+    }
+
+    /// The fallible half of [`Gss::reload`] (zone template, probes of changed sites),
+    /// changing nothing, so the binary can check every role before touching any.
+    pub fn prepare(&self, cfg: &GssConfig) -> Result<Plan, GssError> {
+        let tpl = Arc::new(ZoneTemplate::new(cfg)?);
+        let old_sites: Vec<SiteConfig> = self.core.lock().tpl.cfg.sites.clone();
+        let mut built = HashMap::new();
+        for s in &cfg.sites {
+            if !old_sites.contains(s) {
+                built.insert(s.name.clone(), self.core.build_probes(s)?);
+            }
+        }
+        Ok(Plan {
+            cfg: cfg.clone(),
+            tpl,
+            built,
+        })
+    }
+
+    /// Puts a [`Gss::prepare`] result in service; cannot fail. Readers see the new
+    /// config, zone and health in one snapshot swap.
+    pub fn commit(&self, plan: Plan) {
+        let Plan {
+            cfg,
+            tpl,
+            mut built,
+        } = plan;
+        let cfg = &cfg;
+        let mut st = self.core.lock();
+        if cfg.listen != st.tpl.cfg.listen {
+            tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
+        }
+        let mut sites = Vec::with_capacity(cfg.sites.len());
+        for s in &cfg.sites {
+            let old = st.sites.iter().find(|o| o.name == s.name).cloned();
+            match (old, built.remove(&s.name)) {
+                (Some(old), None) => sites.push(old),
+                (old, Some(probes)) => {
+                    let mut fresh = SiteState::new(s);
+                    match &old {
+                        Some(o) => fresh.inherit(o),
+                        None => {
+                            // A new site starts from its first results, like a cold
+                            // start, but must not block serving: settle it now.
+                            fresh.settle();
+                        }
+                    }
+                    // spawn_site reads verdicts from st.sites by name.
+                    if let Some(slot) = st.sites.iter_mut().find(|o| o.name == s.name) {
+                        *slot = fresh.clone();
+                    } else {
+                        st.sites.push(fresh.clone());
+                    }
+                    self.core.spawn_site(&mut st, s, probes);
+                    sites.push(fresh);
+                }
+                (None, None) => sites.push(SiteState::new(s)),
+            }
+        }
+        for gone in st
+            .sites
+            .iter()
+            .filter(|o| !cfg.sites.iter().any(|s| s.name == o.name))
+            .map(|o| o.name.clone())
+            .collect::<Vec<_>>()
+        {
+            if let Some(t) = st.tasks.remove(&gone) {
+                t.cancel.cancel();
+            }
+            self.core.events.record(gone, "removed by reload");
+        }
+        st.sites = sites;
+        st.tpl = tpl;
+        self.core.rerender(&st, true);
+        drop(st);
+        self.core.events.record("gss", "config reloaded");
+    }
+
+    /// Stops the checkers, the timer and the DNS server, and waits (at most
+    /// [`SHUTDOWN_WAIT`]) for every task, connection and UDP thread to end.
+    pub async fn shutdown(&self) {
+        self.core.cancel.cancel();
+        self.core.tasks.close();
+        let server = self.server.lock().await.take();
+        let wait = async {
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
+            self.core.tasks.wait().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_WAIT, wait).await.is_err() {
+            tracing::warn!(
+                "gss: tasks still running {SHUTDOWN_WAIT:?} after shutdown; leaving them"
+            );
+        }
+    }
+}
+
+impl Drop for Gss {
+    fn drop(&mut self) {
+        self.core.cancel.cancel();
+    }
+}
+
+/// Re-renders when a failback wait ends (no health event marks that moment).
+async fn timer_loop(core: std::sync::Weak<Core>, cancel: CancellationToken) {
+    loop {
+        let Some(c) = core.upgrade() else { return };
+        let deadline = c
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let fired = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = c.wake.notified() => false,
+            _ = tokio::time::sleep_until(deadline) => true,
+        };
+        if fired {
+            let st = c.lock();
+            c.rerender(&st, false);
+        }
+    }
+}
