@@ -101,9 +101,82 @@ async fn connection(
         let mut out = Vec::with_capacity(resp.len() + 2);
         out.extend_from_slice(&rlen.to_be_bytes());
         out.extend_from_slice(&resp);
-        stream.write_all(&out).await?;
+        // A client that stops reading its answers is closed after IDLE too, or a
+        // few of them would hold every connection slot forever.
+        match tokio::time::timeout(IDLE, stream.write_all(&out)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        }
         if buf.capacity() > 4096 {
             buf = Vec::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::HealthView;
+    use std::path::Path;
+
+    const ZONE: &str = r#"
+[gss]
+listen = "127.0.0.1:5353"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+[[gss.site]]
+name = "dc1"
+keepalives = [ { kind = "tcp", address = "127.0.0.1:1" } ]
+[[gss.name]]
+name = "smtp"
+sites = ["dc1"]
+answers = { dc1 = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"] }
+"#;
+
+    /// A query for smtp.gslb.example.test A, framed for TCP.
+    fn framed_query(id: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in ["smtp", "gslb", "example", "test"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        framed
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_closed() {
+        let cfg = shared::config::parse(ZONE, Path::new("t.toml")).expect("config");
+        let zone = crate::zone::render_all_up(&cfg.gss.expect("gss")).expect("zone");
+        let snap = ArcSwap::from_pointee(Snapshot::new(zone, HealthView::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        sock.connect(&addr.into()).expect("connect");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut client = TcpStream::from_std(sock.into()).expect("tokio stream");
+        let (server, peer) = listener.accept().await.expect("accept");
+        // Pipelined queries, never reading an answer: the answers fill the client's
+        // receive buffer and then the server's send buffer.
+        let writer = tokio::spawn(async move {
+            let batch: Vec<u8> = (0..256u16).flat_map(framed_query).collect();
+            for _ in 0..2_000 {
+                if client.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let served = tokio::time::timeout(IDLE * 3, connection(server, peer, &snap)).await;
+        assert!(
+            served.is_ok(),
+            "the connection was still blocked writing to a client that reads nothing"
+        );
+        writer.abort();
     }
 }
