@@ -23,6 +23,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::supervisor::Tasks;
+use crate::sync::lock;
+
 use crate::balance::backend_key;
 use crate::outlier::Outlier;
 
@@ -162,7 +165,7 @@ pub struct Backend {
     pub(crate) outlier: Mutex<Outlier>,
     last_check: Mutex<LastCheck>,
     checker: Mutex<CheckerSlot>,
-    root: CancellationToken,
+    tasks: Tasks,
     events: Arc<EventLog>,
     pub(crate) metrics: BackendMetrics,
     /// L7 per-request counter handles, resolved on first use by the HTTP proxy.
@@ -183,14 +186,14 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// A backend in the unknown health state, admin `ready`, checker not started
-    /// (see [`Backend::start_checker`]). `root` is the parent of its checker's token.
+    /// (see [`Backend::start_checker`]). Its checker runs as a task of `tasks`.
     pub fn new(
         vip: &str,
         cfg: &BackendConfig,
         probe: Arc<dyn Probe>,
         probe_cfg: ProbeConfig,
         events: Arc<EventLog>,
-        root: CancellationToken,
+        tasks: Tasks,
     ) -> Arc<Backend> {
         let weight = cfg.weight.max(1);
         let metrics = BackendMetrics::new(vip, &cfg.name);
@@ -215,7 +218,7 @@ impl Backend {
                 probe_cfg,
                 cancel: None,
             }),
-            root,
+            tasks,
             events,
             metrics,
             http_counters: crate::http::BackendCounters::default(),
@@ -288,10 +291,7 @@ impl Backend {
 
     /// The last active check's outcome.
     pub fn last_check(&self) -> LastCheck {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.last_check).clone()
     }
 
     /// True while passively ejected.
@@ -387,7 +387,7 @@ impl Backend {
         }
         if state == AdminState::Ready {
             let now = Instant::now();
-            let mut o = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+            let mut o = lock(&self.outlier);
             if o.is_ejected(now) {
                 o.readmit(now);
                 self.set_ejected_until(None);
@@ -395,7 +395,7 @@ impl Backend {
         }
         if old == AdminState::Maint && state != AdminState::Maint {
             self.set_health(Health::Unknown);
-            *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = LastCheck::Pending;
+            *lock(&self.last_check) = LastCheck::Pending;
             self.start_checker(None);
         }
         if old != state {
@@ -412,15 +412,15 @@ impl Backend {
         if self.admin() == AdminState::Maint {
             return;
         }
-        let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.checker);
         if let Some(old) = slot.cancel.take() {
             old.cancel();
         }
-        let token = self.root.child_token();
+        let token = self.tasks.child_token();
         let timing = slot.probe_cfg.timing;
         let machine = RiseFall::with_state(timing.rise, timing.fall, keep);
         let weak: Weak<Backend> = Arc::downgrade(self);
-        spawn_checker(
+        let checker = spawn_checker(
             Arc::clone(&slot.probe),
             timing,
             machine,
@@ -431,12 +431,16 @@ impl Backend {
                 }
             },
         );
+        // Owned by the supervisor, so shutdown waits for the probe to stop.
+        self.tasks.spawn(async move {
+            let _ = checker.await;
+        });
         slot.cancel = Some(token);
     }
 
     /// Stops the active checker (maint, removal, shutdown).
     pub fn stop_checker(&self) {
-        let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.checker);
         if let Some(t) = slot.cancel.take() {
             t.cancel();
         }
@@ -444,11 +448,7 @@ impl Backend {
 
     /// The probe definition currently used.
     pub fn probe_config(&self) -> ProbeConfig {
-        self.checker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .probe_cfg
-            .clone()
+        lock(&self.checker).probe_cfg.clone()
     }
 
     /// Applies a reloaded config of the same backend (same name and address): weight
@@ -467,7 +467,7 @@ impl Backend {
         self.backup.store(cfg.backup, Ordering::Release);
         if let Some((probe, probe_cfg)) = probe {
             {
-                let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+                let mut slot = lock(&self.checker);
                 slot.probe = probe;
                 slot.probe_cfg = probe_cfg;
             }
@@ -491,7 +491,7 @@ impl Backend {
             return; // a round that finished as maint cancelled the checker
         }
         let reason = r.error.as_ref().map(|e| e.to_string());
-        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = match &reason {
+        *lock(&self.last_check) = match &reason {
             None => LastCheck::Ok,
             Some(e) => LastCheck::Fail(e.clone()),
         };
@@ -507,6 +507,11 @@ impl Backend {
             }
             None => {}
         }
+    }
+
+    /// The supervisor this backend's tasks belong to.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     pub(crate) fn record_event(&self, message: impl Into<String>) {

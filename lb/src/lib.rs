@@ -1,13 +1,14 @@
 //! The lb role: one listener per VIP, backend pools with health and admin state,
 //! selection algorithms, the L4 proxy and (later) the L7 proxy.
 //!
-//! [`Lb`] is the supervisor. It owns a root [`CancellationToken`]; every backend
-//! checker is a child of it and every listener a child of an "accepting" token, so
-//! `stop_accepting` closes the listeners and `shutdown` also stops the probes.
-//! Established connections belong to no token: they run to their end (or until the
-//! process exits after its drain timeout). The list of VIPs is an [`ArcSwap`]
-//! snapshot; each VIP's config + pool another, replaced whole by a reload and read
-//! lock-free by the accept loop.
+//! [`Lb`] is the supervisor. Its [`supervisor::Tasks`] owns every task it spawns
+//! (listeners, checkers, readmission timers, L7 connections) under one root token;
+//! every listener is also a child of an "accepting" token, so `stop_accepting`
+//! closes the listeners and `shutdown` stops the probes and waits for them. L4
+//! connections belong to no token: they run to their end (or until the process
+//! exits after its drain timeout). The list of VIPs is an [`ArcSwap`] snapshot; each
+//! VIP's config + pool another, replaced whole by a reload and read lock-free by the
+//! accept loops. See ARCHITECTURE.md for the module map.
 
 pub mod accept_proxy;
 pub mod access;
@@ -22,11 +23,14 @@ pub mod outlier;
 pub mod pool;
 pub mod refuse;
 pub mod splice;
+pub mod supervisor;
+mod sync;
 pub mod tcp;
 pub mod vip;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -38,6 +42,8 @@ use shared::probe::{BuildError, Probe};
 use shared::status::VipStatus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use supervisor::Tasks;
 
 pub use backend::{AdminState, Backend, Health, LastCheck, Lease};
 pub use error::{LbError, ProxyError, Side};
@@ -66,10 +72,35 @@ impl Default for LbOptions {
     }
 }
 
+/// How long [`Lb::shutdown`] waits for the tasks it owns once they are told to stop.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The running VIPs: each slot with, for an L7 VIP, the proxy serving it
+/// (`proxies[i]` serves `slots[i]`). Derefs to the slots, which is all most readers
+/// need.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    slots: Vec<Arc<VipSlot>>,
+    proxies: Vec<Option<Arc<http::HttpVip>>>,
+}
+
+impl Deref for Snapshot {
+    type Target = [Arc<VipSlot>];
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl Snapshot {
+    fn proxy(&self, vip: &str) -> Option<&Arc<http::HttpVip>> {
+        self.proxies.iter().flatten().find(|p| p.name() == vip)
+    }
+}
+
 pub(crate) struct Inner {
-    pub(crate) vips: ArcSwap<Vec<Arc<VipSlot>>>,
+    pub(crate) vips: ArcSwap<Snapshot>,
     pub(crate) events: Arc<EventLog>,
-    root: CancellationToken,
+    tasks: Tasks,
     accepting: CancellationToken,
     probes: ProbeFactory,
     reload_lock: tokio::sync::Mutex<()>,
@@ -106,22 +137,19 @@ type Reconfig = (
 
 /// Where a planned VIP listens.
 enum SlotPlan {
-    /// Same address and mode as a running VIP: keep its listener; an L7 VIP's
-    /// reloaded settings wait to be committed with the rest.
-    Reuse(
-        Arc<VipSlot>,
-        Option<(Arc<http::HttpVip>, Box<http::PreparedReload>)>,
-    ),
-    /// A freshly bound listener; L7 VIPs come with their proxy, whose hooks find
-    /// the slot through `cell` once it exists.
+    /// Same address and mode as a running VIP: keep its listener (and its proxy);
+    /// an L7 VIP's reloaded settings wait to be committed with the rest.
+    Reuse {
+        slot: Arc<VipSlot>,
+        proxy: Option<Arc<http::HttpVip>>,
+        reloaded: Option<Box<http::PreparedReload>>,
+    },
+    /// A freshly bound listener; L7 VIPs come with their proxy.
     New {
         listener: TcpListener,
-        http: Option<(Arc<http::HttpVip>, Arc<SlotCell>)>,
+        proxy: Option<Arc<http::HttpVip>>,
     },
 }
-
-/// Set once the slot of a new L7 VIP exists; weak so the slot ↔ proxy pair is no cycle.
-type SlotCell = std::sync::OnceLock<std::sync::Weak<VipSlot>>;
 
 /// What a prepared (not yet applied) reload of one VIP holds.
 struct Planned {
@@ -147,12 +175,12 @@ impl Lb {
         events: Arc<EventLog>,
         options: LbOptions,
     ) -> Result<Lb, LbError> {
-        let root = CancellationToken::new();
+        let tasks = Tasks::new();
         let inner = Arc::new(Inner {
-            vips: ArcSwap::from_pointee(Vec::new()),
+            vips: ArcSwap::from_pointee(Snapshot::default()),
             events,
-            accepting: root.child_token(),
-            root,
+            accepting: tasks.child_token(),
+            tasks,
             probes: options.probes,
             reload_lock: tokio::sync::Mutex::new(()),
             totals: Arc::new(Totals::default()),
@@ -214,24 +242,36 @@ impl Lb {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops listeners and probes, waits for the listeners to close and ends the L7
-    /// connections still open (the drain period is over when this is called).
+    /// Stops listeners and probes, ends the L7 connections still open (the drain
+    /// period is over when this is called) and waits, bounded, for every task the lb
+    /// owns to finish.
     pub async fn shutdown(&self) {
-        self.inner.root.cancel();
-        let slots = self.inner.vips.load_full();
-        for slot in slots.iter() {
-            let proxy = slot.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(proxy) = proxy {
-                proxy.abort_connections();
-            }
-            let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(t) = task {
-                let _ = t.await;
-            }
+        self.inner.tasks.token().cancel();
+        let snapshot = self.inner.vips.load_full();
+        for proxy in snapshot.proxies.iter().flatten() {
+            proxy.abort_connections();
+        }
+        for slot in snapshot.iter() {
             for b in slot.state.load().pool.backends() {
                 b.stop_checker();
             }
         }
+        if !self.inner.tasks.shutdown(SHUTDOWN_WAIT).await {
+            tracing::warn!(
+                tasks = self.inner.tasks.len(),
+                "lb tasks still running after {SHUTDOWN_WAIT:?}"
+            );
+        }
+    }
+
+    /// The tasks the lb owns (listeners, checkers, timers, L7 connections).
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// The L7 proxy of an `http`/`https` VIP (certificate reloads, tests).
+    pub fn http(&self, vip: &str) -> Option<Arc<http::HttpVip>> {
+        self.inner.vips.load().proxy(vip).cloned()
     }
 
     /// The address a VIP's listener is bound to (useful when it asked for port 0).
@@ -266,6 +306,7 @@ impl Lb {
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
         let mut kept_backends: HashSet<*const Backend> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
+        let mut proxies = Vec::with_capacity(plans.len());
         for plan in plans {
             for (b, bcfg, probe) in plan.reconfigure {
                 b.reconfigure(&bcfg, probe);
@@ -286,16 +327,20 @@ impl Lb {
                 plan.backends,
             ));
             let state = VipState::new(plan.cfg.clone(), pool);
-            let slot = match plan.slot {
-                SlotPlan::Reuse(slot, reloaded) => {
-                    if let Some((proxy, prepared)) = reloaded {
+            let (slot, proxy) = match plan.slot {
+                SlotPlan::Reuse {
+                    slot,
+                    proxy,
+                    reloaded,
+                } => {
+                    if let (Some(proxy), Some(prepared)) = (&proxy, reloaded) {
                         proxy.commit_reload(*prepared);
                     }
                     slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
-                    slot
+                    (slot, proxy)
                 }
-                SlotPlan::New { listener, http } => {
+                SlotPlan::New { listener, proxy } => {
                     let local = listener.local_addr().unwrap_or(plan.cfg.listen);
                     let slot = Arc::new(VipSlot::new(
                         state,
@@ -303,25 +348,26 @@ impl Lb {
                         inner.accepting.child_token(),
                         Arc::clone(&inner.totals),
                     ));
-                    let task = match http {
-                        None => tokio::spawn(tcp::accept_loop(listener, Arc::clone(&slot))),
-                        Some((proxy, cell)) => {
-                            let _ = cell.set(Arc::downgrade(&slot));
-                            *slot.http.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(Arc::clone(&proxy));
-                            proxy.spawn(listener, slot.cancel.clone())
-                        }
-                    };
-                    *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+                    match &proxy {
+                        None => inner
+                            .tasks
+                            .spawn(tcp::accept_loop(listener, Arc::clone(&slot))),
+                        Some(proxy) => inner.tasks.spawn(http::accept_loop(
+                            listener,
+                            Arc::clone(&slot),
+                            Arc::clone(proxy),
+                        )),
+                    }
                     if reload {
                         inner.events.record(
                             format!("vip {}", plan.cfg.name),
                             format!("listening on {local} (reload)"),
                         );
                     }
-                    slot
+                    (slot, proxy)
                 }
             };
+            proxies.push(proxy);
             slots.push(slot);
         }
         for old in old_slots.iter() {
@@ -335,40 +381,38 @@ impl Lb {
                 }
             }
         }
-        inner.vips.store(Arc::new(slots));
+        inner.vips.store(Arc::new(Snapshot { slots, proxies }));
         Ok(())
     }
 
-    async fn plan(&self, cfg: &VipConfig, old_slots: &[Arc<VipSlot>]) -> Result<Planned, LbError> {
+    async fn plan(&self, cfg: &VipConfig, old: &Snapshot) -> Result<Planned, LbError> {
         let inner = &self.inner;
-        let reuse = old_slots
+        let reuse = old
             .iter()
-            .find(|s| s.configured == cfg.listen && s.mode == cfg.mode)
-            .cloned();
-        let old_pool = old_slots
+            .position(|s| s.configured == cfg.listen && s.mode == cfg.mode);
+        let old_pool = old
             .iter()
             .map(|s| s.state.load_full())
             .find(|st| st.cfg.name == cfg.name)
             .map(|st| Arc::clone(&st.pool));
         let slot = match reuse {
-            Some(s) => {
-                let proxy = s.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let reloaded = match proxy {
-                    Some(proxy) => {
-                        let prepared = proxy.prepare_reload(cfg)?;
-                        Some((proxy, Box::new(prepared)))
-                    }
+            Some(i) => {
+                let proxy = old.proxies.get(i).cloned().flatten();
+                let reloaded = match &proxy {
+                    Some(proxy) => Some(Box::new(proxy.prepare_reload(cfg)?)),
                     None => None,
                 };
-                SlotPlan::Reuse(s, reloaded)
+                SlotPlan::Reuse {
+                    slot: Arc::clone(&old.slots[i]),
+                    proxy,
+                    reloaded,
+                }
             }
             None => {
-                let http = match cfg.mode {
+                let proxy = match cfg.mode {
                     VipMode::Tcp => None,
                     VipMode::Http | VipMode::Https => {
-                        let cell = Arc::new(SlotCell::new());
-                        let proxy = http::HttpVip::new(cfg, l7_hooks(cfg, &cell))?;
-                        Some((proxy, cell))
+                        Some(http::HttpVip::new(cfg, inner.tasks.clone())?)
                     }
                 };
                 let listener =
@@ -379,7 +423,7 @@ impl Lb {
                             addr: cfg.listen,
                             source,
                         })?;
-                SlotPlan::New { listener, http }
+                SlotPlan::New { listener, proxy }
             }
         };
         let build = |b: &shared::config::BackendConfig| {
@@ -415,7 +459,7 @@ impl Lb {
                         build(bcfg)?,
                         cfg.probe.clone(),
                         Arc::clone(&inner.events),
-                        inner.root.child_token(),
+                        inner.tasks.clone(),
                     );
                     fresh.push(Arc::clone(&b));
                     backends.push(b);
@@ -432,37 +476,8 @@ impl Lb {
     }
 }
 
-/// The L7 proxy's view of its VIP: the slot's current pool (an empty one until the
-/// slot exists) and admission through the same [`vip::ConnGuard`] limits as L4.
-fn l7_hooks(cfg: &VipConfig, cell: &Arc<SlotCell>) -> http::Hooks {
-    let empty = Arc::new(Pool::new(
-        &cfg.name,
-        cfg.balance,
-        cfg.ejection.clone(),
-        Vec::new(),
-    ));
-    let pool_cell = Arc::clone(cell);
-    let admit_cell = Arc::clone(cell);
-    http::Hooks {
-        pool: Arc::new(move || {
-            pool_cell
-                .get()
-                .and_then(|w| w.upgrade())
-                .map(|s| Arc::clone(&s.state.load().pool))
-                .unwrap_or_else(|| Arc::clone(&empty))
-        }),
-        admit: Some(Arc::new(move |ip| {
-            let slot = admit_cell.get()?.upgrade()?;
-            let state = slot.state.load();
-            vip::ConnGuard::admit(&slot, ip, &state.cfg)
-                .ok()
-                .map(|g| Box::new(g) as http::Admitted)
-        })),
-    }
-}
-
 impl Drop for Lb {
     fn drop(&mut self) {
-        self.inner.root.cancel();
+        self.inner.tasks.token().cancel();
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Lease};
 use crate::balance::{self, Candidate, SmoothWrr};
 use crate::outlier::FailureOutcome;
+use crate::sync::lock;
 
 /// The backends of one VIP and how to choose among them.
 pub struct Pool {
@@ -122,11 +123,7 @@ impl Pool {
     pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<Lease> {
         let candidates = self.candidates(exclude);
         let index = match self.balance {
-            Balance::RoundRobin => self
-                .wrr
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pick(&candidates),
+            Balance::RoundRobin => lock(&self.wrr).pick(&candidates),
             Balance::LeastConn => {
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
                 balance::least_conn(&candidates, turn)
@@ -140,12 +137,7 @@ impl Pool {
     /// A connection or request to the lease's backend succeeded.
     pub fn report_success(&self, lease: &Lease) {
         lease.backend().metrics.connections.increment(1);
-        let mut o = lease
-            .backend()
-            .outlier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        o.record_success();
+        lock(&lease.backend().outlier).record_success();
     }
 
     /// A connection or request to the lease's backend failed (connect refused or timed
@@ -159,7 +151,7 @@ impl Pool {
             .filter(|b| !Arc::ptr_eq(b, backend) && b.is_ejected())
             .count();
         let outcome = {
-            let mut o = backend.outlier.lock().unwrap_or_else(|p| p.into_inner());
+            let mut o = lock(&backend.outlier);
             let outcome =
                 o.record_failure(&self.ejection, now, others_ejected, self.backends.len());
             if let FailureOutcome::Ejected(_) = outcome {
@@ -201,15 +193,17 @@ fn humantime_short(d: std::time::Duration) -> String {
 /// Records `readmitted` when the ejection ends (ejection itself needs no timer: the
 /// deadline is checked on every pick).
 fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
-    handle.spawn(async move {
-        tokio::time::sleep_until(until).await;
-        let still = {
-            let o = backend.outlier.lock().unwrap_or_else(|p| p.into_inner());
-            o.is_ejected(Instant::now())
-        };
+    }
+    let tasks = backend.tasks().clone();
+    let stop = tasks.child_token();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(until) => {}
+        }
+        let still = lock(&backend.outlier).is_ejected(Instant::now());
         if !still && !backend.is_ejected() {
             backend.record_event("readmitted after ejection");
         }
@@ -220,11 +214,11 @@ fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
 mod tests {
     use super::*;
     use crate::backend::AdminState;
+    use crate::supervisor::Tasks;
     use shared::config::{BackendConfig, ProbeConfig, ProbeKind};
     use shared::events::EventLog;
     use shared::probe::{Probe, ProbeFuture};
     use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
 
     struct Never;
     impl Probe for Never {
@@ -251,7 +245,7 @@ mod tests {
                     Arc::new(Never),
                     ProbeConfig::new(ProbeKind::Tcp),
                     events.clone(),
-                    CancellationToken::new(),
+                    Tasks::new(),
                 )
             })
             .collect();
