@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
 use shared::config::{BackendConfig, ProbeConfig};
 use shared::events::EventLog;
 use shared::health::{spawn_checker, CheckResult, RiseFall, Transition};
@@ -27,7 +26,8 @@ use crate::supervisor::Tasks;
 use crate::sync::lock;
 
 use crate::balance::backend_key;
-use crate::outlier::Outlier;
+use crate::metrics::BackendMetrics;
+use crate::outlier::Record;
 
 /// Active-check health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,38 +99,6 @@ impl std::fmt::Display for LastCheck {
     }
 }
 
-/// Metric handles resolved once per backend so the hot path does no label lookups.
-pub(crate) struct BackendMetrics {
-    pub active: Gauge,
-    pub connections: Counter,
-    pub bytes_to_backend: Counter,
-    pub bytes_to_client: Counter,
-    pub connect_failures: Counter,
-    pub ejections: Counter,
-    pub up: Gauge,
-    pub probe_duration: Histogram,
-    pub probe_ok: Counter,
-    pub probe_fail: Counter,
-}
-
-impl BackendMetrics {
-    fn new(vip: &str, backend: &str) -> Self {
-        let (v, b) = (vip.to_string(), backend.to_string());
-        BackendMetrics {
-            active: metrics::gauge!(crate::metrics::CONNECTIONS_ACTIVE, "vip" => v.clone(), "backend" => b.clone()),
-            connections: metrics::counter!(crate::metrics::CONNECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            bytes_to_backend: metrics::counter!(crate::metrics::BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_backend"),
-            bytes_to_client: metrics::counter!(crate::metrics::BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_client"),
-            connect_failures: metrics::counter!(crate::metrics::CONNECT_FAILURES_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            ejections: metrics::counter!(crate::metrics::EJECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            up: metrics::gauge!(crate::metrics::BACKEND_UP, "vip" => v.clone(), "backend" => b.clone()),
-            probe_duration: metrics::histogram!(crate::metrics::PROBE_DURATION, "vip" => v.clone(), "backend" => b.clone()),
-            probe_ok: metrics::counter!(crate::metrics::PROBE_RESULTS, "vip" => v.clone(), "backend" => b.clone(), "result" => "ok"),
-            probe_fail: metrics::counter!(crate::metrics::PROBE_RESULTS, "vip" => v, "backend" => b, "result" => "fail"),
-        }
-    }
-}
-
 struct CheckerSlot {
     probe: Arc<dyn Probe>,
     probe_cfg: ProbeConfig,
@@ -162,14 +130,13 @@ pub struct Backend {
     drained: Notify,
     /// Nanoseconds since [`epoch`] until which the backend is ejected (0: never).
     ejected_until: AtomicU64,
-    pub(crate) outlier: Mutex<Outlier>,
+    /// Passive-ejection record (the pool reports to it).
+    pub(crate) outlier: Record,
     last_check: Mutex<LastCheck>,
     checker: Mutex<CheckerSlot>,
     tasks: Tasks,
     events: Arc<EventLog>,
     pub(crate) metrics: BackendMetrics,
-    /// L7 per-request counter handles, resolved on first use by the HTTP proxy.
-    pub(crate) http_counters: crate::http::BackendCounters,
 }
 
 impl std::fmt::Debug for Backend {
@@ -211,7 +178,7 @@ impl Backend {
             active: AtomicU64::new(0),
             drained: Notify::new(),
             ejected_until: AtomicU64::new(0),
-            outlier: Mutex::new(Outlier::new()),
+            outlier: Record::default(),
             last_check: Mutex::new(LastCheck::Pending),
             checker: Mutex::new(CheckerSlot {
                 probe,
@@ -221,7 +188,6 @@ impl Backend {
             tasks,
             events,
             metrics,
-            http_counters: crate::http::BackendCounters::default(),
         })
     }
 
@@ -386,10 +352,7 @@ impl Backend {
             self.stop_checker();
         }
         if state == AdminState::Ready {
-            let now = Instant::now();
-            let mut o = lock(&self.outlier);
-            if o.is_ejected(now) {
-                o.readmit(now);
+            if self.outlier.readmit(Instant::now()) {
                 self.set_ejected_until(None);
             }
         }

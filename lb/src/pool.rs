@@ -137,7 +137,7 @@ impl Pool {
     /// A connection or request to the lease's backend succeeded.
     pub fn report_success(&self, lease: &Lease) {
         lease.backend().metrics.connections.increment(1);
-        lock(&lease.backend().outlier).record_success();
+        lease.backend().outlier.success();
     }
 
     /// A connection or request to the lease's backend failed (connect refused or timed
@@ -150,15 +150,13 @@ impl Pool {
             .iter()
             .filter(|b| !Arc::ptr_eq(b, backend) && b.is_ejected())
             .count();
-        let outcome = {
-            let mut o = lock(&backend.outlier);
-            let outcome =
-                o.record_failure(&self.ejection, now, others_ejected, self.backends.len());
-            if let FailureOutcome::Ejected(_) = outcome {
-                backend.set_ejected_until(o.ejected_until(now));
-            }
-            outcome
-        };
+        let (outcome, until) =
+            backend
+                .outlier
+                .failure(&self.ejection, now, others_ejected, self.backends.len());
+        if let FailureOutcome::Ejected(_) = outcome {
+            backend.set_ejected_until(until);
+        }
         match outcome {
             FailureOutcome::Ejected(time) => {
                 backend.metrics.ejections.increment(1);
@@ -203,7 +201,7 @@ fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(until) => {}
         }
-        let still = lock(&backend.outlier).is_ejected(Instant::now());
+        let still = backend.outlier.is_ejected(Instant::now());
         if !still && !backend.is_ejected() {
             backend.record_event("readmitted after ejection");
         }

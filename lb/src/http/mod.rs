@@ -53,6 +53,7 @@ use shared::config::{HttpVipConfig, VipConfig, VipMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
+use crate::metrics::LazyCounter;
 use crate::supervisor::Tasks;
 
 pub use errors::{BodyStalled, ProxyError, Side};
@@ -96,33 +97,6 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Backend error kinds of `portico_http_backend_errors_total`, in index order.
 const KINDS: [&str; 4] = ["connect", "not_sent", "backend", "timeout"];
 
-/// A counter handle resolved on first use and kept: the `metrics::counter!` macro
-/// hashes and compares every label on each call, too much for a per-request path.
-/// Resolving lazily keeps the exported series exactly as before (a series appears
-/// when it first counts).
-#[derive(Default)]
-struct LazyCounter(OnceLock<metrics::Counter>);
-
-impl LazyCounter {
-    fn increment(&self, make: impl FnOnce() -> metrics::Counter) {
-        self.0.get_or_init(make).increment(1);
-    }
-}
-
-/// The L7 counters of one backend (kept in [`Backend`], so a reload that replaces
-/// the pool starts fresh handles with it).
-#[derive(Default)]
-pub struct BackendCounters {
-    responses: [LazyCounter; 5],
-    errors: [LazyCounter; 4],
-}
-
-impl std::fmt::Debug for BackendCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendCounters").finish_non_exhaustive()
-    }
-}
-
 /// The L7 counters of one VIP.
 #[derive(Default)]
 struct VipCounters {
@@ -158,7 +132,7 @@ impl HttpVip {
     fn count_backend_response(&self, backend: &Backend, class: usize) {
         let label = CLASSES[class];
         if backend.vip() == self.name {
-            backend.http_counters.responses[class].increment(|| {
+            backend.metrics.http.responses[class].increment(|| {
                 metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "class" => label)
             });
         } else {
@@ -179,7 +153,7 @@ impl HttpVip {
         &self,
         client: std::net::SocketAddr,
         status: http::StatusCode,
-        since: std::time::Instant,
+        since: tokio::time::Instant,
     ) {
         tracing::info!(
             target: crate::access::TARGET,
@@ -204,7 +178,7 @@ impl HttpVip {
     fn count_backend_error(&self, backend: &Backend, kind: &'static str) {
         match KINDS.iter().position(|k| *k == kind) {
             Some(i) if backend.vip() == self.name => {
-                backend.http_counters.errors[i].increment(|| {
+                backend.metrics.http.errors[i].increment(|| {
                     metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => kind)
                 });
             }

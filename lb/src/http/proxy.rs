@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION, EXPECT, HOST, SET_COOKIE, TRAILER};
 use http::request::Parts;
@@ -255,7 +257,7 @@ impl Uploading {
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<BodyStalled> {
         if !self.waiting {
             self.waiting = true;
-            let at = (Instant::now() + self.body_timeout).into();
+            let at = Instant::now() + self.body_timeout;
             match &mut self.stall {
                 Some(s) => s.as_mut().reset(at),
                 None => self.stall = Some(Box::pin(tokio::time::sleep_until(at))),

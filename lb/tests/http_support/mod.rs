@@ -153,7 +153,9 @@ pub async fn dead_addr() -> SocketAddr {
     a
 }
 
-/// The config of VIP `web` in `mode` over `backends`, plus extra TOML keys.
+/// The config of VIP `web` in `mode` over `backends`, plus extra TOML keys. Its
+/// probe rounds are an hour apart, so an inert probe never times out within a test
+/// (even on the paused clock) and leaves every backend in rotation.
 pub fn vip_config(mode: &str, backends: &[(&str, SocketAddr)], extra: &str) -> VipConfig {
     let list = backends
         .iter()
@@ -161,7 +163,7 @@ pub fn vip_config(mode: &str, backends: &[(&str, SocketAddr)], extra: &str) -> V
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "[[vip]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"{mode}\"\nbackends = [{list}]\nprobe = {{ kind = \"http\", path = \"/\" }}\n{extra}\n"
+        "[[vip]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"{mode}\"\nbackends = [{list}]\nprobe = {{ kind = \"http\", path = \"/\", interval = \"1h\", timeout = \"30m\" }}\n{extra}\n"
     );
     match shared::config::parse(&text, Path::new("test.toml")) {
         Ok(mut c) => c.vips.remove(0),
