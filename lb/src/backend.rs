@@ -351,10 +351,8 @@ impl Backend {
         if state == AdminState::Maint && old != AdminState::Maint {
             self.stop_checker();
         }
-        if state == AdminState::Ready {
-            if self.outlier.readmit(Instant::now()) {
-                self.set_ejected_until(None);
-            }
+        if state == AdminState::Ready && self.outlier.readmit(Instant::now()) {
+            self.set_ejected_until(None);
         }
         if old == AdminState::Maint && state != AdminState::Maint {
             self.set_health(Health::Unknown);
