@@ -15,6 +15,7 @@ pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod balance;
+mod checker;
 pub mod copy;
 pub mod error;
 pub mod http;
@@ -43,6 +44,7 @@ use shared::status::VipStatus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use checker::Checker;
 use supervisor::Tasks;
 
 pub use backend::{AdminState, Backend, Health, LastCheck, Lease};
@@ -82,6 +84,8 @@ const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) struct Snapshot {
     slots: Vec<Arc<VipSlot>>,
     proxies: Vec<Option<Arc<http::HttpVip>>>,
+    /// One checker per backend of every pool.
+    checkers: Vec<Arc<Checker>>,
 }
 
 impl Deref for Snapshot {
@@ -128,12 +132,8 @@ pub struct Lb {
     inner: Arc<Inner>,
 }
 
-/// A reused backend, its new config and, if its probe changed, the new probe.
-type Reconfig = (
-    Arc<Backend>,
-    shared::config::BackendConfig,
-    Option<(Arc<dyn Probe>, ProbeConfig)>,
-);
+/// A probe built for a backend, with its definition.
+type NewProbe = (Arc<dyn Probe>, ProbeConfig);
 
 /// Where a planned VIP listens.
 enum SlotPlan {
@@ -157,9 +157,12 @@ struct Planned {
     /// Reused slot, or a new listener to start.
     slot: SlotPlan,
     backends: Vec<Arc<Backend>>,
-    /// Reused backends with their new config and, if the probe changed, new probe.
-    reconfigure: Vec<Reconfig>,
-    fresh: Vec<Arc<Backend>>,
+    /// Reused backends with their new config.
+    reconfigure: Vec<(Arc<Backend>, shared::config::BackendConfig)>,
+    /// Checkers of reused backends, with the new probe when it changed.
+    checkers: Vec<(Arc<Checker>, Option<NewProbe>)>,
+    /// New backends and their probes.
+    fresh: Vec<(Arc<Backend>, NewProbe)>,
 }
 
 impl Lb {
@@ -251,11 +254,6 @@ impl Lb {
         for proxy in snapshot.proxies.iter().flatten() {
             proxy.abort_connections();
         }
-        for slot in snapshot.iter() {
-            for b in slot.state.load().pool.backends() {
-                b.stop_checker();
-            }
-        }
         if !self.inner.tasks.shutdown(SHUTDOWN_WAIT).await {
             tracing::warn!(
                 tasks = self.inner.tasks.len(),
@@ -304,27 +302,33 @@ impl Lb {
 
         // Phase 2: apply.
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
-        let mut kept_backends: HashSet<*const Backend> = HashSet::new();
+        let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
         let mut proxies = Vec::with_capacity(plans.len());
+        let mut checkers = Vec::new();
         for plan in plans {
-            for (b, bcfg, probe) in plan.reconfigure {
-                b.reconfigure(&bcfg, probe);
+            for (b, bcfg) in plan.reconfigure {
+                b.reconfigure(&bcfg);
             }
-            for b in &plan.fresh {
-                b.start_checker(None);
+            for (c, probe) in plan.checkers {
+                if let Some((probe, probe_cfg)) = probe {
+                    c.set_probe(probe, probe_cfg);
+                }
+                kept_checkers.insert(Arc::as_ptr(&c));
+                checkers.push(c);
+            }
+            for (b, (probe, probe_cfg)) in plan.fresh {
                 if reload {
                     b.record_event("added by reload");
                 }
-            }
-            for b in &plan.backends {
-                kept_backends.insert(Arc::as_ptr(b));
+                checkers.push(Checker::start(b, probe, probe_cfg, &inner.tasks));
             }
             let pool = Arc::new(Pool::new(
                 &plan.cfg.name,
                 plan.cfg.balance,
                 plan.cfg.ejection.clone(),
                 plan.backends,
+                inner.tasks.clone(),
             ));
             let state = VipState::new(plan.cfg.clone(), pool);
             let (slot, proxy) = match plan.slot {
@@ -374,14 +378,19 @@ impl Lb {
             if !kept_slots.contains(&Arc::as_ptr(old)) {
                 old.cancel.cancel();
             }
-            for b in old.state.load().pool.backends() {
-                if !kept_backends.contains(&Arc::as_ptr(b)) {
-                    b.stop_checker();
-                    b.record_event("removed by reload; established connections continue");
-                }
+        }
+        for c in old_slots.checkers.iter() {
+            if !kept_checkers.contains(&Arc::as_ptr(c)) {
+                c.stop();
+                c.backend()
+                    .record_event("removed by reload; established connections continue");
             }
         }
-        inner.vips.store(Arc::new(Snapshot { slots, proxies }));
+        inner.vips.store(Arc::new(Snapshot {
+            slots,
+            proxies,
+            checkers,
+        }));
         Ok(())
     }
 
@@ -435,6 +444,7 @@ impl Lb {
         };
         let mut backends = Vec::with_capacity(cfg.backends.len());
         let mut reconfigure = Vec::new();
+        let mut checkers = Vec::new();
         let mut fresh = Vec::new();
         for bcfg in &cfg.backends {
             let existing = old_pool
@@ -444,24 +454,25 @@ impl Lb {
                 .cloned();
             match existing {
                 Some(b) => {
-                    let probe = if b.probe_config() != cfg.probe {
-                        Some((build(bcfg)?, cfg.probe.clone()))
-                    } else {
-                        None
-                    };
-                    reconfigure.push((Arc::clone(&b), bcfg.clone(), probe));
+                    // Every pooled backend has its checker in the snapshot.
+                    let checker = old.checkers.iter().find(|c| Arc::ptr_eq(c.backend(), &b));
+                    match checker {
+                        Some(c) => {
+                            let probe = if c.probe_config() != cfg.probe {
+                                Some((build(bcfg)?, cfg.probe.clone()))
+                            } else {
+                                None
+                            };
+                            checkers.push((Arc::clone(c), probe));
+                        }
+                        None => fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone()))),
+                    }
+                    reconfigure.push((Arc::clone(&b), bcfg.clone()));
                     backends.push(b);
                 }
                 None => {
-                    let b = Backend::new(
-                        &cfg.name,
-                        bcfg,
-                        build(bcfg)?,
-                        cfg.probe.clone(),
-                        Arc::clone(&inner.events),
-                        inner.tasks.clone(),
-                    );
-                    fresh.push(Arc::clone(&b));
+                    let b = Backend::new(&cfg.name, bcfg, Arc::clone(&inner.events));
+                    fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone())));
                     backends.push(b);
                 }
             }
@@ -471,6 +482,7 @@ impl Lb {
             slot,
             backends,
             reconfigure,
+            checkers,
             fresh,
         })
     }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Lease};
 use crate::balance::{self, Candidate, SmoothWrr};
 use crate::outlier::FailureOutcome;
+use crate::supervisor::Tasks;
 use crate::sync::lock;
 
 /// The backends of one VIP and how to choose among them.
@@ -32,6 +33,8 @@ pub struct Pool {
     backends: Vec<Arc<Backend>>,
     wrr: Mutex<SmoothWrr>,
     turn: AtomicUsize,
+    /// Owner of the readmission timers.
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Pool {
@@ -51,6 +54,7 @@ impl Pool {
         balance: Balance,
         ejection: EjectionConfig,
         backends: Vec<Arc<Backend>>,
+        tasks: Tasks,
     ) -> Pool {
         let n = backends.len();
         Pool {
@@ -60,6 +64,7 @@ impl Pool {
             backends,
             wrr: Mutex::new(SmoothWrr::new(n)),
             turn: AtomicUsize::new(0),
+            tasks,
         }
     }
 
@@ -165,7 +170,7 @@ impl Pool {
                     humantime_short(time),
                     self.ejection.consecutive_failures
                 ));
-                schedule_readmit_event(Arc::clone(backend), now + time);
+                schedule_readmit_event(&self.tasks, Arc::clone(backend), now + time);
             }
             FailureOutcome::CapReached => {
                 tracing::warn!(
@@ -190,11 +195,10 @@ fn humantime_short(d: std::time::Duration) -> String {
 
 /// Records `readmitted` when the ejection ends (ejection itself needs no timer: the
 /// deadline is checked on every pick).
-fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
+fn schedule_readmit_event(tasks: &Tasks, backend: Arc<Backend>, until: Instant) {
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }
-    let tasks = backend.tasks().clone();
     let stop = tasks.child_token();
     tasks.spawn(async move {
         tokio::select! {
@@ -212,18 +216,9 @@ fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
 mod tests {
     use super::*;
     use crate::backend::AdminState;
-    use crate::supervisor::Tasks;
-    use shared::config::{BackendConfig, ProbeConfig, ProbeKind};
+    use shared::config::BackendConfig;
     use shared::events::EventLog;
-    use shared::probe::{Probe, ProbeFuture};
     use std::time::Duration;
-
-    struct Never;
-    impl Probe for Never {
-        fn check(&self) -> ProbeFuture<'_> {
-            Box::pin(std::future::pending())
-        }
-    }
 
     fn pool(balance: Balance, specs: &[(&str, u32, bool)]) -> Pool {
         let events = Arc::new(EventLog::default());
@@ -237,14 +232,7 @@ mod tests {
                     weight: *weight,
                     backup: *backup,
                 };
-                Backend::new(
-                    "v",
-                    &cfg,
-                    Arc::new(Never),
-                    ProbeConfig::new(ProbeKind::Tcp),
-                    events.clone(),
-                    Tasks::new(),
-                )
+                Backend::new("v", &cfg, events.clone())
             })
             .collect();
         Pool::new(
@@ -258,6 +246,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
             },
             backends,
+            Tasks::new(),
         )
     }
 
