@@ -107,7 +107,7 @@ pub(crate) struct Inner {
     tasks: Tasks,
     accepting: CancellationToken,
     probes: ProbeFactory,
-    reload_lock: tokio::sync::Mutex<()>,
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
 }
 
@@ -151,6 +151,15 @@ enum SlotPlan {
     },
 }
 
+/// A prepared reload of the whole lb (see [`Lb::prepare`]): everything fallible is
+/// done; [`Lb::commit`] cannot fail.
+pub struct Plan {
+    planned: Vec<Planned>,
+    /// The snapshot the plan was made against (the reload lock keeps it current).
+    old: Arc<Snapshot>,
+    _serial: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// What a prepared (not yet applied) reload of one VIP holds.
 struct Planned {
     cfg: VipConfig,
@@ -185,11 +194,12 @@ impl Lb {
             accepting: tasks.child_token(),
             tasks,
             probes: options.probes,
-            reload_lock: tokio::sync::Mutex::new(()),
+            reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
         });
         let lb = Lb { inner };
-        lb.apply(vips, false).await?;
+        let plan = lb.prepare(vips).await?;
+        lb.commit_with(plan, false);
         Ok(lb)
     }
 
@@ -213,9 +223,34 @@ impl Lb {
     /// backends (same VIP, name and address) keep health, admin state, weight set by the
     /// operator (unless the config's weight changed) and active counts; established
     /// connections continue; listeners whose address and mode are unchanged stay bound.
-    /// On error nothing has changed.
+    /// On error nothing has changed. [`Lb::prepare`] then [`Lb::commit`].
     pub async fn reload(&self, vips: &[VipConfig]) -> Result<(), LbError> {
-        self.apply(vips, true).await
+        let plan = self.prepare(vips).await?;
+        self.commit(plan);
+        Ok(())
+    }
+
+    /// The fallible half of a reload: binds new listeners, loads certificates and
+    /// builds probes, changing nothing that serves. Reloads are serialized: the
+    /// returned plan holds the reload lock until it is committed or dropped (dropping
+    /// it abandons the reload; listeners bound for it close).
+    pub async fn prepare(&self, vips: &[VipConfig]) -> Result<Plan, LbError> {
+        let serial = Arc::clone(&self.inner.reload_lock).lock_owned().await;
+        let old = self.inner.vips.load_full();
+        let mut planned = Vec::with_capacity(vips.len());
+        for cfg in vips {
+            planned.push(self.plan(cfg, &old).await?);
+        }
+        Ok(Plan {
+            planned,
+            old,
+            _serial: serial,
+        })
+    }
+
+    /// The infallible half of a reload: puts a [`Lb::prepare`] result in service.
+    pub fn commit(&self, plan: Plan) {
+        self.commit_with(plan, true);
     }
 
     /// Closes every listener; established connections continue.
@@ -289,18 +324,13 @@ impl Lb {
         self.inner.backend(vip, backend)
     }
 
-    async fn apply(&self, vips: &[VipConfig], reload: bool) -> Result<(), LbError> {
+    fn commit_with(&self, plan: Plan, reload: bool) {
         let inner = &self.inner;
-        let _serial = inner.reload_lock.lock().await;
-        let old_slots = inner.vips.load_full();
-
-        // Phase 1: everything that can fail (binds, probe builds), changing nothing.
-        let mut plans = Vec::with_capacity(vips.len());
-        for cfg in vips {
-            plans.push(self.plan(cfg, &old_slots).await?);
-        }
-
-        // Phase 2: apply.
+        let Plan {
+            planned: plans,
+            old: old_slots,
+            _serial,
+        } = plan;
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
         let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
@@ -391,7 +421,6 @@ impl Lb {
             proxies,
             checkers,
         }));
-        Ok(())
     }
 
     async fn plan(&self, cfg: &VipConfig, old: &Snapshot) -> Result<Planned, LbError> {
