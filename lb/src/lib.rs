@@ -96,8 +96,14 @@ impl Deref for Snapshot {
 }
 
 impl Snapshot {
+    /// The proxy serving the slot of `vip` (by the slot's current config: a reload
+    /// may rename a VIP whose listener it keeps).
     fn proxy(&self, vip: &str) -> Option<&Arc<http::HttpVip>> {
-        self.proxies.iter().flatten().find(|p| p.name() == vip)
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.state.load().cfg.name == vip)?;
+        self.proxies.get(i)?.as_ref()
     }
 }
 
