@@ -77,10 +77,10 @@ impl App {
         }
     }
 
-    /// Applies a validated config to the roles, all or nothing: the gss's fallible
-    /// part first (its zone and probes checked, or a new gss started and bound), then
-    /// the lb (which itself changes nothing unless every VIP can be applied), then
-    /// the gss change is committed; a failure anywhere leaves both roles as they were.
+    /// Applies a validated config to the roles, all or nothing: every role's fallible
+    /// part first (the gss's zone and probes checked, or a new gss started and bound;
+    /// the lb's binds, certificates and probes), then both commits, which cannot
+    /// fail; a failure anywhere leaves both roles as they were.
     async fn apply(&self, new: Config) -> Result<(), String> {
         let old = self.config.load_full();
         if old.admin != new.admin || old.http != new.http {
@@ -100,12 +100,17 @@ impl App {
             (Some(g), None) => GssChange::Stop(g),
             (None, None) => GssChange::None,
         };
-        if let Err(e) = self.lb.reload(&new.vips).await {
-            if let GssChange::Start(g) = gss_change {
-                g.shutdown().await;
+        let lb_plan = match self.lb.prepare(&new.vips).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                if let GssChange::Start(g) = gss_change {
+                    g.shutdown().await;
+                }
+                return Err(e.to_string());
             }
-            return Err(e.to_string());
-        }
+        };
+        // Both roles are prepared: from here nothing can fail.
+        self.lb.commit(lb_plan);
         match gss_change {
             GssChange::Reload(g, plan) => g.commit(*plan),
             GssChange::Start(g) => self.gss.store(Some(g)),

@@ -14,7 +14,7 @@
 //! `bytes` (response body bytes relayed; `aborted` when the client left first).
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
 
@@ -30,7 +30,7 @@ pub fn connection(
     vip: &str,
     client: SocketAddr,
     backend: &str,
-    started: Instant,
+    started: impl Into<Instant>,
     bytes: (u64, u64),
     end: &str,
 ) {
@@ -41,7 +41,7 @@ pub fn connection(
         backend,
         to_backend = bytes.0,
         to_client = bytes.1,
-        duration_ms = ms(started),
+        duration_ms = ms(started.into()),
         end,
         "connection"
     );

@@ -3,7 +3,10 @@
 //! first probe, which counts as in rotation so a fresh start serves at once), the last
 //! check's reason, the operator's admin state (`ready`/`drain`/`maint`), a weight
 //! settable at run time, active connections (with a [`Notify`] for `wait drained`)
-//! and passive-ejection state.
+//! and passive-ejection state. The checker that probes it ([`crate::checker`]), its
+//! outlier record's rules ([`crate::outlier`]) and its metric handles
+//! ([`crate::metrics`]) are pieces of their own; this module imports none of the
+//! proxies.
 //!
 //! Everything the hot path reads is an atomic; locks are only taken on probe results,
 //! admin commands and connect failures. A [`Lease`] counts one active connection or
@@ -11,20 +14,19 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
-use shared::config::{BackendConfig, ProbeConfig};
+use shared::config::BackendConfig;
 use shared::events::EventLog;
-use shared::health::{spawn_checker, CheckResult, RiseFall, Transition};
-use shared::probe::Probe;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use crate::sync::lock;
 
 use crate::balance::backend_key;
-use crate::outlier::Outlier;
+use crate::metrics::BackendMetrics;
+use crate::outlier::Record;
 
 /// Active-check health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,46 +98,6 @@ impl std::fmt::Display for LastCheck {
     }
 }
 
-/// Metric handles resolved once per backend so the hot path does no label lookups.
-pub(crate) struct BackendMetrics {
-    pub active: Gauge,
-    pub connections: Counter,
-    pub bytes_to_backend: Counter,
-    pub bytes_to_client: Counter,
-    pub connect_failures: Counter,
-    pub greeting_failures: Counter,
-    pub ejections: Counter,
-    pub up: Gauge,
-    pub probe_duration: Histogram,
-    pub probe_ok: Counter,
-    pub probe_fail: Counter,
-}
-
-impl BackendMetrics {
-    fn new(vip: &str, backend: &str) -> Self {
-        let (v, b) = (vip.to_string(), backend.to_string());
-        BackendMetrics {
-            active: metrics::gauge!(crate::metrics::CONNECTIONS_ACTIVE, "vip" => v.clone(), "backend" => b.clone()),
-            connections: metrics::counter!(crate::metrics::CONNECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            bytes_to_backend: metrics::counter!(crate::metrics::BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_backend"),
-            bytes_to_client: metrics::counter!(crate::metrics::BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_client"),
-            connect_failures: metrics::counter!(crate::metrics::CONNECT_FAILURES_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            greeting_failures: metrics::counter!(crate::metrics::GREETING_FAILURES_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            ejections: metrics::counter!(crate::metrics::EJECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
-            up: metrics::gauge!(crate::metrics::BACKEND_UP, "vip" => v.clone(), "backend" => b.clone()),
-            probe_duration: metrics::histogram!(crate::metrics::PROBE_DURATION, "vip" => v.clone(), "backend" => b.clone()),
-            probe_ok: metrics::counter!(crate::metrics::PROBE_RESULTS, "vip" => v.clone(), "backend" => b.clone(), "result" => "ok"),
-            probe_fail: metrics::counter!(crate::metrics::PROBE_RESULTS, "vip" => v, "backend" => b, "result" => "fail"),
-        }
-    }
-}
-
-struct CheckerSlot {
-    probe: Arc<dyn Probe>,
-    probe_cfg: ProbeConfig,
-    cancel: Option<CancellationToken>,
-}
-
 /// Process-wide origin for the atomic ejection deadline.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -161,14 +123,14 @@ pub struct Backend {
     drained: Notify,
     /// Nanoseconds since [`epoch`] until which the backend is ejected (0: never).
     ejected_until: AtomicU64,
-    pub(crate) outlier: Mutex<Outlier>,
+    /// Passive-ejection record (the pool reports to it).
+    pub(crate) outlier: Record,
     last_check: Mutex<LastCheck>,
-    checker: Mutex<CheckerSlot>,
-    root: CancellationToken,
+    /// Counts moves into and out of `maint`, for the checker (which pauses in
+    /// `maint` and starts over after it).
+    maint_tx: watch::Sender<u64>,
     events: Arc<EventLog>,
     pub(crate) metrics: BackendMetrics,
-    /// L7 per-request counter handles, resolved on first use by the HTTP proxy.
-    pub(crate) http_counters: crate::http::BackendCounters,
 }
 
 impl std::fmt::Debug for Backend {
@@ -184,16 +146,9 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// A backend in the unknown health state, admin `ready`, checker not started
-    /// (see [`Backend::start_checker`]). `root` is the parent of its checker's token.
-    pub fn new(
-        vip: &str,
-        cfg: &BackendConfig,
-        probe: Arc<dyn Probe>,
-        probe_cfg: ProbeConfig,
-        events: Arc<EventLog>,
-        root: CancellationToken,
-    ) -> Arc<Backend> {
+    /// A backend in the unknown health state, admin `ready`. Nothing probes it until
+    /// a [`crate::checker::Checker`] is started for it.
+    pub fn new(vip: &str, cfg: &BackendConfig, events: Arc<EventLog>) -> Arc<Backend> {
         let weight = cfg.weight.max(1);
         let metrics = BackendMetrics::new(vip, &cfg.name);
         metrics.up.set(0.0);
@@ -210,17 +165,11 @@ impl Backend {
             active: AtomicU64::new(0),
             drained: Notify::new(),
             ejected_until: AtomicU64::new(0),
-            outlier: Mutex::new(Outlier::new()),
+            outlier: Record::default(),
             last_check: Mutex::new(LastCheck::Pending),
-            checker: Mutex::new(CheckerSlot {
-                probe,
-                probe_cfg,
-                cancel: None,
-            }),
-            root,
+            maint_tx: watch::Sender::new(0),
             events,
             metrics,
-            http_counters: crate::http::BackendCounters::default(),
         })
     }
 
@@ -268,7 +217,7 @@ impl Backend {
         }
     }
 
-    fn set_health(&self, h: Health) {
+    pub(crate) fn set_health(&self, h: Health) {
         let v = match h {
             Health::Unknown => 0,
             Health::Up => 1,
@@ -290,10 +239,7 @@ impl Backend {
 
     /// The last active check's outcome.
     pub fn last_check(&self) -> LastCheck {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.last_check).clone()
     }
 
     /// True while passively ejected.
@@ -380,25 +326,19 @@ impl Backend {
         Ok(())
     }
 
-    /// Changes the admin state; `maint` stops the checker, leaving `maint` restarts it
-    /// from the unknown state, `ready` also ends a passive ejection.
-    pub fn set_admin(self: &Arc<Self>, state: AdminState, who: &str) {
+    /// Changes the admin state; `maint` pauses the checker, leaving `maint` restarts
+    /// it from the unknown state, `ready` also ends a passive ejection.
+    pub fn set_admin(&self, state: AdminState, who: &str) {
         let old = AdminState::from_u8(self.admin.swap(state.to_u8(), Ordering::AcqRel));
-        if state == AdminState::Maint && old != AdminState::Maint {
-            self.stop_checker();
-        }
-        if state == AdminState::Ready {
-            let now = Instant::now();
-            let mut o = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
-            if o.is_ejected(now) {
-                o.readmit(now);
-                self.set_ejected_until(None);
-            }
+        if state == AdminState::Ready && self.outlier.readmit(Instant::now()) {
+            self.set_ejected_until(None);
         }
         if old == AdminState::Maint && state != AdminState::Maint {
             self.set_health(Health::Unknown);
-            *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = LastCheck::Pending;
-            self.start_checker(None);
+            *lock(&self.last_check) = LastCheck::Pending;
+        }
+        if (old == AdminState::Maint) != (state == AdminState::Maint) {
+            self.maint_tx.send_modify(|n| *n += 1);
         }
         if old != state {
             self.events
@@ -408,107 +348,25 @@ impl Backend {
         }
     }
 
-    /// Starts (or restarts) the active checker, unless in `maint`. `keep` carries a
-    /// known health state over (reload), so a restarted checker does not flap it.
-    pub fn start_checker(self: &Arc<Self>, keep: Option<bool>) {
-        if self.admin() == AdminState::Maint {
-            return;
-        }
-        let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = slot.cancel.take() {
-            old.cancel();
-        }
-        let token = self.root.child_token();
-        let timing = slot.probe_cfg.timing;
-        let machine = RiseFall::with_state(timing.rise, timing.fall, keep);
-        let weak: Weak<Backend> = Arc::downgrade(self);
-        spawn_checker(
-            Arc::clone(&slot.probe),
-            timing,
-            machine,
-            token.clone(),
-            move |r| {
-                if let Some(b) = weak.upgrade() {
-                    b.on_check(r);
-                }
-            },
-        );
-        slot.cancel = Some(token);
-    }
-
-    /// Stops the active checker (maint, removal, shutdown).
-    pub fn stop_checker(&self) {
-        let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = slot.cancel.take() {
-            t.cancel();
-        }
-    }
-
-    /// The probe definition currently used.
-    pub fn probe_config(&self) -> ProbeConfig {
-        self.checker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .probe_cfg
-            .clone()
-    }
-
     /// Applies a reloaded config of the same backend (same name and address): weight
     /// (only when the config's weight changed, so an operator's `set weight` survives
-    /// an unrelated reload), backup flag and, when the probe changed, a restarted
-    /// checker that keeps the current health.
-    pub(crate) fn reconfigure(
-        self: &Arc<Self>,
-        cfg: &BackendConfig,
-        probe: Option<(Arc<dyn Probe>, ProbeConfig)>,
-    ) {
+    /// an unrelated reload) and backup flag. A changed probe is the checker's business.
+    pub(crate) fn reconfigure(&self, cfg: &BackendConfig) {
         let w = cfg.weight.max(1);
         if self.config_weight.swap(w, Ordering::AcqRel) != w {
             self.weight.store(w, Ordering::Release);
         }
         self.backup.store(cfg.backup, Ordering::Release);
-        if let Some((probe, probe_cfg)) = probe {
-            {
-                let mut slot = self.checker.lock().unwrap_or_else(|p| p.into_inner());
-                slot.probe = probe;
-                slot.probe_cfg = probe_cfg;
-            }
-            let keep = match self.health() {
-                Health::Up => Some(true),
-                Health::Down => Some(false),
-                Health::Unknown => None,
-            };
-            self.start_checker(keep);
-        }
     }
 
-    fn on_check(&self, r: &CheckResult) {
-        self.metrics.probe_duration.record(r.latency.as_secs_f64());
-        if r.ok() {
-            self.metrics.probe_ok.increment(1);
-        } else {
-            self.metrics.probe_fail.increment(1);
-        }
-        if self.admin() == AdminState::Maint {
-            return; // a round that finished as maint cancelled the checker
-        }
-        let reason = r.error.as_ref().map(|e| e.to_string());
-        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = match &reason {
-            None => LastCheck::Ok,
-            Some(e) => LastCheck::Fail(e.clone()),
-        };
-        match r.transition {
-            Some(Transition::Up) => {
-                self.set_health(Health::Up);
-                self.events.record(self.id(), "up");
-            }
-            Some(Transition::Down) => {
-                self.set_health(Health::Down);
-                let why = reason.unwrap_or_else(|| "probe failed".to_string());
-                self.events.record(self.id(), format!("down: {why}"));
-            }
-            None => {}
-        }
+    /// Moves into and out of `maint`, for the checker.
+    pub(crate) fn watch_maint(&self) -> watch::Receiver<u64> {
+        self.maint_tx.subscribe()
+    }
+
+    /// Records the last active check's outcome.
+    pub(crate) fn set_last_check(&self, check: LastCheck) {
+        *lock(&self.last_check) = check;
     }
 
     pub(crate) fn record_event(&self, message: impl Into<String>) {

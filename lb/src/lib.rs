@@ -1,19 +1,21 @@
 //! The lb role: one listener per VIP, backend pools with health and admin state,
 //! selection algorithms, the L4 proxy and (later) the L7 proxy.
 //!
-//! [`Lb`] is the supervisor. It owns a root [`CancellationToken`]; every backend
-//! checker is a child of it and every listener a child of an "accepting" token, so
-//! `stop_accepting` closes the listeners and `shutdown` also stops the probes.
-//! Established connections belong to no token: they run to their end (or until the
-//! process exits after its drain timeout). The list of VIPs is an [`ArcSwap`]
-//! snapshot; each VIP's config + pool another, replaced whole by a reload and read
-//! lock-free by the accept loop.
+//! [`Lb`] is the supervisor. Its [`supervisor::Tasks`] owns every task it spawns
+//! (listeners, checkers, readmission timers, L7 connections) under one root token;
+//! every listener is also a child of an "accepting" token, so `stop_accepting`
+//! closes the listeners and `shutdown` stops the probes and waits for them. L4
+//! connections belong to no token: they run to their end (or until the process
+//! exits after its drain timeout). The list of VIPs is an [`ArcSwap`] snapshot; each
+//! VIP's config + pool another, replaced whole by a reload and read lock-free by the
+//! accept loops. See ARCHITECTURE.md for the module map.
 
 pub mod accept_proxy;
 pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod balance;
+mod checker;
 pub mod copy;
 pub mod error;
 pub mod greeting;
@@ -23,11 +25,14 @@ pub mod outlier;
 pub mod pool;
 pub mod refuse;
 pub mod splice;
+pub mod supervisor;
+mod sync;
 pub mod tcp;
 pub mod vip;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -39,6 +44,9 @@ use shared::probe::{BuildError, Probe};
 use shared::status::VipStatus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use checker::Checker;
+use supervisor::Tasks;
 
 pub use backend::{AdminState, Backend, Health, LastCheck, Lease};
 pub use error::{LbError, ProxyError, Side};
@@ -67,13 +75,46 @@ impl Default for LbOptions {
     }
 }
 
+/// How long [`Lb::shutdown`] waits for the tasks it owns once they are told to stop.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The running VIPs: each slot with, for an L7 VIP, the proxy serving it
+/// (`proxies[i]` serves `slots[i]`). Derefs to the slots, which is all most readers
+/// need.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    slots: Vec<Arc<VipSlot>>,
+    proxies: Vec<Option<Arc<http::HttpVip>>>,
+    /// One checker per backend of every pool.
+    checkers: Vec<Arc<Checker>>,
+}
+
+impl Deref for Snapshot {
+    type Target = [Arc<VipSlot>];
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl Snapshot {
+    /// The proxy serving the slot of `vip` (by the slot's current config: a reload
+    /// may rename a VIP whose listener it keeps).
+    fn proxy(&self, vip: &str) -> Option<&Arc<http::HttpVip>> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.state.load().cfg.name == vip)?;
+        self.proxies.get(i)?.as_ref()
+    }
+}
+
 pub(crate) struct Inner {
-    pub(crate) vips: ArcSwap<Vec<Arc<VipSlot>>>,
+    pub(crate) vips: ArcSwap<Snapshot>,
     pub(crate) events: Arc<EventLog>,
-    root: CancellationToken,
+    tasks: Tasks,
     accepting: CancellationToken,
     probes: ProbeFactory,
-    reload_lock: tokio::sync::Mutex<()>,
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
 }
 
@@ -98,31 +139,33 @@ pub struct Lb {
     inner: Arc<Inner>,
 }
 
-/// A reused backend, its new config and, if its probe changed, the new probe.
-type Reconfig = (
-    Arc<Backend>,
-    shared::config::BackendConfig,
-    Option<(Arc<dyn Probe>, ProbeConfig)>,
-);
+/// A probe built for a backend, with its definition.
+type NewProbe = (Arc<dyn Probe>, ProbeConfig);
 
 /// Where a planned VIP listens.
 enum SlotPlan {
-    /// Same address and mode as a running VIP: keep its listener; an L7 VIP's
-    /// reloaded settings wait to be committed with the rest.
-    Reuse(
-        Arc<VipSlot>,
-        Option<(Arc<http::HttpVip>, Box<http::PreparedReload>)>,
-    ),
-    /// A freshly bound listener; L7 VIPs come with their proxy, whose hooks find
-    /// the slot through `cell` once it exists.
+    /// Same address and mode as a running VIP: keep its listener (and its proxy);
+    /// an L7 VIP's reloaded settings wait to be committed with the rest.
+    Reuse {
+        slot: Arc<VipSlot>,
+        proxy: Option<Arc<http::HttpVip>>,
+        reloaded: Option<Box<http::PreparedReload>>,
+    },
+    /// A freshly bound listener; L7 VIPs come with their proxy.
     New {
         listener: TcpListener,
-        http: Option<(Arc<http::HttpVip>, Arc<SlotCell>)>,
+        proxy: Option<Arc<http::HttpVip>>,
     },
 }
 
-/// Set once the slot of a new L7 VIP exists; weak so the slot ↔ proxy pair is no cycle.
-type SlotCell = std::sync::OnceLock<std::sync::Weak<VipSlot>>;
+/// A prepared reload of the whole lb (see [`Lb::prepare`]): everything fallible is
+/// done; [`Lb::commit`] cannot fail.
+pub struct Plan {
+    planned: Vec<Planned>,
+    /// The snapshot the plan was made against (the reload lock keeps it current).
+    old: Arc<Snapshot>,
+    _serial: tokio::sync::OwnedMutexGuard<()>,
+}
 
 /// What a prepared (not yet applied) reload of one VIP holds.
 struct Planned {
@@ -130,9 +173,12 @@ struct Planned {
     /// Reused slot, or a new listener to start.
     slot: SlotPlan,
     backends: Vec<Arc<Backend>>,
-    /// Reused backends with their new config and, if the probe changed, new probe.
-    reconfigure: Vec<Reconfig>,
-    fresh: Vec<Arc<Backend>>,
+    /// Reused backends with their new config.
+    reconfigure: Vec<(Arc<Backend>, shared::config::BackendConfig)>,
+    /// Checkers of reused backends, with the new probe when it changed.
+    checkers: Vec<(Arc<Checker>, Option<NewProbe>)>,
+    /// New backends and their probes.
+    fresh: Vec<(Arc<Backend>, NewProbe)>,
 }
 
 impl Lb {
@@ -148,18 +194,19 @@ impl Lb {
         events: Arc<EventLog>,
         options: LbOptions,
     ) -> Result<Lb, LbError> {
-        let root = CancellationToken::new();
+        let tasks = Tasks::new();
         let inner = Arc::new(Inner {
-            vips: ArcSwap::from_pointee(Vec::new()),
+            vips: ArcSwap::from_pointee(Snapshot::default()),
             events,
-            accepting: root.child_token(),
-            root,
+            accepting: tasks.child_token(),
+            tasks,
             probes: options.probes,
-            reload_lock: tokio::sync::Mutex::new(()),
+            reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
         });
         let lb = Lb { inner };
-        lb.apply(vips, false).await?;
+        let plan = lb.prepare(vips).await?;
+        lb.commit_with(plan, false);
         Ok(lb)
     }
 
@@ -183,9 +230,34 @@ impl Lb {
     /// backends (same VIP, name and address) keep health, admin state, weight set by the
     /// operator (unless the config's weight changed) and active counts; established
     /// connections continue; listeners whose address and mode are unchanged stay bound.
-    /// On error nothing has changed.
+    /// On error nothing has changed. [`Lb::prepare`] then [`Lb::commit`].
     pub async fn reload(&self, vips: &[VipConfig]) -> Result<(), LbError> {
-        self.apply(vips, true).await
+        let plan = self.prepare(vips).await?;
+        self.commit(plan);
+        Ok(())
+    }
+
+    /// The fallible half of a reload: binds new listeners, loads certificates and
+    /// builds probes, changing nothing that serves. Reloads are serialized: the
+    /// returned plan holds the reload lock until it is committed or dropped (dropping
+    /// it abandons the reload; listeners bound for it close).
+    pub async fn prepare(&self, vips: &[VipConfig]) -> Result<Plan, LbError> {
+        let serial = Arc::clone(&self.inner.reload_lock).lock_owned().await;
+        let old = self.inner.vips.load_full();
+        let mut planned = Vec::with_capacity(vips.len());
+        for cfg in vips {
+            planned.push(self.plan(cfg, &old).await?);
+        }
+        Ok(Plan {
+            planned,
+            old,
+            _serial: serial,
+        })
+    }
+
+    /// The infallible half of a reload: puts a [`Lb::prepare`] result in service.
+    pub fn commit(&self, plan: Plan) {
+        self.commit_with(plan, true);
     }
 
     /// Closes every listener; established connections continue.
@@ -215,24 +287,31 @@ impl Lb {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops listeners and probes, waits for the listeners to close and ends the L7
-    /// connections still open (the drain period is over when this is called).
+    /// Stops listeners and probes, ends the L7 connections still open (the drain
+    /// period is over when this is called) and waits, bounded, for every task the lb
+    /// owns to finish.
     pub async fn shutdown(&self) {
-        self.inner.root.cancel();
-        let slots = self.inner.vips.load_full();
-        for slot in slots.iter() {
-            let proxy = slot.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(proxy) = proxy {
-                proxy.abort_connections();
-            }
-            let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(t) = task {
-                let _ = t.await;
-            }
-            for b in slot.state.load().pool.backends() {
-                b.stop_checker();
-            }
+        self.inner.tasks.token().cancel();
+        let snapshot = self.inner.vips.load_full();
+        for proxy in snapshot.proxies.iter().flatten() {
+            proxy.abort_connections();
         }
+        if !self.inner.tasks.shutdown(SHUTDOWN_WAIT).await {
+            tracing::warn!(
+                tasks = self.inner.tasks.len(),
+                "lb tasks still running after {SHUTDOWN_WAIT:?}"
+            );
+        }
+    }
+
+    /// The tasks the lb owns (listeners, checkers, timers, L7 connections).
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// The L7 proxy of an `http`/`https` VIP (certificate reloads, tests).
+    pub fn http(&self, vip: &str) -> Option<Arc<http::HttpVip>> {
+        self.inner.vips.load().proxy(vip).cloned()
     }
 
     /// The address a VIP's listener is bound to (useful when it asked for port 0).
@@ -252,51 +331,57 @@ impl Lb {
         self.inner.backend(vip, backend)
     }
 
-    async fn apply(&self, vips: &[VipConfig], reload: bool) -> Result<(), LbError> {
+    fn commit_with(&self, plan: Plan, reload: bool) {
         let inner = &self.inner;
-        let _serial = inner.reload_lock.lock().await;
-        let old_slots = inner.vips.load_full();
-
-        // Phase 1: everything that can fail (binds, probe builds), changing nothing.
-        let mut plans = Vec::with_capacity(vips.len());
-        for cfg in vips {
-            plans.push(self.plan(cfg, &old_slots).await?);
-        }
-
-        // Phase 2: apply.
+        let Plan {
+            planned: plans,
+            old: old_slots,
+            _serial,
+        } = plan;
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
-        let mut kept_backends: HashSet<*const Backend> = HashSet::new();
+        let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
+        let mut proxies = Vec::with_capacity(plans.len());
+        let mut checkers = Vec::new();
         for plan in plans {
-            for (b, bcfg, probe) in plan.reconfigure {
-                b.reconfigure(&bcfg, probe);
+            for (b, bcfg) in plan.reconfigure {
+                b.reconfigure(&bcfg);
             }
-            for b in &plan.fresh {
-                b.start_checker(None);
+            for (c, probe) in plan.checkers {
+                if let Some((probe, probe_cfg)) = probe {
+                    c.set_probe(probe, probe_cfg);
+                }
+                kept_checkers.insert(Arc::as_ptr(&c));
+                checkers.push(c);
+            }
+            for (b, (probe, probe_cfg)) in plan.fresh {
                 if reload {
                     b.record_event("added by reload");
                 }
-            }
-            for b in &plan.backends {
-                kept_backends.insert(Arc::as_ptr(b));
+                checkers.push(Checker::start(b, probe, probe_cfg, &inner.tasks));
             }
             let pool = Arc::new(Pool::new(
                 &plan.cfg.name,
                 plan.cfg.balance,
                 plan.cfg.ejection.clone(),
                 plan.backends,
+                inner.tasks.clone(),
             ));
             let state = VipState::new(plan.cfg.clone(), pool);
-            let slot = match plan.slot {
-                SlotPlan::Reuse(slot, reloaded) => {
-                    if let Some((proxy, prepared)) = reloaded {
+            let (slot, proxy) = match plan.slot {
+                SlotPlan::Reuse {
+                    slot,
+                    proxy,
+                    reloaded,
+                } => {
+                    if let (Some(proxy), Some(prepared)) = (&proxy, reloaded) {
                         proxy.commit_reload(*prepared);
                     }
                     slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
-                    slot
+                    (slot, proxy)
                 }
-                SlotPlan::New { listener, http } => {
+                SlotPlan::New { listener, proxy } => {
                     let local = listener.local_addr().unwrap_or(plan.cfg.listen);
                     let slot = Arc::new(VipSlot::new(
                         state,
@@ -304,72 +389,75 @@ impl Lb {
                         inner.accepting.child_token(),
                         Arc::clone(&inner.totals),
                     ));
-                    let task = match http {
-                        None => tokio::spawn(tcp::accept_loop(listener, Arc::clone(&slot))),
-                        Some((proxy, cell)) => {
-                            let _ = cell.set(Arc::downgrade(&slot));
-                            *slot.http.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(Arc::clone(&proxy));
-                            proxy.spawn(listener, slot.cancel.clone())
-                        }
-                    };
-                    *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+                    match &proxy {
+                        None => inner
+                            .tasks
+                            .spawn(tcp::accept_loop(listener, Arc::clone(&slot))),
+                        Some(proxy) => inner.tasks.spawn(http::accept_loop(
+                            listener,
+                            Arc::clone(&slot),
+                            Arc::clone(proxy),
+                        )),
+                    }
                     if reload {
                         inner.events.record(
                             format!("vip {}", plan.cfg.name),
                             format!("listening on {local} (reload)"),
                         );
                     }
-                    slot
+                    (slot, proxy)
                 }
             };
+            proxies.push(proxy);
             slots.push(slot);
         }
         for old in old_slots.iter() {
             if !kept_slots.contains(&Arc::as_ptr(old)) {
                 old.cancel.cancel();
             }
-            for b in old.state.load().pool.backends() {
-                if !kept_backends.contains(&Arc::as_ptr(b)) {
-                    b.stop_checker();
-                    b.record_event("removed by reload; established connections continue");
-                }
+        }
+        for c in old_slots.checkers.iter() {
+            if !kept_checkers.contains(&Arc::as_ptr(c)) {
+                c.stop();
+                c.backend()
+                    .record_event("removed by reload; established connections continue");
             }
         }
-        inner.vips.store(Arc::new(slots));
-        Ok(())
+        inner.vips.store(Arc::new(Snapshot {
+            slots,
+            proxies,
+            checkers,
+        }));
     }
 
-    async fn plan(&self, cfg: &VipConfig, old_slots: &[Arc<VipSlot>]) -> Result<Planned, LbError> {
+    async fn plan(&self, cfg: &VipConfig, old: &Snapshot) -> Result<Planned, LbError> {
         let inner = &self.inner;
-        let reuse = old_slots
+        let reuse = old
             .iter()
-            .find(|s| s.configured == cfg.listen && s.mode == cfg.mode)
-            .cloned();
-        let old_pool = old_slots
+            .position(|s| s.configured == cfg.listen && s.mode == cfg.mode);
+        let old_pool = old
             .iter()
             .map(|s| s.state.load_full())
             .find(|st| st.cfg.name == cfg.name)
             .map(|st| Arc::clone(&st.pool));
         let slot = match reuse {
-            Some(s) => {
-                let proxy = s.http.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let reloaded = match proxy {
-                    Some(proxy) => {
-                        let prepared = proxy.prepare_reload(cfg)?;
-                        Some((proxy, Box::new(prepared)))
-                    }
+            Some(i) => {
+                let proxy = old.proxies.get(i).cloned().flatten();
+                let reloaded = match &proxy {
+                    Some(proxy) => Some(Box::new(proxy.prepare_reload(cfg)?)),
                     None => None,
                 };
-                SlotPlan::Reuse(s, reloaded)
+                SlotPlan::Reuse {
+                    slot: Arc::clone(&old.slots[i]),
+                    proxy,
+                    reloaded,
+                }
             }
             None => {
-                let http = match cfg.mode {
+                let proxy = match cfg.mode {
                     VipMode::Tcp => None,
                     VipMode::Http | VipMode::Https => {
-                        let cell = Arc::new(SlotCell::new());
-                        let proxy = http::HttpVip::new(cfg, l7_hooks(cfg, &cell))?;
-                        Some((proxy, cell))
+                        Some(http::HttpVip::new(cfg, inner.tasks.clone())?)
                     }
                 };
                 let listener =
@@ -380,7 +468,7 @@ impl Lb {
                             addr: cfg.listen,
                             source,
                         })?;
-                SlotPlan::New { listener, http }
+                SlotPlan::New { listener, proxy }
             }
         };
         let build = |b: &shared::config::BackendConfig| {
@@ -392,6 +480,7 @@ impl Lb {
         };
         let mut backends = Vec::with_capacity(cfg.backends.len());
         let mut reconfigure = Vec::new();
+        let mut checkers = Vec::new();
         let mut fresh = Vec::new();
         for bcfg in &cfg.backends {
             let existing = old_pool
@@ -401,24 +490,25 @@ impl Lb {
                 .cloned();
             match existing {
                 Some(b) => {
-                    let probe = if b.probe_config() != cfg.probe {
-                        Some((build(bcfg)?, cfg.probe.clone()))
-                    } else {
-                        None
-                    };
-                    reconfigure.push((Arc::clone(&b), bcfg.clone(), probe));
+                    // Every pooled backend has its checker in the snapshot.
+                    let checker = old.checkers.iter().find(|c| Arc::ptr_eq(c.backend(), &b));
+                    match checker {
+                        Some(c) => {
+                            let probe = if c.probe_config() != cfg.probe {
+                                Some((build(bcfg)?, cfg.probe.clone()))
+                            } else {
+                                None
+                            };
+                            checkers.push((Arc::clone(c), probe));
+                        }
+                        None => fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone()))),
+                    }
+                    reconfigure.push((Arc::clone(&b), bcfg.clone()));
                     backends.push(b);
                 }
                 None => {
-                    let b = Backend::new(
-                        &cfg.name,
-                        bcfg,
-                        build(bcfg)?,
-                        cfg.probe.clone(),
-                        Arc::clone(&inner.events),
-                        inner.root.child_token(),
-                    );
-                    fresh.push(Arc::clone(&b));
+                    let b = Backend::new(&cfg.name, bcfg, Arc::clone(&inner.events));
+                    fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone())));
                     backends.push(b);
                 }
             }
@@ -428,42 +518,14 @@ impl Lb {
             slot,
             backends,
             reconfigure,
+            checkers,
             fresh,
         })
     }
 }
 
-/// The L7 proxy's view of its VIP: the slot's current pool (an empty one until the
-/// slot exists) and admission through the same [`vip::ConnGuard`] limits as L4.
-fn l7_hooks(cfg: &VipConfig, cell: &Arc<SlotCell>) -> http::Hooks {
-    let empty = Arc::new(Pool::new(
-        &cfg.name,
-        cfg.balance,
-        cfg.ejection.clone(),
-        Vec::new(),
-    ));
-    let pool_cell = Arc::clone(cell);
-    let admit_cell = Arc::clone(cell);
-    http::Hooks {
-        pool: Arc::new(move || {
-            pool_cell
-                .get()
-                .and_then(|w| w.upgrade())
-                .map(|s| Arc::clone(&s.state.load().pool))
-                .unwrap_or_else(|| Arc::clone(&empty))
-        }),
-        admit: Some(Arc::new(move |ip| {
-            let slot = admit_cell.get()?.upgrade()?;
-            let state = slot.state.load();
-            vip::ConnGuard::admit(&slot, ip, &state.cfg)
-                .ok()
-                .map(|g| Box::new(g) as http::Admitted)
-        })),
-    }
-}
-
 impl Drop for Lb {
     fn drop(&mut self) {
-        self.inner.root.cancel();
+        self.inner.tasks.token().cancel();
     }
 }

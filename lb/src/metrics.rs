@@ -17,6 +17,10 @@
 //! | `portico_probe_duration_seconds` | histogram | vip, backend | probe conversation time |
 //! | `portico_probe_results_total` | counter | vip, backend, result (`ok`/`fail`) | probe outcomes |
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+
 /// `portico_lb_connections_active{vip,backend}`
 pub const CONNECTIONS_ACTIVE: &str = "portico_lb_connections_active";
 /// `portico_lb_connections_total{vip,backend}`
@@ -66,4 +70,68 @@ pub fn describe() {
         "Probe conversation time"
     );
     metrics::describe_counter!(PROBE_RESULTS, "Probe outcomes");
+}
+
+/// One backend's metric handles, resolved once so the hot path does no label
+/// lookups (the L7 ones lazily, so a series appears when it first counts).
+pub(crate) struct BackendMetrics {
+    pub active: Gauge,
+    pub connections: Counter,
+    pub bytes_to_backend: Counter,
+    pub bytes_to_client: Counter,
+    pub connect_failures: Counter,
+    pub greeting_failures: Counter,
+    pub ejections: Counter,
+    pub up: Gauge,
+    pub probe_duration: Histogram,
+    pub probe_ok: Counter,
+    pub probe_fail: Counter,
+    pub http: HttpCounters,
+}
+
+impl BackendMetrics {
+    pub(crate) fn new(vip: &str, backend: &str) -> Self {
+        let (v, b) = (vip.to_string(), backend.to_string());
+        BackendMetrics {
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, "vip" => v.clone(), "backend" => b.clone()),
+            connections: metrics::counter!(CONNECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
+            bytes_to_backend: metrics::counter!(BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_backend"),
+            bytes_to_client: metrics::counter!(BYTES_TOTAL, "vip" => v.clone(), "backend" => b.clone(), "direction" => "to_client"),
+            connect_failures: metrics::counter!(CONNECT_FAILURES_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
+            greeting_failures: metrics::counter!(GREETING_FAILURES_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
+            ejections: metrics::counter!(EJECTIONS_TOTAL, "vip" => v.clone(), "backend" => b.clone()),
+            up: metrics::gauge!(BACKEND_UP, "vip" => v.clone(), "backend" => b.clone()),
+            probe_duration: metrics::histogram!(PROBE_DURATION, "vip" => v.clone(), "backend" => b.clone()),
+            probe_ok: metrics::counter!(PROBE_RESULTS, "vip" => v.clone(), "backend" => b.clone(), "result" => "ok"),
+            probe_fail: metrics::counter!(PROBE_RESULTS, "vip" => v, "backend" => b, "result" => "fail"),
+            http: HttpCounters::default(),
+        }
+    }
+}
+
+/// A counter handle resolved on first use and kept: the `metrics::counter!` macro
+/// hashes and compares every label on each call, too much for a per-request path.
+/// Resolving lazily keeps the exported series exactly as before (a series appears
+/// when it first counts).
+#[derive(Default)]
+pub(crate) struct LazyCounter(OnceLock<metrics::Counter>);
+
+impl LazyCounter {
+    pub(crate) fn increment(&self, make: impl FnOnce() -> metrics::Counter) {
+        self.0.get_or_init(make).increment(1);
+    }
+}
+
+/// The L7 counters of one backend, by status class and by error kind (index orders
+/// are the HTTP proxy's), resolved when first counted.
+#[derive(Default)]
+pub(crate) struct HttpCounters {
+    pub responses: [LazyCounter; 5],
+    pub errors: [LazyCounter; 4],
+}
+
+impl std::fmt::Debug for HttpCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCounters").finish_non_exhaustive()
+    }
 }

@@ -8,10 +8,13 @@
 //! a pool of one is never ejected, since ejecting its only node helps nobody). Every
 //! function takes `now` so tests need no sleeping.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use shared::config::EjectionConfig;
 use tokio::time::Instant;
+
+use crate::sync::lock;
 
 /// One backend's passive-ejection state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +25,47 @@ pub struct Outlier {
     ejections: u32,
     /// When the most recent ejection ended (or will end).
     last_end: Option<Instant>,
+}
+
+/// One backend's [`Outlier`] record as the pool and the admin commands share it:
+/// every read and change is one short critical section here, so no caller holds
+/// the lock (the hot path reads only the backend's atomic deadline).
+#[derive(Debug, Default)]
+pub(crate) struct Record(Mutex<Outlier>);
+
+impl Record {
+    /// A success clears the failure run.
+    pub(crate) fn success(&self) {
+        lock(&self.0).record_success();
+    }
+
+    /// Counts a failure; with the outcome, the end of the ejection it started.
+    pub(crate) fn failure(
+        &self,
+        cfg: &EjectionConfig,
+        now: Instant,
+        others_ejected: usize,
+        pool_size: usize,
+    ) -> (FailureOutcome, Option<Instant>) {
+        let mut o = lock(&self.0);
+        let outcome = o.record_failure(cfg, now, others_ejected, pool_size);
+        (outcome, o.ejected_until(now))
+    }
+
+    /// Ends an ejection early (the operator's `ready`); true when there was one.
+    pub(crate) fn readmit(&self, now: Instant) -> bool {
+        let mut o = lock(&self.0);
+        let ejected = o.is_ejected(now);
+        if ejected {
+            o.readmit(now);
+        }
+        ejected
+    }
+
+    /// True while ejected.
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
+        lock(&self.0).is_ejected(now)
+    }
 }
 
 /// What a reported failure did.

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Lease};
 use crate::balance::{self, Candidate, SmoothWrr};
 use crate::outlier::FailureOutcome;
+use crate::supervisor::Tasks;
+use crate::sync::lock;
 
 /// The backends of one VIP and how to choose among them.
 pub struct Pool {
@@ -31,6 +33,8 @@ pub struct Pool {
     backends: Vec<Arc<Backend>>,
     wrr: Mutex<SmoothWrr>,
     turn: AtomicUsize,
+    /// Owner of the readmission timers.
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Pool {
@@ -50,6 +54,7 @@ impl Pool {
         balance: Balance,
         ejection: EjectionConfig,
         backends: Vec<Arc<Backend>>,
+        tasks: Tasks,
     ) -> Pool {
         let n = backends.len();
         Pool {
@@ -59,6 +64,7 @@ impl Pool {
             backends,
             wrr: Mutex::new(SmoothWrr::new(n)),
             turn: AtomicUsize::new(0),
+            tasks,
         }
     }
 
@@ -122,11 +128,7 @@ impl Pool {
     pub fn select(&self, client: IpAddr, exclude: &[usize]) -> Option<Lease> {
         let candidates = self.candidates(exclude);
         let index = match self.balance {
-            Balance::RoundRobin => self
-                .wrr
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pick(&candidates),
+            Balance::RoundRobin => lock(&self.wrr).pick(&candidates),
             Balance::LeastConn => {
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
                 balance::least_conn(&candidates, turn)
@@ -140,12 +142,7 @@ impl Pool {
     /// A connection or request to the lease's backend succeeded.
     pub fn report_success(&self, lease: &Lease) {
         lease.backend().metrics.connections.increment(1);
-        let mut o = lease
-            .backend()
-            .outlier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        o.record_success();
+        lease.backend().outlier.success();
     }
 
     /// A connection or request to the lease's backend failed (connect refused or timed
@@ -158,15 +155,13 @@ impl Pool {
             .iter()
             .filter(|b| !Arc::ptr_eq(b, backend) && b.is_ejected())
             .count();
-        let outcome = {
-            let mut o = backend.outlier.lock().unwrap_or_else(|p| p.into_inner());
-            let outcome =
-                o.record_failure(&self.ejection, now, others_ejected, self.backends.len());
-            if let FailureOutcome::Ejected(_) = outcome {
-                backend.set_ejected_until(o.ejected_until(now));
-            }
-            outcome
-        };
+        let (outcome, until) =
+            backend
+                .outlier
+                .failure(&self.ejection, now, others_ejected, self.backends.len());
+        if let FailureOutcome::Ejected(_) = outcome {
+            backend.set_ejected_until(until);
+        }
         match outcome {
             FailureOutcome::Ejected(time) => {
                 backend.metrics.ejections.increment(1);
@@ -175,7 +170,7 @@ impl Pool {
                     humantime_short(time),
                     self.ejection.consecutive_failures
                 ));
-                schedule_readmit_event(Arc::clone(backend), now + time);
+                schedule_readmit_event(&self.tasks, Arc::clone(backend), now + time);
             }
             FailureOutcome::CapReached => {
                 tracing::warn!(
@@ -200,16 +195,17 @@ fn humantime_short(d: std::time::Duration) -> String {
 
 /// Records `readmitted` when the ejection ends (ejection itself needs no timer: the
 /// deadline is checked on every pick).
-fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+fn schedule_readmit_event(tasks: &Tasks, backend: Arc<Backend>, until: Instant) {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
-    handle.spawn(async move {
-        tokio::time::sleep_until(until).await;
-        let still = {
-            let o = backend.outlier.lock().unwrap_or_else(|p| p.into_inner());
-            o.is_ejected(Instant::now())
-        };
+    }
+    let stop = tasks.child_token();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(until) => {}
+        }
+        let still = backend.outlier.is_ejected(Instant::now());
         if !still && !backend.is_ejected() {
             backend.record_event("readmitted after ejection");
         }
@@ -220,18 +216,9 @@ fn schedule_readmit_event(backend: Arc<Backend>, until: Instant) {
 mod tests {
     use super::*;
     use crate::backend::AdminState;
-    use shared::config::{BackendConfig, ProbeConfig, ProbeKind};
+    use shared::config::BackendConfig;
     use shared::events::EventLog;
-    use shared::probe::{Probe, ProbeFuture};
     use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
-
-    struct Never;
-    impl Probe for Never {
-        fn check(&self) -> ProbeFuture<'_> {
-            Box::pin(std::future::pending())
-        }
-    }
 
     fn pool(balance: Balance, specs: &[(&str, u32, bool)]) -> Pool {
         let events = Arc::new(EventLog::default());
@@ -245,14 +232,7 @@ mod tests {
                     weight: *weight,
                     backup: *backup,
                 };
-                Backend::new(
-                    "v",
-                    &cfg,
-                    Arc::new(Never),
-                    ProbeConfig::new(ProbeKind::Tcp),
-                    events.clone(),
-                    CancellationToken::new(),
-                )
+                Backend::new("v", &cfg, events.clone())
             })
             .collect();
         Pool::new(
@@ -266,6 +246,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
             },
             backends,
+            Tasks::new(),
         )
     }
 

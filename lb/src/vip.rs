@@ -14,10 +14,10 @@ use metrics::{Counter, Gauge};
 use shared::config::{VipConfig, VipMode};
 use shared::status::{BackendStatus, VipStatus};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
+use crate::sync::lock;
 
 /// Connection counts over the whole lb, for shutdown draining.
 #[derive(Debug, Default)]
@@ -88,9 +88,6 @@ pub struct VipSlot {
     active: AtomicU64,
     per_source: Mutex<HashMap<IpAddr, u32>>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
-    /// The L7 proxy serving this slot, for `mode = "http"`/`"https"`.
-    pub(crate) http: Mutex<Option<Arc<crate::http::HttpVip>>>,
     totals: Arc<Totals>,
     gauge: Gauge,
 }
@@ -111,8 +108,6 @@ impl VipSlot {
             active: AtomicU64::new(0),
             per_source: Mutex::new(HashMap::new()),
             cancel,
-            task: Mutex::new(None),
-            http: Mutex::new(None),
             totals,
             gauge,
         }
@@ -150,7 +145,7 @@ impl ConnGuard {
         }
         let source = match cfg.max_connections_per_source {
             Some(max) => {
-                let mut map = slot.per_source.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = lock(&slot.per_source);
                 let n = map.entry(ip).or_insert(0);
                 if *n >= max {
                     drop(map);
@@ -174,11 +169,7 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if let Some(ip) = self.source {
-            let mut map = self
-                .slot
-                .per_source
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut map = lock(&self.slot.per_source);
             if let Some(n) = map.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {

@@ -165,3 +165,22 @@ async fn a_reload_one_https_vip_refuses_changes_no_other_vip() {
     );
     lb.shutdown().await;
 }
+
+/// A reload that renames an L7 VIP on the same listener keeps the listener and its
+/// proxy, found under the new name.
+#[tokio::test]
+async fn renamed_vip_keeps_its_listener_and_proxy() {
+    let b = text_backend("ok").await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "");
+    let p = start(&cfg).await;
+    let mut renamed = cfg.clone();
+    renamed.name = "webmail".to_string();
+    p.lb.reload(std::slice::from_ref(&renamed))
+        .await
+        .expect("reload");
+    assert_eq!(p.lb.local_addr("webmail"), Some(p.addr));
+    let proxy = p.lb.http("webmail").expect("proxy under the new name");
+    assert!(Arc::ptr_eq(&proxy, &p.vip), "the same proxy serves");
+    assert!(p.lb.http("web").is_none());
+    assert_eq!(get(p.addr, "/", &[]).await.text(), "ok");
+}

@@ -172,7 +172,9 @@ async fn consecutive_5xx_eject_the_backend() {
     assert_eq!(good.hits(), 17);
 }
 
-#[tokio::test]
+// The paused clock jumps over the backends' think time and the upload's pauses;
+// the order of the timers is what the test is about.
+#[tokio::test(start_paused = true)]
 async fn backend_timeout_is_504_and_no_timeout_allows_long_poll() {
     let slow = backend(|_req| async move {
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -211,7 +213,9 @@ fn slow_upload(chunks: usize, gap: Duration) -> lb::http::Body {
         .boxed()
 }
 
-#[tokio::test]
+// The paused clock jumps over the backends' think time and the upload's pauses;
+// the order of the timers is what the test is about.
+#[tokio::test(start_paused = true)]
 async fn backend_timeout_counts_from_the_end_of_a_slow_upload() {
     // The client takes 1.5s to upload; backend_timeout is 700ms. The backend answers
     // as soon as the body is in, so the request must succeed: an upload over a slow

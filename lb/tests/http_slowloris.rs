@@ -92,7 +92,7 @@ async fn max_connections_refuses_with_503() {
         .await
         .expect("resp");
     assert_eq!(collect(resp).await.text(), "ok");
-    assert!(eventually(Duration::from_secs(2), || p.vip.active() == 1).await);
+    assert!(eventually(Duration::from_secs(2), || p.lb.active_connections() == 1).await);
 
     let (resp, closed) = raw(
         p.addr,
@@ -104,7 +104,7 @@ async fn max_connections_refuses_with_503() {
     assert!(closed);
 
     drop(held);
-    assert!(eventually(Duration::from_secs(3), || p.vip.active() == 0).await);
+    assert!(eventually(Duration::from_secs(3), || p.lb.active_connections() == 0).await);
     assert_eq!(get(p.addr, "/", &[]).await.text(), "ok");
 }
 

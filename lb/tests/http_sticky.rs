@@ -44,11 +44,7 @@ async fn sticky_sessions_survive_drain_and_move_on_maint_or_down() {
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(true)),
     ];
-    let pool = pool_with_probes(&cfg, |i| Arc::new(SwitchProbe(healthy[i].clone())));
-    for backend in pool.backends() {
-        backend.start_checker(None);
-    }
-    let p = start_with_pool(&cfg, pool).await;
+    let p = start_with_probes(&cfg, |i| Arc::new(SwitchProbe(healthy[i].clone()))).await;
 
     // A new client is pinned.
     let first = get(p.addr, "/owa/", &[]).await;

@@ -41,9 +41,9 @@ fn client_frame(text: &str) -> Vec<u8> {
     f
 }
 
-#[tokio::test]
-async fn websocket_upgrade_round_trips_messages() {
-    let b = backend(|mut req| async move {
+/// A backend that switches to WebSocket and echoes text frames.
+async fn echo_backend() -> TestBackend {
+    backend(|mut req| async move {
         let ok = req
             .headers()
             .get("upgrade")
@@ -80,11 +80,13 @@ async fn websocket_upgrade_round_trips_messages() {
             .body(body(""))
             .expect("101")
     })
-    .await;
-    let cfg = vip_config("http", &[("web1", b.addr)], "");
-    let p = start(&cfg).await;
+    .await
+}
 
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+/// Sends the upgrade request to `addr` and returns the stream and the 101's head
+/// (lowercased).
+async fn upgraded(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(
         b"GET /owa/notify HTTP/1.1\r\nHost: webmail\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
@@ -104,20 +106,33 @@ async fn websocket_upgrade_round_trips_messages() {
         );
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+async fn echo(s: &mut TcpStream, msg: &str) {
+    s.write_all(&client_frame(msg)).await.expect("send frame");
+    let (op, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
+        .await
+        .expect("echo in time")
+        .expect("frame");
+    assert_eq!(op, 1);
+    assert_eq!(payload, msg.as_bytes());
+}
+
+#[tokio::test]
+async fn websocket_upgrade_round_trips_messages() {
+    let b = echo_backend().await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "");
+    let p = start(&cfg).await;
+
+    let (mut s, head) = upgraded(p.addr).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
     assert!(head.contains("sec-websocket-accept"), "{head}");
 
     for msg in ["hello", "new mail: 3", "bye"] {
-        s.write_all(&client_frame(msg)).await.expect("send frame");
-        let (op, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
-            .await
-            .expect("echo in time")
-            .expect("frame");
-        assert_eq!(op, 1);
-        assert_eq!(payload, msg.as_bytes());
+        echo(&mut s, msg).await;
     }
     assert_eq!(
         p.pool.active(),
@@ -129,4 +144,32 @@ async fn websocket_upgrade_round_trips_messages() {
         eventually(Duration::from_secs(5), || p.pool.active() == 0).await,
         "lease released when the tunnel closes"
     );
+}
+
+/// The upgrade task belongs to the lb's supervisor: shutdown (the end of the drain
+/// period) ends the tunnel like any L7 connection and returns only once every task
+/// the lb spawned (listener, checkers, connection, tunnel) has finished.
+#[tokio::test]
+async fn shutdown_ends_upgraded_connections_and_waits_for_every_task() {
+    let b = echo_backend().await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "");
+    let p = start(&cfg).await;
+    let (mut s, head) = upgraded(p.addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo(&mut s, "hello").await;
+    assert!(!p.lb.tasks().is_empty());
+
+    p.lb.shutdown().await;
+    assert!(
+        p.lb.tasks().is_empty(),
+        "{} tasks left after shutdown",
+        p.lb.tasks().len()
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("tunnel closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel is closed, not relaying");
+    assert_eq!(p.pool.active(), 0, "lease released");
 }

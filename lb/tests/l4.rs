@@ -11,7 +11,7 @@ use common::*;
 use shared::config::{MailProtocol, ProxyVersion};
 use shared::testing::{Behaviour, FakeKind, FakeOptions, FakeServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Sends `msg` through the VIP to an echo backend and checks it comes back.
 async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> Result<(), String> {
@@ -651,4 +651,41 @@ async fn a_slow_multi_line_greeting_that_began_well_is_awaited() {
     assert_eq!(greeting, "220 mx ESMTP\r\n");
     let pausing = lb.backend("smtp", "pausing").expect("backend");
     assert!(!pausing.is_ejected() && pausing.in_rotation());
+}
+
+/// A reload in two halves: a prepared plan changes nothing that serves (its new
+/// listener is bound but not announced); dropping it abandons the reload and frees
+/// the reload lock; committing it puts the new VIP in service.
+#[tokio::test]
+async fn prepared_reload_changes_nothing_until_committed() {
+    let mx1 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let a = vip("a", MailProtocol::Smtp, &[("mx1", mx1.addr())]);
+    let mut b = vip("b", MailProtocol::Smtp, &[("mx1", mx1.addr())]);
+    // Its own port: a reload matches listeners by configured address.
+    b.listen = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (lb, _events) = start(
+        std::slice::from_ref(&a),
+        scripted(Arc::new(AtomicBool::new(true))),
+    )
+    .await;
+
+    let plan = lb.prepare(&[a.clone(), b.clone()]).await.expect("prepare");
+    assert!(lb.local_addr("b").is_none(), "not serving before commit");
+    drop(plan);
+    assert!(
+        lb.local_addr("b").is_none(),
+        "an abandoned plan changes nothing"
+    );
+
+    let plan = tokio::time::timeout(WAIT, lb.prepare(&[a, b]))
+        .await
+        .expect("the dropped plan released the reload lock")
+        .expect("prepare");
+    lb.commit(plan);
+    let addr = lb.local_addr("b").expect("b serves after commit");
+    let mut c = Client::connect(addr).await;
+    assert!(c.line().await.starts_with("220"));
 }

@@ -95,11 +95,7 @@ impl BackendClient {
 
     /// Idle connections to `addr` right now (tests, debugging).
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .map_or(0, Vec::len)
+        crate::sync::lock(&self.idle).get(&addr).map_or(0, Vec::len)
     }
 
     /// A pooled connection to `backend`, or a new one. `fresh` skips the pool (the
@@ -129,7 +125,7 @@ impl BackendClient {
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
@@ -206,7 +202,7 @@ impl BackendClient {
     }
 
     fn park(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         let list = idle.entry(conn.addr).or_default();
         let now = Instant::now();
         list.retain(|c| now.duration_since(c.since) < self.idle_timeout && !c.sender.is_closed());

@@ -389,7 +389,7 @@ impl Forwarding {
     /// Our `Forwarded` element for a request to `host`, from the cache when the
     /// connection's previous request named the same host.
     fn forwarded_for(&self, host: Option<&HeaderValue>) -> HeaderValue {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.last);
         if let (Some((h, v)), Some(host)) = (last.as_ref(), host) {
             if h == host {
                 return v.clone();

@@ -1,8 +1,8 @@
 //! The L7 proxy for `mode = "http"` and `mode = "https"` VIPs: webmail, Outlook's
 //! MAPI-over-HTTP and ActiveSync.
 //!
-//! One [`HttpVip`] per VIP accepts clients (HTTP/1.1 and HTTP/2, ALPN on TLS), picks a
-//! backend per request from the VIP's [`Pool`] (the same selection, leases, drain and
+//! One [`HttpVip`] per VIP serves the clients its slot's listener accepts (HTTP/1.1 and HTTP/2, ALPN on TLS), picks a
+//! backend per request from the VIP's [`crate::pool::Pool`] (the same selection, leases, drain and
 //! passive ejection as the L4 proxy), and relays the request over a pooled keep-alive
 //! HTTP/1.1 connection. Bodies stream both ways under hyper's flow control, so memory
 //! per request is bounded by buffer sizes, not body sizes; `Upgrade` (WebSocket) is
@@ -43,7 +43,6 @@ pub mod server;
 pub mod sticky;
 pub mod tls;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -54,9 +53,11 @@ use shared::config::{HttpVipConfig, VipConfig, VipMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::pool::Pool;
+use crate::metrics::LazyCounter;
+use crate::supervisor::Tasks;
 
 pub use errors::{BodyStalled, ProxyError, Side};
+pub use server::accept_loop;
 pub use tls::{CertError, CertStore};
 
 /// `portico_http_requests_total{vip}`
@@ -96,33 +97,6 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Backend error kinds of `portico_http_backend_errors_total`, in index order.
 const KINDS: [&str; 4] = ["connect", "not_sent", "backend", "timeout"];
 
-/// A counter handle resolved on first use and kept: the `metrics::counter!` macro
-/// hashes and compares every label on each call, too much for a per-request path.
-/// Resolving lazily keeps the exported series exactly as before (a series appears
-/// when it first counts).
-#[derive(Default)]
-struct LazyCounter(OnceLock<metrics::Counter>);
-
-impl LazyCounter {
-    fn increment(&self, make: impl FnOnce() -> metrics::Counter) {
-        self.0.get_or_init(make).increment(1);
-    }
-}
-
-/// The L7 counters of one backend (kept in [`Backend`], so a reload that replaces
-/// the pool starts fresh handles with it).
-#[derive(Default)]
-pub struct BackendCounters {
-    responses: [LazyCounter; 5],
-    errors: [LazyCounter; 4],
-}
-
-impl std::fmt::Debug for BackendCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendCounters").finish_non_exhaustive()
-    }
-}
-
 /// The L7 counters of one VIP.
 #[derive(Default)]
 struct VipCounters {
@@ -158,7 +132,7 @@ impl HttpVip {
     fn count_backend_response(&self, backend: &Backend, class: usize) {
         let label = CLASSES[class];
         if backend.vip() == self.name {
-            backend.http_counters.responses[class].increment(|| {
+            backend.metrics.http.responses[class].increment(|| {
                 metrics::counter!(RESPONSES_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "class" => label)
             });
         } else {
@@ -179,7 +153,7 @@ impl HttpVip {
         &self,
         client: std::net::SocketAddr,
         status: http::StatusCode,
-        since: std::time::Instant,
+        since: tokio::time::Instant,
     ) {
         tracing::info!(
             target: crate::access::TARGET,
@@ -204,7 +178,7 @@ impl HttpVip {
     fn count_backend_error(&self, backend: &Backend, kind: &'static str) {
         match KINDS.iter().position(|k| *k == kind) {
             Some(i) if backend.vip() == self.name => {
-                backend.http_counters.errors[i].increment(|| {
+                backend.metrics.http.errors[i].increment(|| {
                     metrics::counter!(BACKEND_ERRORS_TOTAL, "vip" => self.name.clone(), "backend" => backend.name().to_string(), "kind" => kind)
                 });
             }
@@ -277,7 +251,6 @@ pub(crate) struct Settings {
     pub access_log: bool,
     pub accept_proxy: bool,
     pub retries: u32,
-    pub max_connections: Option<u32>,
     pub client: Arc<client::BackendClient>,
     /// Identity of the backend-connection settings, to keep the pool across reloads
     /// that do not touch them.
@@ -355,56 +328,23 @@ fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, 
         access_log: cfg.access_log,
         accept_proxy: cfg.accept_proxy,
         retries: cfg.retries,
-        max_connections: cfg.max_connections,
         client,
         client_key: key,
     })
 }
 
-/// A guard the owner's admission check returns; dropped when the connection ends.
-pub type Admitted = Box<dyn Send + 'static>;
-
-/// How an [`HttpVip`] reaches state its owner (the lb supervisor) keeps: the current
-/// pool (replaced whole on reload) and, optionally, the VIP-wide connection admission
-/// (`max_connections`, per-source limits, lb-wide counts for shutdown draining). Without
-/// `admit`, the VIP enforces `max_connections` itself.
-#[derive(Clone)]
-pub struct Hooks {
-    /// The pool to select from, read once per request.
-    pub pool: Arc<dyn Fn() -> Arc<Pool> + Send + Sync>,
-    /// Admits a client connection from this address; `None` refuses it.
-    pub admit: Option<Arc<dyn Fn(std::net::IpAddr) -> Option<Admitted> + Send + Sync>>,
-}
-
-impl Hooks {
-    /// A fixed pool, own admission (tests, simple embedding).
-    pub fn fixed(pool: Arc<Pool>) -> Hooks {
-        Hooks {
-            pool: Arc::new(move || Arc::clone(&pool)),
-            admit: None,
-        }
-    }
-
-    /// A pool the owner swaps on reload, own admission.
-    pub fn swapped(pool: Arc<ArcSwap<Pool>>) -> Hooks {
-        Hooks {
-            pool: Arc::new(move || pool.load_full()),
-            admit: None,
-        }
-    }
-}
-
-/// One L7 VIP: its pool (swapped whole on reload by the owner), reloadable settings,
-/// certificates for HTTPS, and its connection count.
+/// One L7 VIP's proxy: reloadable settings and certificates for HTTPS. It knows
+/// nothing of the VIP's slot: the listener ([`accept_loop`]) is handed the slot, which
+/// admits and counts each connection and holds the current pool.
 pub struct HttpVip {
     name: String,
     mode: VipMode,
-    hooks: Hooks,
     settings: ArcSwap<Settings>,
     certs: Option<Arc<CertStore>>,
     /// Replaced on a reload that changes the TLS versions or ciphers.
     tls: Option<ArcSwap<rustls::ServerConfig>>,
-    active: AtomicU64,
+    /// Owner of the connection and upgrade tasks.
+    tasks: Tasks,
     /// Cached metric handles.
     counters: VipCounters,
     /// Ends every connection at once (after the drain period).
@@ -416,16 +356,14 @@ impl std::fmt::Debug for HttpVip {
         f.debug_struct("HttpVip")
             .field("name", &self.name)
             .field("mode", &self.mode)
-            .field("active", &self.active())
             .finish()
     }
 }
 
 impl HttpVip {
-    /// Builds the VIP from its config and the owner's [`Hooks`] (every request reads
-    /// the current pool through them). Loads the
+    /// Builds the VIP's proxy from its config; its tasks belong to `tasks`. Loads the
     /// certificates of an HTTPS VIP and the backend TLS settings; errors name the VIP.
-    pub fn new(cfg: &VipConfig, hooks: Hooks) -> Result<Arc<HttpVip>, SetupError> {
+    pub fn new(cfg: &VipConfig, tasks: Tasks) -> Result<Arc<HttpVip>, SetupError> {
         let (certs, tls) = match cfg.mode {
             VipMode::Tcp => return Err(SetupError::NotHttp(cfg.name.clone())),
             VipMode::Http => (None, None),
@@ -447,11 +385,10 @@ impl HttpVip {
         Ok(Arc::new(HttpVip {
             name: cfg.name.clone(),
             mode: cfg.mode,
-            hooks,
             settings: ArcSwap::from_pointee(settings),
             certs,
             tls,
-            active: AtomicU64::new(0),
+            tasks,
             counters: VipCounters::default(),
             kill: CancellationToken::new(),
         }))
@@ -465,16 +402,6 @@ impl HttpVip {
     /// `http` or `https`.
     pub fn mode(&self) -> VipMode {
         self.mode
-    }
-
-    /// The pool currently serving requests.
-    pub fn pool(&self) -> Arc<Pool> {
-        (self.hooks.pool)()
-    }
-
-    /// Client connections open now (graceful shutdown waits for this to reach 0).
-    pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Acquire)
     }
 
     /// Reads a reloaded config of the same VIP (same listen address and mode; the

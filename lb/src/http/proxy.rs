@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION, EXPECT, HOST, SET_COOKIE, TRAILER};
 use http::request::Parts;
@@ -255,7 +257,7 @@ impl Uploading {
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<BodyStalled> {
         if !self.waiting {
             self.waiting = true;
-            let at = (Instant::now() + self.body_timeout).into();
+            let at = Instant::now() + self.body_timeout;
             match &mut self.stall {
                 Some(s) => s.as_mut().reset(at),
                 None => self.stall = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -499,10 +501,10 @@ impl HttpVip {
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
+        pool: Arc<Pool>,
     ) -> Response<Body> {
         self.count_request();
         let settings = self.settings();
-        let pool = self.pool();
         let mut req = req;
 
         let host_value = match admit(&req, &settings.http) {
@@ -799,17 +801,27 @@ impl HttpVip {
                 let backend_up = hyper::upgrade::on(&mut resp);
                 let held = lease.take();
                 let id = backend.id();
-                tokio::spawn(async move {
+                let kill = self.kill.clone();
+                self.tasks.spawn(async move {
                     let _held = held;
-                    match futures::future::try_join(client_up, backend_up).await {
-                        Ok((cu, bu)) => {
-                            let mut cu = TokioIo::new(cu);
-                            let mut bu = TokioIo::new(bu);
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut cu, &mut bu).await {
-                                tracing::debug!(backend = %id, error = %e, "upgraded connection ended");
-                            }
+                    let relay = async {
+                        let (cu, bu) = futures::future::try_join(client_up, backend_up)
+                            .await
+                            .map_err(
+                                |e| tracing::debug!(backend = %id, error = %e, "upgrade failed"),
+                            )?;
+                        let mut cu = TokioIo::new(cu);
+                        let mut bu = TokioIo::new(bu);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut cu, &mut bu).await {
+                            tracing::debug!(backend = %id, error = %e, "upgraded connection ended");
                         }
-                        Err(e) => tracing::debug!(backend = %id, error = %e, "upgrade failed"),
+                        Ok::<(), ()>(())
+                    };
+                    // An upgraded connection is a client connection: the end of the
+                    // drain period ends it too.
+                    tokio::select! {
+                        _ = relay => {}
+                        _ = kill.cancelled() => {}
                     }
                 });
                 drop(c);

@@ -21,29 +21,44 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::proxy::ConnInfo;
 use super::{HttpVip, Settings, REFUSED_TOTAL};
+use crate::vip::{ConnGuard, VipSlot};
 
 /// Smallest read buffer hyper accepts for HTTP/1.
 const MIN_H1_BUF: usize = 8192;
 
-/// Counts a client connection for [`HttpVip::active`] and the gauge.
-struct ConnGuard(Arc<HttpVip>, #[allow(dead_code)] super::Admitted);
+/// Keeps `portico_http_connections_active` in step with the slot's count: the
+/// slot's [`ConnGuard`] is the one admission and count, this only mirrors it in the
+/// L7 gauge.
+struct Gauged {
+    _admitted: ConnGuard,
+    gauge: metrics::Gauge,
+}
 
-impl Drop for ConnGuard {
+impl Gauged {
+    fn new(admitted: ConnGuard, gauge: &metrics::Gauge) -> Gauged {
+        gauge.increment(1.0);
+        Gauged {
+            _admitted: admitted,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Gauged {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.connections_gauge().decrement(1.0);
+        self.gauge.decrement(1.0);
     }
 }
 
@@ -164,67 +179,58 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
     }
 }
 
-impl HttpVip {
-    /// Serves clients from `listener` until `stop` is cancelled. Stopping closes the
-    /// listener and asks every connection to finish gracefully (in-flight requests
-    /// complete, idle keep-alives close, HTTP/2 gets GOAWAY);
-    /// [`HttpVip::abort_connections`] ends the stragglers.
-    pub fn spawn(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> JoinHandle<()> {
-        let vip = Arc::clone(self);
-        tokio::spawn(async move { vip.accept_loop(listener, stop).await })
-    }
-
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = self.kill.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(vip = %self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+/// Accepts clients of an L7 VIP's `slot` until its token is cancelled (reload
+/// removal, `stop_accepting`, shutdown), as [`crate::tcp::accept_loop`] does for L4:
+/// the slot admits and counts each connection and gives each request its current
+/// pool; `proxy` serves them. Stopping closes the listener and asks every connection
+/// to finish gracefully (in-flight requests complete, idle keep-alives close, HTTP/2
+/// gets GOAWAY); [`HttpVip::abort_connections`] ends the stragglers.
+pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<HttpVip>) {
+    let stop = slot.cancel.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = proxy.kill.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(vip = %proxy.name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
                 }
-            };
-            let settings = self.settings();
-            let admitted = match &self.hooks.admit {
-                Some(admit) => admit(peer.ip()),
-                None => match settings.max_connections {
-                    Some(max) if self.active() >= u64::from(max) => None,
-                    _ => Some(Box::new(()) as super::Admitted),
-                },
-            };
-            let Some(admitted) = admitted else {
-                metrics::counter!(REFUSED_TOTAL, "vip" => self.name.clone(), "reason" => "max_connections").increment(1);
-                tracing::debug!(vip = %self.name, %peer, "connection limit reached; refusing");
-                tokio::spawn(refuse(tcp, self.tls.is_none()));
+            }
+        };
+        let state = slot.state.load();
+        let admitted = match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
+            Ok(g) => g,
+            Err(why) => {
+                metrics::counter!(REFUSED_TOTAL, "vip" => proxy.name.clone(), "reason" => "max_connections").increment(1);
+                tracing::debug!(vip = %proxy.name, %peer, "refused: {why:?}");
+                proxy.tasks.spawn(refuse(tcp, proxy.tls.is_none()));
                 continue;
-            };
-            self.active.fetch_add(1, Ordering::AcqRel);
-            self.connections_gauge().increment(1.0);
-            let guard = ConnGuard(Arc::clone(&self), admitted);
-            let vip = Arc::clone(&self);
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let _guard = guard;
-                vip.connection(tcp, peer, settings, stop).await;
-            });
-        }
-        tracing::debug!(vip = %self.name, "stopped accepting");
+            }
+        };
+        let guard = Gauged::new(admitted, proxy.connections_gauge());
+        let settings = proxy.settings();
+        let (vip, slot, stop) = (Arc::clone(&proxy), Arc::clone(&slot), stop.clone());
+        proxy.tasks.spawn(async move {
+            let _guard = guard;
+            vip.connection(tcp, peer, slot, settings, stop).await;
+        });
     }
+    tracing::debug!(vip = %proxy.name, "stopped accepting");
+}
 
+impl HttpVip {
     async fn connection(
         self: Arc<Self>,
         mut tcp: TcpStream,
         peer: SocketAddr,
+        slot: Arc<VipSlot>,
         settings: Arc<Settings>,
         stop: CancellationToken,
     ) {
@@ -248,7 +254,7 @@ impl HttpVip {
                 // Nothing sent at all is a slowloris too: hyper's timer only starts
                 // with a request head.
                 let info = ConnInfo::new(peer, false, &settings.http);
-                self.open(tcp, None, info, &settings, stop).await;
+                self.open(tcp, None, info, slot, &settings, stop).await;
             }
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -271,7 +277,8 @@ impl HttpVip {
                     _ => Protocols::H1,
                 };
                 let info = ConnInfo::new(peer, true, &settings.http);
-                self.open(tls, Some(expect), info, &settings, stop).await;
+                self.open(tls, Some(expect), info, slot, &settings, stop)
+                    .await;
             }
         }
     }
@@ -283,6 +290,7 @@ impl HttpVip {
         mut io: I,
         expect: Option<Protocols>,
         info: Arc<ConnInfo>,
+        slot: Arc<VipSlot>,
         settings: &Settings,
         stop: CancellationToken,
     ) where
@@ -320,7 +328,7 @@ impl HttpVip {
             len,
             inner: io,
         };
-        self.serve(TokioIo::new(io), info, protocols, settings, stop)
+        self.serve(TokioIo::new(io), info, slot, protocols, settings, stop)
             .await;
     }
 
@@ -328,6 +336,7 @@ impl HttpVip {
         self: &Arc<Self>,
         io: TokioIo<I>,
         info: Arc<ConnInfo>,
+        slot: Arc<VipSlot>,
         protocols: Protocols,
         settings: &Settings,
         stop: CancellationToken,
@@ -342,7 +351,9 @@ impl HttpVip {
             seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
-            async move { Ok::<_, Infallible>(vip.handle(req, info).await) }
+            // Read per request: a reload swaps the pool under open connections.
+            let pool = Arc::clone(&slot.state.load().pool);
+            async move { Ok::<_, Infallible>(vip.handle(req, info, pool).await) }
         });
         let opened = Instant::now();
         let result = match protocols {

@@ -1,6 +1,6 @@
 //! Shared helpers of the L7 proxy tests: hyper backends with programmable handlers,
-//! VIP configs parsed from TOML (so they are exactly what the loader produces), pools
-//! with inert probes, a started [`HttpVip`], HTTP/1.1 and HTTP/2 clients, and a
+//! VIP configs parsed from TOML (so they are exactly what the loader produces), an
+//! L7 VIP started through the lb with inert or injected probes, HTTP/1.1 and HTTP/2 clients, and a
 //! bounded `eventually` poll instead of sleeps.
 
 #![allow(dead_code)]
@@ -17,8 +17,8 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lb::http::{Body, Hooks, HttpVip};
-use lb::{Backend, Pool};
+use lb::http::{Body, HttpVip};
+use lb::{Lb, LbOptions, Pool};
 use shared::config::VipConfig;
 use shared::events::EventLog;
 use shared::probe::{Probe, ProbeFuture};
@@ -153,7 +153,9 @@ pub async fn dead_addr() -> SocketAddr {
     a
 }
 
-/// The config of VIP `web` in `mode` over `backends`, plus extra TOML keys.
+/// The config of VIP `web` in `mode` over `backends`, plus extra TOML keys. Its
+/// probe rounds are an hour apart, so an inert probe never times out within a test
+/// (even on the paused clock) and leaves every backend in rotation.
 pub fn vip_config(mode: &str, backends: &[(&str, SocketAddr)], extra: &str) -> VipConfig {
     let list = backends
         .iter()
@@ -161,7 +163,7 @@ pub fn vip_config(mode: &str, backends: &[(&str, SocketAddr)], extra: &str) -> V
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "[[vip]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"{mode}\"\nbackends = [{list}]\nprobe = {{ kind = \"http\", path = \"/\" }}\n{extra}\n"
+        "[[vip]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nmode = \"{mode}\"\nbackends = [{list}]\nprobe = {{ kind = \"http\", path = \"/\", interval = \"1h\", timeout = \"30m\" }}\n{extra}\n"
     );
     match shared::config::parse(&text, Path::new("test.toml")) {
         Ok(mut c) => c.vips.remove(0),
@@ -169,71 +171,60 @@ pub fn vip_config(mode: &str, backends: &[(&str, SocketAddr)], extra: &str) -> V
     }
 }
 
-/// A pool over `cfg`'s backends with inert probes (all in rotation, health unknown).
-pub fn pool_for(cfg: &VipConfig) -> Arc<Pool> {
-    pool_with_probes(cfg, |_| Arc::new(Never))
-}
-
-/// A pool whose backends use the probes `probe(i)` (not started).
-pub fn pool_with_probes(cfg: &VipConfig, probe: impl Fn(usize) -> Arc<dyn Probe>) -> Arc<Pool> {
-    let events = Arc::new(EventLog::default());
-    let backends = cfg
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            Backend::new(
-                &cfg.name,
-                b,
-                probe(i),
-                cfg.probe.clone(),
-                events.clone(),
-                CancellationToken::new(),
-            )
-        })
-        .collect();
-    Arc::new(Pool::new(
-        &cfg.name,
-        cfg.balance,
-        cfg.ejection.clone(),
-        backends,
-    ))
-}
-
-/// A running proxy.
+/// A running L7 VIP, built the way production builds it: through [`Lb::start_with`].
 pub struct Proxy {
     pub addr: SocketAddr,
     pub vip: Arc<HttpVip>,
     pub pool: Arc<Pool>,
-    pub stop: CancellationToken,
+    pub lb: Lb,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.cancel();
         self.vip.abort_connections();
     }
 }
 
-/// Starts `cfg` over `pool` on a loopback port.
-pub async fn start_with_pool(cfg: &VipConfig, pool: Arc<Pool>) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind vip");
-    let addr = listener.local_addr().expect("addr");
-    let vip = HttpVip::new(cfg, Hooks::fixed(pool.clone())).expect("vip");
-    let stop = CancellationToken::new();
-    vip.spawn(listener, stop.clone());
-    Proxy {
-        addr,
-        vip,
-        pool,
-        stop,
-    }
+/// Starts `cfg` through the lb with inert probes (all backends in rotation, health
+/// unknown).
+pub async fn start(cfg: &VipConfig) -> Proxy {
+    start_with_probes(cfg, |_| Arc::new(Never)).await
 }
 
-/// Starts `cfg` with a fresh pool.
-pub async fn start(cfg: &VipConfig) -> Proxy {
-    let pool = pool_for(cfg);
-    start_with_pool(cfg, pool).await
+/// Starts `cfg` through the lb; backend `i` (config order) is probed by `probe(i)`.
+pub async fn start_with_probes(cfg: &VipConfig, probe: impl Fn(usize) -> Arc<dyn Probe>) -> Proxy {
+    let probes: Vec<(SocketAddr, Arc<dyn Probe>)> = cfg
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.address, probe(i)))
+        .collect();
+    let options = LbOptions {
+        probes: Arc::new(
+            move |_: &shared::config::ProbeConfig,
+                  addr: SocketAddr|
+                  -> Result<Arc<dyn Probe>, shared::probe::BuildError> {
+                Ok(probes
+                    .iter()
+                    .find(|(a, _)| *a == addr)
+                    .map(|(_, p)| Arc::clone(p))
+                    .unwrap_or_else(|| Arc::new(Never)))
+            },
+        ),
+    };
+    let lb = Lb::start_with(
+        std::slice::from_ref(cfg),
+        Arc::new(EventLog::default()),
+        options,
+    )
+    .await
+    .expect("lb start");
+    Proxy {
+        addr: lb.local_addr(&cfg.name).expect("addr"),
+        vip: lb.http(&cfg.name).expect("http vip"),
+        pool: lb.pool(&cfg.name).expect("pool"),
+        lb,
+    }
 }
 
 /// An HTTP/1.1 client connection.
