@@ -40,13 +40,10 @@ fn swaks(port: u16) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn swaks_through_the_vip_to_smtp_sink_survives_a_backend_kill() {
-    let Some(_) = tool("swaks") else { return };
-    let (p1, p2, vip) = (free_port(), free_port(), free_port());
-    let Some(sink1) = smtp_sink(p1) else { return };
-    let Some(_sink2) = smtp_sink(p2) else { return };
-    let dir = TempDir::new("sink");
+/// A Portico with one SMTP VIP on `vip` (plus the `extra` VIP line) in front of the
+/// smtp-sinks on `ports`, returned once both are up.
+fn two_sink_vip(dir: &TempDir, vip: u16, ports: (u16, u16), extra: &str) -> Portico {
+    let (p1, p2) = ports;
     let config = format!(
         r#"
 [admin]
@@ -55,7 +52,7 @@ socket = "{sock}"
 [[vip]]
 name = "smtp"
 listen = "127.0.0.1:{vip}"
-balance = "round_robin"
+{extra}
 backends = [
   {{ name = "sink1", address = "127.0.0.1:{p1}" }},
   {{ name = "sink2", address = "127.0.0.1:{p2}" }},
@@ -64,7 +61,7 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
 "#,
         sock = dir.path("admin.sock").display()
     );
-    let portico = Portico::start(&dir, &config);
+    let portico = Portico::start(dir, &config);
     let both_up = poll(Duration::from_secs(10), || {
         let out = portico.ctl("show backends smtp");
         (out.lines()
@@ -74,6 +71,17 @@ probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall 
             .then_some(())
     });
     assert!(both_up.is_some(), "{}", portico.ctl("show backends"));
+    portico
+}
+
+#[test]
+fn swaks_through_the_vip_to_smtp_sink_survives_a_backend_kill() {
+    let Some(_) = tool("swaks") else { return };
+    let (p1, p2, vip) = (free_port(), free_port(), free_port());
+    let Some(sink1) = smtp_sink(p1) else { return };
+    let Some(_sink2) = smtp_sink(p2) else { return };
+    let dir = TempDir::new("sink");
+    let portico = two_sink_vip(&dir, vip, (p1, p2), "balance = \"round_robin\"");
 
     for i in 0..6 {
         let (ok, text) = swaks(vip);
@@ -140,33 +148,7 @@ fn a_sigstopped_smtp_sink_costs_no_session() {
     };
     let Some(_sink2) = smtp_sink(p2) else { return };
     let dir = TempDir::new("sigstop");
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{vip}"
-greeting_timeout = "500ms"
-backends = [
-  {{ name = "sink1", address = "127.0.0.1:{p1}" }},
-  {{ name = "sink2", address = "127.0.0.1:{p2}" }},
-]
-probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display()
-    );
-    let portico = Portico::start(&dir, &config);
-    let both_up = poll(Duration::from_secs(10), || {
-        let out = portico.ctl("show backends smtp");
-        (out.lines()
-            .filter(|l| l.split_whitespace().nth(2) == Some("up"))
-            .count()
-            == 2)
-            .then_some(())
-    });
-    assert!(both_up.is_some(), "{}", portico.ctl("show backends"));
+    let portico = two_sink_vip(&dir, vip, (p1, p2), "greeting_timeout = \"500ms\"");
 
     sink1.signal_group(libc::SIGSTOP);
     let failures: Vec<String> = (0..300)
