@@ -402,8 +402,9 @@ fn current(g: &gss::Gss) -> String {
     g.core().snapshot().zone.outcomes[0].1[0].clone()
 }
 
-#[tokio::test(start_paused = true)]
-async fn auto_failback_on_a_paused_clock() {
+/// A gss whose `smtp` name (failover dc1, dc2, with `failback`) has failed over to
+/// dc2 and whose dc1 has just come back (a second later, on the paused clock).
+async fn failed_over_and_back(failback: Failback) -> gss::Gss {
     let dc1 = Arc::new(AtomicBool::new(true));
     let dc2 = Arc::new(AtomicBool::new(true));
     let cfg = config(
@@ -411,12 +412,7 @@ async fn auto_failback_on_a_paused_clock() {
             site("dc1", addr(K1), timing()),
             site("dc2", addr(K2), timing()),
         ],
-        vec![name(
-            "smtp",
-            Policy::Failover,
-            Failback::Auto(Duration::from_secs(60)),
-            AllDown::First,
-        )],
+        vec![name("smtp", Policy::Failover, failback, AllDown::First)],
     );
     let (g, _) = start(
         &cfg,
@@ -430,6 +426,12 @@ async fn auto_failback_on_a_paused_clock() {
     assert_eq!(current(&g), "dc2");
     dc1.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    g
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_failback_on_a_paused_clock() {
+    let g = failed_over_and_back(Failback::Auto(Duration::from_secs(60))).await;
     let view = g.core().snapshot().view.clone();
     let back = view.sites["dc1"].recovered_at.expect("dc1 recovered");
     assert!(view.sites["dc1"].up);
@@ -522,32 +524,7 @@ async fn shutdown_waits_for_every_checker_also_those_a_reload_replaced() {
 
 #[tokio::test(start_paused = true)]
 async fn manual_failback_holds_on_a_paused_clock() {
-    let dc1 = Arc::new(AtomicBool::new(true));
-    let dc2 = Arc::new(AtomicBool::new(true));
-    let cfg = config(
-        vec![
-            site("dc1", addr(K1), timing()),
-            site("dc2", addr(K2), timing()),
-        ],
-        vec![name(
-            "smtp",
-            Policy::Failover,
-            Failback::Manual,
-            AllDown::First,
-        )],
-    );
-    let (g, _) = start(
-        &cfg,
-        switch_probes(vec![(addr(K1), dc1.clone()), (addr(K2), dc2)]),
-    )
-    .await;
-    assert_eq!(current(&g), "dc1");
-    dc1.store(false, Ordering::SeqCst);
-    // fall 2 at 200ms (+10 % jitter) is well inside a second.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(current(&g), "dc2");
-    dc1.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let g = failed_over_and_back(Failback::Manual).await;
     assert!(g.core().snapshot().view.sites["dc1"].up, "dc1 is back");
     // 300 probe intervals later, still held on dc2.
     tokio::time::sleep(Duration::from_secs(60)).await;
