@@ -223,7 +223,7 @@ async fn connect_any(
                     lease.backend().metrics.greeting_failures.increment(1);
                     why = NoBackend::GreetingFailed;
                 }
-                if e.counts_against_backend() {
+                if e.blames_backend() {
                     lease.backend().metrics.connect_failures.increment(1);
                     pool.report_failure(&lease);
                 }
