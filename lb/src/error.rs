@@ -1,13 +1,37 @@
-//! Errors of the lb role. [`ProxyError`] records which leg failed and whether the
-//! connection may safely be retried on another backend; the retry logic and metrics
-//! read those fields, never the message. [`LbError`] covers starting and reloading.
+//! Errors of the lb role, L4 and L7 alike. [`ProxyError`] records which [`Side`]
+//! failed and whether the connection (or request) may safely be retried on another
+//! backend; the retry logic, outlier reports, the status an HTTP client gets and the
+//! metrics read those fields, never the message. [`LbError`] covers starting and
+//! reloading, [`SetupError`] and [`CertError`] an HTTP VIP's setup.
+//!
+//! HTTP requests (`http/`):
+//!
+//! | variant | side | status | retry |
+//! |---|---|---|---|
+//! | `NoBackend` | - | 503 + `Retry-After` | no |
+//! | `HttpConnect` | backend | 502 | yes (nothing was sent) |
+//! | `NotSent` (stale pooled connection) | backend | 502 | yes (request handed back) |
+//! | `BeforeResponse` | backend | 502 | only idempotent without body, once |
+//! | `BeforeResponse` (the request body failed) | client | 400 | no |
+//! | `Timeout` | backend | 504 | no |
+//! | `BodyStalled` | client | 408 | no |
+//! | `Client` | client | (connection gone) | no |
+//!
+//! L4 connections (`l4/`): the connect-phase variants (`Connect`, `ConnectTimeout`,
+//! `ProxyHeader` and the greeting ones) blame the backend and may be retried;
+//! `Read`/`Write` name their leg; `Idle` blames neither.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Which leg of a proxied connection an error happened on.
+use http::StatusCode;
+use shared::tls::TlsError;
+
+/// Which leg of a proxied connection (or request) an error happened on. A failure of
+/// neither leg (no backend, an idle timeout) has no side: `ProxyError::side` is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The client's connection to the VIP.
@@ -25,10 +49,10 @@ impl fmt::Display for Side {
     }
 }
 
-/// Why one proxied connection (or one attempt at it) ended badly.
+/// Why one proxied connection or request (or one attempt at it) ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The backend refused or was unreachable.
+    /// L4: the backend refused or was unreachable.
     #[error("connect to {addr}: {source}")]
     Connect {
         /// Backend address.
@@ -104,10 +128,57 @@ pub enum ProxyError {
     /// No traffic either way for the idle timeout.
     #[error("idle for {}s", .0.as_secs())]
     Idle(Duration),
+    /// HTTP: no backend is in rotation (or every one was tried).
+    #[error("no backend available")]
+    NoBackend,
+    /// HTTP: connecting (TCP, TLS or the HTTP handshake) to the backend failed.
+    #[error("connect to {backend}: {reason}")]
+    HttpConnect {
+        /// Backend name.
+        backend: String,
+        /// Human reason for the log.
+        reason: String,
+    },
+    /// HTTP: a pooled connection turned out closed before the request was written;
+    /// the request was handed back untouched.
+    #[error("pooled connection to {backend} closed before the request was sent")]
+    NotSent {
+        /// Backend name.
+        backend: String,
+    },
+    /// HTTP: the backend failed after the request was (partly) sent, before any
+    /// response byte arrived.
+    #[error("{backend} failed before responding: {source}")]
+    BeforeResponse {
+        /// Backend name.
+        backend: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// HTTP: `backend_timeout` passed without a response head.
+    #[error("{backend} sent no response within {timeout:?}")]
+    Timeout {
+        /// Backend name.
+        backend: String,
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// HTTP: the client paused its request body upload for longer than
+    /// `body_timeout`; the backend request was abandoned.
+    #[error("client sent no request body bytes for {timeout:?}")]
+    BodyStalled {
+        /// The configured bound.
+        timeout: Duration,
+    },
+    /// HTTP: the client side failed (e.g. its request body broke off while being
+    /// streamed).
+    #[error("client: {0}")]
+    Client(String),
 }
 
 impl ProxyError {
-    /// The leg that failed; `None` for an idle timeout (neither leg failed).
+    /// The leg that failed; `None` when neither did (an idle timeout, no backend).
     pub fn side(&self) -> Option<Side> {
         match self {
             ProxyError::Connect { .. }
@@ -117,12 +188,18 @@ impl ProxyError {
             | ProxyError::GreetingTimeout { .. }
             | ProxyError::BadGreeting { .. } => Some(Side::Backend),
             ProxyError::Read { side, .. } | ProxyError::Write { side, .. } => Some(*side),
-            ProxyError::Idle(_) => None,
+            ProxyError::Idle(_) | ProxyError::NoBackend => None,
+            ProxyError::Client(_) | ProxyError::BodyStalled { .. } => Some(Side::Client),
+            ProxyError::BeforeResponse { source, .. } if source.is_user() => Some(Side::Client),
+            ProxyError::HttpConnect { .. }
+            | ProxyError::NotSent { .. }
+            | ProxyError::BeforeResponse { .. }
+            | ProxyError::Timeout { .. } => Some(Side::Backend),
         }
     }
 
-    /// True when no byte has been relayed yet, so another backend may be tried
-    /// without the client noticing.
+    /// True when no byte has left the proxy yet, so another backend may be tried
+    /// without the client noticing (for HTTP: regardless of the request's method).
     pub fn retry_safe(&self) -> bool {
         matches!(
             self,
@@ -132,7 +209,17 @@ impl ProxyError {
                 | ProxyError::NoGreeting { .. }
                 | ProxyError::GreetingTimeout { .. }
                 | ProxyError::BadGreeting { .. }
+                | ProxyError::HttpConnect { .. }
+                | ProxyError::NotSent { .. }
         )
+    }
+
+    /// Whether an idempotent HTTP request without a body may be retried once
+    /// elsewhere: the backend failed before any response byte.
+    pub fn retry_if_idempotent(&self) -> bool {
+        self.retry_safe()
+            || matches!(self, ProxyError::BeforeResponse { .. })
+                && self.side() == Some(Side::Backend)
     }
 
     /// True for failures of the greeting phase (counted on their own as well).
@@ -145,10 +232,104 @@ impl ProxyError {
         )
     }
 
-    /// True when the failure counts against the backend for passive ejection.
-    pub fn counts_against_backend(&self) -> bool {
-        self.retry_safe()
+    /// True when the failure counts against the backend for passive ejection: a
+    /// backend-side failure, except a relay's read or write (the connection had
+    /// worked) and a stale pooled connection (the backend merely closed it).
+    pub fn blames_backend(&self) -> bool {
+        match self {
+            ProxyError::Read { .. } | ProxyError::Write { .. } | ProxyError::NotSent { .. } => {
+                false
+            }
+            _ => self.side() == Some(Side::Backend),
+        }
     }
+
+    /// The status an HTTP client is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Client(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            // The client's upload broke off or was malformed (RFC 9112 §7.1: a bad
+            // chunked body is the client's error): not a gateway failure.
+            ProxyError::BeforeResponse { .. } if self.side() == Some(Side::Client) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short label for the HTTP metrics and logs: the `kind` of a backend error,
+    /// the `reason` of a client error. L4 connections label their ends in
+    /// `l4::tcp` instead; their variants get the label of their phase.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::HttpConnect { .. } => "connect",
+            ProxyError::NotSent { .. } => "not_sent",
+            ProxyError::BeforeResponse { .. } if self.side() == Some(Side::Client) => "body",
+            ProxyError::BeforeResponse { .. } => "backend",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::BodyStalled { .. } => "body_timeout",
+            ProxyError::Client(_) => "body",
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::ProxyHeader { .. } => "connect",
+            ProxyError::NoGreeting { .. }
+            | ProxyError::GreetingTimeout { .. }
+            | ProxyError::BadGreeting { .. } => "greeting",
+            ProxyError::Read { .. } | ProxyError::Write { .. } => "relay",
+            ProxyError::Idle(_) => "idle_timeout",
+        }
+    }
+}
+
+/// Why an HTTP VIP could not be built or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `mode = "https"` without certificates.
+    #[error("vip {0}: mode \"https\" needs a tls section")]
+    NoTls(String),
+    /// A certificate or key failed to load.
+    #[error("vip {vip}: {source}")]
+    Certs {
+        /// The VIP.
+        vip: String,
+        /// The cause.
+        #[source]
+        source: CertError,
+    },
+    /// Backend TLS could not be configured (CA file, SNI name).
+    #[error("vip {vip}: backend tls: {reason}")]
+    BackendTls {
+        /// The VIP.
+        vip: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The VIP is not an L7 VIP.
+    #[error("vip {0} is mode \"tcp\"")]
+    NotHttp(String),
+}
+
+/// Why a VIP's certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// The TLS section has no pair.
+    #[error("no certificate configured")]
+    Empty,
+    /// A file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] TlsError),
+    /// The key does not fit the certificate, or rustls rejected it.
+    #[error("{}: {reason}", path.display())]
+    Pair {
+        /// The certificate file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Starting or reloading the lb failed; nothing was changed by a failed reload.
@@ -167,7 +348,7 @@ pub enum LbError {
     },
     /// An L7 VIP could not be set up (certificates, backend TLS).
     #[error(transparent)]
-    Http(#[from] crate::http::SetupError),
+    Http(#[from] SetupError),
     /// A backend's probe could not be built (e.g. unreadable CA file).
     #[error("vip {vip}: backend {backend}: probe: {message}")]
     Probe {
@@ -191,7 +372,7 @@ mod tests {
             addr,
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
         };
-        assert!(e.retry_safe() && e.counts_against_backend());
+        assert!(e.retry_safe() && e.blames_backend());
         assert_eq!(e.side(), Some(Side::Backend));
         let e = ProxyError::Read {
             side: Side::Client,
@@ -200,5 +381,26 @@ mod tests {
         assert!(!e.retry_safe());
         assert_eq!(e.side(), Some(Side::Client));
         assert_eq!(ProxyError::Idle(Duration::from_secs(5)).side(), None);
+    }
+
+    #[test]
+    fn retry_rules_read_fields() {
+        let c = ProxyError::HttpConnect {
+            backend: "a".into(),
+            reason: "refused".into(),
+        };
+        assert!(c.retry_safe() && c.retry_if_idempotent() && c.blames_backend());
+        assert_eq!(c.status(), StatusCode::BAD_GATEWAY);
+        let n = ProxyError::NotSent {
+            backend: "a".into(),
+        };
+        assert!(n.retry_safe() && !n.blames_backend());
+        let t = ProxyError::Timeout {
+            backend: "a".into(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert!(!t.retry_if_idempotent() && t.blames_backend());
+        assert_eq!(t.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ProxyError::NoBackend.side(), None);
     }
 }

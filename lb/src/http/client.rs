@@ -22,9 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::errors::ProxyError;
 use super::Body;
 use crate::backend::Backend;
+use crate::error::ProxyError;
 
 /// Most idle connections kept per backend.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -113,7 +113,7 @@ impl BackendClient {
         }
         let sender = tokio::time::timeout(self.connect_timeout, self.connect(backend))
             .await
-            .map_err(|_| ProxyError::Connect {
+            .map_err(|_| ProxyError::HttpConnect {
                 backend: backend.name().to_string(),
                 reason: format!("timeout after {:?}", self.connect_timeout),
             })??;
@@ -140,7 +140,7 @@ impl BackendClient {
     }
 
     async fn connect(&self, backend: &Backend) -> Result<SendRequest<Body>, ProxyError> {
-        let fail = |reason: String| ProxyError::Connect {
+        let fail = |reason: String| ProxyError::HttpConnect {
             backend: backend.name().to_string(),
             reason,
         };

@@ -56,9 +56,10 @@ use crate::backend::Backend;
 use crate::metrics::LazyCounter;
 use crate::supervisor::Tasks;
 
-pub use errors::{BodyStalled, ProxyError, Side};
+pub use crate::error::{CertError, ProxyError, SetupError, Side};
+pub use errors::BodyStalled;
 pub use server::accept_loop;
-pub use tls::{CertError, CertStore};
+pub use tls::CertStore;
 
 /// `portico_http_requests_total{vip}`
 pub const REQUESTS_TOTAL: &str = "portico_http_requests_total";
@@ -206,34 +207,6 @@ pub fn full(b: Bytes) -> Body {
 /// An empty body (retried body-less requests).
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// Why an HTTP VIP could not be built or reloaded.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// `mode = "https"` without certificates.
-    #[error("vip {0}: mode \"https\" needs a tls section")]
-    NoTls(String),
-    /// A certificate or key failed to load.
-    #[error("vip {vip}: {source}")]
-    Certs {
-        /// The VIP.
-        vip: String,
-        /// The cause.
-        #[source]
-        source: CertError,
-    },
-    /// Backend TLS could not be configured (CA file, SNI name).
-    #[error("vip {vip}: backend tls: {reason}")]
-    BackendTls {
-        /// The VIP.
-        vip: String,
-        /// The cause.
-        reason: String,
-    },
-    /// The VIP is not an L7 VIP.
-    #[error("vip {0} is mode \"tcp\"")]
-    NotHttp(String),
 }
 
 /// A VIP's reloaded settings and certificates, checked and waiting to be committed

@@ -36,11 +36,12 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::client::{BackendClient, Conn};
-use super::errors::{error_response, local_response, BodyStalled, ProxyError, Side};
+use super::errors::{error_response, local_response, BodyStalled};
 use super::headers::{self, Forwarding};
 use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
 use crate::access;
 use crate::backend::{Backend, Lease};
+use crate::error::{ProxyError, Side};
 use crate::pool::Pool;
 use shared::config::{ForwardedFor, HttpVipConfig};
 
@@ -638,10 +639,10 @@ impl HttpVip {
                     );
                 }
                 Err((err, returned)) => {
-                    if matches!(err, ProxyError::Connect { .. }) {
+                    if matches!(err, ProxyError::HttpConnect { .. }) {
                         backend.metrics.connect_failures.increment(1);
                     }
-                    if err.side() == Side::Backend {
+                    if err.side() == Some(Side::Backend) {
                         self.count_backend_error(&backend, err.kind());
                         tracing::warn!(vip = %self.name, backend = %backend.name(), error = %err, "request failed");
                     } else {
@@ -654,7 +655,7 @@ impl HttpVip {
                     }
                     tried.push(lease.index());
                     drop(lease);
-                    let retry = if err.nothing_sent() {
+                    let retry = if err.retry_safe() {
                         body = returned;
                         connect_retries += 1;
                         connect_retries <= settings.retries && (body.is_some() || body_empty)
@@ -665,7 +666,7 @@ impl HttpVip {
                         false
                     };
                     if !retry {
-                        if err.side() == Side::Client {
+                        if err.side() == Some(Side::Client) {
                             // The client's fault is its own line in the metrics,
                             // never a backend's response class.
                             self.count_client_error(err.kind());

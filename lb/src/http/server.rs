@@ -180,7 +180,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
 }
 
 /// Accepts clients of an L7 VIP's `slot` until its token is cancelled (reload
-/// removal, `stop_accepting`, shutdown), as [`crate::tcp::accept_loop`] does for L4:
+/// removal, `stop_accepting`, shutdown), as [`crate::l4::tcp::accept_loop`] does for L4:
 /// the slot admits and counts each connection and gives each request its current
 /// pool; `proxy` serves them. Stopping closes the listener and asks every connection
 /// to finish gracefully (in-flight requests complete, idle keep-alives close, HTTP/2

@@ -26,30 +26,13 @@ use rustls::SupportedCipherSuite;
 use shared::config::{CertPair, HttpVipConfig, TlsConfig, TlsVersion};
 use shared::tls::{load_certs, load_key, provider, TlsError};
 
+use crate::error::CertError;
+
 /// One loaded pair and the names it serves (lower case; wildcards as `*.suffix`).
 #[derive(Debug)]
 struct Entry {
     names: Vec<String>,
     key: Arc<CertifiedKey>,
-}
-
-/// Why a VIP's certificates could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    /// The TLS section has no pair.
-    #[error("no certificate configured")]
-    Empty,
-    /// A file could not be read or parsed.
-    #[error(transparent)]
-    File(#[from] TlsError),
-    /// The key does not fit the certificate, or rustls rejected it.
-    #[error("{}: {reason}", path.display())]
-    Pair {
-        /// The certificate file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
 }
 
 /// OCSP response files by the certificate file they staple to (`ocsp`).

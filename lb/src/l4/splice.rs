@@ -1,4 +1,4 @@
-//! Kernel-side relay through a pipe with splice(2), used by [`crate::copy`] for bulk.
+//! Kernel-side relay through a pipe with splice(2), used by [`super::copy`] for bulk.
 //!
 //! Bytes go socket → pipe → socket without ever being copied into user space. A pipe
 //! pair exists only while data is in flight: the relay takes one from a small

@@ -3,7 +3,7 @@
 //! Each direction waits for its source to become readable and only then moves what
 //! is there: dialogue-sized reads through a 16 KiB buffer borrowed from a per-thread
 //! pool, bulk (a read that fills the buffer) kernel-side with splice(2) through a
-//! pipe pair borrowed from a small per-thread pool ([`crate::splice`]), back to the
+//! pipe pair borrowed from a small per-thread pool ([`super::splice`]), back to the
 //! buffer when a splice moves little, and always the buffer where splice is refused
 //! (EINVAL/ENOSYS) or no pipe can be had.
 //! Either is given back as soon as it is empty again, so an idle connection (thousands
@@ -29,8 +29,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::splice::{self, PipeLease};
 use crate::error::{ProxyError, Side};
-use crate::splice::{self, PipeLease};
 
 /// Size of a relay buffer: one read's worth.
 pub const BUF_SIZE: usize = 16 * 1024;

@@ -4,14 +4,14 @@
 //! backend not yet tried ([`crate::pool::Pool::select`]), connecting within
 //! `connect_timeout` and writing the PROXY header. For protocols whose server speaks
 //! first (SMTP, IMAP, POP3 in the clear) the backend's whole greeting is part of
-//! connecting: it is read within `greeting_timeout` and judged ([`crate::greeting`]),
+//! connecting: it is read within `greeting_timeout` and judged ([`super::greeting`]),
 //! so a backend that accepts but stays silent (SIGSTOPped, overloaded) or greets with a
 //! refusal is a failed attempt like a refused connect. A failed attempt is reported for
 //! passive ejection and the next backend tried, so a dead or hung node not yet
 //! detected costs the client nothing (nothing has been relayed yet, so a retry is
 //! invisible). When nothing is left the client gets its protocol's temporary-failure
-//! greeting ([`crate::refuse`]) instead of a reset. Otherwise the good greeting is
-//! written to the client, then [`crate::copy::relay`] moves bytes with `TCP_NODELAY`
+//! greeting ([`super::refuse`]) instead of a reset. Otherwise the good greeting is
+//! written to the client, then [`super::copy::relay`] moves bytes with `TCP_NODELAY`
 //! on both legs and the VIP's idle timeout.
 
 use std::io;
@@ -23,13 +23,13 @@ use shared::config::{MailProtocol, ProxyVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::copy;
+use super::greeting::{self, Verdict};
+use super::refuse::refusal;
 use crate::accept_proxy;
 use crate::access;
 use crate::backend::Lease;
-use crate::copy;
 use crate::error::{ProxyError, Side};
-use crate::greeting::{self, Verdict};
-use crate::refuse::refusal;
 use crate::vip::{ConnGuard, Refusal, VipSlot, VipState};
 
 /// How long a refusal greeting may take to deliver before the socket is dropped.
@@ -223,7 +223,7 @@ async fn connect_any(
                     lease.backend().metrics.greeting_failures.increment(1);
                     why = NoBackend::GreetingFailed;
                 }
-                if e.counts_against_backend() {
+                if e.blames_backend() {
                     lease.backend().metrics.connect_failures.increment(1);
                     pool.report_failure(&lease);
                 }

@@ -1,7 +1,7 @@
 //! Judging a server-speaks-first backend's greeting before a client sees it.
 //!
 //! An L4 VIP for SMTP, IMAP or POP3 reads the backend's whole banner as part of
-//! connecting ([`crate::tcp`]): a backend that accepts but never greets (a stopped
+//! connecting ([`super::tcp`]): a backend that accepts but never greets (a stopped
 //! process whose kernel still completes handshakes) or greets with a refusal (`421
 //! busy`, `* BYE`, `-ERR`) is then a failed connect, retried on another backend, and
 //! the client only ever sees a good greeting. This module is the pure part: given the

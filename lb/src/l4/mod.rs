@@ -1,0 +1,10 @@
+//! The L4 side of the lb: the accept loop and per-client task of a `mode = "tcp"`
+//! VIP (`tcp`), the byte relay (`copy`, with `splice` for bulk), the judging of a
+//! server-speaks-first backend's greeting (`greeting`) and the protocol refusals
+//! (`refuse`). Nothing outside this module imports it but the supervisor.
+
+pub mod copy;
+pub mod greeting;
+pub mod refuse;
+pub mod splice;
+pub mod tcp;
