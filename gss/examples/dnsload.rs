@@ -36,13 +36,8 @@ fn config(listen: SocketAddr, extra: usize) -> GssConfig {
         ttl: 20,
         nameservers: vec![format!("ns1.{zone}")],
         soa: SoaConfig {
-            mname: format!("ns1.{zone}"),
-            rname: format!("hostmaster.{zone}"),
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            minimum: 30,
             ttl: 300,
+            ..SoaConfig::defaults(zone, format!("ns1.{zone}"))
         },
         sites: vec![],
         names: vec![NameConfig {

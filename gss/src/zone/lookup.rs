@@ -454,13 +454,8 @@ mod tests {
             ttl: 20,
             nameservers: vec![format!("ns1.{Z}"), "ns2.elsewhere.test".into()],
             soa: SoaConfig {
-                mname: format!("ns1.{Z}"),
-                rname: format!("hostmaster.{Z}"),
-                refresh: 3600,
-                retry: 600,
-                expire: 86400,
-                minimum: 30,
                 ttl: 300,
+                ..SoaConfig::defaults(Z, format!("ns1.{Z}"))
             },
             sites: vec![],
             names: vec![NameConfig {

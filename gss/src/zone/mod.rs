@@ -549,13 +549,8 @@ mod tests {
             ttl: 20,
             nameservers: vec!["ns1.gslb.example.test".into()],
             soa: SoaConfig {
-                mname: "ns1.gslb.example.test".into(),
-                rname: "hostmaster.gslb.example.test".into(),
-                refresh: 3600,
-                retry: 600,
-                expire: 86400,
-                minimum: 30,
                 ttl: 300,
+                ..SoaConfig::defaults("gslb.example.test", "ns1.gslb.example.test".into())
             },
             sites: vec![],
             names: vec![NameConfig {

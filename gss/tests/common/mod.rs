@@ -112,13 +112,8 @@ pub fn config(sites: Vec<SiteConfig>, names: Vec<NameConfig>) -> GssConfig {
         ttl: 20,
         nameservers: vec![format!("ns1.{ZONE}"), format!("ns2.{ZONE}")],
         soa: SoaConfig {
-            mname: format!("ns1.{ZONE}"),
-            rname: format!("hostmaster.{ZONE}"),
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            minimum: 30,
             ttl: 300,
+            ..SoaConfig::defaults(ZONE, format!("ns1.{ZONE}"))
         },
         sites,
         names,

@@ -444,6 +444,22 @@ pub struct SoaConfig {
     pub ttl: u32,
 }
 
+impl SoaConfig {
+    /// The SOA a `[gss]` without a `soa` table gets: `mname` as given (the validator
+    /// passes the first nameserver), `hostmaster.ZONE`, and the documented timers.
+    pub fn defaults(zone: &str, mname: String) -> SoaConfig {
+        SoaConfig {
+            mname,
+            rname: format!("hostmaster.{zone}"),
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            minimum: 30,
+            ttl: 3600,
+        }
+    }
+}
+
 /// How many keepalives must pass for a site to be up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinUp {

@@ -134,18 +134,11 @@ impl Validator<'_> {
     }
 
     fn soa(&mut self, raw: &O<RawSoa>, zone: &str, nameservers: &[String]) -> SoaConfig {
-        let mut soa = SoaConfig {
-            mname: nameservers
-                .first()
-                .cloned()
-                .unwrap_or_else(|| format!("ns1.{zone}")),
-            rname: format!("hostmaster.{zone}"),
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            minimum: 30,
-            ttl: 3600,
-        };
+        let mname = nameservers
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("ns1.{zone}"));
+        let mut soa = SoaConfig::defaults(zone, mname);
         let Some(raw) = raw else { return soa };
         let r = raw.get_ref();
         if let Some(v) = &r.mname {
