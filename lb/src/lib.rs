@@ -4,9 +4,9 @@
 //! [`Lb`] is the supervisor. Its [`supervisor::Tasks`] owns every task it spawns
 //! (listeners, checkers, readmission timers, L7 connections) under one root token;
 //! every listener is also a child of an "accepting" token, so `stop_accepting`
-//! closes the listeners and `shutdown` stops the probes and waits for them. L4
-//! connections belong to no token: they run to their end (or until the process
-//! exits after its drain timeout). The list of VIPs is an [`ArcSwap`] snapshot; each
+//! closes the listeners and `shutdown` stops the probes and waits for them. Client
+//! connections (L4 and L7) are owned too but run to their end while the lb drains;
+//! `shutdown`, called when the drain is over, cuts those still open. The list of VIPs is an [`ArcSwap`] snapshot; each
 //! VIP's config + pool another, replaced whole by a reload and read lock-free by the
 //! accept loops. See ARCHITECTURE.md for the module map.
 
@@ -285,7 +285,7 @@ impl Lb {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops listeners and probes, ends the L7 connections still open (the drain
+    /// Stops listeners and probes, ends the client connections still open (the drain
     /// period is over when this is called) and waits, bounded, for every task the lb
     /// owns to finish.
     pub async fn shutdown(&self) {
@@ -385,6 +385,7 @@ impl Lb {
                         state,
                         local,
                         inner.accepting.child_token(),
+                        inner.tasks.clone(),
                         Arc::clone(&inner.totals),
                     ));
                     match &proxy {
