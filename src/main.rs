@@ -5,6 +5,7 @@
 mod app;
 mod demo;
 mod logging;
+mod notify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

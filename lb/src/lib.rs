@@ -258,6 +258,38 @@ impl Lb {
         self.commit_with(plan, true);
     }
 
+    /// Waits until every backend that is probed (every one not in `maint`) has its
+    /// first verdict, so a supervisor told "ready" knows the lb routes on known
+    /// health. Bounded by the slowest first round (a fifth of the interval of random
+    /// spread, then the probe timeout) plus a second: a probe that hangs past its own
+    /// timeout must not hold readiness forever. True when every verdict came in.
+    pub async fn first_verdicts(&self) -> bool {
+        let snapshot = self.inner.vips.load_full();
+        let slowest = snapshot
+            .iter()
+            .map(|s| {
+                let t = s.state.load().cfg.probe.timing;
+                t.interval / 5 + t.timeout
+            })
+            .max()
+            .unwrap_or_default();
+        let pending = || {
+            snapshot.checkers.iter().any(|c| {
+                let b = c.backend();
+                b.admin() != AdminState::Maint && b.last_check() == LastCheck::Pending
+            })
+        };
+        let poll = async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+            while pending() {
+                tick.tick().await;
+            }
+        };
+        tokio::time::timeout(slowest + std::time::Duration::from_secs(1), poll)
+            .await
+            .is_ok()
+    }
+
     /// Closes every listener; established connections continue.
     pub fn stop_accepting(&self) {
         self.inner.accepting.cancel();
