@@ -19,6 +19,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+/// Events shown on the status page.
+const PAGE_EVENTS: usize = 50;
+
 /// The running process: current config and the roles it runs.
 pub struct App {
     config: ArcSwap<Config>,
@@ -58,6 +61,23 @@ impl App {
                 .as_ref()
                 .map(|g| g.status())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The status page's data: VIPs with backends, sites, names and their answers,
+    /// the last events.
+    pub fn page(&self) -> shared::status::PageDoc {
+        let gss = self.gss.load_full();
+        shared::status::PageDoc {
+            vips: self.lb.page(),
+            sites: gss.as_ref().map(|g| g.page_sites()).unwrap_or_default(),
+            names: gss.as_ref().map(|g| g.page_names()).unwrap_or_default(),
+            events: self
+                .events
+                .last(PAGE_EVENTS)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -286,6 +306,7 @@ pub async fn run_until(
         let listener = shared::status_server::bind(http.listen).await?;
         let status_app = app.clone();
         let ready_app = app.clone();
+        let page_app = app.clone();
         let endpoints = shared::status_server::Endpoints {
             status: Arc::new(move || status_app.status()),
             metrics: match prometheus {
@@ -293,6 +314,7 @@ pub async fn run_until(
                 None => Arc::new(String::new),
             },
             ready: Arc::new(move || ready_app.readiness()),
+            page: Arc::new(move || page_app.page()),
         };
         tokio::spawn(shared::status_server::serve(
             listener,
