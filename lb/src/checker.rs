@@ -37,11 +37,14 @@ enum Restart {
 }
 
 impl Checker {
-    /// Starts probing `backend` with `probe` as a task of `tasks`.
+    /// Starts probing `backend` with `probe` as a task of `tasks`; `initial` is the
+    /// rise/fall state to start from (a predecessor's verdict after an upgrade, so a
+    /// healthy backend needs `fall` failures to go down, as it would have).
     pub(crate) fn start(
         backend: Arc<Backend>,
         probe: Arc<dyn Probe>,
         probe_cfg: ProbeConfig,
+        initial: Option<bool>,
         tasks: &Tasks,
     ) -> Arc<Checker> {
         let checker = Arc::new(Checker {
@@ -50,7 +53,7 @@ impl Checker {
             reprobe: Notify::new(),
             stop: tasks.child_token(),
         });
-        tasks.spawn(Arc::clone(&checker).run());
+        tasks.spawn(Arc::clone(&checker).run(initial));
         checker
     }
 
@@ -76,9 +79,9 @@ impl Checker {
         self.stop.cancel();
     }
 
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>, initial: Option<bool>) {
         let mut maint = self.backend.watch_maint();
-        let mut keep = None;
+        let mut keep = initial;
         loop {
             // Not probed in maint; leaving it starts over from unknown. Marked seen
             // before the state is read, so a move into maint after the read still
@@ -197,6 +200,7 @@ mod tests {
             Arc::clone(&b),
             Arc::new(Counting(Arc::clone(&rounds))),
             probe_cfg(),
+            None,
             &tasks,
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -227,6 +231,38 @@ mod tests {
         assert!(tasks.is_empty(), "the checker ended with the shutdown");
     }
 
+    /// After an upgrade the successor's checker starts from the predecessor's
+    /// verdict: an up backend whose probes now fail goes down after `fall` failures,
+    /// not at the first one.
+    #[tokio::test(start_paused = true)]
+    async fn a_carried_verdict_is_where_rise_and_fall_start() {
+        let tasks = Tasks::new();
+        let b = backend();
+        b.set_health(Health::Up);
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cfg = probe_cfg();
+        let fall = cfg.timing.fall;
+        assert!(fall >= 2, "the test needs a fall above one");
+        let _checker = Checker::start(
+            Arc::clone(&b),
+            Arc::new(shared::testing::SwitchProbe(Arc::clone(&up))),
+            cfg,
+            Some(true),
+            &tasks,
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while b.last_check() == LastCheck::Pending {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a first verdict");
+        assert_eq!(b.health(), Health::Up, "one failure is not a fall");
+        tokio::time::sleep(Duration::from_secs(u64::from(fall) + 1)).await;
+        assert_eq!(b.health(), Health::Down, "fall failures are");
+        assert!(tasks.shutdown(Duration::from_secs(1)).await);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_new_probe_keeps_the_known_health() {
         let tasks = Tasks::new();
@@ -236,6 +272,7 @@ mod tests {
             Arc::clone(&b),
             Arc::new(shared::testing::SwitchProbe(Arc::clone(&up))),
             probe_cfg(),
+            None,
             &tasks,
         );
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -29,6 +29,7 @@ pub mod vip;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use arc_swap::ArcSwap;
 use shared::admin::AdminHandler;
 use shared::config::{ProbeConfig, VipConfig, VipMode};
 use shared::events::EventLog;
+use shared::handover::{Carried, CarriedBackend, Inherited, SocketEntry, SocketKind};
 use shared::probe::{BuildError, Probe};
 use shared::status::VipStatus;
 use tokio::net::TcpListener;
@@ -63,12 +65,19 @@ pub type ProbeFactory =
 pub struct LbOptions {
     /// How probes are built.
     pub probes: ProbeFactory,
+    /// Listening sockets and state handed over by the process this one upgrades.
+    pub inherited: Option<Arc<Inherited>>,
+    /// Start with listeners held closed to clients until [`Lb::open`] (an upgrade
+    /// accepts only once its probes have spoken).
+    pub hold_accept: bool,
 }
 
 impl Default for LbOptions {
     fn default() -> Self {
         LbOptions {
             probes: Arc::new(shared::probe::build),
+            inherited: None,
+            hold_accept: false,
         }
     }
 }
@@ -114,6 +123,14 @@ pub(crate) struct Inner {
     probes: ProbeFactory,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
+    /// Cancelled once listeners may accept (see [`LbOptions::hold_accept`]).
+    opened: CancellationToken,
+    /// A duplicate of each VIP listener's descriptor, for handing over to an
+    /// upgraded process; dropped with the listener (reload removal,
+    /// `stop_accepting`) so a closed VIP refuses instead of queueing.
+    listen_fds: std::sync::Mutex<Vec<(SocketEntry, OwnedFd)>>,
+    /// What the predecessor handed over, consumed by the first prepare.
+    inherited: std::sync::Mutex<Option<Arc<Inherited>>>,
 }
 
 impl Inner {
@@ -149,10 +166,12 @@ enum SlotPlan {
         proxy: Option<Arc<http::HttpVip>>,
         reloaded: Option<Box<http::PreparedReload>>,
     },
-    /// A freshly bound listener; L7 VIPs come with their proxy.
+    /// A freshly bound (or inherited) listener, with a duplicate of its descriptor
+    /// for a later handover; L7 VIPs come with their proxy.
     New {
         listener: TcpListener,
         proxy: Option<Arc<http::HttpVip>>,
+        fd: Option<OwnedFd>,
     },
 }
 
@@ -175,8 +194,8 @@ struct Planned {
     reconfigure: Vec<(Arc<Backend>, shared::config::BackendConfig)>,
     /// Checkers of reused backends, with the new probe when it changed.
     checkers: Vec<(Arc<Checker>, Option<NewProbe>)>,
-    /// New backends and their probes.
-    fresh: Vec<(Arc<Backend>, NewProbe)>,
+    /// New backends, their probes and the verdict to start from.
+    fresh: Vec<(Arc<Backend>, NewProbe, Option<bool>)>,
 }
 
 impl Lb {
@@ -193,6 +212,10 @@ impl Lb {
         options: LbOptions,
     ) -> Result<Lb, LbError> {
         let tasks = Tasks::new();
+        let opened = CancellationToken::new();
+        if !options.hold_accept {
+            opened.cancel();
+        }
         let inner = Arc::new(Inner {
             vips: ArcSwap::from_pointee(Snapshot::default()),
             events,
@@ -201,10 +224,14 @@ impl Lb {
             probes: options.probes,
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
+            opened,
+            listen_fds: std::sync::Mutex::new(Vec::new()),
+            inherited: std::sync::Mutex::new(options.inherited),
         });
         let lb = Lb { inner };
         let plan = lb.prepare(vips).await?;
         lb.commit_with(plan, false);
+        *sync::lock(&lb.inner.inherited) = None;
         Ok(lb)
     }
 
@@ -328,6 +355,46 @@ impl Lb {
     /// Closes every listener; established connections continue.
     pub fn stop_accepting(&self) {
         self.inner.accepting.cancel();
+        sync::lock(&self.inner.listen_fds).clear();
+    }
+
+    /// Lets held listeners accept (see [`LbOptions::hold_accept`]).
+    pub fn open(&self) {
+        self.inner.opened.cancel();
+    }
+
+    /// Calls `f` with every VIP listener, described for a handover, while they are
+    /// guaranteed open.
+    pub fn with_listeners<R>(&self, f: impl FnOnce(&[(SocketEntry, BorrowedFd<'_>)]) -> R) -> R {
+        let fds = sync::lock(&self.inner.listen_fds);
+        let list: Vec<(SocketEntry, BorrowedFd<'_>)> =
+            fds.iter().map(|(e, fd)| (e.clone(), fd.as_fd())).collect();
+        f(&list)
+    }
+
+    /// Every backend's health, admin state and weight, for a successor to start from.
+    pub fn carried(&self) -> Carried {
+        let mut backends = Vec::new();
+        for slot in self.inner.vips.load().iter() {
+            let st = slot.state.load();
+            for b in st.pool.backends() {
+                backends.push(CarriedBackend {
+                    vip: b.vip().to_string(),
+                    backend: b.name().to_string(),
+                    health: match b.health() {
+                        Health::Up => Some(true),
+                        Health::Down => Some(false),
+                        Health::Unknown => None,
+                    },
+                    admin: b.admin().as_str().to_string(),
+                    weight: b.weight(),
+                });
+            }
+        }
+        Carried {
+            backends,
+            sites: Vec::new(),
+        }
     }
 
     /// Client connections open across all VIPs.
@@ -408,6 +475,7 @@ impl Lb {
         let mut slots = Vec::with_capacity(plans.len());
         let mut proxies = Vec::with_capacity(plans.len());
         let mut checkers = Vec::new();
+        let mut new_fds = Vec::new();
         for plan in plans {
             for (b, bcfg) in plan.reconfigure {
                 b.reconfigure(&bcfg);
@@ -419,11 +487,11 @@ impl Lb {
                 kept_checkers.insert(Arc::as_ptr(&c));
                 checkers.push(c);
             }
-            for (b, (probe, probe_cfg)) in plan.fresh {
+            for (b, (probe, probe_cfg), initial) in plan.fresh {
                 if reload {
                     b.record_event("added by reload");
                 }
-                checkers.push(Checker::start(b, probe, probe_cfg, &inner.tasks));
+                checkers.push(Checker::start(b, probe, probe_cfg, initial, &inner.tasks));
             }
             let pool = Arc::new(Pool::new(
                 &plan.cfg.name,
@@ -446,12 +514,26 @@ impl Lb {
                     kept_slots.insert(Arc::as_ptr(&slot));
                     (slot, proxy)
                 }
-                SlotPlan::New { listener, proxy } => {
+                SlotPlan::New {
+                    listener,
+                    proxy,
+                    fd,
+                } => {
                     let local = listener.local_addr().unwrap_or(plan.cfg.listen);
+                    if let Some(fd) = fd {
+                        let entry = SocketEntry {
+                            role: "vip".to_string(),
+                            kind: SocketKind::Tcp,
+                            configured: plan.cfg.listen,
+                            local,
+                        };
+                        new_fds.push((entry, fd));
+                    }
                     let slot = Arc::new(VipSlot::new(
                         state,
                         local,
                         inner.accepting.child_token(),
+                        inner.opened.clone(),
                         inner.tasks.clone(),
                         Arc::clone(&inner.totals),
                     ));
@@ -477,9 +559,16 @@ impl Lb {
             proxies.push(proxy);
             slots.push(slot);
         }
-        for old in old_slots.iter() {
-            if !kept_slots.contains(&Arc::as_ptr(old)) {
-                old.cancel.cancel();
+        {
+            let mut fds = sync::lock(&inner.listen_fds);
+            for old in old_slots.iter() {
+                if !kept_slots.contains(&Arc::as_ptr(old)) {
+                    old.cancel.cancel();
+                    fds.retain(|(e, _)| e.configured != old.configured);
+                }
+            }
+            if !inner.accepting.is_cancelled() {
+                fds.extend(new_fds);
             }
         }
         for c in old_slots.checkers.iter() {
@@ -526,15 +615,24 @@ impl Lb {
                         Some(http::HttpVip::new(cfg, inner.tasks.clone())?)
                     }
                 };
-                let listener =
-                    TcpListener::bind(cfg.listen)
-                        .await
-                        .map_err(|source| LbError::Bind {
-                            vip: cfg.name.clone(),
-                            addr: cfg.listen,
-                            source,
-                        })?;
-                SlotPlan::New { listener, proxy }
+                let bind_err = |source| LbError::Bind {
+                    vip: cfg.name.clone(),
+                    addr: cfg.listen,
+                    source,
+                };
+                let inherited = sync::lock(&inner.inherited)
+                    .as_ref()
+                    .and_then(|i| i.take_tcp("vip", cfg.listen));
+                let listener = match inherited {
+                    Some(l) => TcpListener::from_std(l).map_err(bind_err)?,
+                    None => TcpListener::bind(cfg.listen).await.map_err(bind_err)?,
+                };
+                let fd = listener.as_fd().try_clone_to_owned().ok();
+                SlotPlan::New {
+                    listener,
+                    proxy,
+                    fd,
+                }
             }
         };
         let build = |b: &shared::config::BackendConfig| {
@@ -567,14 +665,19 @@ impl Lb {
                             };
                             checkers.push((Arc::clone(c), probe));
                         }
-                        None => fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone()))),
+                        None => fresh.push((
+                            Arc::clone(&b),
+                            (build(bcfg)?, cfg.probe.clone()),
+                            None,
+                        )),
                     }
                     reconfigure.push((Arc::clone(&b), bcfg.clone()));
                     backends.push(b);
                 }
                 None => {
                     let b = Backend::new(&cfg.name, bcfg, Arc::clone(&inner.events));
-                    fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone())));
+                    let initial = self.carry_over(&b);
+                    fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone()), initial));
                     backends.push(b);
                 }
             }
@@ -587,6 +690,36 @@ impl Lb {
             checkers,
             fresh,
         })
+    }
+}
+
+impl Lb {
+    /// Applies what a predecessor knew of `b` (same VIP, name and address): admin
+    /// state, weight and health; returns the verdict its checker starts from.
+    fn carry_over(&self, b: &Backend) -> Option<bool> {
+        let inherited = sync::lock(&self.inner.inherited).clone()?;
+        let c = inherited
+            .carried
+            .backends
+            .iter()
+            .find(|c| c.vip == b.vip() && c.backend == b.name())?;
+        let admin = match c.admin.as_str() {
+            "drain" => AdminState::Drain,
+            "maint" => AdminState::Maint,
+            _ => AdminState::Ready,
+        };
+        if admin != AdminState::Ready {
+            b.set_admin(admin, "carried over by the upgrade");
+        }
+        if c.weight != b.weight() {
+            let _ = b.set_weight(c.weight, "carried over by the upgrade");
+        }
+        match c.health {
+            Some(true) => b.set_health(Health::Up),
+            Some(false) => b.set_health(Health::Down),
+            None => {}
+        }
+        c.health
     }
 }
 

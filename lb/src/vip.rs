@@ -89,6 +89,9 @@ pub struct VipSlot {
     active: AtomicU64,
     per_source: Mutex<HashMap<IpAddr, u32>>,
     pub(crate) cancel: CancellationToken,
+    /// Cancelled (a latch) once the lb may accept: an upgraded process holds its
+    /// inherited listeners closed to clients until its probes have spoken.
+    pub(crate) opened: CancellationToken,
     /// The lb's task owner: connection tasks of this VIP are spawned through it.
     pub(crate) tasks: Tasks,
     totals: Arc<Totals>,
@@ -100,6 +103,7 @@ impl VipSlot {
         state: VipState,
         local: SocketAddr,
         cancel: CancellationToken,
+        opened: CancellationToken,
         tasks: Tasks,
         totals: Arc<Totals>,
     ) -> VipSlot {
@@ -112,9 +116,18 @@ impl VipSlot {
             active: AtomicU64::new(0),
             per_source: Mutex::new(HashMap::new()),
             cancel,
+            opened,
             tasks,
             totals,
             gauge,
+        }
+    }
+
+    /// Waits until the lb opens; false when the slot was cancelled first.
+    pub(crate) async fn wait_open(&self) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = self.opened.cancelled() => true,
         }
     }
 

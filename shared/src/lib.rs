@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod events;
+pub mod handover;
 pub mod health;
 pub mod probe;
 pub mod proxy_protocol;

@@ -186,6 +186,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
 /// to finish gracefully (in-flight requests complete, idle keep-alives close, HTTP/2
 /// gets GOAWAY); [`HttpVip::abort_connections`] ends the stragglers.
 pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<HttpVip>) {
+    if !slot.wait_open().await {
+        return;
+    }
     let stop = slot.cancel.clone();
     loop {
         let accepted = tokio::select! {

@@ -43,6 +43,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Accepts clients of `slot` until its token is cancelled (reload removal,
 /// `stop_accepting`, shutdown). Dropping out of the loop closes the listening socket.
 pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
+    if !slot.wait_open().await {
+        return;
+    }
     loop {
         let accepted = tokio::select! {
             _ = slot.cancel.cancelled() => return,
