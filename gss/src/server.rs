@@ -3,12 +3,15 @@
 //! which waits for every task and thread it started.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use shared::handover::{Inherited, SocketEntry, SocketKind};
 
 use crate::error::GssError;
 use crate::snapshot::Snapshot;
@@ -20,6 +23,9 @@ pub struct DnsServer {
     addr: SocketAddr,
     cancel: CancellationToken,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Duplicates of the sockets' descriptors for a handover to an upgraded process;
+    /// they live exactly as long as the server.
+    handover: Vec<(SocketEntry, OwnedFd)>,
 }
 
 impl DnsServer {
@@ -32,36 +38,74 @@ impl DnsServer {
         mode: UdpMode,
         cancel: CancellationToken,
     ) -> Result<DnsServer, GssError> {
+        DnsServer::bind_inherited(listen, snap, mode, cancel, None).await
+    }
+
+    /// As [`DnsServer::bind`], taking the sockets a predecessor handed over for
+    /// `listen` when there are (binary upgrade: no query is lost in between).
+    pub async fn bind_inherited(
+        listen: SocketAddr,
+        snap: Arc<ArcSwap<Snapshot>>,
+        mode: UdpMode,
+        cancel: CancellationToken,
+        inherited: Option<&Inherited>,
+    ) -> Result<DnsServer, GssError> {
         let bind_err = |e: std::io::Error| GssError::Bind(listen, e.to_string());
+        let taken = inherited.and_then(|i| {
+            let udp = i.take_udp("dns", listen);
+            let tcp = i.take_tcp("dns", listen)?;
+            let tcp = TcpListener::from_std(tcp).ok()?;
+            (!udp.is_empty()).then_some((udp, tcp))
+        });
         let mut attempt = 0;
-        let (udp, tcp) = loop {
-            attempt += 1;
-            let udp: Vec<std::net::UdpSocket> = match mode {
-                UdpMode::Hickory => {
-                    let s = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
-                    s.set_nonblocking(true).map_err(bind_err)?;
-                    vec![s]
-                }
-                UdpMode::Fast(n) => {
-                    let first = reuseport_socket(listen).map_err(bind_err)?;
-                    let addr = first.local_addr().map_err(bind_err)?;
-                    let mut v = vec![first];
-                    for _ in 1..n.max(1) {
-                        v.push(reuseport_socket(addr).map_err(bind_err)?);
+        let (udp, tcp) = match taken {
+            Some(t) => t,
+            None => loop {
+                attempt += 1;
+                let udp: Vec<std::net::UdpSocket> = match mode {
+                    UdpMode::Hickory => {
+                        let s = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+                        s.set_nonblocking(true).map_err(bind_err)?;
+                        vec![s]
                     }
-                    v
+                    UdpMode::Fast(n) => {
+                        let first = reuseport_socket(listen).map_err(bind_err)?;
+                        let addr = first.local_addr().map_err(bind_err)?;
+                        let mut v = vec![first];
+                        for _ in 1..n.max(1) {
+                            v.push(reuseport_socket(addr).map_err(bind_err)?);
+                        }
+                        v
+                    }
+                };
+                let addr = udp[0].local_addr().map_err(bind_err)?;
+                match TcpListener::bind(addr).await {
+                    Ok(tcp) => break (udp, tcp),
+                    Err(e) if listen.port() == 0 && attempt < 20 => {
+                        tracing::debug!(error = %e, "tcp port {} taken, retrying", addr.port());
+                    }
+                    Err(e) => return Err(bind_err(e)),
                 }
-            };
-            let addr = udp[0].local_addr().map_err(bind_err)?;
-            match TcpListener::bind(addr).await {
-                Ok(tcp) => break (udp, tcp),
-                Err(e) if listen.port() == 0 && attempt < 20 => {
-                    tracing::debug!(error = %e, "tcp port {} taken, retrying", addr.port());
-                }
-                Err(e) => return Err(bind_err(e)),
-            }
+            },
         };
         let addr = udp[0].local_addr().map_err(bind_err)?;
+        let mut handover = Vec::with_capacity(udp.len() + 1);
+        let entry = |kind| SocketEntry {
+            role: "dns".to_string(),
+            kind,
+            configured: listen,
+            local: addr,
+        };
+        for s in &udp {
+            handover.push((
+                entry(SocketKind::Udp),
+                s.as_fd().try_clone_to_owned().map_err(bind_err)?,
+            ));
+        }
+        handover.push((
+            entry(SocketKind::Tcp),
+            tcp.as_fd().try_clone_to_owned().map_err(bind_err)?,
+        ));
         let pktinfo = addr.ip().is_unspecified();
         let cancel = cancel.child_token();
         let tasks = TaskTracker::new();
@@ -93,6 +137,7 @@ impl DnsServer {
             addr,
             cancel,
             udp_threads,
+            handover,
         })
     }
 
@@ -101,10 +146,19 @@ impl DnsServer {
         self.addr
     }
 
+    /// A duplicate of every socket, described for a handover.
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(SocketEntry, OwnedFd)>> {
+        self.handover
+            .iter()
+            .map(|(e, fd)| Ok((e.clone(), fd.try_clone()?)))
+            .collect()
+    }
+
     /// Stops serving and waits for the server's tasks and the UDP threads (each sees
     /// the cancellation within [`crate::udp::POLL`]).
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        self.handover.clear();
         self.tasks.close();
         self.tasks.wait().await;
         let threads = std::mem::take(&mut self.udp_threads);

@@ -23,9 +23,11 @@ use arc_swap::ArcSwap;
 use shared::admin::SiteOverride;
 use shared::config::{GssConfig, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
+use shared::handover::{Inherited, SocketEntry};
 use shared::health::{spawn_checker, CheckResult, RiseFall};
 use shared::probe::{BuildError, Probe};
 use shared::status::{SitePage, SiteStatus};
+use std::os::fd::OwnedFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -399,6 +401,26 @@ impl Gss {
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
+        Gss::start_full(cfg, events, probes, None).await
+    }
+
+    /// As [`Gss::start`], serving DNS on the sockets a predecessor handed over (a
+    /// binary upgrade) when `inherited` has them. The DNS port opens, as always, only
+    /// after the first keepalive round.
+    pub async fn start_inherited(
+        cfg: &GssConfig,
+        events: Arc<EventLog>,
+        inherited: Option<&Inherited>,
+    ) -> Result<Gss, GssError> {
+        Gss::start_full(cfg, events, default_probes(), inherited).await
+    }
+
+    async fn start_full(
+        cfg: &GssConfig,
+        events: Arc<EventLog>,
+        probes: ProbeFactory,
+        inherited: Option<&Inherited>,
+    ) -> Result<Gss, GssError> {
         crate::metrics::describe();
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
@@ -473,11 +495,12 @@ impl Gss {
                     .record(name.clone(), format!("answers {} (initial)", summaries[0]));
             }
         }
-        let server = match DnsServer::bind(
+        let server = match DnsServer::bind_inherited(
             cfg.listen,
             core.snap.clone(),
             UdpMode::default(),
             core.cancel.clone(),
+            inherited,
         )
         .await
         {
@@ -501,6 +524,14 @@ impl Gss {
     /// The address the DNS server listens on (UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A duplicate of the DNS sockets for a handover to an upgraded process.
+    pub async fn handover_sockets(&self) -> std::io::Result<Vec<(SocketEntry, OwnedFd)>> {
+        match self.server.lock().await.as_ref() {
+            Some(s) => s.handover_sockets(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Every site's effective state and override, for `/status`.

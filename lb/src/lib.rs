@@ -29,7 +29,7 @@ pub mod vip;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -363,13 +363,13 @@ impl Lb {
         self.inner.opened.cancel();
     }
 
-    /// Calls `f` with every VIP listener, described for a handover, while they are
-    /// guaranteed open.
-    pub fn with_listeners<R>(&self, f: impl FnOnce(&[(SocketEntry, BorrowedFd<'_>)]) -> R) -> R {
-        let fds = sync::lock(&self.inner.listen_fds);
-        let list: Vec<(SocketEntry, BorrowedFd<'_>)> =
-            fds.iter().map(|(e, fd)| (e.clone(), fd.as_fd())).collect();
-        f(&list)
+    /// A duplicate of every open VIP listener, described for a handover to an
+    /// upgraded process (empty once the lb stopped accepting).
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(SocketEntry, OwnedFd)>> {
+        sync::lock(&self.inner.listen_fds)
+            .iter()
+            .map(|(e, fd)| Ok((e.clone(), fd.try_clone()?)))
+            .collect()
     }
 
     /// Every backend's health, admin state and weight, for a successor to start from.
@@ -665,11 +665,9 @@ impl Lb {
                             };
                             checkers.push((Arc::clone(c), probe));
                         }
-                        None => fresh.push((
-                            Arc::clone(&b),
-                            (build(bcfg)?, cfg.probe.clone()),
-                            None,
-                        )),
+                        None => {
+                            fresh.push((Arc::clone(&b), (build(bcfg)?, cfg.probe.clone()), None))
+                        }
                     }
                     reconfigure.push((Arc::clone(&b), bcfg.clone()));
                     backends.push(b);

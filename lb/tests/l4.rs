@@ -739,34 +739,46 @@ async fn shutdown_cuts_l4_connections_after_the_drain_and_waits_for_them() {
 #[tokio::test]
 async fn a_handed_over_listener_keeps_its_queue_and_the_state_carries_over() {
     use shared::handover::{self, Manifest, VERSION};
+    use std::os::fd::AsFd;
     let e1 = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
     let e2 = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
-    let mut cfg = vip("echo", MailProtocol::None, &[("e1", e1.addr()), ("e2", e2.addr())]);
+    let mut cfg = vip(
+        "echo",
+        MailProtocol::None,
+        &[("e1", e1.addr()), ("e2", e2.addr())],
+    );
     cfg.probe.timing = timing(1_000, 500, 2, 2);
     let up = Arc::new(AtomicBool::new(true));
     let (old, _events) = start(std::slice::from_ref(&cfg), scripted(Arc::clone(&up))).await;
     let addr = addr(&old, "echo");
     assert!(old.first_verdicts().await);
-    old.backend("echo", "e2").expect("e2").set_admin(lb::AdminState::Drain, "test");
-    old.backend("echo", "e1").expect("e1").set_weight(7, "test").expect("weight");
+    old.backend("echo", "e2")
+        .expect("e2")
+        .set_admin(lb::AdminState::Drain, "test");
+    old.backend("echo", "e1")
+        .expect("e1")
+        .set_weight(7, "test")
+        .expect("weight");
 
     let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
-    let manifest_fds = old.with_listeners(|list| {
-        let manifest = Manifest {
-            version: VERSION,
-            sockets: list.iter().map(|(e, _)| e.clone()).collect(),
-            carried: old.carried(),
-        };
-        let fds: Vec<_> = list.iter().map(|(_, fd)| *fd).collect();
-        handover::send(&a, &manifest, &fds)
-    });
-    manifest_fds.expect("handed over");
+    let list = old.handover_sockets().expect("dup");
+    let manifest = Manifest {
+        version: VERSION,
+        sockets: list.iter().map(|(e, _)| e.clone()).collect(),
+        carried: old.carried(),
+    };
+    let fds: Vec<_> = list.iter().map(|(_, fd)| fd.as_fd()).collect();
+    handover::send(&a, &manifest, &fds).expect("handed over");
     let inherited = Arc::new(handover::receive(&b).expect("received"));
     let mut options = scripted(Arc::clone(&up));
     options.inherited = Some(Arc::clone(&inherited));
     options.hold_accept = true;
     let (new, _events2) = start(std::slice::from_ref(&cfg), options).await;
-    assert_eq!(new.local_addr("echo"), Some(addr), "the same socket, not a new bind");
+    assert_eq!(
+        new.local_addr("echo"),
+        Some(addr),
+        "the same socket, not a new bind"
+    );
     assert!(inherited.untaken().is_empty());
     let e2_new = new.backend("echo", "e2").expect("e2");
     assert_eq!(e2_new.admin(), lb::AdminState::Drain, "drain carried over");
@@ -777,7 +789,10 @@ async fn a_handed_over_listener_keeps_its_queue_and_the_state_carries_over() {
     // Nobody accepts now; the client waits in the listen queue.
     let waiting = tokio::spawn(async move { echo_once(addr, b"queued\n").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiting.is_finished(), "not served before the successor opens");
+    assert!(
+        !waiting.is_finished(),
+        "not served before the successor opens"
+    );
     new.open();
     tokio::time::timeout(WAIT, waiting)
         .await
@@ -785,5 +800,7 @@ async fn a_handed_over_listener_keeps_its_queue_and_the_state_carries_over() {
         .expect("join")
         .expect("echoed by the successor");
     assert_eq!(old.active_connections(), 0);
-    echo_once(addr, b"after\n").await.expect("the successor serves");
+    echo_once(addr, b"after\n")
+        .await
+        .expect("the successor serves");
 }

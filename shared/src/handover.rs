@@ -147,13 +147,21 @@ pub fn send(
     w.write_all(&len.to_be_bytes())?;
     w.write_all(&json)?;
     for chunk in fds.chunks(FDS_PER_MESSAGE) {
-        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+        let mut space =
+            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
-            return Err(HandoverError::Protocol("descriptor batch does not fit".into()));
+            return Err(HandoverError::Protocol(
+                "descriptor batch does not fit".into(),
+            ));
         }
-        sendmsg(stream, &[IoSlice::new(b"F")], &mut control, SendFlags::empty())
-            .map_err(std::io::Error::from)?;
+        sendmsg(
+            stream,
+            &[IoSlice::new(b"F")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
     }
     Ok(())
 }
@@ -179,7 +187,8 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
     }
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(manifest.sockets.len());
     while fds.len() < manifest.sockets.len() {
-        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+        let mut space =
+            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8; 1];
         let got = recvmsg(
@@ -203,7 +212,9 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
             }
         }
         if fds.len() == before {
-            return Err(HandoverError::Protocol("a message without descriptors".into()));
+            return Err(HandoverError::Protocol(
+                "a message without descriptors".into(),
+            ));
         }
     }
     if fds.len() != manifest.sockets.len() {
@@ -271,7 +282,10 @@ impl Inherited {
 
     /// The listening socket `role` had on `configured`, if it was handed over.
     pub fn take_tcp(&self, role: &str, configured: SocketAddr) -> Option<std::net::TcpListener> {
-        let fd = self.take(role, SocketKind::Tcp, configured).into_iter().next()?;
+        let fd = self
+            .take(role, SocketKind::Tcp, configured)
+            .into_iter()
+            .next()?;
         let l = std::net::TcpListener::from(fd);
         l.set_nonblocking(true).ok()?;
         Some(l)
@@ -321,7 +335,10 @@ mod tests {
         let queued = std::net::TcpStream::connect(ta).expect("connect");
         let manifest = Manifest {
             version: VERSION,
-            sockets: vec![entry("vip", SocketKind::Tcp, ta), entry("dns", SocketKind::Udp, ua)],
+            sockets: vec![
+                entry("vip", SocketKind::Tcp, ta),
+                entry("dns", SocketKind::Udp, ua),
+            ],
             carried: Carried {
                 backends: vec![CarriedBackend {
                     vip: "smtp".into(),
