@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod real;
+pub mod router;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
