@@ -620,3 +620,46 @@ fn a_router_sending_garbage_or_notification_resets_the_session_only() {
     assert!(TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_ok());
     assert!(portico.ctl("show vips").starts_with("smtp "));
 }
+
+/// (7) FRR interop: bgpd establishes the session and receives the prefix with our
+/// AS path and communities.
+#[test]
+fn frr_establishes_and_receives_the_prefix() {
+    let dir = TempDir::new("bgp-frr");
+    let Some(frr) = common::router::Frr::start(&dir, &[("127.0.0.2", 65010)]) else {
+        return;
+    };
+    let mx = Backend::start();
+    let r = Replica {
+        source: "127.0.0.2",
+        asn: 65010,
+        listen: format!("127.0.0.2:{}", free_port()).parse().unwrap(),
+        backends: &[&mx],
+        announce_extra: "",
+        // FRR refuses a 127.0.0.0/8 next hop as martian (NOTIFICATION 3/8).
+        neighbor_extra: "next_hop = \"203.0.113.2\"",
+        bird_port: frr.port,
+        grace: "1s",
+    };
+    let portico = r.start(&dir);
+    let established = poll(Duration::from_secs(15), || {
+        frr.vtysh("show bgp neighbors 127.0.0.2")
+            .filter(|s| s.contains("BGP state = Established"))
+    });
+    assert!(
+        established.is_some(),
+        "{:?}\n{}\n{}",
+        frr.vtysh("show bgp neighbors 127.0.0.2"),
+        portico.ctl("show bgp"),
+        frr.log_text()
+    );
+    let route = poll(Duration::from_secs(10), || {
+        frr.vtysh(&format!("show bgp ipv4 unicast {PREFIX}"))
+            .filter(|s| s.contains("Paths: (1 available"))
+    })
+    .unwrap_or_else(|| panic!("{:?}", frr.vtysh("show bgp ipv4 unicast")));
+    assert!(route.contains("65010"), "{route}");
+    assert!(route.contains("203.0.113.2"), "{route}");
+    assert!(route.contains("Community: 65010:100 65010:200"), "{route}");
+    assert!(portico.ctl("show bgp").contains("established"));
+}

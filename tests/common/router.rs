@@ -246,3 +246,87 @@ impl Drop for Bird {
         self.kill();
     }
 }
+
+/// A running FRR `bgpd` on 127.0.0.1:`port`, alone (no zebra: `-Z -n`), passive
+/// towards its peers, queried with `vtysh` over its own socket directory.
+pub struct Frr {
+    pub port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+    _daemon: Daemon,
+}
+
+impl Frr {
+    /// Starts bgpd with one passive eBGP neighbor per `(address, asn)`; `None` (skip)
+    /// when FRR is not installed outside CI.
+    pub fn start(dir: &TempDir, peers: &[(&str, u32)]) -> Option<Frr> {
+        let bin = ["/usr/lib/frr/bgpd", "/usr/sbin/bgpd"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .or_else(|| tool("bgpd"))?;
+        tool("vtysh")?;
+        let root = dir.path("frr");
+        std::fs::create_dir_all(&root).expect("frr dir");
+        let log = root.join("bgpd.log");
+        let mut conf = format!(
+            "frr defaults traditional\nhostname rtr\nlog file {} informational\n!\nrouter bgp {ROUTER_AS}\n bgp router-id 127.0.0.1\n no bgp ebgp-requires-policy\n",
+            log.display()
+        );
+        for (addr, asn) in peers {
+            conf.push_str(&format!(
+                " neighbor {addr} remote-as {asn}\n neighbor {addr} passive\n neighbor {addr} ebgp-multihop 2\n"
+            ));
+        }
+        conf.push_str(" address-family ipv4 unicast\n");
+        for (addr, _) in peers {
+            conf.push_str(&format!("  neighbor {addr} activate\n"));
+        }
+        conf.push_str(" exit-address-family\n!\n");
+        let conf_path = root.join("bgpd.conf");
+        std::fs::write(&conf_path, conf).expect("write bgpd.conf");
+        let port = free_port();
+        let daemon = Daemon::spawn(
+            Command::new(bin)
+                .arg("-f")
+                .arg(&conf_path)
+                .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-Z", "-S", "-n"])
+                .arg("-i")
+                .arg(root.join("bgpd.pid"))
+                .arg("--vty_socket")
+                .arg(&root)
+                .args(["-A", "127.0.0.1", "-P", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let frr = Frr {
+            port,
+            dir: root,
+            log,
+            _daemon: daemon,
+        };
+        let up = poll(Duration::from_secs(10), || {
+            frr.vtysh("show bgp summary")
+                .filter(|s| s.contains("local AS number"))
+        });
+        assert!(up.is_some(), "bgpd did not come up:\n{}", frr.log_text());
+        Some(frr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One `vtysh -c COMMAND` against this bgpd.
+    pub fn vtysh(&self, command: &str) -> Option<String> {
+        let out = Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&self.dir)
+            .args(["-d", "bgpd", "-c", command])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

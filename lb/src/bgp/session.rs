@@ -416,6 +416,14 @@ async fn session(
                                     Ok(()) => {
                                         c.peering.four_octet = wire::open_four_octet(&o);
                                         status.set_state(State::OpenConfirm);
+                                        // Our KEEPALIVE goes before anything else: the
+                                        // router's KEEPALIVE may sit in the same read,
+                                        // and an UPDATE must not reach a router that is
+                                        // still in OpenConfirm (FRR resets on that).
+                                        if let Err(e) = send(&mut c.wr, &wire::keepalive()).await {
+                                            return End::Failed(e);
+                                        }
+                                        fsm.sent(Instant::now());
                                         Ok(false)
                                     }
                                     Err(e) => Err(e),
