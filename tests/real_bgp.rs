@@ -714,3 +714,87 @@ fn md5_signed_session_with_bird() {
     assert!(!p2.ctl("show events 100").contains("session established"));
     assert_eq!(bird.paths(PREFIX).len(), 1, "{}", bird.route(PREFIX));
 }
+
+/// The `Since` column of `show protocols NAME`: changes whenever the session resets.
+fn since(bird: &Bird, name: &str) -> String {
+    let text = bird.protocol(name);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{text}"));
+    line.split_whitespace()
+        .take(6)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A reload adds a neighbor, changes a VIP's communities and removes the other
+/// neighbor: the unchanged session is never reset, the changed route is re-sent on
+/// it, the removed router gets a Cease.
+#[test]
+fn reload_changes_neighbors_and_routes_without_dropping_unchanged_sessions() {
+    let dir = TempDir::new("bgp-reload");
+    let dir_a = TempDir::new("bgp-reload-a");
+    let dir_b = TempDir::new("bgp-reload-b");
+    let Some(a) = Bird::start(&dir_a, &[BirdPeer::new("r1", "127.0.0.2", 65010)]) else {
+        return;
+    };
+    let Some(b) = Bird::start(&dir_b, &[BirdPeer::new("r1", "127.0.0.2", 65010)]) else {
+        return;
+    };
+    let mx = Backend::start();
+    let pool = [&mx];
+    let mut r = replica(&a, "127.0.0.2", &pool);
+    let portico = r.start(&dir);
+    wait_paths(&a, 1, Duration::from_secs(15));
+    let a_since = since(&a, "r1");
+
+    // Add router B.
+    let second = format!(
+        "[[bgp.neighbor]]\naddress = \"127.0.0.1\"\nport = {}\nremote_as = {ROUTER_AS}\nlocal_address = \"127.0.0.2\"\n",
+        b.port
+    );
+    r.neighbor_extra = "";
+    let with_b = r
+        .config(&dir)
+        .replace("\n[[vip]]", &format!("{second}\n[[vip]]"));
+    std::fs::write(&portico.config, &with_b).unwrap();
+    assert_eq!(portico.ctl("reload").trim(), "ok");
+    wait_paths(&b, 1, Duration::from_secs(15));
+
+    // Change the VIP's communities: re-sent to both, no reset.
+    let changed = with_b.replace("\"65010:200\"", "\"65010:300\"");
+    std::fs::write(&portico.config, &changed).unwrap();
+    assert_eq!(portico.ctl("reload").trim(), "ok");
+    for bird in [&a, &b] {
+        let ok = poll(Duration::from_secs(5), || {
+            let p = bird.paths(PREFIX);
+            (p.len() == 1 && p[0].attr("BGP.community") == Some("(65010,100) (65010,300)"))
+                .then_some(())
+        });
+        assert!(ok.is_some(), "{}", bird.route(PREFIX));
+    }
+    assert_eq!(since(&a, "r1"), a_since, "router A's session was reset");
+
+    // Remove router A: it is told (Cease) and drops our route; B keeps it.
+    let b_since = since(&b, "r1");
+    let mut only_b = replica(&b, "127.0.0.2", &pool);
+    only_b.listen = r.listen;
+    let without_a = only_b
+        .config(&dir)
+        .replace("\"65010:200\"", "\"65010:300\"");
+    std::fs::write(&portico.config, &without_a).unwrap();
+    assert_eq!(portico.ctl("reload").trim(), "ok");
+    wait_paths(&a, 0, Duration::from_secs(5));
+    assert_eq!(b.paths(PREFIX).len(), 1);
+    assert_eq!(since(&b, "r1"), b_since, "router B's session was reset");
+    let bgp = portico.ctl("show bgp");
+    assert!(!bgp.contains(&format!(":{} ", a.port)), "{bgp}");
+    assert!(
+        a.log_text().contains("Administrative shutdown")
+            || a.protocol("r1").contains("Administrative shutdown"),
+        "{}\n{}",
+        a.protocol("r1"),
+        a.log_text()
+    );
+}
