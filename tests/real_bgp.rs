@@ -798,3 +798,48 @@ fn reload_changes_neighbors_and_routes_without_dropping_unchanged_sessions() {
         a.log_text()
     );
 }
+
+/// The router-side examples in config/ are valid for the routers they are for.
+#[test]
+fn router_examples_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    if let Some(bird) = common::tool("bird") {
+        let out = std::process::Command::new(bird)
+            .arg("-p")
+            .arg("-c")
+            .arg(root.join("bird-rhi.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bgpd = ["/usr/lib/frr/bgpd", "/usr/sbin/bgpd"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| common::tool("bgpd"));
+    if let Some(bgpd) = bgpd {
+        let dir = TempDir::new("frr-check");
+        let out = std::process::Command::new(bgpd)
+            .arg("-C")
+            .arg("-f")
+            .arg(root.join("frr-rhi.conf"))
+            .args(["-Z", "-S", "-n", "-p", "0", "--vty_socket"])
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // bgpd -C exits 0 even on a bad line; it names the line instead.
+        assert!(
+            out.status.success() && !text.contains("No such command") && !text.contains("rror"),
+            "{text}"
+        );
+    }
+}
