@@ -8,7 +8,8 @@
 //! connections belong to no token: they run to their end (or until the process
 //! exits after its drain timeout). The list of VIPs is an [`ArcSwap`] snapshot; each
 //! VIP's config + pool another, replaced whole by a reload and read lock-free by the
-//! accept loops. See ARCHITECTURE.md for the module map.
+//! accept loops. With `[bgp]`, the speaker in [`bgp`] announces each healthy VIP's
+//! prefixes to the routers. See ARCHITECTURE.md for the module map.
 
 pub mod accept_proxy;
 pub mod access;

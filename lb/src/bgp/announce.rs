@@ -59,6 +59,8 @@ pub struct Decision {
     pub prefix: IpNet,
     /// The VIP whose state decided (the first that announces it, else the first).
     pub vip: String,
+    /// Every VIP listing the prefix, config order.
+    pub owners: Vec<String>,
     /// Announced or withdrawn.
     pub announced: bool,
     /// Why.
@@ -104,14 +106,21 @@ pub fn decide(vips: &[VipView], withdrawn: &HashSet<String>, shutting_down: bool
             let d = Decision {
                 prefix: *p,
                 vip: v.name.clone(),
+                owners: vec![v.name.clone()],
                 announced: wants,
                 reason: r,
                 attrs: attrs(a),
                 healthy: (v.healthy, v.min_healthy),
             };
             match out.iter_mut().find(|d| d.prefix == *p) {
-                Some(existing) if !existing.announced && wants => *existing = d,
-                Some(_) => {}
+                Some(existing) => {
+                    let mut owners = std::mem::take(&mut existing.owners);
+                    owners.push(v.name.clone());
+                    if !existing.announced && wants {
+                        *existing = d;
+                    }
+                    existing.owners = owners;
+                }
                 None => out.push(d),
             }
         }
@@ -195,6 +204,7 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert!(d[0].announced);
         assert_eq!(d[0].vip, "submission");
+        assert_eq!(d[0].owners, ["smtp", "submission"]);
         let both_down = [view("smtp", 0, &p), view("submission", 1, &p)];
         let d = decide(&both_down, &HashSet::new(), false);
         assert_eq!((d[0].announced, d[0].vip.as_str()), (false, "smtp"));

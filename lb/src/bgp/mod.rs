@@ -300,9 +300,11 @@ impl Speaker {
     /// `show vips`' announce field of `vip`: `announced`, `withdrawn` or `-`.
     pub fn vip_state(&self, vip: &str) -> &'static str {
         let decisions = lock(&self.decisions);
-        let mine: Vec<&Decision> = decisions.iter().filter(|d| d.vip == vip).collect();
+        let mine: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| d.owners.iter().any(|o| o == vip))
+            .collect();
         if mine.is_empty() {
-            // A shared prefix is listed under the VIP that decided it.
             return "-";
         }
         if mine.iter().all(|d| d.announced) {
