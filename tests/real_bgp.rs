@@ -101,6 +101,8 @@ struct Replica<'a> {
     neighbor_extra: &'a str,
     bird_port: u16,
     grace: &'a str,
+    /// `/metrics` and `/status`.
+    http: SocketAddr,
 }
 
 impl Replica<'_> {
@@ -115,6 +117,9 @@ impl Replica<'_> {
             r#"drain_timeout = "5s"
 [admin]
 socket = "{sock}"
+
+[http]
+listen = "{http}"
 
 [bgp]
 local_as = {asn}
@@ -137,6 +142,7 @@ probe = {{ kind = "tcp", interval = "{interval}ms", timeout = "{timeout}ms", ris
 announce = {{ prefixes = ["{PREFIX}"], communities = ["65010:100", "65010:200"]{announce_extra} }}
 "#,
             sock = dir.path("admin.sock").display(),
+            http = self.http,
             asn = self.asn,
             source = self.source,
             grace = self.grace,
@@ -167,6 +173,7 @@ fn replica<'a>(bird: &Bird, source: &'a str, backends: &'a [&'a Backend]) -> Rep
         neighbor_extra: "",
         bird_port: bird.port,
         grace: "1s",
+        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     }
 }
 
@@ -194,7 +201,9 @@ fn healthy_vip_prefix_reaches_the_router_with_next_hop_and_communities() {
         return;
     };
     let mx = Backend::start();
-    let portico = replica(&bird, "127.0.0.2", &[&mx]).start(&dir);
+    let pool = [&mx];
+    let r = replica(&bird, "127.0.0.2", &pool);
+    let portico = r.start(&dir);
     let paths = wait_paths(&bird, 1, Duration::from_secs(15));
     let p = &paths[0];
     assert_eq!(p.protocol(), "r1", "{p:?}");
@@ -223,6 +232,16 @@ fn healthy_vip_prefix_reaches_the_router_with_next_hop_and_communities() {
     assert!(portico
         .ctl("show events 100")
         .contains(&format!("prefix {PREFIX} announced")));
+    let (code, metrics) = common::http_get(r.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let neighbor = format!("127.0.0.1:{}", bird.port);
+    for want in [
+        format!("portico_bgp_session_up{{neighbor=\"{neighbor}\"}} 1"),
+        format!("portico_bgp_prefix_announced{{vip=\"smtp\",prefix=\"{PREFIX}\"}} 1"),
+        format!("portico_bgp_updates_sent_total{{neighbor=\"{neighbor}\"}} 1"),
+    ] {
+        assert!(metrics.lines().any(|l| l == want), "{want} not in:\n{metrics}");
+    }
 }
 
 /// (2) All backends killed: withdrawn within the probe's detection time plus 1 s;
@@ -567,6 +586,7 @@ fn a_router_sending_garbage_or_notification_resets_the_session_only() {
         neighbor_extra: "",
         bird_port: port,
         grace: "1s",
+        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     };
     let portico = r.start(&dir);
     let mut accepted = Vec::new();
@@ -640,6 +660,7 @@ fn frr_establishes_and_receives_the_prefix() {
         neighbor_extra: "next_hop = \"203.0.113.2\"",
         bird_port: frr.port,
         grace: "1s",
+        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     };
     let portico = r.start(&dir);
     let established = poll(Duration::from_secs(15), || {
