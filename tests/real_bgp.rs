@@ -240,7 +240,10 @@ fn healthy_vip_prefix_reaches_the_router_with_next_hop_and_communities() {
         format!("portico_bgp_prefix_announced{{vip=\"smtp\",prefix=\"{PREFIX}\"}} 1"),
         format!("portico_bgp_updates_sent_total{{neighbor=\"{neighbor}\"}} 1"),
     ] {
-        assert!(metrics.lines().any(|l| l == want), "{want} not in:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "{want} not in:\n{metrics}"
+        );
     }
 }
 
@@ -863,4 +866,39 @@ fn router_examples_parse() {
             "{text}"
         );
     }
+}
+
+/// An IPv6 VIP prefix goes in MP_REACH_NLRI over the IPv4 session, with the VIP's
+/// IPv6 next hop, and is withdrawn with MP_UNREACH_NLRI; the VIP's IPv4 prefix keeps
+/// the session's address as its next hop.
+#[test]
+fn ipv6_prefix_is_announced_and_withdrawn_over_multiprotocol_bgp() {
+    let dir = TempDir::new("bgp-v6");
+    let Some(bird) = Bird::start(&dir, &[BirdPeer::new("r1", "127.0.0.2", 65010)]) else {
+        return;
+    };
+    let mx = Backend::start();
+    let pool = [&mx];
+    let r = replica(&bird, "127.0.0.2", &pool);
+    let v6 = "2001:db8::10/128";
+    let config = r.config(&dir).replace(
+        &format!("prefixes = [\"{PREFIX}\"]"),
+        &format!("prefixes = [\"{PREFIX}\", \"{v6}\"], next_hop = \"2001:db8::2\""),
+    );
+    let portico = Portico::start(&dir, &config);
+    // The VIP's next hop is for its v6 prefix; the v4 one keeps the session's address.
+    let v4 = wait_paths(&bird, 1, Duration::from_secs(15));
+    assert_eq!(v4[0].attr("BGP.next_hop"), Some("127.0.0.2"), "{v4:?}");
+    let route = poll(Duration::from_secs(15), || {
+        let p = bird.paths(v6);
+        (p.len() == 1).then(|| p[0].clone())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", bird.route(v6), portico.ctl("show bgp")));
+    assert_eq!(route.attr("BGP.next_hop"), Some("2001:db8::2"), "{route:?}");
+    assert_eq!(route.attr("BGP.community"), Some("(65010,100) (65010,200)"));
+    assert_eq!(portico.ctl("withdraw smtp").trim(), "ok");
+    let gone = poll(Duration::from_secs(5), || {
+        bird.paths(v6).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "{}", bird.route(v6));
 }

@@ -86,6 +86,7 @@ protocol static loopnet {{ ipv4; route {NEXT_HOP_NET} via "lo"; }}
   neighbor {addr} as {asn};
   multihop 2; passive on; hold time 9; {password}
   ipv4 {{ import all; export none; igp table master4; }};
+  ipv6 {{ import all; export none; }};
 }}
 "#,
                 name = p.name,

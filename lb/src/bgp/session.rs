@@ -283,11 +283,14 @@ impl Conn<'_> {
         ))
     }
 
-    fn next_hop(&self, attrs: &wire::RouteAttrs) -> IpAddr {
-        attrs
-            .next_hop
-            .or(self.n.cfg.next_hop)
-            .unwrap_or(self.local_ip)
+    /// The VIP's `next_hop`, else the neighbor's, else the session's local address:
+    /// the first of the prefix's family (a dual-stack VIP names one next hop per
+    /// family across the two levels).
+    fn next_hop(&self, prefix: &ipnet::IpNet, attrs: &wire::RouteAttrs) -> Option<IpAddr> {
+        [attrs.next_hop, self.n.cfg.next_hop, Some(self.local_ip)]
+            .into_iter()
+            .flatten()
+            .find(|nh| nh.is_ipv4() == matches!(prefix, ipnet::IpNet::V4(_)))
     }
 
     async fn update(&mut self, bytes: Option<Bytes>) -> Result<(), String> {
@@ -318,7 +321,10 @@ impl Conn<'_> {
             if !again && self.advertised.get(p) == Some(attrs) {
                 continue;
             }
-            match wire::announce(*p, attrs, self.next_hop(attrs), self.peering) {
+            let update = self
+                .next_hop(p, attrs)
+                .and_then(|nh| wire::announce(*p, attrs, nh, self.peering));
+            match update {
                 Some(b) => {
                     self.update(Some(b)).await?;
                     self.advertised.insert(*p, attrs.clone());
@@ -326,8 +332,7 @@ impl Conn<'_> {
                 }
                 None => tracing::warn!(
                     neighbor = %self.n.label(),
-                    "bgp: {p} not announced: next hop {} is of the other address family; set next_hop",
-                    self.next_hop(attrs)
+                    "bgp: {p} not announced: no next hop of its address family; set next_hop"
                 ),
             }
         }
