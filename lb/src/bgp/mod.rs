@@ -89,6 +89,9 @@ pub struct Speaker {
     wake: Notify,
     view: OnceLock<ViewFn>,
     announcer: AtomicBool,
+    /// One decision at a time: the announcer and shutdown both decide, and each
+    /// change must be recorded once.
+    deciding: Mutex<()>,
     events: Arc<EventLog>,
     tasks: Tasks,
 }
@@ -106,6 +109,7 @@ impl Speaker {
             wake: Notify::new(),
             view: OnceLock::new(),
             announcer: AtomicBool::new(false),
+            deciding: Mutex::new(()),
             events,
             tasks,
         }
@@ -189,6 +193,7 @@ impl Speaker {
     /// Decides from the current VIPs, records what changed, publishes the routes.
     fn refresh(&self) {
         let Some(view) = self.view.get() else { return };
+        let _one = lock(&self.deciding);
         let vips = view();
         let new = announce::decide(
             &vips,
