@@ -278,9 +278,7 @@ impl Speaker {
                 p.neighbor.label(),
                 p.neighbor.cfg.remote_as,
                 v.state.as_str(),
-                v.uptime
-                    .map(|d| humantime_secs(d))
-                    .unwrap_or_else(|| "-".into()),
+                v.uptime.map(uptime_secs).unwrap_or_else(|| "-".into()),
                 v.advertised,
                 v.updates_sent,
                 v.last_error.as_deref().unwrap_or("-"),
@@ -328,7 +326,7 @@ impl Speaker {
     }
 }
 
-fn humantime_secs(d: Duration) -> String {
+fn uptime_secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
