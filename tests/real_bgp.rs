@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::router::{Bird, BirdPeer, ROUTER_AS};
-use common::{echo_roundtrip, free_port, poll, Portico, TempDir};
+use common::{echo_roundtrip, listen_port, poll, Portico, TempDir};
 
 const PREFIX: &str = "198.51.100.10/32";
 
@@ -30,7 +30,7 @@ struct Backend {
 
 impl Backend {
     fn start() -> Backend {
-        let port = free_port();
+        let port = listen_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut b = Backend {
             addr,
@@ -167,13 +167,13 @@ fn replica<'a>(bird: &Bird, source: &'a str, backends: &'a [&'a Backend]) -> Rep
     Replica {
         source,
         asn: 65010,
-        listen: format!("{source}:{}", free_port()).parse().unwrap(),
+        listen: format!("{source}:{}", listen_port()).parse().unwrap(),
         backends,
         announce_extra: "",
         neighbor_extra: "",
         bird_port: bird.port,
         grace: "1s",
-        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        http: format!("127.0.0.1:{}", listen_port()).parse().unwrap(),
     }
 }
 
@@ -396,7 +396,7 @@ fn sigterm_withdraws_before_the_listener_closes_and_costs_no_connection() {
         return;
     };
     let mx = Backend::start();
-    let port = free_port();
+    let port = listen_port();
     let pool = [&mx];
     let mut r1 = replica(&bird, "127.0.0.2", &pool);
     r1.listen = format!("127.0.0.2:{port}").parse().unwrap();
@@ -576,10 +576,10 @@ fn router_restart_reconnects_and_reannounces() {
 fn a_router_sending_garbage_or_notification_resets_the_session_only() {
     use std::io::{Read, Write};
     let dir = TempDir::new("bgp-garbage");
-    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = fake.local_addr().unwrap().port();
+    let port = listen_port();
+    let fake = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let mx = Backend::start();
-    let listen: SocketAddr = format!("127.0.0.2:{}", free_port()).parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.2:{}", listen_port()).parse().unwrap();
     let r = Replica {
         source: "127.0.0.2",
         asn: 65010,
@@ -589,7 +589,7 @@ fn a_router_sending_garbage_or_notification_resets_the_session_only() {
         neighbor_extra: "",
         bird_port: port,
         grace: "1s",
-        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        http: format!("127.0.0.1:{}", listen_port()).parse().unwrap(),
     };
     let portico = r.start(&dir);
     let mut accepted = Vec::new();
@@ -656,14 +656,14 @@ fn frr_establishes_and_receives_the_prefix() {
     let r = Replica {
         source: "127.0.0.2",
         asn: 65010,
-        listen: format!("127.0.0.2:{}", free_port()).parse().unwrap(),
+        listen: format!("127.0.0.2:{}", listen_port()).parse().unwrap(),
         backends: &[&mx],
         announce_extra: "",
         // FRR refuses a 127.0.0.0/8 next hop as martian (NOTIFICATION 3/8).
         neighbor_extra: "next_hop = \"203.0.113.2\"",
         bird_port: frr.port,
         grace: "1s",
-        http: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        http: format!("127.0.0.1:{}", listen_port()).parse().unwrap(),
     };
     let portico = r.start(&dir);
     let established = poll(Duration::from_secs(15), || {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, poll, tool, Daemon, TempDir};
+use super::{listen_port, poll, tool, Daemon, TempDir};
 
 /// The router's AS in every test.
 pub const ROUTER_AS: u32 = 65000;
@@ -63,7 +63,7 @@ impl Bird {
     pub fn start(dir: &TempDir, peers: &[BirdPeer]) -> Option<Bird> {
         let bin = tool("bird")?;
         let birdc = tool("birdc")?;
-        let port = free_port();
+        let port = listen_port();
         let conf = dir.path("bird.conf");
         let log = dir.path("bird.log");
         let mut text = format!(
@@ -286,7 +286,7 @@ impl Frr {
         conf.push_str(" exit-address-family\n!\n");
         let conf_path = root.join("bgpd.conf");
         std::fs::write(&conf_path, conf).expect("write bgpd.conf");
-        let port = free_port();
+        let port = listen_port();
         let daemon = Daemon::spawn(
             Command::new(bin)
                 .arg("-f")
