@@ -902,3 +902,68 @@ fn ipv6_prefix_is_announced_and_withdrawn_over_multiprotocol_bgp() {
     });
     assert!(gone.is_some(), "{}", bird.route(v6));
 }
+
+/// Reads one BGP message (header and body) from a fake router's socket.
+fn read_message(s: &mut TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = [0u8; 19];
+    s.read_exact(&mut head).unwrap();
+    let len = usize::from(u16::from_be_bytes([head[16], head[17]]));
+    let mut msg = head.to_vec();
+    msg.resize(len, 0);
+    s.read_exact(&mut msg[19..]).unwrap();
+    msg
+}
+
+/// A router whose OPEN and KEEPALIVE arrive in one segment still gets our KEEPALIVE
+/// before any UPDATE: a router in OpenConfirm resets on an UPDATE (FRR does).
+#[test]
+fn keepalive_goes_before_the_first_update() {
+    use std::io::Write;
+    let dir = TempDir::new("bgp-order");
+    let port = listen_port();
+    let fake = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mx = Backend::start();
+    let r = Replica {
+        source: "127.0.0.2",
+        asn: 65010,
+        listen: format!("127.0.0.2:{}", listen_port()).parse().unwrap(),
+        backends: &[&mx],
+        announce_extra: "",
+        neighbor_extra: "",
+        bird_port: port,
+        grace: "1s",
+        http: format!("127.0.0.1:{}", listen_port()).parse().unwrap(),
+    };
+    let portico = r.start(&dir);
+    // The VIP is up (so there is a route to send) before the session starts.
+    let up = poll(Duration::from_secs(10), || {
+        portico
+            .ctl("show bgp")
+            .contains(&format!("prefix {PREFIX} vip smtp announced"))
+            .then_some(())
+    });
+    assert!(up.is_some(), "{}", portico.ctl("show bgp"));
+    let (mut s, _) = fake.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let open = read_message(&mut s);
+    assert_eq!(open[18], 1, "OPEN first");
+    // Our OPEN (AS 65000, hold 9, id 127.0.0.1, 4-octet AS capability) and a
+    // KEEPALIVE in one write.
+    let caps = [2u8, 6, 65, 4, 0, 0, 0xfd, 0xe8];
+    let mut body = vec![4, 0xfd, 0xe8, 0, 9, 127, 0, 0, 1, caps.len() as u8];
+    body.extend_from_slice(&caps);
+    let mut both = vec![0xff; 16];
+    both.extend_from_slice(&[0, (19 + body.len()) as u8, 1]);
+    both.extend_from_slice(&body);
+    both.extend_from_slice(&[0xff; 16]);
+    both.extend_from_slice(&[0, 19, 4]);
+    s.write_all(&both).unwrap();
+    let first = read_message(&mut s);
+    assert_eq!(
+        first[18], 4,
+        "KEEPALIVE before anything else, got {first:02x?}"
+    );
+    let second = read_message(&mut s);
+    assert_eq!(second[18], 2, "then the UPDATE, got {second:02x?}");
+}
