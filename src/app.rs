@@ -163,6 +163,7 @@ impl App {
         };
         // Both roles are prepared: from here nothing can fail.
         self.lb.commit(lb_plan);
+        self.lb.configure_bgp(new.bgp.as_ref());
         match gss_change {
             GssChange::Reload(g, plan) => g.commit(*plan),
             GssChange::Start(g) => self.gss.store(Some(g)),
@@ -290,6 +291,7 @@ pub async fn run_until(
     let lb = lb::Lb::start(&config.vips, events.clone())
         .await
         .context("starting the lb")?;
+    lb.configure_bgp(config.bgp.as_ref());
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
@@ -386,6 +388,18 @@ pub async fn run_until(
 
     app.set_readiness(Readiness::Stopping);
     crate::notify::stopping();
+    // Routers first: withdraw every prefix and let them move new flows to the other
+    // replicas before this one stops accepting, so a stop costs no connection.
+    if let Some(grace) = app.lb.withdraw_routes().await {
+        events.record(
+            "process",
+            format!(
+                "shutting down: routes withdrawn, waiting withdraw_grace {} before closing listeners",
+                humantime::format_duration(grace)
+            ),
+        );
+        tokio::time::sleep(grace).await;
+    }
     let drain = app.config.load().drain_timeout;
     events.record(
         "process",
