@@ -11,8 +11,11 @@ use shared::admin::server::{Dispatcher, SocketGuard};
 use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use shared::config::Config;
 use shared::events::EventLog;
+use shared::handover::{SocketEntry, SocketKind};
 use shared::status::StatusDoc;
 use shared::status_server::Readiness;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -31,6 +34,8 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
     /// A [`Readiness`] as its index (0 starting, 1 ready, 2 stopping).
     phase: AtomicU8,
+    /// A duplicate of the status listener's descriptor, for a handover.
+    status_fd: std::sync::Mutex<Option<(SocketEntry, OwnedFd)>>,
 }
 
 impl App {
@@ -163,6 +168,7 @@ impl App {
         };
         // Both roles are prepared: from here nothing can fail.
         self.lb.commit(lb_plan);
+        self.lb.configure_bgp(new.bgp.as_ref());
         match gss_change {
             GssChange::Reload(g, plan) => g.commit(*plan),
             GssChange::Start(g) => self.gss.store(Some(g)),
@@ -266,18 +272,48 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     }
 }
 
+/// How `portico run` was started.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Signalled once every listener is open (tests, the demo).
+    pub ready: Option<oneshot::Sender<()>>,
+    /// Cancelled to stop as on SIGTERM (the demo's Ctrl-C path).
+    pub stop: CancellationToken,
+    /// The upgrade socket of a running predecessor to take over from.
+    pub upgrade_from: Option<PathBuf>,
+    /// Logs are JSON (a successor started on SIGUSR2 logs the same way).
+    pub log_json: bool,
+}
+
 /// Runs `config` until SIGTERM/SIGINT (or `stop`), then drains up to
 /// `drain_timeout` and returns. `ready` is signalled once every listener is open.
 pub async fn run(config: Config, ready: Option<oneshot::Sender<()>>) -> anyhow::Result<()> {
-    run_until(config, ready, CancellationToken::new()).await
+    run_with(
+        config,
+        RunOptions {
+            ready,
+            ..RunOptions::default()
+        },
+    )
+    .await
 }
 
-/// As [`run`], also stopping when `stop` is cancelled (the demo's Ctrl-C path).
-pub async fn run_until(
-    config: Config,
-    ready: Option<oneshot::Sender<()>>,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+/// A successor said READY: the main loop stops accepting, then confirms.
+struct Handover {
+    stopped_accepting: oneshot::Sender<()>,
+}
+
+/// Runs `config` with every option of `portico run`.
+pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let RunOptions {
+        ready,
+        stop,
+        upgrade_from,
+        log_json,
+    } = opts;
+    // Resolved now: after a package upgrade the path holds the new binary, while
+    // this process's own image is the deleted old one.
+    let exe = std::env::current_exe().ok();
     raise_nofile_limit();
     let prometheus = install_metrics();
     lb::metrics::describe();
@@ -287,9 +323,27 @@ pub async fn run_until(
         "Config reloads by result (ok, failed); a failed one leaves the old config serving"
     );
     let events = Arc::new(EventLog::new(1000));
-    let lb = lb::Lb::start(&config.vips, events.clone())
-        .await
-        .context("starting the lb")?;
+
+    // A successor receives every listening socket and the state to carry before it
+    // builds anything; nothing it does until READY changes the predecessor.
+    let (predecessor, inherited) = match &upgrade_from {
+        Some(path) => {
+            let (p, i) = crate::upgrade::connect(path).await?;
+            (Some(p), Some(i))
+        }
+        None => (None, None),
+    };
+    let lb = lb::Lb::start_with(
+        &config.vips,
+        events.clone(),
+        lb::LbOptions {
+            inherited: inherited.clone(),
+            hold_accept: predecessor.is_some(),
+            ..lb::LbOptions::default()
+        },
+    )
+    .await
+    .context("starting the lb")?;
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
@@ -297,13 +351,36 @@ pub async fn run_until(
         gss: ArcSwapOption::new(None),
         reload_lock: tokio::sync::Mutex::new(()),
         phase: AtomicU8::new(0),
+        status_fd: std::sync::Mutex::new(None),
     });
     let background = CancellationToken::new();
+    // The status listener has its own token: a predecessor stops it at the
+    // handover, while its admin socket keeps answering until it exits.
+    let status_stop = background.child_token();
 
     // The status listener opens before the gss starts: a gss watching this very
     // process with `lb_status` must not see its first round refused.
     if let Some(http) = &config.http {
-        let listener = shared::status_server::bind(http.listen).await?;
+        let taken = inherited
+            .as_ref()
+            .and_then(|i| i.take_tcp("status", http.listen))
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()?;
+        let listener = match taken {
+            Some(l) => l,
+            None => shared::status_server::bind(http.listen).await?,
+        };
+        {
+            use std::os::fd::AsFd;
+            let entry = SocketEntry {
+                role: "status".to_string(),
+                kind: SocketKind::Tcp,
+                configured: http.listen,
+                local: listener.local_addr()?,
+            };
+            let fd = listener.as_fd().try_clone_to_owned()?;
+            *app.status_fd.lock().unwrap_or_else(|p| p.into_inner()) = Some((entry, fd));
+        }
         let status_app = app.clone();
         let ready_app = app.clone();
         let page_app = app.clone();
@@ -319,73 +396,149 @@ pub async fn run_until(
         tokio::spawn(shared::status_server::serve(
             listener,
             endpoints,
-            background.clone(),
+            status_stop.clone(),
         ));
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start(g, events.clone())
+        let gss = gss::Gss::start_inherited(g, events.clone(), inherited.as_deref())
             .await
             .context("starting the gss")?;
+        if let Some(i) = &inherited {
+            for s in &i.carried.sites {
+                let o = match s.override_state.as_deref() {
+                    Some("up") => shared::admin::SiteOverride::Up,
+                    Some("down") => shared::admin::SiteOverride::Down,
+                    _ => continue,
+                };
+                if let Err(e) = gss
+                    .core()
+                    .set_override(&s.name, o, "carried over by the upgrade")
+                {
+                    tracing::warn!("override of {} not carried over: {e}", s.name);
+                }
+            }
+        }
         app.gss.store(Some(Arc::new(gss)));
     }
-
-    let _socket_guard = match &config.admin {
-        Some(admin) => {
-            let listener = shared::admin::server::bind(&admin.socket)
-                .with_context(|| format!("admin socket {}", admin.socket.display()))?;
-            let dispatcher = Arc::new(Dispatcher::new(
-                events.clone(),
-                vec![Arc::new(AppAdmin(app.clone()))],
-            ));
-            tokio::spawn(shared::admin::server::serve(
-                listener,
-                dispatcher,
-                background.clone(),
-            ));
-            Some(SocketGuard(admin.socket.clone()))
+    if let Some(i) = &inherited {
+        for e in i.untaken() {
+            tracing::info!(
+                role = %e.role,
+                addr = %e.configured,
+                "a handed-over socket is not in the new config; closing it"
+            );
         }
-        None => None,
-    };
+    }
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tracing::info!("portico running");
-    if let Some(tx) = ready {
-        let _ = tx.send(());
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let (handover_tx, mut handover_rx) = tokio::sync::mpsc::channel::<Handover>(1);
+    // A plain start opens its admin socket at once; a successor only once it has
+    // taken over, so one that fails never takes the predecessor's paths.
+    let mut socket_guards = if predecessor.is_none() {
+        start_admin(&app, &config, &handover_tx, &background)?
+    } else {
+        None
+    };
+    if predecessor.is_none() {
+        tracing::info!("portico running");
     }
+
     // The gss waited for its first keepalive round in `start`; the lb's listeners
     // are open already (unknown health counts as in rotation), but a supervisor is
-    // told "ready" only once the lb's probes have said something too.
+    // told "ready" only once the lb's probes have said something too. A successor
+    // has not accepted anything yet: it takes over only now.
     let first = tokio::select! {
         all = app.lb.first_verdicts() => Some(all),
         _ = term.recv() => None,
         _ = int.recv() => None,
         _ = stop.cancelled() => None,
     };
-    if let Some(all) = first {
-        if !all {
-            tracing::warn!("not every backend had a probe verdict in time; ready anyway");
+    let Some(all) = first else {
+        drop(socket_guards);
+        // Stopped before serving: a successor leaves its predecessor alone.
+        app.lb.shutdown().await;
+        background.cancel();
+        return Ok(());
+    };
+    if !all {
+        tracing::warn!("not every backend had a probe verdict in time; ready anyway");
+    }
+    if let Some(p) = predecessor {
+        if let Err(e) = p.take_over().await {
+            tracing::warn!("the predecessor did not confirm the handover ({e}); taking over");
         }
-        app.set_readiness(Readiness::Ready);
-        crate::notify::ready("serving");
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    if let Err(e) = app.reload("SIGHUP").await {
-                        tracing::warn!("reload refused: {e}");
-                    }
+        app.lb.open();
+        socket_guards = start_admin(&app, &config, &handover_tx, &background)?;
+        events.record(
+            "process",
+            format!(
+                "took over from the running process (pid {})",
+                std::process::id()
+            ),
+        );
+        tracing::info!("portico running (upgraded)");
+        crate::notify::main_pid();
+    }
+    app.lb.configure_bgp(config.bgp.as_ref());
+    let _socket_guards = socket_guards;
+
+    if let Some(tx) = ready {
+        let _ = tx.send(());
+    }
+    app.set_readiness(Readiness::Ready);
+    crate::notify::ready("serving");
+    let mut handed_over = None;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(e) = app.reload("SIGHUP").await {
+                    tracing::warn!("reload refused: {e}");
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = stop.cancelled() => break,
             }
+            _ = usr2.recv() => start_successor(&app, exe.as_deref(), log_json),
+            h = handover_rx.recv() => if let Some(h) = h {
+                handed_over = Some(h);
+                break;
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = stop.cancelled() => break,
         }
     }
 
     app.set_readiness(Readiness::Stopping);
-    crate::notify::stopping();
+    match handed_over {
+        // The service goes on in the successor: no STOPPING for systemd, no route
+        // withdrawal (its sessions announce the same prefixes).
+        Some(h) => {
+            app.lb.stop_accepting();
+            status_stop.cancel();
+            *app.status_fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let _ = h.stopped_accepting.send(());
+            events.record("process", "handed over to the successor; draining");
+        }
+        None => {
+            crate::notify::stopping();
+            // Routers first: withdraw every prefix and let them move new flows to
+            // the other replicas before this one stops accepting, so a stop costs
+            // no connection.
+            if let Some(grace) = app.lb.withdraw_routes().await {
+                events.record(
+                    "process",
+                    format!(
+                        "shutting down: routes withdrawn, waiting withdraw_grace {} before closing listeners",
+                        humantime::format_duration(grace)
+                    ),
+                );
+                tokio::time::sleep(grace).await;
+            }
+            app.lb.stop_accepting();
+        }
+    }
     let drain = app.config.load().drain_timeout;
     events.record(
         "process",
@@ -394,7 +547,6 @@ pub async fn run_until(
             humantime::format_duration(drain)
         ),
     );
-    app.lb.stop_accepting();
     if let Some(g) = app.gss.load_full() {
         g.shutdown().await;
     }
@@ -406,4 +558,172 @@ pub async fn run_until(
     background.cancel();
     tracing::info!("portico stopped");
     Ok(())
+}
+
+/// SIGUSR2: start this binary as a successor that takes over through the upgrade
+/// socket. Needs the admin socket (the upgrade socket lives beside it).
+fn start_successor(app: &App, exe: Option<&Path>, log_json: bool) {
+    let cfg = app.config.load();
+    let (Some(admin), Some(exe)) = (&cfg.admin, exe) else {
+        app.events.record(
+            "process",
+            "SIGUSR2 ignored: an upgrade needs [admin] socket",
+        );
+        return;
+    };
+    let socket = crate::upgrade::socket_path(&admin.socket);
+    match crate::upgrade::spawn_successor(exe, &cfg.path, &socket, log_json) {
+        Ok(pid) => app.events.record(
+            "process",
+            format!(
+                "SIGUSR2: started {} as successor (pid {pid})",
+                exe.display()
+            ),
+        ),
+        Err(e) => app.events.record(
+            "process",
+            format!(
+                "SIGUSR2: could not start {}: {e}; still serving",
+                exe.display()
+            ),
+        ),
+    }
+}
+
+/// Serves successors on the upgrade socket, one at a time: hands over every
+/// listening socket and the state to carry, and once a successor is READY asks the
+/// main loop to stop accepting before confirming. A successor that goes away before
+/// READY changes nothing.
+async fn serve_upgrades(
+    listener: tokio::net::UnixListener,
+    app: Arc<App>,
+    handover: tokio::sync::mpsc::Sender<Handover>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = listener.accept() => match c {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!("upgrade socket accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = match conn.into_std().and_then(|c| {
+            c.set_nonblocking(false)?;
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("upgrade socket: {e}");
+                continue;
+            }
+        };
+        match hand_over(&app, conn, &handover).await {
+            Ok(true) => return,
+            Ok(false) => app.events.record(
+                "process",
+                "upgrade aborted: the successor went away before it was ready; still serving",
+            ),
+            Err(e) => app
+                .events
+                .record("process", format!("upgrade aborted: {e}; still serving")),
+        }
+    }
+}
+
+/// One handover; true once the successor has taken over.
+async fn hand_over(
+    app: &Arc<App>,
+    conn: std::os::unix::net::UnixStream,
+    handover: &tokio::sync::mpsc::Sender<Handover>,
+) -> anyhow::Result<bool> {
+    let mut sockets = app.lb.handover_sockets()?;
+    if let Some(g) = app.gss.load_full() {
+        sockets.extend(g.handover_sockets().await?);
+    }
+    if let Some((e, fd)) = app
+        .status_fd
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        sockets.push((e.clone(), fd.try_clone()?));
+    }
+    let mut carried = app.lb.carried();
+    if let Some(g) = app.gss.load_full() {
+        carried.sites = g
+            .page_sites()
+            .into_iter()
+            .map(|s| shared::handover::CarriedSite {
+                name: s.name,
+                override_state: s.override_state,
+            })
+            .collect();
+    }
+    let manifest = shared::handover::Manifest {
+        version: shared::handover::VERSION,
+        sockets: sockets.iter().map(|(e, _)| e.clone()).collect(),
+        carried,
+    };
+    let (conn, ready) = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+        let fds: Vec<_> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let ready = crate::upgrade::offer(&conn, &manifest, &fds);
+        (conn, ready)
+    })
+    .await?;
+    if !ready? {
+        return Ok(false);
+    }
+    let (tx, rx) = oneshot::channel();
+    handover
+        .send(Handover {
+            stopped_accepting: tx,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the process is already stopping"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the process stopped before handing over"))?;
+    tokio::task::spawn_blocking(move || crate::upgrade::confirm(&conn)).await??;
+    Ok(true)
+}
+
+/// Binds the admin socket and, beside it, the upgrade socket.
+fn start_admin(
+    app: &Arc<App>,
+    config: &Config,
+    handover: &tokio::sync::mpsc::Sender<Handover>,
+    background: &CancellationToken,
+) -> anyhow::Result<Option<(SocketGuard, SocketGuard)>> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let listener = shared::admin::server::bind(&admin.socket)
+        .with_context(|| format!("admin socket {}", admin.socket.display()))?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        app.events.clone(),
+        vec![Arc::new(AppAdmin(app.clone()))],
+    ));
+    tokio::spawn(shared::admin::server::serve(
+        listener,
+        dispatcher,
+        background.clone(),
+    ));
+    let upgrade_path = crate::upgrade::socket_path(&admin.socket);
+    let upgrade = shared::admin::server::bind(&upgrade_path)
+        .with_context(|| format!("upgrade socket {}", upgrade_path.display()))?;
+    tokio::spawn(serve_upgrades(
+        upgrade,
+        app.clone(),
+        handover.clone(),
+        background.clone(),
+    ));
+    Ok(Some((
+        SocketGuard::new(admin.socket.clone()),
+        SocketGuard::new(upgrade_path),
+    )))
 }

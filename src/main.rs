@@ -6,6 +6,7 @@ mod app;
 mod demo;
 mod logging;
 mod notify;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,12 @@ enum Cmd {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Take over from the running Portico whose upgrade socket this is
+        /// (`ADMIN_SOCKET.upgrade`): receive its listening sockets and state, probe,
+        /// then take over without refusing a connection (SIGUSR2 to the running
+        /// process does this with the binary on disk).
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a config file; prints FILE:LINE:COL: message per error.
     Check {
@@ -86,7 +93,11 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::Ctl { socket, command } => ctl(&socket, &command.join(" ")),
-        Cmd::Run { config, log_format } => {
+        Cmd::Run {
+            config,
+            log_format,
+            upgrade_from,
+        } => {
             logging::init(log_format);
             let config = match shared::config::load(&config) {
                 Ok(c) => c,
@@ -95,7 +106,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            exit(runtime().and_then(|rt| rt.block_on(app::run(config, None))))
+            let opts = app::RunOptions {
+                upgrade_from,
+                log_json: log_format == LogFormat::Json,
+                ..app::RunOptions::default()
+            };
+            exit(runtime().and_then(|rt| rt.block_on(app::run_with(config, opts))))
         }
         Cmd::Demo { log_format } => {
             logging::init(log_format);

@@ -28,3 +28,13 @@ pub fn reloading() {
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }
+
+/// This process is the service's main process now (a successor after a binary
+/// upgrade; the unit needs `NotifyAccess=all` for systemd to accept it).
+pub fn main_pid() {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status("serving (upgraded)"),
+    ]);
+}

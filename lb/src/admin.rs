@@ -4,7 +4,12 @@
 //! the tracing log) with the peer's uid.
 //!
 //! Output formats (space-separated, one line per item):
-//! - `show vips`: `NAME LISTEN MODE up|down HEALTHY/TOTAL ACTIVE`
+//! - `show vips`: `NAME LISTEN MODE up|down HEALTHY/TOTAL ACTIVE ANNOUNCE`, where
+//!   ANNOUNCE is `announced`, `withdrawn` (see `show bgp` for why) or `-` (no
+//!   `announce` on the VIP)
+//! - `show bgp`: `neighbor ADDR:PORT as AS STATE up UPTIME prefixes N updates N
+//!   last_error TEXT` per router, then `prefix PREFIX vip VIP announced|withdrawn
+//!   REASON` per prefix
 //! - `show backends`: `VIP/BACKEND ADDRESS STATE ADMIN WEIGHT ACTIVE CHECKS`, where
 //!   CHECKS is `pending`, `ok` or `fail:REASON` (the reason may contain spaces; it is
 //!   always the last field).
@@ -36,14 +41,15 @@ impl LbAdmin {
                 let st = slot.state.load();
                 let status = st.status();
                 format!(
-                    "{} {} {} {} {}/{} {}",
+                    "{} {} {} {} {}/{} {} {}",
                     st.cfg.name,
                     slot.local,
                     st.cfg.mode.as_str(),
                     if status.up { "up" } else { "down" },
                     status.healthy,
                     status.total,
-                    slot.active()
+                    slot.active(),
+                    self.inner.bgp.vip_state(&st.cfg.name)
                 )
             })
             .collect();
@@ -138,6 +144,39 @@ impl AdminHandler for LbAdmin {
                         Reply::error("timeout")
                     }
                 }));
+            }
+            Command::ShowBgp => Reply::Data(self.inner.bgp.show()),
+            Command::WithdrawVip(vip) | Command::AnnounceVip(vip) => {
+                let withdraw = matches!(cmd, Command::WithdrawVip(_));
+                match self.inner.slot(vip) {
+                    None => Reply::error(format!("no vip {vip:?}; see show vips")),
+                    Some(slot) if slot.state.load().cfg.announce.is_none() => {
+                        Reply::error(format!(
+                            "vip {vip:?} has no announce in the config; nothing to {}",
+                            if withdraw { "withdraw" } else { "announce" }
+                        ))
+                    }
+                    Some(_) => {
+                        let intent = &self.inner.bgp.intent;
+                        let changed = if withdraw {
+                            intent.withdraw(vip)
+                        } else {
+                            intent.announce(vip)
+                        };
+                        if changed {
+                            self.inner.events.record(
+                                format!("vip {vip}"),
+                                format!(
+                                    "{} by {}",
+                                    if withdraw { "withdraw" } else { "announce" },
+                                    who(peer)
+                                ),
+                            );
+                        }
+                        self.inner.bgp.wake();
+                        Reply::Ok
+                    }
+                }
             }
             _ => return None,
         };

@@ -8,13 +8,15 @@
 //! connections (L4 and L7) are owned too but run to their end while the lb drains;
 //! `shutdown`, called when the drain is over, cuts those still open. The list of VIPs is an [`ArcSwap`] snapshot; each
 //! VIP's config + pool another, replaced whole by a reload and read lock-free by the
-//! accept loops. See ARCHITECTURE.md for the module map.
+//! accept loops. With `[bgp]`, the speaker in [`bgp`] announces each healthy VIP's
+//! prefixes to the routers. See ARCHITECTURE.md for the module map.
 
 pub mod accept_proxy;
 pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod bgp;
 mod checker;
 pub mod error;
 pub mod http;
@@ -131,6 +133,8 @@ pub(crate) struct Inner {
     listen_fds: std::sync::Mutex<Vec<(SocketEntry, OwnedFd)>>,
     /// What the predecessor handed over, consumed by the first prepare.
     inherited: std::sync::Mutex<Option<Arc<Inherited>>>,
+    /// Route announcements; idle until `[bgp]` is configured.
+    pub(crate) bgp: Arc<bgp::Speaker>,
 }
 
 impl Inner {
@@ -218,8 +222,9 @@ impl Lb {
         }
         let inner = Arc::new(Inner {
             vips: ArcSwap::from_pointee(Snapshot::default()),
-            events,
+            events: Arc::clone(&events),
             accepting: tasks.child_token(),
+            bgp: Arc::new(bgp::Speaker::new(tasks.clone(), Arc::clone(&events))),
             tasks,
             probes: options.probes,
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -228,6 +233,25 @@ impl Lb {
             listen_fds: std::sync::Mutex::new(Vec::new()),
             inherited: std::sync::Mutex::new(options.inherited),
         });
+        let weak = Arc::downgrade(&inner);
+        inner.bgp.set_view(Box::new(move || {
+            let Some(inner) = weak.upgrade() else {
+                return Vec::new();
+            };
+            let snapshot = inner.vips.load();
+            snapshot
+                .iter()
+                .map(|s| {
+                    let st = s.state.load();
+                    bgp::VipView {
+                        name: st.cfg.name.clone(),
+                        healthy: st.pool.healthy(),
+                        min_healthy: st.cfg.min_healthy,
+                        announce: st.cfg.announce.clone(),
+                    }
+                })
+                .collect()
+        }));
         let lb = Lb { inner };
         let plan = lb.prepare(vips).await?;
         lb.commit_with(plan, false);
@@ -350,6 +374,24 @@ impl Lb {
         tokio::time::timeout(slowest + std::time::Duration::from_secs(1), poll)
             .await
             .is_ok()
+    }
+
+    /// Applies `[bgp]` (at start and after each committed reload): sessions of
+    /// unchanged neighbors continue, others start or end. Infallible.
+    pub fn configure_bgp(&self, cfg: Option<&shared::config::BgpConfig>) {
+        self.inner.bgp.configure(cfg);
+    }
+
+    /// The first step of a graceful stop: withdraws every announced prefix and waits
+    /// until the sessions have sent the withdrawals. Returns the `withdraw_grace` to
+    /// wait before closing listeners, `None` when no router session was established.
+    pub async fn withdraw_routes(&self) -> Option<std::time::Duration> {
+        self.inner.bgp.withdraw_all().await
+    }
+
+    /// The BGP speaker (tests, `show bgp`).
+    pub fn bgp(&self) -> &Arc<bgp::Speaker> {
+        &self.inner.bgp
     }
 
     /// Closes every listener; established connections continue.
@@ -583,6 +625,7 @@ impl Lb {
             proxies,
             checkers,
         }));
+        inner.bgp.wake();
     }
 
     async fn plan(&self, cfg: &VipConfig, old: &Snapshot) -> Result<Planned, LbError> {
@@ -625,7 +668,7 @@ impl Lb {
                     .and_then(|i| i.take_tcp("vip", cfg.listen));
                 let listener = match inherited {
                     Some(l) => TcpListener::from_std(l).map_err(bind_err)?,
-                    None => TcpListener::bind(cfg.listen).await.map_err(bind_err)?,
+                    None => bind_listener(cfg.listen).map_err(bind_err)?,
                 };
                 let fd = listener.as_fd().try_clone_to_owned().ok();
                 SlotPlan::New {
@@ -721,8 +764,51 @@ impl Lb {
     }
 }
 
+/// Binds a VIP's listener with `IP_FREEBIND`/`IPV6_FREEBIND`, so a replica can
+/// start before its VIP address is on the host (anycast setups put the VIP on a
+/// loopback or dummy interface, sometimes after the balancer starts), and with
+/// `SO_REUSEADDR` as `TcpListener::bind` does.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true)?;
+    } else {
+        socket.set_freebind_ipv6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl Drop for Lb {
     fn drop(&mut self) {
         self.inner.tasks.token().cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VIP on an address the host does not have (TEST-NET-1) still binds: without
+    /// IP_FREEBIND the kernel refuses it with EADDRNOTAVAIL.
+    #[tokio::test]
+    async fn a_vip_binds_on_an_address_not_on_the_host() {
+        let addr: SocketAddr = "192.0.2.77:0".parse().unwrap();
+        let plain = std::net::TcpListener::bind(addr);
+        assert!(
+            plain.is_err(),
+            "192.0.2.77 must not be on this host for the test to mean anything"
+        );
+        let l = bind_listener(addr).expect("freebind lets the VIP bind");
+        assert_eq!(l.local_addr().unwrap().ip(), addr.ip());
+        let v6: SocketAddr = "[2001:db8::77]:0".parse().unwrap();
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let l = bind_listener(v6).expect("IPV6_FREEBIND lets the VIP bind");
+            assert_eq!(l.local_addr().unwrap().ip(), v6.ip());
+        }
     }
 }

@@ -16,6 +16,9 @@
 //! | `portico_lb_vip_connections_active` | gauge | vip | client connections open now |
 //! | `portico_probe_duration_seconds` | histogram | vip, backend | probe conversation time |
 //! | `portico_probe_results_total` | counter | vip, backend, result (`ok`/`fail`) | probe outcomes |
+//! | `portico_bgp_session_up` | gauge | neighbor | 1 while the BGP session is Established |
+//! | `portico_bgp_prefix_announced` | gauge | vip, prefix | 1 while the prefix is announced |
+//! | `portico_bgp_updates_sent_total` | counter | neighbor | UPDATE messages sent |
 
 use std::sync::OnceLock;
 
@@ -45,11 +48,20 @@ pub const VIP_CONNECTIONS_ACTIVE: &str = "portico_lb_vip_connections_active";
 pub const PROBE_DURATION: &str = "portico_probe_duration_seconds";
 /// `portico_probe_results_total{vip,backend,result}`
 pub const PROBE_RESULTS: &str = "portico_probe_results_total";
+/// `portico_bgp_session_up{neighbor}`
+pub const BGP_SESSION_UP: &str = "portico_bgp_session_up";
+/// `portico_bgp_prefix_announced{vip,prefix}`
+pub const BGP_PREFIX_ANNOUNCED: &str = "portico_bgp_prefix_announced";
+/// `portico_bgp_updates_sent_total{neighbor}`
+pub const BGP_UPDATES_SENT: &str = "portico_bgp_updates_sent_total";
 
 /// Describes every metric (help text) for the exporter; call once after installing it.
 pub fn describe() {
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, "Proxied connections open now");
     metrics::describe_counter!(CONNECTIONS_TOTAL, "Connections established to the backend");
+    metrics::describe_gauge!(BGP_SESSION_UP, "1 while the BGP session is Established");
+    metrics::describe_gauge!(BGP_PREFIX_ANNOUNCED, "1 while the prefix is announced");
+    metrics::describe_counter!(BGP_UPDATES_SENT, "BGP UPDATE messages sent");
     metrics::describe_counter!(BYTES_TOTAL, "Bytes forwarded");
     metrics::describe_counter!(CONNECT_FAILURES_TOTAL, "Failed connects to the backend");
     metrics::describe_counter!(

@@ -165,7 +165,7 @@ async fn admin_commands_and_their_output() {
 
     assert_eq!(
         data(admin(&lb, "show vips").await),
-        [format!("smtp {a} tcp up 2/2 0")]
+        [format!("smtp {a} tcp up 2/2 0 -")]
     );
     assert_eq!(
         data(admin(&lb, "show backends").await),
@@ -192,7 +192,7 @@ async fn admin_commands_and_their_output() {
     assert_eq!(lines[1], format!("smtp/mx2 {} up ready 3 0 ok", mx2.addr()));
     assert_eq!(
         data(admin(&lb, "show vips").await),
-        [format!("smtp {a} tcp up 1/2 0")]
+        [format!("smtp {a} tcp up 1/2 0 -")]
     );
     assert_eq!(admin(&lb, "ready smtp/mx1").await, Reply::Ok);
     eventually(WAIT, || lb.status()[0].healthy == 2)

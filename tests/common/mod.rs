@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod real;
+pub mod router;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,24 @@ impl Drop for TempDir {
 }
 
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A loopback TCP port below the ephemeral range (32768 and up), free a moment ago and
+/// never the same one twice in this test process: a test making thousands of outgoing
+/// connections (which take ephemeral ports) cannot take it between this call and the
+/// bind, as it can a [`free_port`].
+pub fn listen_port() -> u16 {
+    static NEXT_LOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Start at a spot that depends on the process, so concurrent test binaries differ.
+    let base = 20_000 + (std::process::id() % 2_000) * 6;
+    for _ in 0..12_000 {
+        let n = NEXT_LOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (base + n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768");
+}
 
 /// A loopback TCP port that was free a moment ago, never the same one twice in this
 /// test process (the kernel may hand a just-released port out again).

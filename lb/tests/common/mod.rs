@@ -71,6 +71,7 @@ pub fn vip(name: &str, protocol: MailProtocol, backends: &[(&str, SocketAddr)]) 
         tls: None,
         http: HttpVipConfig::default(),
         access_log: false,
+        announce: None,
     }
 }
 

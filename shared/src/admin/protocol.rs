@@ -70,6 +70,12 @@ pub enum Command {
     ShowEvents(usize),
     /// `reload`
     Reload,
+    /// `show bgp`
+    ShowBgp,
+    /// `withdraw VIP`: stop announcing the VIP's prefixes (leave the ECMP set)
+    WithdrawVip(String),
+    /// `announce VIP`: announce them again while the VIP is up
+    AnnounceVip(String),
 }
 
 impl Command {
@@ -83,6 +89,8 @@ impl Command {
                 | Command::SetWeight(..)
                 | Command::Site(..)
                 | Command::Reload
+                | Command::WithdrawVip(_)
+                | Command::AnnounceVip(_)
         )
     }
 }
@@ -102,6 +110,9 @@ pub const HELP: &[&str] = &[
     "explain NAME [CLIENT_IP]           the answer for NAME now, and why",
     "show events [N]                    last N state changes, oldest first",
     "reload                             re-read the config (as SIGHUP)",
+    "show bgp                           BGP neighbors (state, uptime, last error) and prefixes (announced or not, why)",
+    "withdraw VIP                       stop announcing the VIP's prefixes (maintenance)",
+    "announce VIP                       announce them again while the VIP is up",
 ];
 
 /// Longest accepted command line; longer input is garbage and closes the connection.
@@ -178,6 +189,11 @@ pub fn parse(line: &str) -> Result<Command, String> {
         }
         ["explain", ..] => usage("explain NAME [CLIENT_IP]"),
         ["reload"] => Ok(Command::Reload),
+        ["show", "bgp"] => Ok(Command::ShowBgp),
+        ["withdraw", vip] => Ok(Command::WithdrawVip(vip.to_string())),
+        ["withdraw", ..] => usage("withdraw VIP"),
+        ["announce", vip] => Ok(Command::AnnounceVip(vip.to_string())),
+        ["announce", ..] => usage("announce VIP"),
         [first, ..] => Err(format!("unknown command {first:?}; try `help`")),
     }
 }
@@ -268,6 +284,9 @@ mod tests {
             ("show events", Command::ShowEvents(20)),
             ("show events 5", Command::ShowEvents(5)),
             ("reload", Command::Reload),
+            ("show bgp", Command::ShowBgp),
+            ("withdraw smtp", Command::WithdrawVip("smtp".into())),
+            ("announce smtp", Command::AnnounceVip("smtp".into())),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want), "{line}");

@@ -102,12 +102,30 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Removes the socket file on drop, so it disappears on every exit path.
-pub struct SocketGuard(pub PathBuf);
+/// Removes the socket file on drop, so it disappears on every exit path, unless
+/// the path is another process's socket by then (a binary upgrade's successor binds
+/// the same path while this process drains).
+pub struct SocketGuard {
+    path: PathBuf,
+    inode: Option<u64>,
+}
+
+impl SocketGuard {
+    /// Guards the socket just bound at `path`.
+    pub fn new(path: PathBuf) -> SocketGuard {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::symlink_metadata(&path).ok().map(|m| m.ino());
+        SocketGuard { path, inode }
+    }
+}
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
+        if now.is_some() && now == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -26,6 +26,58 @@ pub struct Config {
     pub vips: Vec<VipConfig>,
     /// The DNS global site selector role, when configured.
     pub gss: Option<GssConfig>,
+    /// Route announcements of the lb's VIPs to the operator's routers.
+    pub bgp: Option<BgpConfig>,
+}
+
+/// `[bgp]`: this replica's BGP speaker (announce-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// Our AS (4-octet capable).
+    pub local_as: u32,
+    /// BGP identifier; also told apart from the routers' by them.
+    pub router_id: std::net::Ipv4Addr,
+    /// How long SIGTERM waits after withdrawing every prefix before listeners close,
+    /// so routers move new flows to the other replicas first.
+    pub withdraw_grace: Duration,
+    /// The routers, in config order.
+    pub neighbors: Vec<NeighborConfig>,
+}
+
+/// One router this replica peers with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NeighborConfig {
+    /// The router's address.
+    pub address: IpAddr,
+    /// The router's AS; an OPEN with another is refused.
+    pub remote_as: u32,
+    /// The router's BGP port (179).
+    pub port: u16,
+    /// Source address of the session: routers match neighbors by it.
+    pub local_address: Option<IpAddr>,
+    /// Hold time we offer (0, or at least 3 s); keepalives every third of the
+    /// negotiated one.
+    pub hold_time: Duration,
+    /// TCP MD5 signature key (RFC 2385).
+    pub password: Option<String>,
+    /// Next hop of every route sent to this router, unless the VIP sets its own;
+    /// default: the session's local address.
+    pub next_hop: Option<IpAddr>,
+}
+
+/// A VIP's `announce`: the prefixes announced while it is up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnnounceConfig {
+    /// Host or covering prefixes of the VIP.
+    pub prefixes: Vec<IpNet>,
+    /// RFC 1997 communities, each `ASN:VALUE` packed as ASN << 16 | VALUE.
+    pub communities: Vec<u32>,
+    /// How many extra times our AS is put in front of the path (anycast backup sites).
+    pub as_path_prepend: u8,
+    /// MULTI_EXIT_DISC, when set.
+    pub med: Option<u32>,
+    /// Next hop override for this VIP's routes.
+    pub next_hop: Option<IpAddr>,
 }
 
 /// The admin socket's location.
@@ -145,6 +197,8 @@ pub struct VipConfig {
     /// One `portico::access` log line per request (L7) or per connection (L4), for
     /// answering "what happened to this user's request" after the fact.
     pub access_log: bool,
+    /// Route announcement of this VIP (needs `[bgp]`).
+    pub announce: Option<AnnounceConfig>,
 }
 
 /// One backend of a pool.

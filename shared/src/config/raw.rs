@@ -28,6 +28,42 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub vip: Vec<S<RawVip>>,
     pub gss: Option<S<RawGss>>,
+    pub bgp: Option<S<RawBgp>>,
+}
+
+/// `[bgp]`: the lb's route announcements.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBgp {
+    pub local_as: S<i64>,
+    pub router_id: S<String>,
+    pub withdraw_grace: O<toml::Value>,
+    #[serde(default)]
+    pub neighbor: Vec<S<RawNeighbor>>,
+}
+
+/// One `[[bgp.neighbor]]`: a router this replica peers with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNeighbor {
+    pub address: S<String>,
+    pub remote_as: S<i64>,
+    pub port: O<i64>,
+    pub local_address: O<String>,
+    pub hold_time: O<toml::Value>,
+    pub password: O<String>,
+    pub next_hop: O<String>,
+}
+
+/// A VIP's `announce = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAnnounce {
+    pub prefixes: S<Vec<S<String>>>,
+    pub communities: O<Vec<S<String>>>,
+    pub as_path_prepend: O<i64>,
+    pub med: O<i64>,
+    pub next_hop: O<String>,
 }
 
 /// `[admin]`.
@@ -85,6 +121,7 @@ pub(crate) struct RawVip {
     pub tls_min_version: O<String>,
     pub tls12_ciphers: O<Vec<S<String>>>,
     pub ocsp: O<BTreeMap<S<String>, S<String>>>,
+    pub announce: O<RawAnnounce>,
 }
 
 /// One entry of a VIP's `backends`.

@@ -20,6 +20,7 @@ use super::files::{FileKind, FileRefs};
 use super::model::*;
 use super::raw::*;
 
+mod bgp;
 mod gss;
 mod probe;
 mod record;
@@ -431,6 +432,8 @@ impl<'a> Validator<'a> {
             vips.push(self.vip(rv));
         }
         let gss = raw.gss.as_ref().map(|g| self.gss(g));
+        let bgp = raw.bgp.as_ref().map(|b| self.bgp(b));
+        self.check_announce(&raw, bgp.as_ref(), &vips);
         if let Some(h) = &http {
             self.check_status_refs(h.listen, &vips);
         }
@@ -448,6 +451,7 @@ impl<'a> Validator<'a> {
             drain_timeout,
             vips,
             gss,
+            bgp,
         }
     }
 }

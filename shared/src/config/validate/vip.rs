@@ -226,6 +226,7 @@ impl Validator<'_> {
             tls,
             http,
             access_log: r.access_log.as_ref().is_some_and(|v| *v.get_ref()),
+            announce: r.announce.as_ref().map(|a| self.announce(a)),
         }
     }
 
