@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, HTTPS, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
@@ -198,6 +198,14 @@ fn absolutize(data: RData, origin: &Name) -> Result<RData, String> {
         RData::SRV(mut srv) => {
             srv.target = abs(srv.target)?;
             RData::SRV(srv)
+        }
+        RData::SVCB(mut svcb) => {
+            svcb.target_name = abs(svcb.target_name)?;
+            RData::SVCB(svcb)
+        }
+        RData::HTTPS(HTTPS(mut svcb)) => {
+            svcb.target_name = abs(svcb.target_name)?;
+            RData::HTTPS(HTTPS(svcb))
         }
         other => other,
     })

@@ -853,6 +853,41 @@ fn record_rules() {
     expect_err(&r("www BOGUS x"), "4:12", "unknown record type BOGUS");
 }
 
+/// The records a DANE and service-binding zone publishes next to a site-selected
+/// name are parsed at check time with the parser the gss serves them with.
+#[test]
+fn tlsa_svcb_https_caa_sshfp_records() {
+    let r = |rec: &str| GSS.replace("nameservers", &format!("records = [{rec:?}]\nnameservers"));
+    let hash = "8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1";
+    for good in [
+        format!("_25._tcp.mx TLSA 3 1 1 {hash}"),
+        "_443._tcp.www 300 IN TLSA 2 0 2 0A1b".to_string(),
+        "svc SVCB 1 . alpn=h2,h3 port=8443".to_string(),
+        "@ HTTPS 1 . alpn=h2 ipv4hint=192.0.2.1".to_string(),
+        "@ CAA 0 issue \"letsencrypt.org\"".to_string(),
+        format!("host SSHFP 4 2 {hash}"),
+    ] {
+        let c = parse_ok(&r(&good));
+        let g = c.gss.expect("gss");
+        assert_eq!(g.records.len(), 1, "{good}");
+    }
+    expect_err(
+        &r("_25._tcp.mx TLSA 3 1 1 xyz"),
+        "4:12",
+        "invalid TLSA data",
+    );
+    expect_err(&r("_25._tcp.mx TLSA 3 1"), "4:12", "invalid TLSA data");
+    expect_err(
+        &r("_25._tcp.mx TLSA three 1 1 00"),
+        "4:12",
+        "invalid TLSA data",
+    );
+    expect_err(&r("svc SVCB one ."), "4:12", "invalid SVCB data");
+    expect_err(&r("@ HTTPS 1 . alpn"), "4:12", "invalid HTTPS data");
+    expect_err(&r("@ CAA 0 issue"), "4:12", "invalid CAA data");
+    expect_err(&r("host SSHFP 4 2 nothex"), "4:12", "invalid SSHFP data");
+}
+
 #[test]
 fn lb_status_vips_checked_against_own_status_listener() {
     let t = format!(
