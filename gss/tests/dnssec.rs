@@ -242,6 +242,43 @@ async fn do_answers_carry_the_signatures_made_ahead() {
     assert_eq!(r.answers.len(), 31);
 }
 
+/// `show dnssec`: keys with tag, role and state, counts, times, and the DS for the
+/// parent, which is the digest of the KSK the CDS record publishes.
+#[tokio::test]
+async fn show_dnssec_lists_keys_schedule_and_the_ds() {
+    let keys = vec![
+        key(KSK, KeyRole::Ksk, KeyState::Active),
+        key(ZSK, KeyRole::Zsk, KeyState::Active),
+        key(ZSK2, KeyRole::Zsk, KeyState::Published),
+    ];
+    let (g, _s, _) = start_gss(&zone_cfg(Some(dnssec(keys)))).await;
+    let lines = gss::admin::show_dnssec(g.core());
+    let text = lines.join("\n");
+    assert!(
+        lines[0].starts_with(&format!("zone {ZONE} signed: 3 keys, ")),
+        "{text}"
+    );
+    assert!(text.contains("key 17467 alg 13 ksk active "), "{text}");
+    assert!(text.contains("key 33573 alg 13 zsk active "), "{text}");
+    assert!(text.contains("key 33435 alg 13 zsk published "), "{text}");
+    assert!(
+        text.contains("earliest expiry 20") && text.contains("next re-sign 20"),
+        "{text}"
+    );
+    let ds: Vec<&String> = lines.iter().filter(|l| l.starts_with("ds ")).collect();
+    assert_eq!(ds.len(), 1, "only the KSK goes to the parent: {text}");
+    let r = udp(
+        g.local_addr(),
+        &with_edns(query(&format!("{ZONE}."), RecordType::CDS), 1232, false),
+    )
+    .await;
+    let cds = r.answers[0].data.to_string();
+    assert!(ds[0].ends_with(&cds), "{} vs CDS {cds}", ds[0]);
+    assert!(ds[0].contains("17467 13 2 "), "{}", ds[0]);
+    let (unsigned, _s2, _) = start_gss(&zone_cfg(None)).await;
+    assert!(gss::admin::show_dnssec(unsigned.core())[0].contains("is not signed"));
+}
+
 /// With a validity of seconds, a running gss re-makes its signatures before they
 /// expire, without a reload: the served expiry moves forward and stays ahead.
 #[tokio::test]
