@@ -376,7 +376,11 @@ impl Drop for Dir {
 
 /// The KSK's DNSKEY record line, the trust anchor a parent's DS would stand for.
 fn anchor_record() -> String {
-    let text = std::fs::read_to_string(keys_dir().join(format!("{KSK}.key"))).unwrap();
+    anchor_of(KSK)
+}
+
+fn anchor_of(key: &str) -> String {
+    let text = std::fs::read_to_string(keys_dir().join(format!("{key}.key"))).unwrap();
     text.lines()
         .find(|l| l.contains("DNSKEY"))
         .unwrap()
@@ -399,11 +403,15 @@ impl Drop for Unbound {
 
 impl Unbound {
     async fn start(gss: SocketAddr) -> Option<Unbound> {
+        Unbound::start_with(gss, &anchor_record()).await
+    }
+
+    async fn start_with(gss: SocketAddr, anchor: &str) -> Option<Unbound> {
         let bin = find("unbound", "unbound")?;
         let dir = Dir::new("unbound");
         let d = dir.0.display().to_string();
         let port = free_port();
-        std::fs::write(dir.0.join("anchor.key"), anchor_record() + "\n").unwrap();
+        std::fs::write(dir.0.join("anchor.key"), format!("{anchor}\n")).unwrap();
         let conf = format!(
             "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
              directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  use-syslog: no\n  logfile: \"{d}/log\"\n  \
@@ -545,6 +553,24 @@ async fn unbound_validates_answers_before_and_after_a_failover() {
         assert!(tokio::time::Instant::now() < deadline, "AAAA still cached");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    all_validate(&u).await;
+}
+
+/// An Ed25519 (algorithm 15) CSK alone signs everything; unbound validates it.
+#[tokio::test]
+async fn an_ed25519_csk_validates() {
+    const CSK: &str = "Kgslb.example.test.+015+25971";
+    let cfg = zone_cfg(Some(dnssec(vec![key(CSK, KeyRole::Csk, KeyState::Active)])));
+    let (g, _s, _) = start_gss(&cfg).await;
+    let r = udp(
+        g.local_addr(),
+        &with_edns(query(&z("mx"), RecordType::A), 1232, true),
+    )
+    .await;
+    assert_eq!(rrsigs(&r.answers), [(RecordType::A, 25971)]);
+    let Some(u) = Unbound::start_with(g.local_addr(), &anchor_of(CSK)).await else {
+        return;
+    };
     all_validate(&u).await;
 }
 

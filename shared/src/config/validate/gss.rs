@@ -146,13 +146,14 @@ impl Validator<'_> {
             let k = rk.get_ref();
             let file = self.path(&k.file, "dnssec key");
             let (public, _) = crate::dnssec::key_paths(&file);
-            if !seen.insert(public.clone()) {
+            if seen.insert(public.clone()) {
+                self.files.dnssec_key(&file, k.file.span(), zone);
+            } else {
                 self.err(
                     k.file.span(),
                     format!("dnssec key \"{}\" is listed twice", k.file.get_ref()),
                 );
             }
-            self.files.dnssec_key(&file, k.file.span(), zone);
             let role = self.opt_choice(
                 &k.role,
                 "dnssec key role",
