@@ -30,7 +30,7 @@ pub fn secure(zone: &Zone, r: &mut Resolution<'_>) {
     let mut authority = with_sigs(zone, sigs, &r.authority, &[]);
     let mut add = |n: Option<&Nsec>| {
         let Some(n) = n else { return };
-        if authority.iter().any(|a| *a == n.record) {
+        if authority.contains(&n.record) {
             return;
         }
         authority.push(n.record.clone());
