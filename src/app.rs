@@ -212,7 +212,7 @@ impl AdminHandler for AppAdmin {
                     }
                 }
             })),
-            Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
+            Command::ShowSites | Command::ShowDnssec | Command::Site(..) | Command::Explain(..) => {
                 let gss = app.gss.load_full()?;
                 Some(delegate(gss.admin(), cmd.clone(), peer, "gss"))
             }

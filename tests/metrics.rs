@@ -343,3 +343,63 @@ answers = {{ dc1 = ["192.0.2.1"] }}
     );
     drop((held, idle_web));
 }
+
+/// A signed gss exports the earliest expiry of the signatures it serves, within the
+/// configured validity of now, and `ctl show dnssec` reports the same keys.
+#[test]
+fn signed_gss_exports_its_earliest_signature_expiry() {
+    let dir = TempDir::new("metrics-dnssec");
+    let (dns, http) = (common::free_udp_tcp_port(), free_port());
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/gss/tests/testdata/dnssec");
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[gss]
+listen = "127.0.0.1:{dns}"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+
+[[gss.site]]
+name = "dc1"
+keepalives = [ {{ kind = "tcp", address = "127.0.0.1:1", interval = "200ms", timeout = "100ms" }} ]
+
+[[gss.name]]
+name = "mx"
+sites = ["dc1"]
+answers = {{ dc1 = ["127.0.0.10"] }}
+
+[gss.dnssec]
+keys = [ {{ file = "{keys}/Kgslb.example.test.+013+17467" }} ]
+validity = "3d"
+refresh = "1d"
+jitter = "1h"
+"#,
+        sock = dir.path("admin.sock").display(),
+    );
+    let p = Portico::start(&dir, &config);
+    let addr = SocketAddr::from(([127, 0, 0, 1], http));
+    let expiry = poll(Duration::from_secs(10), || {
+        value(&scrape(addr), "portico_dns_signatures_expiry_seconds", &[])
+    })
+    .expect("portico_dns_signatures_expiry_seconds exported");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (validity, jitter) = (3.0 * 86400.0, 3600.0);
+    assert!(
+        expiry > now + validity - jitter - 60.0 && expiry <= now + validity,
+        "expiry {expiry} vs now {now}"
+    );
+    let show = p.ctl("show dnssec");
+    assert!(show.contains("key 17467 alg 13 csk active"), "{show}");
+    assert!(
+        show.contains("ds gslb.example.test. IN DS 17467 13 2 "),
+        "{show}"
+    );
+}

@@ -57,6 +57,7 @@ fn config(listen: SocketAddr, extra: usize) -> GssConfig {
         records: vec![],
         server_id: None,
         server_version: None,
+        dnssec: None,
     };
     for i in 0..extra {
         let mut n = cfg.names[0].clone();

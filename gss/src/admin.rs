@@ -1,5 +1,5 @@
-//! The gss's share of the admin socket: `show sites`, `site down|up|auto SITE` and
-//! `explain NAME [CLIENT_IP]`. Overrides are recorded in the event log (which also
+//! The gss's share of the admin socket: `show sites`, `show dnssec`,
+//! `site down|up|auto SITE` and `explain NAME [CLIENT_IP]`. Overrides are recorded in the event log (which also
 //! writes them to the tracing log) with the operator's uid; `explain` runs the same
 //! pure selection the answer renderer runs and prints its reasons.
 
@@ -61,6 +61,7 @@ impl AdminHandler for GssAdmin {
     fn handle<'a>(&'a self, cmd: &'a Command, peer: Peer) -> Option<HandlerFuture<'a>> {
         let reply = match cmd {
             Command::ShowSites => Reply::Data(self.core.show_sites()),
+            Command::ShowDnssec => Reply::Data(show_dnssec(&self.core)),
             Command::Site(site, o) => {
                 let who = match peer.uid {
                     Some(uid) => format!("admin socket, uid {uid}"),
@@ -79,6 +80,48 @@ impl AdminHandler for GssAdmin {
         };
         Some(Box::pin(async move { reply }))
     }
+}
+
+/// `show dnssec`: the keys and their states, how many signatures, when they were
+/// made, the earliest expiry, the next re-sign, and the DS records for the parent.
+pub fn show_dnssec(core: &Core) -> Vec<String> {
+    let snap = core.snapshot();
+    let tpl = &snap.zone.tpl;
+    let (Some(keys), Some(sigs)) = (&tpl.keys, &tpl.signatures) else {
+        return vec![format!(
+            "zone {} is not signed; add [gss.dnssec] to sign it",
+            tpl.cfg.zone
+        )];
+    };
+    let t = crate::zone::unix_time_text;
+    let mut out = vec![format!(
+        "zone {} signed: {} keys, {} signatures, NSEC chain of {} names",
+        tpl.cfg.zone,
+        keys.keys.len(),
+        sigs.count,
+        sigs.chain_len()
+    )];
+    for k in &keys.keys {
+        out.push(format!(
+            "key {} alg {} {} {} {}",
+            k.key.tag,
+            u8::from(k.key.signer.algorithm()),
+            k.role.as_str(),
+            k.state.as_str(),
+            k.file.display()
+        ));
+    }
+    let next = sigs
+        .earliest_expiry
+        .saturating_sub(keys.timing.refresh.as_secs());
+    out.push(format!(
+        "signed {}, earliest expiry {}, next re-sign {}",
+        t(sigs.made),
+        t(sigs.earliest_expiry),
+        t(next.max(sigs.made))
+    ));
+    out.extend(keys.ds_lines().into_iter().map(|l| format!("ds {l}")));
+    out
 }
 
 /// The answer `client` would get for `name` now, and why.

@@ -2,7 +2,8 @@
 //! follow the aggregate health of each site.
 //!
 //! Modules point one way (ARCHITECTURE.md, checked by `.ci/gss-deps`):
-//! [`select`] and [`site`] decide; [`zone`] renders the answers (no sockets);
+//! [`select`] and [`site`] decide; [`dnssec`] holds the keys and signs; [`zone`]
+//! renders the answers and their signatures, made ahead (no sockets);
 //! [`respond`] turns zone × request bytes into reply bytes; [`fast`] pre-renders
 //! them for UDP; [`snapshot`] publishes zone, health and table together; [`udp`] and
 //! [`tcp`] serve sockets from the snapshot; [`server`] binds and stops them;
@@ -10,6 +11,7 @@
 //! [`admin`] is the operator's view of the supervisor.
 
 pub mod admin;
+pub mod dnssec;
 pub mod error;
 pub mod fast;
 pub mod metrics;

@@ -17,6 +17,8 @@ pub const SITE_UP: &str = "portico_gss_site_up";
 pub const KEEPALIVE_RESULTS: &str = "portico_gss_keepalive_results_total";
 /// First failing keepalive to site down.
 pub const FAILOVER_DETECTION: &str = "portico_gss_failover_detection_seconds";
+/// The earliest expiry (unix seconds) among the signatures being served.
+pub const SIGNATURES_EXPIRY: &str = "portico_dns_signatures_expiry_seconds";
 
 /// Registers the descriptions with the installed recorder; the gss calls it at every
 /// start, so a recorder installed between two starts still gets them.
@@ -29,6 +31,16 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "first failing keepalive to site down"
     );
+    metrics::describe_gauge!(
+        SIGNATURES_EXPIRY,
+        metrics::Unit::Seconds,
+        "earliest expiry (unix time) among the DNSSEC signatures served"
+    );
+}
+
+/// `portico_dns_signatures_expiry_seconds`.
+pub fn signatures_expiry() -> Gauge {
+    metrics::gauge!(SIGNATURES_EXPIRY)
 }
 
 /// The `qtype` label: the common types by name, the rest as `other` (bounded series).
@@ -254,7 +266,13 @@ mod tests {
         let mut got = rec.0.into_inner().unwrap_or_else(|p| p.into_inner());
         assert_eq!(rec.1.into_inner(), 0, "describing registers nothing");
         got.sort();
-        let mut want = vec![QUERIES, SITE_UP, KEEPALIVE_RESULTS, FAILOVER_DETECTION];
+        let mut want = vec![
+            QUERIES,
+            SITE_UP,
+            KEEPALIVE_RESULTS,
+            FAILOVER_DETECTION,
+            SIGNATURES_EXPIRY,
+        ];
         want.sort();
         assert_eq!(got, want);
     }

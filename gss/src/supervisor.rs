@@ -89,6 +89,8 @@ pub struct Core {
     events: Arc<EventLog>,
     probes: ProbeFactory,
     wake: Notify,
+    /// Told when a reload replaced the signatures, so the re-sign wait starts over.
+    resign_wake: Notify,
     reported: Notify,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -145,6 +147,9 @@ impl Core {
             }
         }
         let serial = next.serial;
+        if let Some(s) = &next.tpl.signatures {
+            crate::metrics::signatures_expiry().set(s.earliest_expiry as f64);
+        }
         let next = Arc::new(Snapshot::new(next, view));
         self.snap.store(next.clone());
         self.fill_table(next);
@@ -439,6 +444,7 @@ impl Gss {
             events,
             probes,
             wake: Notify::new(),
+            resign_wake: Notify::new(),
             reported: Notify::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -514,6 +520,7 @@ impl Gss {
         tracing::info!(%addr, zone = %cfg.zone, "gss serving");
         core.tasks
             .spawn(timer_loop(Arc::downgrade(&core), core.cancel.clone()));
+        core.tasks.spawn(resign_task(core.clone()));
         Ok(Gss {
             core,
             server: tokio::sync::Mutex::new(Some(server)),
@@ -627,6 +634,7 @@ impl Gss {
         st.sites = sites;
         st.tpl = tpl;
         self.core.rerender(&st, true);
+        self.core.resign_wake.notify_one();
         drop(st);
         self.core.events.record("gss", "config reloaded");
     }
@@ -655,6 +663,64 @@ impl Drop for Gss {
     fn drop(&mut self) {
         self.core.cancel.cancel();
     }
+}
+
+impl Core {
+    /// Re-makes every signature at `unix` seconds off the runtime's threads, then
+    /// publishes the re-signed template (unless a reload replaced it meanwhile: the
+    /// reload signed its own).
+    async fn resign(self: &Arc<Self>, unix: u64) {
+        let tpl = self.lock().tpl.clone();
+        let old = tpl.clone();
+        let made = tokio::task::spawn_blocking(move || old.resigned(unix)).await;
+        let Ok(Some(new)) = made else {
+            return;
+        };
+        let mut st = self.lock();
+        if !Arc::ptr_eq(&st.tpl, &tpl) {
+            return;
+        }
+        let summary = new
+            .signatures
+            .as_ref()
+            .map(|s| (s.count, s.earliest_expiry))
+            .unwrap_or_default();
+        st.tpl = Arc::new(new);
+        self.rerender(&st, true);
+        drop(st);
+        self.events.record(
+            "dnssec",
+            format!(
+                "re-signed: {} signatures, earliest expiry {}",
+                summary.0,
+                crate::zone::unix_time_text(summary.1)
+            ),
+        );
+    }
+}
+
+/// Re-makes the signatures before they expire ([`crate::dnssec::resign_loop`]).
+async fn resign_task(core: Arc<Core>) {
+    let current = || {
+        let st = core.lock();
+        let sigs = st.tpl.signatures.as_ref()?;
+        let keys = st.tpl.keys.as_ref()?;
+        Some((sigs.earliest_expiry, keys.timing.refresh))
+    };
+    crate::dnssec::resign_loop(
+        crate::zone::unix_now,
+        current,
+        |unix| {
+            let core = core.clone();
+            async move {
+                core.resign(unix).await;
+                true
+            }
+        },
+        &core.resign_wake,
+        core.cancel.clone(),
+    )
+    .await;
 }
 
 /// Re-renders when a failback wait ends (no health event marks that moment).

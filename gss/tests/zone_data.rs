@@ -13,10 +13,12 @@ use std::time::Duration;
 use common::*;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::rr::{DNSClass, RData, RecordType};
 use shared::config::{AllDown, Failback, GssConfig, Policy, StaticRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+const TLSA_DATA: &str = "3 1 1 8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1";
 
 fn rec(owner: &str, rtype: &str, rdata: &str) -> StaticRecord {
     StaticRecord {
@@ -50,6 +52,15 @@ fn zone_cfg() -> GssConfig {
         rec("*.wild", "A", "192.0.2.7"),
         rec("_imap._tcp", "SRV", "0 1 993 imap"),
         rec("imap", "AAAA", "2001:db8::143"),
+        rec("_25._tcp.smtp", "TLSA", TLSA_DATA),
+        rec("svc", "SVCB", "1 imap alpn=h2 port=8443"),
+        rec("@", "HTTPS", "1 . alpn=h2,h3"),
+        rec("@", "CAA", "0 issue \"letsencrypt.org\""),
+        rec(
+            "imap",
+            "SSHFP",
+            "4 2 8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1",
+        ),
     ];
     cfg.server_id = Some("gss-test-1".into());
     cfg
@@ -144,6 +155,59 @@ async fn cname_delegation_wildcard_and_additional_on_every_path() {
             show(&r.additionals),
             [format!("{} AAAA 2001:db8::143", z("imap"))]
         );
+    }
+}
+
+/// DANE and service-binding records are served as static data beside a
+/// site-selected name, on the fast path and over TCP; a relative SVCB target is
+/// completed with the zone, as in a zone file.
+#[tokio::test]
+async fn tlsa_svcb_https_caa_and_sshfp_are_served() {
+    let (_g, addr) = server(true).await;
+    for tcp_path in [false, true] {
+        let ask = |name: String, t: RecordType| {
+            let m = query(&name, t);
+            async move {
+                if tcp_path {
+                    tcp(addr, &m).await
+                } else {
+                    udp(addr, &m).await
+                }
+            }
+        };
+        let apex = format!("{ZONE}.");
+        for (owner, t, want) in [
+            (z("_25._tcp.smtp"), RecordType::TLSA, TLSA_DATA.to_string()),
+            (
+                z("svc"),
+                RecordType::SVCB,
+                format!("1 {} alpn=h2 port=8443", z("imap")),
+            ),
+            (
+                apex.clone(),
+                RecordType::HTTPS,
+                "1 . alpn=h2,h3".to_string(),
+            ),
+            (
+                apex.clone(),
+                RecordType::CAA,
+                "0 issue \"letsencrypt.org\"".to_string(),
+            ),
+            (
+                z("imap"),
+                RecordType::SSHFP,
+                "4 2 8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1".to_string(),
+            ),
+        ] {
+            let r = ask(owner.clone(), t).await;
+            assert!(r.metadata.authoritative, "{owner} {t}");
+            let want = RData::try_from_str(t, &want).unwrap();
+            let got: Vec<&RData> = r.answers.iter().map(|a| &a.data).collect();
+            assert_eq!(got, [&want], "{owner} {t} tcp={tcp_path}");
+        }
+        // The TLSA owner's parents exist as empty non-terminals: NODATA, not NXDOMAIN.
+        let r = ask(z("_tcp.smtp"), RecordType::TLSA).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dnssec;
 pub mod events;
 pub mod handover;
 pub mod health;

@@ -22,7 +22,10 @@
 //! `(name, qtype)` key up in a hash map with a cheap non-keyed hash (keys come from the
 //! config, not from clients, so collisions cannot be forced into long chains), copies
 //! the template into the caller's send buffer and patches ID, RD, CD, the question
-//! bytes as sent, and the OPT's DO bit (its payload stays our own 1232). Metrics use
+//! bytes as sent, and the OPT's DO bit (its payload stays our own 1232). In a
+//! signed zone each key has a third rendering, for DO queries, with the RRSIGs and
+//! NSEC records made ahead ([`crate::zone::signed`]): signed answers come from bytes
+//! too. Metrics use
 //! counter handles cached per rendering (registered on first use), so the hot path
 //! does one atomic add. Responses bigger than the client may take are never sent from
 //! here. Everything else is the caller's to hand over ([`crate::udp`]).
@@ -104,6 +107,9 @@ struct Variant {
     /// Response for a query with an option-less OPT, payload 1232 and DO clear
     /// (patched per query); absent when it would not fit 1232 bytes.
     edns: Option<Box<[u8]>>,
+    /// In a signed zone, the response to the same query with DO set: signatures and
+    /// NSEC proofs included, all made ahead.
+    secure: Option<Box<[u8]>>,
     /// `portico_dns_queries_total` labels, as the hickory path would count them.
     label: Box<str>,
     qtype: RecordType,
@@ -137,6 +143,8 @@ struct Entry {
 #[derive(Default)]
 pub struct FastTable {
     map: HashMap<Box<[u8]>, Entry, BuildHasherDefault<FxHasher>>,
+    /// The zone is signed: DO queries get the `secure` renderings (or the full path).
+    signed: bool,
 }
 
 impl std::fmt::Debug for FastTable {
@@ -157,7 +165,12 @@ impl FastTable {
     }
 }
 
-fn synthetic_query(owner: &Name, qtype: RecordType, edns: bool) -> Option<Vec<u8>> {
+fn synthetic_query(
+    owner: &Name,
+    qtype: RecordType,
+    edns: bool,
+    dnssec_ok: bool,
+) -> Option<Vec<u8>> {
     let mut m = Message::new(0, MessageType::Query, OpCode::Query);
     let mut q = Query::query(owner.clone(), qtype);
     q.set_query_class(DNSClass::IN);
@@ -166,6 +179,7 @@ fn synthetic_query(owner: &Name, qtype: RecordType, edns: bool) -> Option<Vec<u8
         let mut e = Edns::new();
         e.set_max_payload(wire::MAX_EDNS_PAYLOAD);
         e.set_version(0);
+        e.set_dnssec_ok(dnssec_ok);
         m.set_edns(e);
     }
     m.to_vec().ok()
@@ -179,8 +193,9 @@ fn render_one(
     qtype: RecordType,
     pick: usize,
     edns: bool,
+    dnssec_ok: bool,
 ) -> Option<(Box<[u8]>, Box<str>, ResponseCode)> {
-    let bytes = synthetic_query(owner, qtype, edns)?;
+    let bytes = synthetic_query(owner, qtype, edns, dnssec_ok)?;
     let request =
         Request::from_bytes(bytes, SocketAddr::from(([0, 0, 0, 0], 0)), Protocol::Udp).ok()?;
     let reply = Reply::new(zone, &request, Choose::Index(pick));
@@ -207,6 +222,7 @@ fn render_one(
 /// Pre-renders every answerable (name, qtype) of `zone`.
 pub fn render_table(zone: &Zone) -> FastTable {
     let tpl = &zone.tpl;
+    let signed = tpl.signatures.is_some();
     let mut owners: Vec<&LowerName> = tpl.existing.iter().chain(tpl.ents.iter()).collect();
     owners.sort();
     owners.dedup();
@@ -246,8 +262,13 @@ pub fn render_table(zone: &Zone) -> FastTable {
             };
             let mut variants = Vec::with_capacity(count);
             for pick in 0..count {
-                let plain = render_one(zone, &owner, qtype, pick, false);
-                let edns = render_one(zone, &owner, qtype, pick, true);
+                let plain = render_one(zone, &owner, qtype, pick, false, false);
+                let edns = render_one(zone, &owner, qtype, pick, true, false);
+                let secure = if signed {
+                    render_one(zone, &owner, qtype, pick, true, true).map(|(b, _, _)| b)
+                } else {
+                    None
+                };
                 let Some((label, rcode)) = plain
                     .as_ref()
                     .or(edns.as_ref())
@@ -258,6 +279,7 @@ pub fn render_table(zone: &Zone) -> FastTable {
                 variants.push(Variant {
                     plain: plain.map(|(b, _, _)| b),
                     edns: edns.map(|(b, _, _)| b),
+                    secure,
                     label,
                     qtype,
                     rcode,
@@ -278,7 +300,7 @@ pub fn render_table(zone: &Zone) -> FastTable {
             );
         }
     }
-    FastTable { map }
+    FastTable { map, signed }
 }
 
 /// Answers `pkt` from `table`'s pre-rendered responses into `out`, returning the
@@ -294,6 +316,7 @@ pub fn answer(table: &FastTable, pkt: &[u8], out: &mut [u8]) -> Option<usize> {
         None => entry.variants.first()?,
     };
     let tmpl = match q.opt {
+        Some(o) if o.dnssec_ok && table.signed => v.secure.as_deref()?,
         Some(_) => v.edns.as_deref()?,
         None => v.plain.as_deref()?,
     };

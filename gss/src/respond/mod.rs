@@ -10,7 +10,8 @@
 //! transfers, with an extended DNS error (RFC 8914) when the query had OPT, as on
 //! SERVFAIL; CHAOS `id.server`/`version.server` per config; OPT only when the query
 //! had one, advertising our own payload size (1232), version > 0 → BADVERS, DO
-//! copied, ECS echoed with its scope and FORMERR for a malformed ECS (RFC 7871 §6);
+//! copied (and, in a signed zone, the pre-made RRSIGs and NSEC proofs added,
+//! [`crate::zone::proof`]), ECS echoed with its scope and FORMERR for a malformed ECS (RFC 7871 §6);
 //! the client's payload (512 to 1232) bounds a UDP answer: optional additional data
 //! is dropped first, then TC with empty sections; NOTIMP for opcodes other than QUERY;
 //! FORMERR unless QDCOUNT is 1 and, with no question, when the message does not
@@ -232,9 +233,13 @@ impl<'a> Reply<'a> {
         let mut referral = false;
         let (mut answers, mut authority, mut additional) = (Vec::new(), Vec::new(), Vec::new());
         let mut scope = 0u8;
+        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let rcode = match resolution {
             Err(code) => code,
-            Ok(r) => {
+            Ok(mut r) => {
+                if dnssec_ok {
+                    crate::zone::proof::secure(zone, &mut r);
+                }
                 meta.authoritative = r.authoritative;
                 label = r.label;
                 varies = r.varies;

@@ -50,6 +50,41 @@ pub struct Resolution<'z> {
     /// The answer depends on more than the query name's own pick (a CNAME led to a
     /// name answering per client or by rotation): not for pre-rendering.
     pub varies: bool,
+    /// What a signed answer must prove besides its RRsets' signatures (DNSSEC
+    /// denial of existence, wildcard expansion, an unsigned delegation), per step.
+    pub proofs: Vec<Proof>,
+}
+
+/// The DNSSEC proofs an answer needs ([`super::proof`] turns them into NSEC records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing beyond the signatures of the RRsets.
+    None,
+    /// The name does not exist (nor a wildcard that would match it).
+    NxDomain(LowerName),
+    /// The name exists without this type.
+    NoData(LowerName, RecordType),
+    /// An empty non-terminal: exists, owns nothing.
+    EmptyNonTerminal(LowerName),
+    /// The answer was synthesized from the wildcard `source`: the query name does
+    /// not exist.
+    Wildcard {
+        /// The query name (or chain step) answered.
+        name: LowerName,
+        /// The `*.` owner it came from.
+        source: LowerName,
+    },
+    /// A wildcard matched but has no data of this type.
+    WildcardNoData {
+        /// The name asked.
+        name: LowerName,
+        /// The `*.` owner.
+        source: LowerName,
+        /// The type asked.
+        qtype: RecordType,
+    },
+    /// A referral to an unsigned child: there is no DS at the cut.
+    Referral(LowerName),
 }
 
 impl<'z> Resolution<'z> {
@@ -64,6 +99,7 @@ impl<'z> Resolution<'z> {
             label,
             referral: false,
             varies: false,
+            proofs: Vec::new(),
         }
     }
 }
@@ -111,17 +147,42 @@ pub fn resolve<'z>(
             }
             if !(name == *cut && qtype == RecordType::DS) {
                 referral(zone, cut, &mut r);
+                r.proofs.push(Proof::Referral(cut.clone()));
                 return r;
             }
-            // DS at the cut is the parent's data; there is none (no DNSSEC).
+            // DS at the cut is the parent's data; there is none (children are
+            // unsigned), which the NSEC at the cut proves.
             r.label = "delegation";
             r.authority.push(zone.neg_soa.clone());
+            r.proofs.push(Proof::NoData(cut.clone(), RecordType::DS));
             return r;
         }
         // Later steps of a chain pick without advancing another name's rotation
         // when pre-rendering.
         let pick = if first { choose } else { Choose::Index(0) };
-        match node(zone, &name, qtype, client, pick) {
+        let mut source = None;
+        let found = node(zone, &name, qtype, client, pick, &mut source);
+        let proof = match (&found, source) {
+            (Node::NxDomain, _) => Proof::NxDomain(name.clone()),
+            (Node::NoData(_), None) if tpl.ents.contains(&name) => {
+                Proof::EmptyNonTerminal(name.clone())
+            }
+            (Node::NoData(_), None) => Proof::NoData(name.clone(), qtype),
+            (Node::NoData(_), Some(source)) => Proof::WildcardNoData {
+                name: name.clone(),
+                source,
+                qtype,
+            },
+            (Node::Records { .. } | Node::Cname { .. }, Some(source)) => Proof::Wildcard {
+                name: name.clone(),
+                source,
+            },
+            _ => Proof::None,
+        };
+        if proof != Proof::None {
+            r.proofs.push(proof);
+        }
+        match found {
             Node::Records {
                 records,
                 scope,
@@ -182,7 +243,7 @@ pub fn resolve<'z>(
 
 /// The source of synthesis for a name that does not exist: `*.<closest encloser>`
 /// when that wildcard exists (RFC 4592 §3.3.1).
-fn wildcard_source(tpl: &ZoneTemplate, name: &LowerName) -> Option<LowerName> {
+pub(crate) fn wildcard_source(tpl: &ZoneTemplate, name: &LowerName) -> Option<LowerName> {
     let mut ce = name.base_name();
     while !tpl.existing.contains(&ce) && !tpl.ents.contains(&ce) {
         if ce == tpl.origin || ce.is_root() {
@@ -194,12 +255,15 @@ fn wildcard_source(tpl: &ZoneTemplate, name: &LowerName) -> Option<LowerName> {
     tpl.existing.contains(&star).then_some(star)
 }
 
+/// What `name` holds for `qtype`; `wildcard` is set to the `*.` owner when the
+/// records are synthesized from a wildcard.
 fn node<'z>(
     zone: &'z Zone,
     name: &LowerName,
     qtype: RecordType,
     client: Client,
     choose: Choose,
+    wildcard: &mut Option<LowerName>,
 ) -> Node<'z> {
     let tpl = &zone.tpl;
     let (source, synthesized) = if tpl.existing.contains(name) {
@@ -208,7 +272,10 @@ fn node<'z>(
         return Node::NoData("static");
     } else {
         match wildcard_source(tpl, name) {
-            Some(w) => (w, true),
+            Some(w) => {
+                *wildcard = Some(w.clone());
+                (w, true)
+            }
             None => return Node::NxDomain,
         }
     };
@@ -493,6 +560,7 @@ mod tests {
             ],
             server_id: Some("ns1-test".into()),
             server_version: None,
+            dnssec: None,
         }
     }
 

@@ -19,16 +19,19 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, HTTPS, NS, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use shared::config::{GssConfig, NameConfig};
 use tokio::time::Instant;
 
+use crate::dnssec::KeySet;
 use crate::error::GssError;
 use crate::metrics::QueryCounters;
 use crate::select::{self, HealthView, Outcome, Selection};
 
 pub mod lookup;
+pub mod proof;
+pub mod signed;
 
 /// Parses a configured domain name (no trailing dot) as a fully qualified name.
 pub fn fqdn(s: &str) -> Result<Name, GssError> {
@@ -41,7 +44,7 @@ pub fn fqdn(s: &str) -> Result<Name, GssError> {
 }
 
 /// Config-derived, health-independent zone data.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ZoneTemplate {
     /// The apex.
     pub origin: LowerName,
@@ -61,6 +64,10 @@ pub struct ZoneTemplate {
     pub ents: HashSet<LowerName>,
     /// Delegation points: owners of static NS records below the apex.
     pub cuts: HashSet<LowerName>,
+    /// The signing keys when `[gss.dnssec]` is configured.
+    pub keys: Option<Arc<KeySet>>,
+    /// Every signature of this template, made ahead (see [`signed`]).
+    pub signatures: Option<Arc<signed::Signatures>>,
 }
 
 impl ZoneTemplate {
@@ -102,6 +109,21 @@ impl ZoneTemplate {
                 None => sets.push((rtype, vec![record])),
             }
         }
+        let keys = match &cfg.dnssec {
+            Some(d) => Some(Arc::new(KeySet::load(d, &origin_name)?)),
+            None => None,
+        };
+        if let Some(k) = &keys {
+            // The key sets live at the apex like any static data, so lookups, the fast
+            // path and the NSEC type maps see them without special cases.
+            let ttl = cfg.soa.ttl;
+            let apex = statics.entry(origin.clone()).or_default();
+            for set in [k.dnskeys(ttl), k.cds(ttl), k.cdnskey(ttl)] {
+                if let Some(f) = set.first() {
+                    apex.push((f.record_type(), set));
+                }
+            }
+        }
         let mut names = HashMap::new();
         for n in &cfg.names {
             let owner = LowerName::from(&fqdn(&n.fqdn)?);
@@ -134,7 +156,7 @@ impl ZoneTemplate {
             })
             .map(|(owner, _)| owner.clone())
             .collect();
-        Ok(ZoneTemplate {
+        let mut tpl = ZoneTemplate {
             origin,
             origin_name,
             cfg: cfg.clone(),
@@ -144,7 +166,23 @@ impl ZoneTemplate {
             existing,
             ents,
             cuts,
-        })
+            keys,
+            signatures: None,
+        };
+        tpl.signatures = tpl
+            .keys
+            .as_ref()
+            .map(|k| Arc::new(signed::Signatures::make(&tpl, k, unix_now())));
+        Ok(tpl)
+    }
+
+    /// The same template with every signature made again at `unix` seconds (the
+    /// re-sign loop); `None` for an unsigned zone.
+    pub fn resigned(&self, unix: u64) -> Option<ZoneTemplate> {
+        let keys = self.keys.as_ref()?;
+        let mut tpl = self.clone();
+        tpl.signatures = Some(Arc::new(signed::Signatures::make(self, keys, unix)));
+        Some(tpl)
     }
 
     /// The delegation point at or above `name` closest to the apex, if any: the
@@ -198,6 +236,14 @@ fn absolutize(data: RData, origin: &Name) -> Result<RData, String> {
         RData::SRV(mut srv) => {
             srv.target = abs(srv.target)?;
             RData::SRV(srv)
+        }
+        RData::SVCB(mut svcb) => {
+            svcb.target_name = abs(svcb.target_name)?;
+            RData::SVCB(svcb)
+        }
+        RData::HTTPS(HTTPS(mut svcb)) => {
+            svcb.target_name = abs(svcb.target_name)?;
+            RData::HTTPS(HTTPS(svcb))
         }
         other => other,
     })
@@ -330,6 +376,10 @@ pub struct Zone {
     pub soa: Record,
     /// SOA for negative answers (TTL = min(soa.ttl, minimum), RFC 2308 §3).
     pub neg_soa: Record,
+    /// RRSIGs of `soa` (signed zones), made when this zone was rendered.
+    pub soa_sigs: Vec<Record>,
+    /// The same RRSIGs with `neg_soa`'s TTL.
+    pub neg_soa_sigs: Vec<Record>,
     /// Site-selected answers by owner.
     pub names: HashMap<LowerName, NameAnswers>,
     /// Per name (config order): default outcome summary then each rule's, for change
@@ -341,7 +391,11 @@ pub struct Zone {
     pub counters: QueryCounters,
 }
 
-fn address_records(owner: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
+pub(crate) fn address_records(
+    owner: &Name,
+    ttl: u32,
+    addrs: &[IpAddr],
+) -> (Vec<Record>, Vec<Record>) {
     let mut a = Vec::new();
     let mut aaaa = Vec::new();
     for ip in addrs {
@@ -470,11 +524,25 @@ pub fn render_at(
         soa_cfg.ttl.min(soa_cfg.minimum),
         soa_rdata,
     );
+    let soa_sigs = match &tpl.keys {
+        Some(k) => k.sign(std::slice::from_ref(&soa), unix),
+        None => Vec::new(),
+    };
+    let neg_soa_sigs = soa_sigs
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.ttl = neg_soa.ttl;
+            r
+        })
+        .collect();
     Zone {
         tpl,
         serial,
         soa,
         neg_soa,
+        soa_sigs,
+        neg_soa_sigs,
         names,
         outcomes,
         signature,
@@ -486,7 +554,14 @@ fn clamp_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-fn unix_now() -> u64 {
+/// `unix` seconds as RFC 3339 text (for events and `show dnssec`).
+pub fn unix_time_text(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The wall clock in unix seconds.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -578,6 +653,7 @@ mod tests {
             }],
             server_id: None,
             server_version: None,
+            dnssec: None,
         }
     }
 

@@ -133,6 +133,7 @@ pub fn config(sites: Vec<SiteConfig>, names: Vec<NameConfig>) -> GssConfig {
         ],
         server_id: None,
         server_version: None,
+        dnssec: None,
     }
 }
 

@@ -62,6 +62,8 @@ pub enum Command {
     WaitDrained(BackendId, Duration),
     /// `show sites`
     ShowSites,
+    /// `show dnssec`
+    ShowDnssec,
     /// `site down|up|auto SITE`
     Site(String, SiteOverride),
     /// `explain NAME [CLIENT_IP]`
@@ -106,6 +108,7 @@ pub const HELP: &[&str] = &[
     "set weight VIP/BACKEND N           change a backend's weight",
     "wait drained VIP/BACKEND SECONDS   ok once it has no active connections",
     "show sites                         sites: name up/down override passing/total since",
+    "show dnssec                        keys, states, signatures, next re-sign, DS for the parent",
     "site down|up|auto SITE             override a site's health, or release it",
     "explain NAME [CLIENT_IP]           the answer for NAME now, and why",
     "show events [N]                    last N state changes, oldest first",
@@ -143,6 +146,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ["show", "backends"] => Ok(Command::ShowBackends(None)),
         ["show", "backends", vip] => Ok(Command::ShowBackends(Some(vip.to_string()))),
         ["show", "sites"] => Ok(Command::ShowSites),
+        ["show", "dnssec"] => Ok(Command::ShowDnssec),
         ["show", "events"] => Ok(Command::ShowEvents(20)),
         ["show", "events", n] => n
             .parse()
@@ -268,6 +272,7 @@ mod tests {
                 Command::WaitDrained(id.clone(), Duration::from_millis(1500)),
             ),
             ("show sites", Command::ShowSites),
+            ("show dnssec", Command::ShowDnssec),
             (
                 "site down dc1",
                 Command::Site("dc1".into(), SiteOverride::Down),

@@ -62,7 +62,9 @@ impl Dispatcher {
             }
         }
         let role = match cmd {
-            Command::ShowSites | Command::Site(..) | Command::Explain(..) => "gss",
+            Command::ShowSites | Command::ShowDnssec | Command::Site(..) | Command::Explain(..) => {
+                "gss"
+            }
             Command::Reload => "reload-capable",
             _ => "lb",
         };

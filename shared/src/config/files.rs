@@ -40,6 +40,8 @@ struct FileRef {
 #[derive(Debug, Default)]
 pub(crate) struct FileRefs {
     files: Vec<FileRef>,
+    /// DNSSEC keys (`[gss.dnssec]`) with the zone they must belong to.
+    dnssec: Vec<(PathBuf, Range<usize>, String)>,
     /// Indices into `files` of a certificate chain and its key.
     pairs: Vec<(usize, usize)>,
 }
@@ -60,6 +62,12 @@ impl FileRefs {
             kind,
         });
         self.files.len() - 1
+    }
+
+    /// Records a DNSSEC key (both of its files) that must belong to `zone`.
+    pub(crate) fn dnssec_key(&mut self, named: &Path, span: Range<usize>, zone: &str) {
+        self.dnssec
+            .push((named.to_path_buf(), span, zone.to_string()));
     }
 
     /// Records that the key at `key` must match the certificate at `cert`.
@@ -101,6 +109,28 @@ impl FileRefs {
                         "tls cert \"{}\": unusable certificate: {reason}",
                         cert.path.display()
                     ),
+                ),
+            }
+        }
+        let mut tags = Vec::new();
+        for (named, span, zone) in &self.dnssec {
+            let zone = match hickory_proto::rr::Name::from_ascii(format!("{zone}.")) {
+                Ok(z) => z,
+                Err(_) => continue,
+            };
+            match crate::dnssec::load(named, &zone) {
+                Ok(k) if tags.contains(&k.tag) => c.err(
+                    span.clone(),
+                    format!(
+                        "dnssec key \"{}\": another key has the same tag {}; generate a new key",
+                        named.display(),
+                        k.tag
+                    ),
+                ),
+                Ok(k) => tags.push(k.tag),
+                Err(e) => c.err(
+                    span.clone(),
+                    format!("dnssec key \"{}\": {e}", named.display()),
                 ),
             }
         }

@@ -477,6 +477,100 @@ pub struct GssConfig {
     pub server_id: Option<String>,
     /// Answer to CHAOS TXT `version.server` and `version.bind`; `None` refuses them.
     pub server_version: Option<String>,
+    /// `[gss.dnssec]`: the zone is signed when present.
+    pub dnssec: Option<DnssecConfig>,
+}
+
+/// How the gss signs its zone (`[gss.dnssec]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnssecConfig {
+    /// Keys in config order.
+    pub keys: Vec<DnssecKeyConfig>,
+    /// Lifetime of a signature from the moment it is made.
+    pub validity: Duration,
+    /// Signatures are re-made when the earliest expiry is this close.
+    pub refresh: Duration,
+    /// How far inception is backdated (clock skew of validators).
+    pub inception: Duration,
+    /// Up to this much is taken off each RRset's expiry at random, so expiries spread.
+    pub jitter: Duration,
+}
+
+impl DnssecConfig {
+    /// Defaults: 14 days of validity, re-signed with 7 days left, inception one hour
+    /// back, expiry spread over one day.
+    pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(14 * 86400);
+    /// See [`DnssecConfig::DEFAULT_VALIDITY`].
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(7 * 86400);
+    /// See [`DnssecConfig::DEFAULT_VALIDITY`].
+    pub const DEFAULT_INCEPTION: Duration = Duration::from_secs(3600);
+    /// See [`DnssecConfig::DEFAULT_VALIDITY`].
+    pub const DEFAULT_JITTER: Duration = Duration::from_secs(86400);
+}
+
+/// One key of `[gss.dnssec]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnssecKeyConfig {
+    /// The key's files: `Kzone.+alg+tag` (or either file's full name).
+    pub file: PathBuf,
+    /// What it signs.
+    pub role: KeyRole,
+    /// Where it is in its life.
+    pub state: KeyState,
+}
+
+/// What a key signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Combined signing key: the DNSKEY set and the zone.
+    Csk,
+    /// Key-signing key: the DNSKEY set (the parent's DS points at it).
+    Ksk,
+    /// Zone-signing key: every other RRset.
+    Zsk,
+}
+
+impl KeyRole {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Csk => "csk",
+            KeyRole::Ksk => "ksk",
+            KeyRole::Zsk => "zsk",
+        }
+    }
+
+    /// Whether it signs the DNSKEY, CDS and CDNSKEY sets.
+    pub fn signs_keys(self) -> bool {
+        matches!(self, KeyRole::Csk | KeyRole::Ksk)
+    }
+
+    /// Whether it signs the zone's other RRsets.
+    pub fn signs_zone(self) -> bool {
+        matches!(self, KeyRole::Csk | KeyRole::Zsk)
+    }
+}
+
+/// A key's state in a rollover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// In the DNSKEY set (and, for a KSK/CSK, in CDS/CDNSKEY), signing nothing yet.
+    Published,
+    /// In the DNSKEY set and signing.
+    Active,
+    /// Still in the DNSKEY set so cached signatures stay valid, signing nothing.
+    Retired,
+}
+
+impl KeyState {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Published => "published",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+        }
+    }
 }
 
 /// SOA fields beyond the serial (which the gss derives from answer changes).

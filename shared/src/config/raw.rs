@@ -212,6 +212,27 @@ pub(crate) struct RawGss {
     pub records: O<Vec<S<String>>>,
     pub server_id: O<String>,
     pub server_version: O<String>,
+    pub dnssec: O<RawDnssec>,
+}
+
+/// `[gss.dnssec]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnssec {
+    pub keys: O<Vec<S<RawDnssecKey>>>,
+    pub validity: O<toml::Value>,
+    pub refresh: O<toml::Value>,
+    pub inception: O<toml::Value>,
+    pub jitter: O<toml::Value>,
+}
+
+/// One entry of `[gss.dnssec] keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDnssecKey {
+    pub file: S<String>,
+    pub role: O<String>,
+    pub state: O<String>,
 }
 
 /// `[gss.soa]`.

@@ -853,6 +853,41 @@ fn record_rules() {
     expect_err(&r("www BOGUS x"), "4:12", "unknown record type BOGUS");
 }
 
+/// The records a DANE and service-binding zone publishes next to a site-selected
+/// name are parsed at check time with the parser the gss serves them with.
+#[test]
+fn tlsa_svcb_https_caa_sshfp_records() {
+    let r = |rec: &str| GSS.replace("nameservers", &format!("records = [{rec:?}]\nnameservers"));
+    let hash = "8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1";
+    for good in [
+        format!("_25._tcp.mx TLSA 3 1 1 {hash}"),
+        "_443._tcp.www 300 IN TLSA 2 0 2 0A1b".to_string(),
+        "svc SVCB 1 . alpn=h2,h3 port=8443".to_string(),
+        "@ HTTPS 1 . alpn=h2 ipv4hint=192.0.2.1".to_string(),
+        "@ CAA 0 issue \"letsencrypt.org\"".to_string(),
+        format!("host SSHFP 4 2 {hash}"),
+    ] {
+        let c = parse_ok(&r(&good));
+        let g = c.gss.expect("gss");
+        assert_eq!(g.records.len(), 1, "{good}");
+    }
+    expect_err(
+        &r("_25._tcp.mx TLSA 3 1 1 xyz"),
+        "4:12",
+        "invalid TLSA data",
+    );
+    expect_err(&r("_25._tcp.mx TLSA 3 1"), "4:12", "invalid TLSA data");
+    expect_err(
+        &r("_25._tcp.mx TLSA three 1 1 00"),
+        "4:12",
+        "invalid TLSA data",
+    );
+    expect_err(&r("svc SVCB one ."), "4:12", "invalid SVCB data");
+    expect_err(&r("@ HTTPS 1 . alpn"), "4:12", "invalid HTTPS data");
+    expect_err(&r("@ CAA 0 issue"), "4:12", "invalid CAA data");
+    expect_err(&r("host SSHFP 4 2 nothex"), "4:12", "invalid SSHFP data");
+}
+
 #[test]
 fn lb_status_vips_checked_against_own_status_listener() {
     let t = format!(
@@ -871,6 +906,125 @@ fn lb_status_vips_checked_against_own_status_listener() {
     );
     // Another lb's status listener may name VIPs this file does not define.
     parse_ok(&t.replace("9100/status", "9200/status"));
+}
+
+/// `[gss.dnssec]`: roles, states and timing validated at their line:col; the key files
+/// are opened by the loader, each problem at the `file` that names it.
+#[test]
+fn dnssec_rules() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../gss/tests/testdata/dnssec");
+    let ksk = format!("{keys}/Kgslb.example.test.+013+17467");
+    let zsk = format!("{keys}/Kgslb.example.test.+013+33573");
+    let with = |tail: &str| format!("{GSS}[gss.dnssec]\n{tail}");
+    let good = with(&format!(
+        "keys = [ {{ file = \"{ksk}\", role = \"ksk\" }}, {{ file = \"{zsk}.key\", role = \"zsk\" }} ]\nvalidity = \"2d\"\nrefresh = \"1d\"\njitter = \"1h\"\n"
+    ));
+    let c = load_text(&good, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let d = c.gss.unwrap().dnssec.unwrap();
+    assert_eq!(d.keys.len(), 2);
+    assert_eq!(d.keys[0].role, KeyRole::Ksk);
+    assert_eq!(d.keys[1].state, KeyState::Active);
+    assert_eq!(d.validity, Duration::from_secs(2 * 86400));
+    assert_eq!(d.inception, DnssecConfig::DEFAULT_INCEPTION);
+    // Line 14 is the keys line.
+    let on_line = |text: &str, line: &str, fragment: &str| {
+        let errs = errors(text);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(line) && e.contains(fragment)),
+            "expected an error on {line} containing {fragment:?}, got:\n{}",
+            errs.join("\n")
+        );
+    };
+    on_line(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\", role = \"kks\" }} ]\n"
+        )),
+        "14:",
+        "unknown dnssec key role \"kks\"",
+    );
+    on_line(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\", state = \"old\" }} ]\n"
+        )),
+        "14:",
+        "unknown dnssec key state",
+    );
+    expect_err(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\", role = \"ksk\" }} ]\n"
+        )),
+        "13:1",
+        "no active key signs the zone",
+    );
+    expect_err(
+        &with(&format!(
+            "keys = [ {{ file = \"{zsk}\", role = \"zsk\" }} ]\n"
+        )),
+        "13:1",
+        "no active key signs the DNSKEY set",
+    );
+    expect_err(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\", state = \"published\" }} ]\n"
+        )),
+        "13:1",
+        "no active key signs the DNSKEY set",
+    );
+    on_line(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\" }}, {{ file = \"{ksk}.private\" }} ]\n"
+        )),
+        "14:",
+        "listed twice",
+    );
+    expect_err(&with("keys = []\n"), "14:8", "keys is empty");
+    expect_err(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\" }} ]\nvalidity = \"2d\"\nrefresh = \"2d\"\n"
+        )),
+        "16:11",
+        "must be less than validity",
+    );
+    expect_err(
+        &with(&format!(
+            "keys = [ {{ file = \"{ksk}\" }} ]\nvalidity = \"400d\"\n"
+        )),
+        "15:12",
+        "above 365 days",
+    );
+    expect_err(
+        &with(&format!("keys = [ {{ file = \"{ksk}\" }} ]\nrefresh = 5\n")),
+        "15:11",
+        "not a bare number",
+    );
+    on_line(
+        &with(&format!("keys = [ {{ file = \"{ksk}\", bogus = 1 }} ]\n")),
+        "14:",
+        "bogus",
+    );
+    // Files: opened by the loader, errors at the file value.
+    let load_errs = |text: &str| -> Vec<String> {
+        match load_text(text, Path::new("t.toml")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.message))
+                .collect(),
+        }
+    };
+    let other = format!("{keys}/Kother.example.test.+013+22472");
+    for (file, want) in [
+        (format!("{keys}/Kmissing.+013+00001"), "No such file"),
+        (other, "belongs to other.example.test., not to the zone"),
+    ] {
+        let errs = load_errs(&with(&format!("keys = [ {{ file = \"{file}\" }} ]\n")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("14:19: ") && e.contains(want)),
+            "{want}: {errs:?}"
+        );
+    }
 }
 
 // ---- unknown keys in every table --------------------------------------------------

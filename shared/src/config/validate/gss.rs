@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -104,6 +105,7 @@ impl Validator<'_> {
         }
         let server_id = self.chaos_text(&g.server_id, "server_id");
         let server_version = self.chaos_text(&g.server_version, "server_version");
+        let dnssec = g.dnssec.as_ref().map(|d| self.dnssec(d, &zone));
 
         GssConfig {
             listen,
@@ -116,6 +118,124 @@ impl Validator<'_> {
             records,
             server_id,
             server_version,
+            dnssec,
+        }
+    }
+
+    /// `[gss.dnssec]`: keys (files opened by the loader), their roles and states, and
+    /// the signature timing.
+    fn dnssec(&mut self, rd: &Spanned<RawDnssec>, zone: &str) -> DnssecConfig {
+        let d = rd.get_ref();
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        let list = match &d.keys {
+            Some(list) if !list.get_ref().is_empty() => list.get_ref().as_slice(),
+            Some(list) => {
+                self.err(list.span(), "keys is empty; list at least one key, e.g. { file = \"Kzone.+013+12345\", role = \"csk\" }");
+                &[]
+            }
+            None => {
+                self.err(
+                    rd.span(),
+                    "[gss.dnssec] needs keys = [ { file = \"Kzone.+013+12345\", role = \"csk\" } ]",
+                );
+                &[]
+            }
+        };
+        for rk in list {
+            let k = rk.get_ref();
+            let file = self.path(&k.file, "dnssec key");
+            let (public, _) = crate::dnssec::key_paths(&file);
+            if seen.insert(public.clone()) {
+                self.files.dnssec_key(&file, k.file.span(), zone);
+            } else {
+                self.err(
+                    k.file.span(),
+                    format!("dnssec key \"{}\" is listed twice", k.file.get_ref()),
+                );
+            }
+            let role = self.opt_choice(
+                &k.role,
+                "dnssec key role",
+                &[
+                    ("csk", KeyRole::Csk),
+                    ("ksk", KeyRole::Ksk),
+                    ("zsk", KeyRole::Zsk),
+                ],
+                KeyRole::Csk,
+            );
+            let state = self.opt_choice(
+                &k.state,
+                "dnssec key state",
+                &[
+                    ("published", KeyState::Published),
+                    ("active", KeyState::Active),
+                    ("retired", KeyState::Retired),
+                ],
+                KeyState::Active,
+            );
+            keys.push(DnssecKeyConfig { file, role, state });
+        }
+        if !list.is_empty() {
+            let active = |f: fn(KeyRole) -> bool| {
+                keys.iter()
+                    .any(|k| k.state == KeyState::Active && f(k.role))
+            };
+            if !active(KeyRole::signs_keys) {
+                self.err(
+                    rd.span(),
+                    "no active key signs the DNSKEY set; make a csk or ksk key state = \"active\"",
+                );
+            }
+            if !active(KeyRole::signs_zone) {
+                self.err(
+                    rd.span(),
+                    "no active key signs the zone; make a csk or zsk key state = \"active\"",
+                );
+            }
+        }
+        let validity = self.positive_duration(
+            &d.validity,
+            DnssecConfig::DEFAULT_VALIDITY,
+            "dnssec validity",
+        );
+        let refresh =
+            self.positive_duration(&d.refresh, DnssecConfig::DEFAULT_REFRESH, "dnssec refresh");
+        let inception = self.opt_duration(
+            &d.inception,
+            DnssecConfig::DEFAULT_INCEPTION,
+            "dnssec inception",
+        );
+        let jitter = self.opt_duration(&d.jitter, DnssecConfig::DEFAULT_JITTER, "dnssec jitter");
+        const MAX_VALIDITY: Duration = Duration::from_secs(365 * 86400);
+        if validity > MAX_VALIDITY {
+            if let Some(v) = &d.validity {
+                self.err(v.span(), "dnssec validity is above 365 days; a stolen signature would replay that long, keep it to weeks");
+            }
+        } else if refresh + jitter >= validity {
+            let span = d
+                .refresh
+                .as_ref()
+                .or(d.jitter.as_ref())
+                .or(d.validity.as_ref())
+                .map(|v| v.span())
+                .unwrap_or_else(|| rd.span());
+            self.err(
+                span,
+                format!(
+                    "dnssec refresh ({}) plus jitter ({}) must be less than validity ({}): signatures would be re-made as soon as they are made",
+                    humantime::format_duration(refresh),
+                    humantime::format_duration(jitter),
+                    humantime::format_duration(validity)
+                ),
+            );
+        }
+        DnssecConfig {
+            keys,
+            validity,
+            refresh,
+            inception,
+            jitter,
         }
     }
 
