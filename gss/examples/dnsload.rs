@@ -57,6 +57,8 @@ fn config(listen: SocketAddr, extra: usize) -> GssConfig {
         records: vec![],
         server_id: None,
         server_version: None,
+        role: Default::default(),
+        quorum: None,
     };
     for i in 0..extra {
         let mut n = cfg.names[0].clone();

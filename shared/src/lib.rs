@@ -4,6 +4,7 @@
 //! plug into it (admin handlers, status sources) from above.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod health;

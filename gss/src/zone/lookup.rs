@@ -493,6 +493,8 @@ mod tests {
             ],
             server_id: Some("ns1-test".into()),
             server_version: None,
+            role: Default::default(),
+            quorum: None,
         }
     }
 

@@ -578,6 +578,8 @@ mod tests {
             }],
             server_id: None,
             server_version: None,
+            role: Default::default(),
+            quorum: None,
         }
     }
 

@@ -26,6 +26,55 @@ pub struct Config {
     pub vips: Vec<VipConfig>,
     /// The DNS global site selector role, when configured.
     pub gss: Option<GssConfig>,
+    /// Membership and authenticated state exchange with the other Portico nodes.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: who this node is, who its peers are, and how they talk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Shared by every member; a datagram of another cluster is dropped.
+    pub id: String,
+    /// This node's member id (one of `members`).
+    pub node: String,
+    /// UDP address the gossip socket binds (default: this node's member address).
+    pub listen: SocketAddr,
+    /// File holding the shared secret every datagram is authenticated with.
+    pub secret_file: PathBuf,
+    /// How often this node starts an exchange with a peer.
+    pub gossip_interval: Duration,
+    /// A member heard from longer ago than this no longer counts (its views do not vote).
+    pub stale_after: Duration,
+    /// Every member, this node included, in config order.
+    pub members: Vec<MemberConfig>,
+}
+
+impl ClusterConfig {
+    /// Members whose site views vote (gss nodes and witnesses).
+    pub fn vantage_points(&self) -> impl Iterator<Item = &MemberConfig> {
+        self.members.iter().filter(|m| m.vantage)
+    }
+}
+
+/// One `[[cluster.member]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberConfig {
+    /// Member id, unique in the cluster.
+    pub id: String,
+    /// Where its gossip socket is reached (its seed address and advertised address).
+    pub address: SocketAddr,
+    /// Whether its site views vote in the gss quorum (default true).
+    pub vantage: bool,
+}
+
+/// What a `[gss]` process does with its probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GssRole {
+    /// Probes, votes and answers DNS.
+    #[default]
+    Server,
+    /// Probes and publishes its views to the cluster; answers no DNS.
+    Witness,
 }
 
 /// The admin socket's location.
@@ -423,6 +472,11 @@ pub struct GssConfig {
     pub server_id: Option<String>,
     /// Answer to CHAOS TXT `version.server` and `version.bind`; `None` refuses them.
     pub server_version: Option<String>,
+    /// `server` (default) or `witness` (probes and publishes views only).
+    pub role: GssRole,
+    /// Vantage points that must agree to declare a site down or up; `None` is a
+    /// majority of the cluster's vantage points. Without a `[cluster]` it is 1.
+    pub quorum: Option<u32>,
 }
 
 /// SOA fields beyond the serial (which the gss derives from answer changes).

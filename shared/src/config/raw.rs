@@ -28,6 +28,30 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub vip: Vec<S<RawVip>>,
     pub gss: Option<S<RawGss>>,
+    pub cluster: Option<S<RawCluster>>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub id: S<String>,
+    pub node: S<String>,
+    pub listen: O<String>,
+    pub secret_file: S<String>,
+    pub gossip_interval: O<toml::Value>,
+    pub stale_after: O<toml::Value>,
+    #[serde(default)]
+    pub member: Vec<S<RawMember>>,
+}
+
+/// `[[cluster.member]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMember {
+    pub id: S<String>,
+    pub address: S<String>,
+    pub vantage: O<bool>,
 }
 
 /// `[admin]`.
@@ -175,6 +199,8 @@ pub(crate) struct RawGss {
     pub records: O<Vec<S<String>>>,
     pub server_id: O<String>,
     pub server_version: O<String>,
+    pub role: O<String>,
+    pub quorum: O<i64>,
 }
 
 /// `[gss.soa]`.

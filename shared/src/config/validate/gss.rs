@@ -116,6 +116,8 @@ impl Validator<'_> {
             records,
             server_id,
             server_version,
+            role: GssRole::Server,
+            quorum: None,
         }
     }
 

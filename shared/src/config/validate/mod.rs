@@ -20,6 +20,7 @@ use super::files::{FileKind, FileRefs};
 use super::model::*;
 use super::raw::*;
 
+mod cluster;
 mod gss;
 mod probe;
 mod record;
@@ -430,7 +431,12 @@ impl<'a> Validator<'a> {
             }
             vips.push(self.vip(rv));
         }
-        let gss = raw.gss.as_ref().map(|g| self.gss(g));
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c));
+        let gss = raw.gss.as_ref().map(|g| {
+            let mut cfg = self.gss(g);
+            (cfg.role, cfg.quorum) = self.gss_vote(g.get_ref(), cluster.as_ref());
+            cfg
+        });
         if let Some(h) = &http {
             self.check_status_refs(h.listen, &vips);
         }
@@ -448,6 +454,7 @@ impl<'a> Validator<'a> {
             drain_timeout,
             vips,
             gss,
+            cluster,
         }
     }
 }
