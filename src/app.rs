@@ -20,6 +20,8 @@ pub struct App {
     events: Arc<EventLog>,
     lb: lb::Lb,
     gss: ArcSwapOption<gss::Gss>,
+    /// The cluster membership, started once (a reload does not change it).
+    cluster: Option<Arc<shared::cluster::Cluster>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -86,15 +88,23 @@ impl App {
         if old.admin != new.admin || old.http != new.http {
             tracing::warn!("admin socket and http listener changes take effect on restart");
         }
+        if old.cluster != new.cluster {
+            tracing::warn!("[cluster] changes take effect on restart");
+        }
         let gss_change = match (self.gss.load_full(), &new.gss) {
             (Some(g), Some(c)) => {
                 let prepared = g.prepare(c).map_err(|e| e.to_string())?;
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
-                let g = gss::Gss::start(c, self.events.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let g = gss::Gss::start_in_cluster(
+                    c,
+                    self.events.clone(),
+                    gss::default_probes(),
+                    self.cluster.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 GssChange::Start(Arc::new(g))
             }
             (Some(g), None) => GssChange::Stop(g),
@@ -154,6 +164,15 @@ impl AdminHandler for AppAdmin {
                     }
                 }
             })),
+            Command::ShowCluster => {
+                let lines = app.cluster.as_ref().map(|c| c.show());
+                Some(Box::pin(async move {
+                    match lines {
+                        Some(l) => Reply::Data(l),
+                        None => Reply::error("no [cluster] section: this node is in no cluster"),
+                    }
+                }))
+            }
             Command::ShowSites | Command::Site(..) | Command::Explain(..) => {
                 let gss = app.gss.load_full()?;
                 Some(delegate(gss.admin(), cmd.clone(), peer, "gss"))
@@ -238,11 +257,20 @@ pub async fn run_until(
     let lb = lb::Lb::start(&config.vips, events.clone())
         .await
         .context("starting the lb")?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            shared::cluster::Cluster::start(c)
+                .await
+                .context("starting the cluster layer")?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
         lb,
         gss: ArcSwapOption::new(None),
+        cluster: cluster.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
     });
     let background = CancellationToken::new();
@@ -266,9 +294,10 @@ pub async fn run_until(
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start(g, events.clone())
-            .await
-            .context("starting the gss")?;
+        let gss =
+            gss::Gss::start_in_cluster(g, events.clone(), gss::default_probes(), cluster.clone())
+                .await
+                .context("starting the gss")?;
         app.gss.store(Some(Arc::new(gss)));
     }
 
@@ -327,6 +356,9 @@ pub async fn run_until(
         tracing::warn!("drain_timeout reached with {left} connections open; closing them");
     }
     app.lb.shutdown().await;
+    if let Some(c) = &app.cluster {
+        c.shutdown().await;
+    }
     background.cancel();
     tracing::info!("portico stopped");
     Ok(())

@@ -2,7 +2,7 @@
 //! follow the aggregate health of each site.
 //!
 //! Modules point one way (ARCHITECTURE.md, checked by `.ci/gss-deps`):
-//! [`select`] and [`site`] decide; [`zone`] renders the answers (no sockets);
+//! [`select`], [`quorum`] and [`site`] decide; [`zone`] renders the answers (no sockets);
 //! [`respond`] turns zone × request bytes into reply bytes; [`fast`] pre-renders
 //! them for UDP; [`snapshot`] publishes zone, health and table together; [`udp`] and
 //! [`tcp`] serve sockets from the snapshot; [`server`] binds and stops them;
@@ -13,6 +13,7 @@ pub mod admin;
 pub mod error;
 pub mod fast;
 pub mod metrics;
+pub mod quorum;
 pub mod respond;
 pub mod select;
 pub mod server;

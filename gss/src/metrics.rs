@@ -17,6 +17,10 @@ pub const SITE_UP: &str = "portico_gss_site_up";
 pub const KEEPALIVE_RESULTS: &str = "portico_gss_keepalive_results_total";
 /// First failing keepalive to site down.
 pub const FAILOVER_DETECTION: &str = "portico_gss_failover_detection_seconds";
+/// A vantage point's vote on a site as this node counts it.
+pub const SITE_VOTE: &str = "portico_gss_site_vote";
+/// 1 while a site's state is held without a quorum.
+pub const SITE_FAIL_STATIC: &str = "portico_gss_site_fail_static";
 
 /// Registers the descriptions with the installed recorder; the gss calls it at every
 /// start, so a recorder installed between two starts still gets them.
@@ -28,6 +32,14 @@ pub fn describe() {
         FAILOVER_DETECTION,
         metrics::Unit::Seconds,
         "first failing keepalive to site down"
+    );
+    metrics::describe_gauge!(
+        SITE_VOTE,
+        "a vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale or missing"
+    );
+    metrics::describe_gauge!(
+        SITE_FAIL_STATIC,
+        "1 while the site's state is held without a quorum (fail-static)"
     );
 }
 
@@ -280,4 +292,16 @@ mod tests {
             1
         );
     }
+}
+
+/// A vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale
+/// or missing (`voter` is the member id; this node's own vote included).
+pub fn set_vote(site: &str, voter: &str, vote: i8) {
+    metrics::gauge!(SITE_VOTE, "site" => site.to_string(), "voter" => voter.to_string())
+        .set(f64::from(vote));
+}
+
+/// 1 while a site's state is held without a quorum (fail-static).
+pub fn set_fail_static(site: &str, on: bool) {
+    metrics::gauge!(SITE_FAIL_STATIC, "site" => site.to_string()).set(if on { 1.0 } else { 0.0 });
 }

@@ -68,6 +68,8 @@ pub enum Command {
     Explain(String, Option<IpAddr>),
     /// `show events [N]`
     ShowEvents(usize),
+    /// `show cluster`
+    ShowCluster,
     /// `reload`
     Reload,
 }
@@ -101,6 +103,7 @@ pub const HELP: &[&str] = &[
     "site down|up|auto SITE             override a site's health, or release it",
     "explain NAME [CLIENT_IP]           the answer for NAME now, and why",
     "show events [N]                    last N state changes, oldest first",
+    "show cluster                       cluster members: id address state last_contact",
     "reload                             re-read the config (as SIGHUP)",
 ];
 
@@ -132,6 +135,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ["show", "backends"] => Ok(Command::ShowBackends(None)),
         ["show", "backends", vip] => Ok(Command::ShowBackends(Some(vip.to_string()))),
         ["show", "sites"] => Ok(Command::ShowSites),
+        ["show", "cluster"] => Ok(Command::ShowCluster),
         ["show", "events"] => Ok(Command::ShowEvents(20)),
         ["show", "events", n] => n
             .parse()
@@ -252,6 +256,7 @@ mod tests {
                 Command::WaitDrained(id.clone(), Duration::from_millis(1500)),
             ),
             ("show sites", Command::ShowSites),
+            ("show cluster", Command::ShowCluster),
             (
                 "site down dc1",
                 Command::Site("dc1".into(), SiteOverride::Down),
