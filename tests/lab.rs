@@ -20,7 +20,7 @@ const ANSWER_DC2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
 const NAME: &str = "smtp.gslb.example.test";
 
 /// Keepalive timing of every gss (interval, fall) and the gossip interval.
-const INTERVAL: Duration = Duration::from_millis(300);
+const INTERVAL: Duration = Duration::from_millis(500);
 const FALL: u32 = 2;
 const GOSSIP: Duration = Duration::from_millis(200);
 const STALE_AFTER: Duration = Duration::from_millis(1500);
@@ -67,7 +67,7 @@ name = "smtp"
 listen = "{a}:2525"
 mode = "tcp"
 backends = [ {{ name = "self", address = "{a}:9100" }} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+probe = {{ kind = "tcp", interval = "500ms", timeout = "400ms", rise = 1, fall = 3 }}
 
 "#,
             a = me.addr
@@ -112,7 +112,7 @@ role = "{role}"
 [[gss.site]]
 name = "{n}"
 keepalives = [ {{ kind = "lb_status", url = "http://{a}:9100/status" }} ]
-probe_defaults = {{ interval = "{i}ms", timeout = "200ms", rise = 2, fall = {FALL} }}
+probe_defaults = {{ interval = "{i}ms", timeout = "400ms", rise = 2, fall = {FALL} }}
 "#,
             n = site.name,
             a = site.addr,
@@ -191,6 +191,24 @@ impl Running {
             NAME,
             Duration::from_millis(500),
         )
+    }
+
+    /// `GET /metrics` of `site`'s status listener, fetched inside its namespace.
+    fn metrics(&self, site: &str) -> String {
+        let addr = SITES.iter().find(|s| s.name == site).expect("site").addr;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.lab.site(site).ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{addr}:9100/metrics"));
+        let out = cmd.output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn explain(&self, site: &str) -> String {
@@ -295,7 +313,58 @@ fn link_cut_between_sites_the_witness_outvotes_dc2_and_nobody_answers_dc2() {
     );
     let events = lab.node("dc2").ctl("show events 200");
     assert!(events.contains("vote: "), "{events}");
+    let sites = lab.node("dc2").ctl("show sites");
+    assert!(
+        sites
+            .lines()
+            .any(|l| l.starts_with("dc1 up ") && l.ends_with(" quorum"))
+            && sites.contains("vantage wit: up")
+            && sites.contains("vantage dc2 (this node): down"),
+        "{sites}"
+    );
+    let cluster = lab.node("dc2").ctl("show cluster");
+    assert!(
+        cluster
+            .lines()
+            .any(|l| l.starts_with("dc1 192.0.2.1:7946 alive last_contact "))
+            && cluster
+                .lines()
+                .any(|l| l.starts_with("wit 203.0.113.1:7946 alive ")),
+        "{cluster}"
+    );
+    let metrics = lab.metrics("dc2");
+    assert!(
+        metrics.contains(r#"portico_gss_site_vote{site="dc1",voter="dc2"} 0"#)
+            && metrics.contains(r#"portico_gss_site_vote{site="dc1",voter="wit"} 1"#),
+        "{metrics}"
+    );
     lab.lab.heal("dc1", "dc2");
+}
+
+#[test]
+fn an_operator_override_on_one_gss_is_followed_by_its_peers() {
+    let Some(lab) = Running::start(&["dc1", "dc2", "wit"], None) else {
+        return;
+    };
+    lab.settle(3);
+    lab.node("dc1").ctl("site down dc1");
+    let moved = poll(Duration::from_secs(5), || {
+        (lab.answer("dc2") == Some(vec![ANSWER_DC2]) && lab.answer("dc1") == Some(vec![ANSWER_DC2]))
+            .then_some(())
+    });
+    assert!(moved.is_some(), "{}", lab.node("dc2").ctl("show events 50"));
+    let events = lab.node("dc2").ctl("show events 50");
+    assert!(
+        events.contains("override down set by operator (shared by peer dc1)"),
+        "{events}"
+    );
+    // The release, given on the other node, is newer and wins everywhere.
+    lab.node("dc2").ctl("site auto dc1");
+    let back = poll(Duration::from_secs(5), || {
+        (lab.answer("dc1") == Some(vec![ANSWER_DC1]) && lab.answer("dc2") == Some(vec![ANSWER_DC1]))
+            .then_some(())
+    });
+    assert!(back.is_some(), "{}", lab.node("dc1").ctl("show events 50"));
 }
 
 #[test]
@@ -400,34 +469,32 @@ fn a_flapping_or_starved_link_does_not_flap_answers() {
         return;
     };
     lab.settle(3);
-    let flapper = {
-        let dc1 = lab.lab.site("dc1").ns.clone();
-        let dc2 = lab.lab.site("dc2").ns.clone();
-        std::thread::spawn(move || {
-            // 20 × (300 ms down, 300 ms up): 12 s, bounded.
-            for _ in 0..20 {
-                for (ns, dev) in [(&dc1, "to-dc2"), (&dc2, "to-dc1")] {
-                    let _ = std::process::Command::new("ip")
-                        .args(["-n", ns, "link", "set", dev, "down"])
-                        .status();
-                }
-                std::thread::sleep(Duration::from_millis(300));
-                for (ns, dev) in [(&dc1, "to-dc2"), (&dc2, "to-dc1")] {
-                    let _ = std::process::Command::new("ip")
-                        .args(["-n", ns, "link", "set", dev, "up"])
-                        .status();
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        })
-    };
-    let bad = lab.answers_other_than_dc1(Duration::from_secs(12));
-    let _ = flapper.join();
+    // 20 × (300 ms down, 300 ms up): 12 s, bounded; queries run meanwhile.
+    let bad = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            lab.lab.flap(
+                "dc1",
+                "dc2",
+                Duration::from_millis(300),
+                Duration::from_millis(300),
+                20,
+            )
+        });
+        lab.answers_other_than_dc1(Duration::from_secs(12))
+    });
     lab.lab.heal("dc1", "dc2");
-    assert!(bad.is_empty(), "answers flapped: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "answers flapped: {bad:?}\ndc1 events:\n{}",
+        lab.node("dc1").ctl("show events 100")
+    );
 
     lab.lab.squeeze("dc1", "dc2", "8kbit");
     let bad = lab.answers_other_than_dc1(INTERVAL * FALL + STALE_AFTER + Duration::from_secs(3));
     lab.lab.unsqueeze("dc1", "dc2");
-    assert!(bad.is_empty(), "answers moved on a starved link: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "answers moved on a starved link: {bad:?}\ndc1 events:\n{}",
+        lab.node("dc1").ctl("show events 100")
+    );
 }

@@ -137,22 +137,32 @@ pub struct Core {
 }
 
 impl Core {
+    /// The quorum rule of `gss` in this node's cluster; `None` when it decides alone
+    /// (no cluster) or only publishes (a witness).
+    fn rule(&self, gss: &GssConfig) -> Option<Rule> {
+        let c = self.cluster.as_ref()?;
+        if self.role != GssRole::Server {
+            return None;
+        }
+        let cc = c.config();
+        let vantage = cc.vantage_points().count().max(1);
+        Some(Rule {
+            vantage,
+            quorum: gss
+                .quorum
+                .map(|q| q as usize)
+                .unwrap_or_else(|| Rule::majority(vantage)),
+            stale_after: cc.stale_after,
+        })
+    }
+
     /// A fresh site state, voting when this gss serves DNS in a cluster.
     fn new_site(&self, site: &SiteConfig, gss: &GssConfig) -> SiteState {
         let mut s = SiteState::new(site);
-        if let (Some(c), GssRole::Server) = (&self.cluster, self.role) {
-            let cc = c.config();
-            let vantage = cc.vantage_points().count().max(1);
+        if let (Some(rule), Some(c)) = (self.rule(gss), &self.cluster) {
             s.voting = Some(Voting {
-                me: cc.node.clone(),
-                rule: Rule {
-                    vantage,
-                    quorum: gss
-                        .quorum
-                        .map(|q| q as usize)
-                        .unwrap_or_else(|| Rule::majority(vantage)),
-                    stale_after: cc.stale_after,
-                },
+                me: c.config().node.clone(),
+                rule,
                 peers: Vec::new(),
                 agreed: None,
                 tally: None,
@@ -880,6 +890,9 @@ impl Gss {
         if cfg.listen != st.tpl.cfg.listen {
             tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
         }
+        if cfg.role != self.core.role {
+            tracing::warn!("gss.role changed; restart to switch between server and witness");
+        }
         let mut sites = Vec::with_capacity(cfg.sites.len());
         for s in &cfg.sites {
             let old = st.sites.iter().find(|o| o.name == s.name).cloned();
@@ -918,6 +931,12 @@ impl Gss {
                 t.cancel.cancel();
             }
             self.core.events.record(gone, "removed by reload");
+        }
+        // A changed `quorum` applies to unchanged sites too.
+        if let Some(rule) = self.core.rule(cfg) {
+            for v in sites.iter_mut().filter_map(|s| s.voting.as_mut()) {
+                v.rule = rule;
+            }
         }
         st.sites = sites;
         st.tpl = tpl;
