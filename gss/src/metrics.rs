@@ -173,6 +173,18 @@ pub fn failover_detection() -> Histogram {
     metrics::histogram!(FAILOVER_DETECTION)
 }
 
+/// A vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale
+/// or missing (`voter` is the member id; this node's own vote included).
+pub fn set_vote(site: &str, voter: &str, vote: i8) {
+    metrics::gauge!(SITE_VOTE, "site" => site.to_string(), "voter" => voter.to_string())
+        .set(f64::from(vote));
+}
+
+/// 1 while a site's state is held without a quorum (fail-static).
+pub fn set_fail_static(site: &str, on: bool) {
+    metrics::gauge!(SITE_FAIL_STATIC, "site" => site.to_string()).set(if on { 1.0 } else { 0.0 });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,16 +304,4 @@ mod tests {
             1
         );
     }
-}
-
-/// A vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale
-/// or missing (`voter` is the member id; this node's own vote included).
-pub fn set_vote(site: &str, voter: &str, vote: i8) {
-    metrics::gauge!(SITE_VOTE, "site" => site.to_string(), "voter" => voter.to_string())
-        .set(f64::from(vote));
-}
-
-/// 1 while a site's state is held without a quorum (fail-static).
-pub fn set_fail_static(site: &str, on: bool) {
-    metrics::gauge!(SITE_FAIL_STATIC, "site" => site.to_string()).set(if on { 1.0 } else { 0.0 });
 }

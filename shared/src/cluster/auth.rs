@@ -219,6 +219,25 @@ mod tests {
         assert_eq!(b.open(&f), Ok(("a", &b"hello"[..])));
     }
 
+    /// The wire format, computed independently (Python's hmac module): "PTC1", id
+    /// length, id, HMAC-SHA256(secret, be32 len "lab" | "lab" | be32 len "a" | "a" |
+    /// payload), payload.
+    #[test]
+    fn the_frame_format_is_stable() {
+        let hex = "505443310161ad84dda6f28171818fb93d54c3778de9d415c173ef2afdd91efefc915478513468656c6c6f";
+        let frame: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut ours = Vec::new();
+        auth(b"0123456789abcdef", "a").seal(b"hello", &mut ours);
+        assert_eq!(ours, frame);
+        assert_eq!(
+            auth(b"0123456789abcdef", "b").open(&frame),
+            Ok(("a", &b"hello"[..]))
+        );
+    }
+
     #[test]
     fn wrong_secret_other_cluster_altered_bytes_and_strangers_are_rejected() {
         let b = auth(b"0123456789abcdef", "b");
