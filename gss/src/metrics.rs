@@ -278,7 +278,14 @@ mod tests {
         let mut got = rec.0.into_inner().unwrap_or_else(|p| p.into_inner());
         assert_eq!(rec.1.into_inner(), 0, "describing registers nothing");
         got.sort();
-        let mut want = vec![QUERIES, SITE_UP, KEEPALIVE_RESULTS, FAILOVER_DETECTION];
+        let mut want = vec![
+            QUERIES,
+            SITE_UP,
+            KEEPALIVE_RESULTS,
+            FAILOVER_DETECTION,
+            SITE_VOTE,
+            SITE_FAIL_STATIC,
+        ];
         want.sort();
         assert_eq!(got, want);
     }
