@@ -50,7 +50,13 @@ const SITES: [Node; 3] = [
     },
 ];
 
-fn config(me: &Node, members: &[&Node], quorum: Option<u32>, dir: &TempDir) -> String {
+fn config(
+    me: &Node,
+    members: &[&Node],
+    quorum: Option<u32>,
+    timing: (Duration, Duration),
+    dir: &TempDir,
+) -> String {
     let secret = dir.path("cluster.key");
     std::fs::write(&secret, "lab-secret-0123456789abcdef\n").expect("secret");
     let mut c = format!(
@@ -112,11 +118,12 @@ role = "{role}"
 [[gss.site]]
 name = "{n}"
 keepalives = [ {{ kind = "lb_status", url = "http://{a}:9100/status" }} ]
-probe_defaults = {{ interval = "{i}ms", timeout = "400ms", rise = 2, fall = {FALL} }}
+probe_defaults = {{ interval = "{i}ms", timeout = "{t}ms", rise = 2, fall = {FALL} }}
 "#,
             n = site.name,
             a = site.addr,
-            i = INTERVAL.as_millis(),
+            i = timing.0.as_millis(),
+            t = timing.1.as_millis(),
         ));
     }
     c.push_str(&format!(
@@ -144,6 +151,15 @@ struct Running {
 
 impl Running {
     fn start(names: &[&'static str], quorum: Option<u32>) -> Option<Running> {
+        Running::start_timed(names, quorum, (INTERVAL, Duration::from_millis(400)))
+    }
+
+    /// As [`Running::start`] with the keepalives' (interval, timeout).
+    fn start_timed(
+        names: &[&'static str],
+        quorum: Option<u32>,
+        timing: (Duration, Duration),
+    ) -> Option<Running> {
         let members: Vec<&Node> = SITES.iter().filter(|s| names.contains(&s.name)).collect();
         let lab_sites: Vec<(&str, Ipv4Addr)> = members.iter().map(|m| (m.name, m.addr)).collect();
         let mut links = Vec::new();
@@ -156,7 +172,7 @@ impl Running {
         let mut nodes = Vec::new();
         for m in &members {
             let dir = TempDir::new(&format!("lab-{}", m.name));
-            let cfg = config(m, &members, quorum, &dir);
+            let cfg = config(m, &members, quorum, timing, &dir);
             let p = Portico::start_prefixed(&dir, &cfg, &[], &[], &lab.exec_prefix(m.name));
             nodes.push((m.name, p, dir));
         }
@@ -497,4 +513,178 @@ fn a_flapping_or_starved_link_does_not_flap_answers() {
         "answers moved on a starved link: {bad:?}\ndc1 events:\n{}",
         lab.node("dc1").ctl("show events 100")
     );
+}
+
+/// gdnsd (Debian `gdnsd`), one per serving site on port 5300 next to Portico, with the
+/// `simplefo` plugin watching each site's lb `/status` (http_status) and answering the
+/// site address of the first one up: the peer anchor, deciding per node.
+fn gdnsd_in(lab: &Running, site: &str, dir: &TempDir) -> Option<common::Daemon> {
+    let bin = common::tool("gdnsd")?;
+    let addr = SITES.iter().find(|s| s.name == site)?.addr;
+    for d in ["zones", "run", "state"] {
+        std::fs::create_dir_all(dir.path(d)).ok()?;
+    }
+    std::fs::write(
+        dir.path("config"),
+        format!(
+            r#"options => {{
+  listen => [ {addr} ]
+  dns_port => 5300
+  run_dir => {run}
+  state_dir => {state}
+}}
+service_types => {{
+  lbstatus => {{ plugin => http_status, port => 9100, url_path => /status, ok_codes => [200], interval => 2, timeout => 1, up_thresh => 2, down_thresh => {FALL}, ok_thresh => 2 }}
+}}
+plugins => {{
+  simplefo => {{
+    smtp => {{ service_types => lbstatus, primary => {DC1}, secondary => {DC2} }}
+  }}
+}}
+"#,
+            run = dir.path("run").display(),
+            state = dir.path("state").display(),
+        ),
+    )
+    .ok()?;
+    std::fs::write(
+        dir.path("zones/gslb.example.test"),
+        "$TTL 5\n@ SOA ns1 hostmaster 1 3600 600 86400 30\n@ NS ns1\nns1 A 192.0.2.1\nsmtp 5 DYNA simplefo!smtp\n",
+    )
+    .ok()?;
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &lab.lab.site(site).ns])
+        .arg(bin)
+        .arg("-c")
+        .arg(&dir.0)
+        .arg("start")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Some(common::Daemon::spawn(&mut cmd))
+}
+
+/// Measures, for README: split answers during a 10 s cut between dc1 and dc2 (dc1
+/// healthy, witness reaching both) and the failover time when dc1 dies, for Portico
+/// with a witness (majority quorum), Portico with `quorum = 1`, and gdnsd per site.
+/// All with the same probe timing (gdnsd's minimum interval, 2 s; fall 2).
+/// Run by hand: `cargo test --test lab -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_split_answers_and_failover() {
+    let timing = (Duration::from_secs(2), Duration::from_secs(1));
+    let dc1_answer = |a: &Option<Vec<Ipv4Addr>>, gdnsd: bool| {
+        *a == Some(vec![if gdnsd { DC1 } else { ANSWER_DC1 }])
+    };
+    for (label, quorum) in [
+        ("Portico, witness, quorum 2 of 3", None),
+        ("Portico, quorum = 1", Some(1)),
+    ] {
+        // Split answers during a cut.
+        let Some(lab) = Running::start_timed(&["dc1", "dc2", "wit"], quorum, timing) else {
+            return;
+        };
+        let dirs: Vec<TempDir> = ["dc1", "dc2"]
+            .iter()
+            .map(|s| TempDir::new(&format!("gdnsd-{s}")))
+            .collect();
+        let gd: Vec<_> = ["dc1", "dc2"]
+            .iter()
+            .zip(&dirs)
+            .filter_map(|(s, d)| gdnsd_in(&lab, s, d))
+            .collect();
+        lab.settle(3);
+        std::thread::sleep(Duration::from_secs(5));
+        lab.lab.cut("dc1", "dc2");
+        let end = Instant::now() + Duration::from_secs(10);
+        let (mut total, mut split, mut gd_total, mut gd_split) = (0, 0, 0, 0);
+        while Instant::now() < end {
+            for (site, sock) in &lab.clients {
+                let addr = SITES.iter().find(|s| s.name == *site).expect("site").addr;
+                let a = query_a_via(
+                    sock,
+                    SocketAddr::from((addr, 53)),
+                    NAME,
+                    Duration::from_millis(500),
+                );
+                total += 1;
+                if !dc1_answer(&a, false) {
+                    split += 1;
+                }
+                if gd.len() == 2 && quorum.is_none() {
+                    let a = query_a_via(
+                        sock,
+                        SocketAddr::from((addr, 5300)),
+                        NAME,
+                        Duration::from_millis(500),
+                    );
+                    gd_total += 1;
+                    if !dc1_answer(&a, true) {
+                        gd_split += 1;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("MEASURE | {label} | split answers during a 10 s cut: {split} of {total}");
+        if gd_total > 0 {
+            eprintln!("MEASURE | gdnsd, one per site | split answers during a 10 s cut: {gd_split} of {gd_total}");
+        }
+        drop(gd);
+        drop(lab);
+
+        // Failover when dc1 dies.
+        let Some(lab) = Running::start_timed(&["dc1", "dc2", "wit"], quorum, timing) else {
+            return;
+        };
+        let dirs: Vec<TempDir> = ["dc1", "dc2"]
+            .iter()
+            .map(|s| TempDir::new(&format!("gdnsd-{s}")))
+            .collect();
+        let gd: Vec<_> = ["dc1", "dc2"]
+            .iter()
+            .zip(&dirs)
+            .filter_map(|(s, d)| gdnsd_in(&lab, s, d))
+            .collect();
+        lab.settle(3);
+        std::thread::sleep(Duration::from_secs(5));
+        let sock = &lab
+            .clients
+            .iter()
+            .find(|(n, _)| *n == "dc2")
+            .expect("dc2")
+            .1;
+        let t0 = Instant::now();
+        lab.lab.kill_site("dc1");
+        let (mut portico, mut gdnsd) = (None, None);
+        while t0.elapsed() < Duration::from_secs(20)
+            && (portico.is_none() || (gdnsd.is_none() && gd.len() == 2 && quorum.is_none()))
+        {
+            if portico.is_none()
+                && query_a_via(
+                    sock,
+                    SocketAddr::from((DC2, 53)),
+                    NAME,
+                    Duration::from_millis(300),
+                ) == Some(vec![ANSWER_DC2])
+            {
+                portico = Some(t0.elapsed());
+            }
+            if gdnsd.is_none()
+                && gd.len() == 2
+                && query_a_via(
+                    sock,
+                    SocketAddr::from((DC2, 5300)),
+                    NAME,
+                    Duration::from_millis(300),
+                ) == Some(vec![DC2])
+            {
+                gdnsd = Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("MEASURE | {label} | failover when dc1 dies: {portico:?}");
+        if quorum.is_none() {
+            eprintln!("MEASURE | gdnsd, one per site | failover when dc1 dies: {gdnsd:?}");
+        }
+    }
 }
