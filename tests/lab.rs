@@ -101,14 +101,17 @@ stale_after = "{stale}ms"
     c.push_str(&format!(
         r#"
 [gss]
-listen = "{a}:53"
-zone = "gslb.example.test"
+{listen}zone = "gslb.example.test"
 nameservers = ["ns1.gslb.example.test"]
 ttl = 5
 role = "{role}"
 {quorum}
 "#,
-        a = me.addr,
+        listen = if me.server {
+            format!("listen = \"{}:53\"\n", me.addr)
+        } else {
+            String::new()
+        },
         role = if me.server { "server" } else { "witness" },
         quorum = quorum.map(|q| format!("quorum = {q}")).unwrap_or_default(),
     ));

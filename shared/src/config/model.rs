@@ -451,7 +451,7 @@ impl ProbeConfig {
 /// The gss role.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GssConfig {
-    /// UDP and TCP address.
+    /// UDP and TCP address (`0.0.0.0:0` for a witness, which opens no port).
     pub listen: SocketAddr,
     /// Apex of the delegated zone, lower case, without trailing dot.
     pub zone: String,

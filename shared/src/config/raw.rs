@@ -187,7 +187,7 @@ pub(crate) struct RawSticky {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGss {
-    pub listen: S<String>,
+    pub listen: O<String>,
     pub zone: S<String>,
     pub ttl: O<i64>,
     pub nameservers: O<Vec<S<String>>>,

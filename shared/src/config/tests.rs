@@ -1307,21 +1307,29 @@ fn cluster_maps_to_model_with_defaults() {
 
 #[test]
 fn witness_and_quorum_map_to_model() {
-    let text = format!("{GSS}role = \"witness\"\nquorum = 3\n{CLUSTER}").replacen(
-        "nameservers = [\"ns1.gslb.example.test\"]\n",
-        "nameservers = [\"ns1.gslb.example.test\"]\nrole = \"witness\"\nquorum = 3\n",
-        1,
-    );
-    // The two keys belong to [gss]: put them there (the appended copy is after
-    // [[gss.site]] tables and would land in the last site).
-    let text = text.replacen(
-        "role = \"witness\"\nquorum = 3\n\n[cluster]",
-        "\n[cluster]",
-        1,
-    );
-    let g = parse_ok(&text).gss.expect("gss");
+    let witness = GSS
+        .replacen("listen = \"127.0.0.1:5353\"\n", "", 1)
+        .replacen(
+            "nameservers = [\"ns1.gslb.example.test\"]\n",
+            "nameservers = [\"ns1.gslb.example.test\"]\nrole = \"witness\"\nquorum = 3\n",
+            1,
+        );
+    let g = parse_ok(&format!("{witness}{CLUSTER}")).gss.expect("gss");
     assert_eq!(g.role, GssRole::Witness);
     assert_eq!(g.quorum, Some(3));
+    // A witness opens no port, so a listen address is a mistake; a server needs one.
+    let both = GSS.replacen(
+        "nameservers = [\"ns1.gslb.example.test\"]\n",
+        "nameservers = [\"ns1.gslb.example.test\"]\nrole = \"witness\"\n",
+        1,
+    );
+    expect_err(
+        &format!("{both}{CLUSTER}"),
+        "2:10",
+        "a witness answers no DNS",
+    );
+    let neither = GSS.replacen("listen = \"127.0.0.1:5353\"\n", "", 1);
+    expect_err(&format!("{neither}{CLUSTER}"), "1:1", "[gss] needs listen");
 }
 
 #[test]
