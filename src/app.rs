@@ -1,6 +1,9 @@
 //! The process supervisor behind `portico run`: starts the roles a config asks for,
 //! the status/metrics listener and the admin socket; reloads on SIGHUP or `reload`;
-//! drains and exits on SIGTERM/SIGINT. It only wires the library crates together.
+//! drains and exits on SIGTERM/SIGINT. It only wires the library crates together, and
+//! tells supervisors where it is: `sd_notify` READY once the first probe verdicts are
+//! in (RELOADING around reloads, STOPPING at shutdown) and the same phase on
+//! `GET /ready`.
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -9,10 +12,15 @@ use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use shared::config::Config;
 use shared::events::EventLog;
 use shared::status::StatusDoc;
+use shared::status_server::Readiness;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+/// Events shown on the status page.
+const PAGE_EVENTS: usize = 50;
 
 /// The running process: current config and the roles it runs.
 pub struct App {
@@ -23,9 +31,28 @@ pub struct App {
     /// The cluster membership, started once (a reload does not change it).
     cluster: Option<Arc<shared::cluster::Cluster>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// A [`Readiness`] as its index (0 starting, 1 ready, 2 stopping).
+    phase: AtomicU8,
 }
 
 impl App {
+    fn readiness(&self) -> Readiness {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Readiness::Starting,
+            1 => Readiness::Ready,
+            _ => Readiness::Stopping,
+        }
+    }
+
+    fn set_readiness(&self, r: Readiness) {
+        let v = match r {
+            Readiness::Starting => 0,
+            Readiness::Ready => 1,
+            Readiness::Stopping => 2,
+        };
+        self.phase.store(v, Ordering::Release);
+    }
+
     /// The `/status` document: every VIP of the lb and every site of the gss.
     pub fn status(&self) -> StatusDoc {
         StatusDoc {
@@ -39,11 +66,29 @@ impl App {
         }
     }
 
+    /// The status page's data: VIPs with backends, sites, names and their answers,
+    /// the last events.
+    pub fn page(&self) -> shared::status::PageDoc {
+        let gss = self.gss.load_full();
+        shared::status::PageDoc {
+            vips: self.lb.page(),
+            sites: gss.as_ref().map(|g| g.page_sites()).unwrap_or_default(),
+            names: gss.as_ref().map(|g| g.page_names()).unwrap_or_default(),
+            events: self
+                .events
+                .last(PAGE_EVENTS)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
     /// Re-reads the config file and applies it; on any error the old config keeps
     /// serving and the errors are returned for the operator. Every outcome is counted
     /// in `portico_config_reloads_total` and recorded as an event.
     pub async fn reload(&self, who: &str) -> Result<(), String> {
         let _serial = self.reload_lock.lock().await;
+        crate::notify::reloading();
         let path = self.config.load().path.clone();
         let outcome = match shared::config::load(&path) {
             Err(errors) => {
@@ -61,6 +106,13 @@ impl App {
                 .await
                 .map_err(|e| (format!("reload failed ({who}): {e}"), e)),
         };
+        if self.readiness() == Readiness::Ready {
+            let status = match &outcome {
+                Ok(()) => "serving; config reloaded",
+                Err(_) => "serving; reload refused, old config kept",
+            };
+            crate::notify::ready(status);
+        }
         match outcome {
             Ok(()) => {
                 metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
@@ -272,6 +324,7 @@ pub async fn run_until(
         gss: ArcSwapOption::new(None),
         cluster: cluster.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
+        phase: AtomicU8::new(0),
     });
     let background = CancellationToken::new();
 
@@ -280,15 +333,20 @@ pub async fn run_until(
     if let Some(http) = &config.http {
         let listener = shared::status_server::bind(http.listen).await?;
         let status_app = app.clone();
-        let status: shared::status_server::StatusFn = Arc::new(move || status_app.status());
-        let metrics: shared::status_server::MetricsFn = match prometheus {
-            Some(h) => Arc::new(move || h.render()),
-            None => Arc::new(String::new),
+        let ready_app = app.clone();
+        let page_app = app.clone();
+        let endpoints = shared::status_server::Endpoints {
+            status: Arc::new(move || status_app.status()),
+            metrics: match prometheus {
+                Some(h) => Arc::new(move || h.render()),
+                None => Arc::new(String::new),
+            },
+            ready: Arc::new(move || ready_app.readiness()),
+            page: Arc::new(move || page_app.page()),
         };
         tokio::spawn(shared::status_server::serve(
             listener,
-            status,
-            metrics,
+            endpoints,
             background.clone(),
         ));
     }
@@ -326,19 +384,37 @@ pub async fn run_until(
     if let Some(tx) = ready {
         let _ = tx.send(());
     }
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                if let Err(e) = app.reload("SIGHUP").await {
-                    tracing::warn!("reload refused: {e}");
+    // The gss waited for its first keepalive round in `start`; the lb's listeners
+    // are open already (unknown health counts as in rotation), but a supervisor is
+    // told "ready" only once the lb's probes have said something too.
+    let first = tokio::select! {
+        all = app.lb.first_verdicts() => Some(all),
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        _ = stop.cancelled() => None,
+    };
+    if let Some(all) = first {
+        if !all {
+            tracing::warn!("not every backend had a probe verdict in time; ready anyway");
+        }
+        app.set_readiness(Readiness::Ready);
+        crate::notify::ready("serving");
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = app.reload("SIGHUP").await {
+                        tracing::warn!("reload refused: {e}");
+                    }
                 }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = stop.cancelled() => break,
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = stop.cancelled() => break,
         }
     }
 
+    app.set_readiness(Readiness::Stopping);
+    crate::notify::stopping();
     let drain = app.config.load().drain_timeout;
     events.record(
         "process",

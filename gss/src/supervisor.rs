@@ -26,7 +26,7 @@ use shared::config::{GssConfig, GssRole, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
 use shared::health::{spawn_checker, CheckResult, RiseFall};
 use shared::probe::{BuildError, Probe};
-use shared::status::SiteStatus;
+use shared::status::{SitePage, SiteStatus};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -626,6 +626,22 @@ impl Core {
     /// `show cluster` lines, when this gss is in a cluster.
     pub fn show_cluster(&self) -> Option<Vec<String>> {
         self.cluster.as_ref().map(|c| c.show())
+    }
+
+    /// Sites for the status page.
+    pub fn page_sites(&self) -> Vec<SitePage> {
+        let st = self.lock();
+        st.sites
+            .iter()
+            .map(|s| SitePage {
+                name: s.name.clone(),
+                up: s.up == Some(true),
+                override_state: s.forced.map(|o| o.as_str().to_string()),
+                passing: s.passing(),
+                keepalives: s.keepalives.len(),
+                since: humantime::format_rfc3339_seconds(s.since).to_string(),
+            })
+            .collect()
     }
 
     /// Site states for `/status`.
