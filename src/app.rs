@@ -31,6 +31,8 @@ pub struct App {
     events: Arc<EventLog>,
     lb: lb::Lb,
     gss: ArcSwapOption<gss::Gss>,
+    /// The cluster membership, started once (a reload does not change it).
+    cluster: Option<Arc<shared::cluster::Cluster>>,
     reload_lock: tokio::sync::Mutex<()>,
     /// A [`Readiness`] as its index (0 starting, 1 ready, 2 stopping).
     phase: AtomicU8,
@@ -143,15 +145,23 @@ impl App {
         if old.admin != new.admin || old.http != new.http {
             tracing::warn!("admin socket and http listener changes take effect on restart");
         }
+        if old.cluster != new.cluster {
+            tracing::warn!("[cluster] changes take effect on restart");
+        }
         let gss_change = match (self.gss.load_full(), &new.gss) {
             (Some(g), Some(c)) => {
                 let prepared = g.prepare(c).map_err(|e| e.to_string())?;
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
-                let g = gss::Gss::start(c, self.events.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let g = gss::Gss::start_in_cluster(
+                    c,
+                    self.events.clone(),
+                    gss::default_probes(),
+                    self.cluster.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 GssChange::Start(Arc::new(g))
             }
             (Some(g), None) => GssChange::Stop(g),
@@ -212,6 +222,15 @@ impl AdminHandler for AppAdmin {
                     }
                 }
             })),
+            Command::ShowCluster => {
+                let lines = app.cluster.as_ref().map(|c| c.show());
+                Some(Box::pin(async move {
+                    match lines {
+                        Some(l) => Reply::Data(l),
+                        None => Reply::error("no [cluster] section: this node is in no cluster"),
+                    }
+                }))
+            }
             Command::ShowSites | Command::ShowDnssec | Command::Site(..) | Command::Explain(..) => {
                 let gss = app.gss.load_full()?;
                 Some(delegate(gss.admin(), cmd.clone(), peer, "gss"))
@@ -344,11 +363,20 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     )
     .await
     .context("starting the lb")?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            shared::cluster::Cluster::start(c)
+                .await
+                .context("starting the cluster layer")?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
         lb,
         gss: ArcSwapOption::new(None),
+        cluster: cluster.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
         phase: AtomicU8::new(0),
         status_fd: std::sync::Mutex::new(None),
@@ -401,9 +429,10 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start_inherited(g, events.clone(), inherited.as_deref())
-            .await
-            .context("starting the gss")?;
+        let gss =
+            gss::Gss::start_inherited(g, events.clone(), cluster.clone(), inherited.as_deref())
+                .await
+                .context("starting the gss")?;
         if let Some(i) = &inherited {
             for s in &i.carried.sites {
                 let o = match s.override_state.as_deref() {
@@ -555,6 +584,9 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         tracing::warn!("drain_timeout reached with {left} connections open; closing them");
     }
     app.lb.shutdown().await;
+    if let Some(c) = &app.cluster {
+        c.shutdown().await;
+    }
     background.cancel();
     tracing::info!("portico stopped");
     Ok(())

@@ -228,3 +228,58 @@ fn reload_reports_a_missing_ca_at_its_line() {
     assert!(out.contains(&want), "expected {want:?} in {out}");
     assert!(portico.ctl("show vips").starts_with("smtp "));
 }
+
+/// The cluster secret is read by `check` as by `run`: a missing or short file is an
+/// error at the line naming it.
+#[test]
+fn check_reports_a_short_or_missing_cluster_secret_at_its_line() {
+    let dir = common::TempDir::new("check-secret");
+    let short = dir.path("short.key");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let missing = dir.path("missing.key");
+    for (file, reason) in [
+        (&short, "secret is 7 bytes; use at least 16"),
+        (&missing, "No such file"),
+    ] {
+        let config = write_config(
+            &dir,
+            &format!(
+                r#"[[vip]]
+name = "smtp"
+listen = "127.0.0.1:{}"
+backends = [ {{ name = "mx1", address = "127.0.0.1:12525" }} ]
+
+[cluster]
+id = "mail"
+node = "a"
+secret_file = "{}"
+
+[[cluster.member]]
+id = "a"
+address = "127.0.0.1:{}"
+"#,
+                common::free_port(),
+                file.display(),
+                common::free_port()
+            ),
+        );
+        let out = Command::new(common::bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let want = format!(
+            "{}:9:15: cluster secret_file \"{}\": ",
+            config.display(),
+            file.display()
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains(reason)),
+            "expected {want:?} … {reason:?} in:\n{stderr}"
+        );
+    }
+}

@@ -58,6 +58,8 @@ fn config(listen: SocketAddr, extra: usize) -> GssConfig {
         server_id: None,
         server_version: None,
         dnssec: None,
+        role: Default::default(),
+        quorum: None,
     };
     for i in 0..extra {
         let mut n = cfg.names[0].clone();

@@ -62,6 +62,10 @@ impl AdminHandler for GssAdmin {
         let reply = match cmd {
             Command::ShowSites => Reply::Data(self.core.show_sites()),
             Command::ShowDnssec => Reply::Data(show_dnssec(&self.core)),
+            Command::ShowCluster => match self.core.show_cluster() {
+                Some(lines) => Reply::Data(lines),
+                None => Reply::Error("this gss is not in a cluster (no [cluster] section)".into()),
+            },
             Command::Site(site, o) => {
                 let who = match peer.uid {
                     Some(uid) => format!("admin socket, uid {uid}"),
@@ -211,6 +215,13 @@ pub fn explain(core: &Core, name: &str, client: Option<IpAddr>) -> Result<Vec<St
         }
     });
     lines.extend(sel.reasons);
+    for site in &cfg.sites {
+        let votes = core.vote_lines(site);
+        if !votes.is_empty() {
+            lines.push(format!("site {site}:"));
+            lines.extend(votes.into_iter().map(|l| format!("  {l}")));
+        }
+    }
     lines.push(format!("zone serial {}", zone.serial));
     Ok(lines)
 }

@@ -4,6 +4,7 @@
 //! Modules point one way (ARCHITECTURE.md, checked by `.ci/gss-deps`):
 //! [`select`] and [`site`] decide; [`dnssec`] holds the keys and signs; [`zone`]
 //! renders the answers and their signatures, made ahead (no sockets);
+//! [`select`], [`quorum`] and [`site`] decide; [`zone`] renders the answers (no sockets);
 //! [`respond`] turns zone × request bytes into reply bytes; [`fast`] pre-renders
 //! them for UDP; [`snapshot`] publishes zone, health and table together; [`udp`] and
 //! [`tcp`] serve sockets from the snapshot; [`server`] binds and stops them;
@@ -15,6 +16,7 @@ pub mod dnssec;
 pub mod error;
 pub mod fast;
 pub mod metrics;
+pub mod quorum;
 pub mod respond;
 pub mod select;
 pub mod server;

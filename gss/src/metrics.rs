@@ -19,6 +19,10 @@ pub const KEEPALIVE_RESULTS: &str = "portico_gss_keepalive_results_total";
 pub const FAILOVER_DETECTION: &str = "portico_gss_failover_detection_seconds";
 /// The earliest expiry (unix seconds) among the signatures being served.
 pub const SIGNATURES_EXPIRY: &str = "portico_dns_signatures_expiry_seconds";
+/// A vantage point's vote on a site as this node counts it.
+pub const SITE_VOTE: &str = "portico_gss_site_vote";
+/// 1 while a site's state is held without a quorum.
+pub const SITE_FAIL_STATIC: &str = "portico_gss_site_fail_static";
 
 /// Registers the descriptions with the installed recorder; the gss calls it at every
 /// start, so a recorder installed between two starts still gets them.
@@ -35,6 +39,14 @@ pub fn describe() {
         SIGNATURES_EXPIRY,
         metrics::Unit::Seconds,
         "earliest expiry (unix time) among the DNSSEC signatures served"
+    );
+    metrics::describe_gauge!(
+        SITE_VOTE,
+        "a vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale or missing"
+    );
+    metrics::describe_gauge!(
+        SITE_FAIL_STATIC,
+        "1 while the site's state is held without a quorum (fail-static)"
     );
 }
 
@@ -173,6 +185,18 @@ pub fn failover_detection() -> Histogram {
     metrics::histogram!(FAILOVER_DETECTION)
 }
 
+/// A vantage point's vote on a site as this node counts it: 1 up, 0 down, -1 stale
+/// or missing (`voter` is the member id; this node's own vote included).
+pub fn set_vote(site: &str, voter: &str, vote: i8) {
+    metrics::gauge!(SITE_VOTE, "site" => site.to_string(), "voter" => voter.to_string())
+        .set(f64::from(vote));
+}
+
+/// 1 while a site's state is held without a quorum (fail-static).
+pub fn set_fail_static(site: &str, on: bool) {
+    metrics::gauge!(SITE_FAIL_STATIC, "site" => site.to_string()).set(if on { 1.0 } else { 0.0 });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +296,8 @@ mod tests {
             KEEPALIVE_RESULTS,
             FAILOVER_DETECTION,
             SIGNATURES_EXPIRY,
+            SITE_VOTE,
+            SITE_FAIL_STATIC,
         ];
         want.sort();
         assert_eq!(got, want);

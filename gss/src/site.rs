@@ -11,7 +11,53 @@ use shared::admin::SiteOverride;
 use shared::config::{MinUp, SiteConfig};
 use tokio::time::Instant;
 
+use crate::quorum::{self, Rule, Tally, Vote};
 use crate::select::SiteView;
+
+/// A peer's latest view of this site, as heard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    /// Member id of the vantage point.
+    pub voter: String,
+    /// Its verdict.
+    pub up: bool,
+    /// When this node last heard from it (its views age from there).
+    pub heard_at: Instant,
+    /// Its passing/total keepalives and reason, as it published them.
+    pub detail: String,
+}
+
+/// The quorum side of a site in a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Voting {
+    /// This node's member id.
+    pub me: String,
+    /// Vantage points, quorum and staleness.
+    pub rule: Rule,
+    /// Peers' latest views of this site.
+    pub peers: Vec<PeerView>,
+    /// The last state a quorum agreed on.
+    pub agreed: Option<bool>,
+    /// The tally behind the current state.
+    pub tally: Option<Tally>,
+}
+
+impl Voting {
+    /// Counts the votes at `now`.
+    pub fn tally(&self, own: bool, now: Instant) -> Tally {
+        let votes: Vec<Vote> = self
+            .peers
+            .iter()
+            .map(|p| Vote {
+                voter: p.voter.clone(),
+                up: p.up,
+                age: now.saturating_duration_since(p.heard_at),
+                detail: p.detail.clone(),
+            })
+            .collect();
+        quorum::decide(&self.rule, &self.me, own, &votes, self.agreed)
+    }
+}
 
 /// One keepalive's latest verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +103,10 @@ pub struct SiteState {
     pub held: bool,
     /// First failed keepalive result while the site was up (detection timer start).
     pub first_fail_at: Option<Instant>,
+    /// When this node's own keepalive verdict last changed (published as `since`).
+    pub health_since: SystemTime,
+    /// In a cluster: the peers' views and the quorum; `None` decides alone.
+    pub voting: Option<Voting>,
 }
 
 /// Keepalives that must pass for `total` keepalives under `min_up`.
@@ -92,6 +142,8 @@ impl SiteState {
             recovered_at: None,
             held: false,
             first_fail_at: None,
+            health_since: SystemTime::now(),
+            voting: None,
         }
     }
 
@@ -113,15 +165,55 @@ impl SiteState {
         self.passing() >= needed(self.min_up, self.keepalives.len())
     }
 
-    fn target(&self) -> bool {
+    /// The health the site takes without an override: this node's own keepalives,
+    /// or in a cluster what the vantage points agree on (recording the tally).
+    fn decided_health(&mut self, now: Instant) -> bool {
+        let own = self.health_up();
+        let Some(v) = &mut self.voting else {
+            return own;
+        };
+        let t = v.tally(own, now);
+        if let quorum::Decision::Agreed(b) = t.decision {
+            v.agreed = Some(b);
+        }
+        let up = t.up();
+        v.tally = Some(t);
+        up
+    }
+
+    fn target(&mut self, now: Instant) -> bool {
+        let health = self.decided_health(now);
         match self.forced {
             Some(SiteOverride::Down) => false,
             Some(SiteOverride::Up) => true,
-            _ => self.health_up(),
+            _ => health,
         }
     }
 
-    fn health_text(&self) -> String {
+    /// Re-counts the votes (peers' views changed or aged) and applies the outcome.
+    pub fn reevaluate(&mut self, now: Instant) -> Option<Change> {
+        self.up?;
+        self.refresh(now, None)
+    }
+
+    /// Whether the current state is held without a quorum.
+    pub fn fail_static(&self) -> bool {
+        self.voting
+            .as_ref()
+            .and_then(|v| v.tally.as_ref())
+            .is_some_and(Tally::fail_static)
+    }
+
+    /// Why the site has its health: the keepalives, and in a cluster the vote.
+    fn cause_text(&self) -> String {
+        match self.voting.as_ref().and_then(|v| v.tally.as_ref()) {
+            Some(t) => format!("{}; {}", self.health_text(), t.text()),
+            None => self.health_text(),
+        }
+    }
+
+    /// This node's own keepalive verdict in words (published as the view's reason).
+    pub fn health_text(&self) -> String {
         let failing: Vec<String> = self
             .keepalives
             .iter()
@@ -153,6 +245,7 @@ impl SiteState {
         error: Option<String>,
         now: Instant,
     ) -> Option<Change> {
+        let health_before = self.health_up();
         let k = self.keepalives.get_mut(idx)?;
         k.up = Some(up);
         if ok {
@@ -171,6 +264,9 @@ impl SiteState {
         {
             self.first_fail_at = None;
         }
+        if self.health_up() != health_before {
+            self.health_since = SystemTime::now();
+        }
         // Cold start: the state is decided once every keepalive has spoken.
         self.up?;
         self.refresh(now, None)
@@ -179,7 +275,7 @@ impl SiteState {
     /// Decides the initial state after the first keepalive round (or its deadline);
     /// keepalives that never answered count as failing.
     pub fn settle(&mut self) -> Change {
-        let up = self.target();
+        let up = self.target(Instant::now());
         self.up = Some(up);
         self.since = SystemTime::now();
         self.held = !up;
@@ -191,7 +287,7 @@ impl SiteState {
             message: format!(
                 "{}: {} (initial state)",
                 if up { "up" } else { "down" },
-                self.health_text()
+                self.cause_text()
             ),
         }
     }
@@ -229,7 +325,7 @@ impl SiteState {
     }
 
     fn refresh(&mut self, now: Instant, by: Option<SiteOverride>) -> Option<Change> {
-        let target = self.target();
+        let target = self.target(now);
         if self.up == Some(target) {
             return None;
         }
@@ -237,7 +333,7 @@ impl SiteState {
         self.since = SystemTime::now();
         let cause = match by {
             Some(o) => format!("operator override {}", o.as_str()),
-            None => self.health_text(),
+            None => self.cause_text(),
         };
         if target {
             self.recovered_at = Some(now);
@@ -290,6 +386,12 @@ impl SiteState {
         self.since = old.since;
         self.recovered_at = old.recovered_at;
         self.held = old.held;
+        self.health_since = old.health_since;
+        if let (Some(new), Some(old)) = (&mut self.voting, &old.voting) {
+            new.peers = old.peers.clone();
+            new.agreed = old.agreed;
+            new.tally = old.tally.clone();
+        }
         for k in &mut self.keepalives {
             if let Some(o) = old.keepalives.iter().find(|o| o.name == k.name) {
                 k.up = o.up;
@@ -442,5 +544,95 @@ mod tests {
         assert_eq!(new.forced, Some(SiteOverride::Down));
         assert_eq!(new.up, Some(false));
         assert_eq!(new.keepalives[0].up, Some(true));
+    }
+
+    fn voting(s: &mut SiteState, quorum: usize, peers: Vec<PeerView>) {
+        s.voting = Some(Voting {
+            me: "dc2".into(),
+            rule: Rule {
+                vantage: 3,
+                quorum,
+                stale_after: Duration::from_secs(3),
+            },
+            peers,
+            agreed: None,
+            tally: None,
+        });
+    }
+
+    fn peer(voter: &str, up: bool, heard_at: Instant) -> PeerView {
+        PeerView {
+            voter: voter.into(),
+            up,
+            heard_at,
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outvoted_down_view_keeps_the_site_up_until_the_peers_go_stale() {
+        let t0 = Instant::now();
+        let mut s = site(1, MinUp::Count(1));
+        voting(
+            &mut s,
+            2,
+            vec![peer("dc1", true, t0), peer("wit", true, t0)],
+        );
+        s.observe(0, true, true, None, t0);
+        assert!(s.settle().up);
+        // This node's own keepalive fails: one down vote against two up.
+        let c = s.observe(0, false, false, Some("connection refused".into()), t0);
+        assert_eq!(c, None, "outvoted");
+        assert!(s.view().up && !s.view().health_up);
+        // No contact for stale_after: their up votes stop counting; no quorum either
+        // way, so the site stays up (fail-static on the last agreed state).
+        tokio::time::advance(Duration::from_millis(3001)).await;
+        assert_eq!(s.reevaluate(Instant::now()), None);
+        assert!(s.fail_static() && s.view().up);
+        // The witness is heard again and now sees the site down too: 2 of 3 agree.
+        let now = Instant::now();
+        s.voting.as_mut().unwrap().peers[1] = peer("wit", false, now);
+        let c = s.reevaluate(now).expect("quorum down");
+        assert!(!c.up);
+        assert!(c.message.contains("agreed down"), "{}", c.message);
+        assert!(!s.fail_static());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_view_votes_up_to_stale_after_and_not_a_moment_longer() {
+        let t0 = Instant::now();
+        let mut s = site(1, MinUp::Count(1));
+        voting(&mut s, 2, vec![peer("wit", false, t0)]);
+        s.observe(0, false, false, Some("refused".into()), t0);
+        assert!(!s.settle().up, "own down + witness down = 2 of 3");
+        s.observe(0, true, true, None, t0);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(s.reevaluate(Instant::now()), None);
+        let t = s.voting.as_ref().unwrap().tally.clone().unwrap();
+        assert_eq!(
+            t.down,
+            vec!["wit".to_string()],
+            "exactly stale_after still votes"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        s.reevaluate(Instant::now());
+        let t = s.voting.as_ref().unwrap().tally.clone().unwrap();
+        assert_eq!(t.stale, vec!["wit".to_string()]);
+        assert!(t.fail_static() && !s.view().up, "keeps the agreed down");
+    }
+
+    #[test]
+    fn quorum_one_is_todays_per_node_rule() {
+        let now = Instant::now();
+        let mut s = site(1, MinUp::Count(1));
+        voting(
+            &mut s,
+            1,
+            vec![peer("dc1", true, now), peer("wit", true, now)],
+        );
+        s.observe(0, true, true, None, now);
+        s.settle();
+        let c = s.observe(0, false, false, Some("refused".into()), now);
+        assert!(!c.expect("own view decides").up);
     }
 }

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use shared::admin::SiteOverride;
-use shared::config::{GssConfig, KeepaliveConfig, SiteConfig};
+use shared::cluster::{Cluster, ClusterView};
+use shared::config::{GssConfig, GssRole, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
 use shared::handover::{Inherited, SocketEntry};
 use shared::health::{spawn_checker, CheckResult, RiseFall};
@@ -35,9 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{GssError, OverrideError};
 use crate::metrics::{KeepaliveMetrics, SiteMetrics};
+use crate::quorum::Rule;
 use crate::select::{self, HealthView};
 use crate::server::DnsServer;
-use crate::site::{Change, SiteState};
+use crate::site::{Change, PeerView, SiteState, Voting};
 use crate::snapshot::Snapshot;
 use crate::udp::UdpMode;
 use crate::zone::{render, ZoneTemplate};
@@ -78,6 +80,45 @@ struct State {
     tasks: HashMap<String, SiteTask>,
     generation: u64,
     settled: bool,
+    /// Per site, the shared override record last applied: (unix ms, member id).
+    applied_override: HashMap<String, (u64, String)>,
+}
+
+/// A site's view as this node publishes it to the cluster (`view/<site>`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PublishedView {
+    up: bool,
+    /// Unix seconds of the verdict's last change.
+    since: u64,
+    passing: usize,
+    total: usize,
+    reason: String,
+}
+
+fn view_key(site: &str) -> String {
+    format!("view/{site}")
+}
+
+fn override_key(site: &str) -> String {
+    format!("override/{site}")
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses an `override/<site>` value: `UNIX_MS STATE`.
+fn parse_override(v: &str) -> Option<(u64, SiteOverride)> {
+    let (ts, state) = v.split_once(' ')?;
+    let o = match state {
+        "down" => SiteOverride::Down,
+        "up" => SiteOverride::Up,
+        "auto" => SiteOverride::Auto,
+        _ => return None,
+    };
+    Some((ts.parse().ok()?, o))
 }
 
 /// The supervisor shared by checkers, the timer, the admin handler and [`Gss`]. The
@@ -94,9 +135,215 @@ pub struct Core {
     reported: Notify,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The cluster this node votes in (or, as a witness, publishes to).
+    cluster: Option<Arc<Cluster>>,
+    role: GssRole,
 }
 
 impl Core {
+    /// The quorum rule of `gss` in this node's cluster; `None` when it decides alone
+    /// (no cluster) or only publishes (a witness).
+    fn rule(&self, gss: &GssConfig) -> Option<Rule> {
+        let c = self.cluster.as_ref()?;
+        if self.role != GssRole::Server {
+            return None;
+        }
+        let cc = c.config();
+        let vantage = cc.vantage_points().count().max(1);
+        Some(Rule {
+            vantage,
+            quorum: gss
+                .quorum
+                .map(|q| q as usize)
+                .unwrap_or_else(|| Rule::majority(vantage)),
+            stale_after: cc.stale_after,
+        })
+    }
+
+    /// A fresh site state, voting when this gss serves DNS in a cluster.
+    fn new_site(&self, site: &SiteConfig, gss: &GssConfig) -> SiteState {
+        let mut s = SiteState::new(site);
+        if let (Some(rule), Some(c)) = (self.rule(gss), &self.cluster) {
+            s.voting = Some(Voting {
+                me: c.config().node.clone(),
+                rule,
+                peers: Vec::new(),
+                agreed: None,
+                tally: None,
+            });
+        }
+        s
+    }
+
+    /// Publishes this node's own verdict on `s` once every keepalive has spoken (a
+    /// node that does not know yet casts no vote).
+    fn publish_view(&self, s: &SiteState) {
+        let Some(c) = &self.cluster else { return };
+        if !s.reported() {
+            return;
+        }
+        let v = PublishedView {
+            up: s.health_up(),
+            since: unix_ms(s.health_since) / 1000,
+            passing: s.passing(),
+            total: s.keepalives.len(),
+            reason: s.health_text(),
+        };
+        c.publish(
+            &view_key(&s.name),
+            serde_json::to_string(&v).unwrap_or_default(),
+        );
+    }
+
+    /// Peers' views changed or aged: re-count every site's votes, follow shared
+    /// overrides, and record vote changes, decisions and fail-static transitions.
+    fn on_cluster(&self, view: &ClusterView) {
+        let Some(cluster) = &self.cluster else { return };
+        let cc = cluster.config();
+        let mut st = self.lock();
+        if self.role == GssRole::Witness {
+            return;
+        }
+        let now = Instant::now();
+        let mut events: Vec<(String, String)> = Vec::new();
+        let mut changes: Vec<(String, Change)> = Vec::new();
+        let settled = st.settled;
+        for s in st.sites.iter_mut() {
+            let key = view_key(&s.name);
+            let Some(v) = &mut s.voting else { continue };
+            let peers: Vec<PeerView> = view
+                .members
+                .iter()
+                .filter(|m| !m.is_self && cc.vantage_points().any(|c| c.id == m.id))
+                .filter_map(|m| {
+                    let heard_at = m.last_contact?;
+                    let pv: PublishedView = serde_json::from_str(m.keys.get(&key)?).ok()?;
+                    Some(PeerView {
+                        voter: m.id.clone(),
+                        up: pv.up,
+                        heard_at,
+                        detail: format!(
+                            "{}/{} keepalives passing: {}",
+                            pv.passing, pv.total, pv.reason
+                        ),
+                    })
+                })
+                .collect();
+            for p in &peers {
+                let before = v.peers.iter().find(|o| o.voter == p.voter).map(|o| o.up);
+                if before != Some(p.up) {
+                    events.push((
+                        s.name.clone(),
+                        format!(
+                            "vote: {} sees it {} ({})",
+                            p.voter,
+                            if p.up { "up" } else { "down" },
+                            p.detail
+                        ),
+                    ));
+                }
+            }
+            v.peers = peers;
+            let stale_before: Vec<String> = v
+                .tally
+                .as_ref()
+                .map(|t| t.stale.clone())
+                .unwrap_or_default();
+            let fs_before = s.fail_static();
+            if settled {
+                if let Some(c) = s.reevaluate(now) {
+                    changes.push((s.name.clone(), c));
+                }
+            }
+            let Some(t) = s.voting.as_ref().and_then(|v| v.tally.clone()) else {
+                continue;
+            };
+            for voter in &t.stale {
+                if !stale_before.contains(voter) {
+                    events.push((s.name.clone(), format!("vote: {voter}'s view is older than stale_after and no longer counts; {}", t.text())));
+                }
+            }
+            for voter in &stale_before {
+                if !t.stale.contains(voter) {
+                    events.push((
+                        s.name.clone(),
+                        format!(
+                            "vote: {voter}'s view is fresh again and counts; {}",
+                            t.text()
+                        ),
+                    ));
+                }
+            }
+            if t.fail_static() != fs_before {
+                crate::metrics::set_fail_static(&s.name, t.fail_static());
+                events.push((
+                    s.name.clone(),
+                    if t.fail_static() {
+                        format!("fail-static: {}", t.text())
+                    } else {
+                        format!("quorum reached: {}", t.text())
+                    },
+                ));
+            }
+            for voter in cc.vantage_points() {
+                let vote = if t.up.contains(&voter.id) {
+                    1
+                } else if t.down.contains(&voter.id) {
+                    0
+                } else {
+                    -1
+                };
+                crate::metrics::set_vote(&s.name, &voter.id, vote);
+            }
+        }
+        // Shared overrides: the newest record by (unix ms, member id) wins.
+        let mut released = false;
+        let mut overrides = Vec::new();
+        for s in &st.sites {
+            let key = override_key(&s.name);
+            let best = view
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let (ts, o) = parse_override(m.keys.get(&key)?)?;
+                    Some(((ts, m.id.clone()), o))
+                })
+                .max_by(|a, b| a.0.cmp(&b.0));
+            if let Some((id, o)) = best {
+                if st.applied_override.get(&s.name) != Some(&id) {
+                    overrides.push((s.name.clone(), id, o));
+                }
+            }
+        }
+        for (name, id, o) in overrides {
+            st.applied_override.insert(name.clone(), id.clone());
+            if id.1 == cc.node {
+                continue;
+            }
+            if let Some(s) = st.sites.iter_mut().find(|s| s.name == name) {
+                let (note, change) = s.set_override(o, now);
+                events.push((name.clone(), format!("{note} (shared by peer {})", id.1)));
+                match change {
+                    Some(c) => changes.push((name, c)),
+                    // `auto` may release a failback hold without a state change.
+                    None => released = true,
+                }
+            }
+        }
+        for (site, msg) in events {
+            self.events.record(site, msg);
+        }
+        if changes.is_empty() {
+            if released {
+                self.rerender(&st, false);
+            }
+            return;
+        }
+        for (site, c) in changes {
+            self.apply_change(&st, &site, c);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -205,6 +452,7 @@ impl Core {
             r.error.as_ref().map(|e| e.to_string()),
             Instant::now(),
         );
+        self.publish_view(s);
         if !settled {
             if st.sites.iter().all(SiteState::reported) {
                 self.reported.notify_waiters();
@@ -295,6 +543,12 @@ impl Core {
         };
         let (note, change) = s.set_override(o, Instant::now());
         self.events.record(site, format!("{note} ({who})"));
+        if let Some(c) = &self.cluster {
+            let ts = unix_ms(std::time::SystemTime::now());
+            c.publish(&override_key(site), format!("{ts} {}", o.as_str()));
+            st.applied_override
+                .insert(site.to_string(), (ts, c.config().node.clone()));
+        }
         match change {
             Some(c) => self.apply_change(&st, site, c),
             // `auto` may release a failback hold without a state change.
@@ -303,23 +557,82 @@ impl Core {
         Ok(())
     }
 
-    /// `show sites` lines.
+    /// `show sites` lines; in a cluster each site's line ends with the quorum
+    /// outcome and is followed by one indented line per vantage point.
     pub fn show_sites(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut lines = Vec::new();
+        for s in &st.sites {
+            let mut line = format!(
+                "{} {} {} {}/{} since {}",
+                s.name,
+                if s.up == Some(true) { "up" } else { "down" },
+                s.forced.map(|o| o.as_str()).unwrap_or("-"),
+                s.passing(),
+                s.keepalives.len(),
+                humantime::format_rfc3339_seconds(s.since)
+            );
+            if let Some(t) = s.voting.as_ref().and_then(|v| v.tally.as_ref()) {
+                line.push_str(if t.fail_static() {
+                    " fail-static"
+                } else {
+                    " quorum"
+                });
+            }
+            lines.push(line);
+            lines.extend(Core::vantage_lines(s).into_iter().map(|l| format!("  {l}")));
+        }
+        lines
+    }
+
+    /// The quorum arithmetic and each vantage point's view of `s`, empty outside a
+    /// cluster.
+    fn vantage_lines(s: &SiteState) -> Vec<String> {
+        let Some(v) = &s.voting else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut lines = Vec::new();
+        if let Some(t) = &v.tally {
+            lines.push(t.text());
+        }
+        lines.push(format!(
+            "vantage {} (this node): {} ({}), age 0.0s",
+            v.me,
+            if s.health_up() { "up" } else { "down" },
+            s.health_text()
+        ));
+        for p in &v.peers {
+            let age = now.saturating_duration_since(p.heard_at);
+            lines.push(format!(
+                "vantage {}: {} ({}), age {:.1}s{}",
+                p.voter,
+                if p.up { "up" } else { "down" },
+                p.detail,
+                age.as_secs_f64(),
+                if age > v.rule.stale_after {
+                    " STALE, not counted"
+                } else {
+                    ""
+                }
+            ));
+        }
+        lines
+    }
+
+    /// `explain`'s per-site vote lines for `site`.
+    pub fn vote_lines(&self, site: &str) -> Vec<String> {
         let st = self.lock();
         st.sites
             .iter()
-            .map(|s| {
-                format!(
-                    "{} {} {} {}/{} since {}",
-                    s.name,
-                    if s.up == Some(true) { "up" } else { "down" },
-                    s.forced.map(|o| o.as_str()).unwrap_or("-"),
-                    s.passing(),
-                    s.keepalives.len(),
-                    humantime::format_rfc3339_seconds(s.since)
-                )
-            })
-            .collect()
+            .find(|s| s.name == site)
+            .map(Core::vantage_lines)
+            .unwrap_or_default()
+    }
+
+    /// `show cluster` lines, when this gss is in a cluster.
+    pub fn show_cluster(&self) -> Option<Vec<String>> {
+        self.cluster.as_ref().map(|c| c.show())
     }
 
     /// Sites for the status page.
@@ -406,24 +719,38 @@ impl Gss {
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
-        Gss::start_full(cfg, events, probes, None).await
+        Gss::start_full(cfg, events, probes, None, None).await
     }
 
-    /// As [`Gss::start`], serving DNS on the sockets a predecessor handed over (a
-    /// binary upgrade) when `inherited` has them. The DNS port opens, as always, only
-    /// after the first keepalive round.
+    /// Starts the gss as a member of `cluster`: its views are published and, unless it
+    /// is a witness, sites are decided by the quorum of vantage points. A witness
+    /// opens no DNS port.
+    pub async fn start_in_cluster(
+        cfg: &GssConfig,
+        events: Arc<EventLog>,
+        probes: ProbeFactory,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Gss, GssError> {
+        Gss::start_full(cfg, events, probes, cluster, None).await
+    }
+
+    /// As [`Gss::start_in_cluster`], serving DNS on the sockets a predecessor handed
+    /// over (a binary upgrade) when `inherited` has them. The DNS port opens, as
+    /// always, only after the first keepalive round.
     pub async fn start_inherited(
         cfg: &GssConfig,
         events: Arc<EventLog>,
+        cluster: Option<Arc<Cluster>>,
         inherited: Option<&Inherited>,
     ) -> Result<Gss, GssError> {
-        Gss::start_full(cfg, events, default_probes(), inherited).await
+        Gss::start_full(cfg, events, default_probes(), cluster, inherited).await
     }
 
     async fn start_full(
         cfg: &GssConfig,
         events: Arc<EventLog>,
         probes: ProbeFactory,
+        cluster: Option<Arc<Cluster>>,
         inherited: Option<&Inherited>,
     ) -> Result<Gss, GssError> {
         crate::metrics::describe();
@@ -432,10 +759,11 @@ impl Gss {
         let core = Arc::new(Core {
             state: Mutex::new(State {
                 tpl,
-                sites: cfg.sites.iter().map(SiteState::new).collect(),
+                sites: Vec::new(),
                 tasks: HashMap::new(),
                 generation: 0,
                 settled: false,
+                applied_override: HashMap::new(),
             }),
             snap: Arc::new(ArcSwap::from_pointee(Snapshot::new(
                 initial,
@@ -448,7 +776,13 @@ impl Gss {
             reported: Notify::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            cluster: cluster.clone(),
+            role: cfg.role,
         });
+        {
+            let sites = cfg.sites.iter().map(|s| core.new_site(s, cfg)).collect();
+            core.lock().sites = sites;
+        }
         let mut built = Vec::with_capacity(cfg.sites.len());
         for s in &cfg.sites {
             built.push(core.build_probes(s)?);
@@ -500,6 +834,26 @@ impl Gss {
                 core.events
                     .record(name.clone(), format!("answers {} (initial)", summaries[0]));
             }
+            for s in &st.sites {
+                core.publish_view(s);
+            }
+        }
+        if let Some(c) = &cluster {
+            core.tasks.spawn(cluster_loop(
+                Arc::downgrade(&core),
+                c.watch(),
+                core.cancel.clone(),
+            ));
+        }
+        if cfg.role == GssRole::Witness {
+            tracing::info!(zone = %cfg.zone, "gss witness: probing and publishing views, answering no DNS");
+            core.tasks
+                .spawn(timer_loop(Arc::downgrade(&core), core.cancel.clone()));
+            return Ok(Gss {
+                core,
+                server: tokio::sync::Mutex::new(None),
+                addr: cfg.listen,
+            });
         }
         let server = match DnsServer::bind_inherited(
             cfg.listen,
@@ -592,13 +946,16 @@ impl Gss {
         if cfg.listen != st.tpl.cfg.listen {
             tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
         }
+        if cfg.role != self.core.role {
+            tracing::warn!("gss.role changed; restart to switch between server and witness");
+        }
         let mut sites = Vec::with_capacity(cfg.sites.len());
         for s in &cfg.sites {
             let old = st.sites.iter().find(|o| o.name == s.name).cloned();
             match (old, built.remove(&s.name)) {
                 (Some(old), None) => sites.push(old),
                 (old, Some(probes)) => {
-                    let mut fresh = SiteState::new(s);
+                    let mut fresh = self.core.new_site(s, cfg);
                     match &old {
                         Some(o) => fresh.inherit(o),
                         None => {
@@ -616,7 +973,7 @@ impl Gss {
                     self.core.spawn_site(&mut st, s, probes);
                     sites.push(fresh);
                 }
-                (None, None) => sites.push(SiteState::new(s)),
+                (None, None) => sites.push(self.core.new_site(s, cfg)),
             }
         }
         for gone in st
@@ -630,6 +987,12 @@ impl Gss {
                 t.cancel.cancel();
             }
             self.core.events.record(gone, "removed by reload");
+        }
+        // A changed `quorum` applies to unchanged sites too.
+        if let Some(rule) = self.core.rule(cfg) {
+            for v in sites.iter_mut().filter_map(|s| s.voting.as_mut()) {
+                v.rule = rule;
+            }
         }
         st.sites = sites;
         st.tpl = tpl;
@@ -721,6 +1084,24 @@ async fn resign_task(core: Arc<Core>) {
         core.cancel.clone(),
     )
     .await;
+}
+
+/// Follows the cluster view: every refresh (several per gossip interval) re-counts
+/// the votes, so a view crossing `stale_after` stops voting within one refresh.
+async fn cluster_loop(
+    core: std::sync::Weak<Core>,
+    mut rx: tokio::sync::watch::Receiver<ClusterView>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let view = rx.borrow_and_update().clone();
+        let Some(c) = core.upgrade() else { return };
+        c.on_cluster(&view);
+    }
 }
 
 /// Re-renders when a failback wait ends (no health event marks that moment).

@@ -1,9 +1,11 @@
 //! Everything both roles stand on: the config model, protocol probes, the rise/fall
-//! health state machine, the admin socket protocol, the event log, status types and
-//! the status/metrics HTTP listener. This crate knows neither the lb nor the gss; they
-//! plug into it (admin handlers, status sources) from above.
+//! health state machine, the admin socket protocol, the event log, status types,
+//! the status/metrics HTTP listener and the cluster layer (membership and
+//! authenticated key exchange between Portico nodes). This crate knows neither the lb
+//! nor the gss; they plug into it (admin handlers, status sources) from above.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod dnssec;
 pub mod events;

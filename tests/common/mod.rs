@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod real;
 pub mod router;
 
@@ -125,11 +126,30 @@ impl Portico {
 
     /// As [`Portico::start`], with extra environment variables and `run` arguments.
     pub fn start_with(dir: &TempDir, config: &str, env: &[(&str, &str)], args: &[&str]) -> Portico {
+        Portico::start_prefixed(dir, config, env, args, &[])
+    }
+
+    /// As [`Portico::start_with`], run through `prefix` (e.g. `ip netns exec NS`).
+    pub fn start_prefixed(
+        dir: &TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        prefix: &[String],
+    ) -> Portico {
         let path = dir.path("portico.toml");
         std::fs::write(&path, config).expect("write config");
         let log = dir.path("portico.log");
         let logfile = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&path)
             .args(args)
@@ -365,15 +385,50 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 /// Asks `server` for `name`'s A records over UDP; `None` on timeout.
 pub fn query_a(server: SocketAddr, name: &str) -> Option<Vec<std::net::Ipv4Addr>> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::rr::{Name, RecordType};
     let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
     msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
     let bytes = msg.to_vec().ok()?;
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    sock.send_to(&bytes, server).ok()?;
+    exchange_a(&sock, server, &bytes)
+}
+
+/// As [`query_a`], through `sock` (e.g. one bound inside a lab namespace), waiting
+/// at most `wait` for the reply.
+pub fn query_a_via(
+    sock: &std::net::UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> Option<Vec<std::net::Ipv4Addr>> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    let bytes = msg.to_vec().ok()?;
+    sock.set_read_timeout(Some(wait)).ok()?;
+    exchange_a(sock, server, &bytes)
+}
+
+fn exchange_a(
+    sock: &std::net::UdpSocket,
+    server: SocketAddr,
+    bytes: &[u8],
+) -> Option<Vec<std::net::Ipv4Addr>> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    sock.send_to(bytes, server).ok()?;
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).ok()?;
+    // Skip late replies to earlier queries (a bounded number).
+    let sent_id = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let mut n = sock.recv(&mut buf).ok()?;
+    for _ in 0..8 {
+        if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == sent_id {
+            break;
+        }
+        n = sock.recv(&mut buf).ok()?;
+    }
     let reply = Message::from_vec(&buf[..n]).ok()?;
     let mut v: Vec<_> = reply
         .answers

@@ -561,6 +561,8 @@ mod tests {
             server_id: Some("ns1-test".into()),
             server_version: None,
             dnssec: None,
+            role: Default::default(),
+            quorum: None,
         }
     }
 

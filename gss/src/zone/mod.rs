@@ -654,6 +654,8 @@ mod tests {
             server_id: None,
             server_version: None,
             dnssec: None,
+            role: Default::default(),
+            quorum: None,
         }
     }
 

@@ -134,6 +134,8 @@ pub fn config(sites: Vec<SiteConfig>, names: Vec<NameConfig>) -> GssConfig {
         server_id: None,
         server_version: None,
         dnssec: None,
+        role: Default::default(),
+        quorum: None,
     }
 }
 

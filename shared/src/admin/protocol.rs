@@ -70,6 +70,8 @@ pub enum Command {
     Explain(String, Option<IpAddr>),
     /// `show events [N]`
     ShowEvents(usize),
+    /// `show cluster`
+    ShowCluster,
     /// `reload`
     Reload,
     /// `show bgp`
@@ -112,6 +114,7 @@ pub const HELP: &[&str] = &[
     "site down|up|auto SITE             override a site's health, or release it",
     "explain NAME [CLIENT_IP]           the answer for NAME now, and why",
     "show events [N]                    last N state changes, oldest first",
+    "show cluster                       cluster members: id address state last_contact",
     "reload                             re-read the config (as SIGHUP)",
     "show bgp                           BGP neighbors (state, uptime, last error) and prefixes (announced or not, why)",
     "withdraw VIP                       stop announcing the VIP's prefixes (maintenance)",
@@ -147,6 +150,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ["show", "backends", vip] => Ok(Command::ShowBackends(Some(vip.to_string()))),
         ["show", "sites"] => Ok(Command::ShowSites),
         ["show", "dnssec"] => Ok(Command::ShowDnssec),
+        ["show", "cluster"] => Ok(Command::ShowCluster),
         ["show", "events"] => Ok(Command::ShowEvents(20)),
         ["show", "events", n] => n
             .parse()
@@ -273,6 +277,7 @@ mod tests {
             ),
             ("show sites", Command::ShowSites),
             ("show dnssec", Command::ShowDnssec),
+            ("show cluster", Command::ShowCluster),
             (
                 "site down dc1",
                 Command::Site("dc1".into(), SiteOverride::Down),

@@ -25,6 +25,8 @@ pub(crate) enum FileKind {
     CaBundle,
     /// A DER OCSP response to staple (`ocsp`).
     OcspResponse,
+    /// A shared secret (`cluster.secret_file`).
+    Secret,
 }
 
 /// One file reference: where the config names it and what it must hold.
@@ -155,6 +157,9 @@ fn check_file(path: &Path, kind: FileKind) -> Result<(), String> {
             .map(drop)
             .map_err(reason),
         FileKind::OcspResponse => crate::tls::load_ocsp(path).map(drop).map_err(reason),
+        FileKind::Secret => crate::cluster::load_secret(path)
+            .map(drop)
+            .map_err(|e| e.reason()),
     }
 }
 

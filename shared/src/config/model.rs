@@ -28,6 +28,8 @@ pub struct Config {
     pub gss: Option<GssConfig>,
     /// Route announcements of the lb's VIPs to the operator's routers.
     pub bgp: Option<BgpConfig>,
+    /// Membership and authenticated state exchange with the other Portico nodes.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[bgp]`: this replica's BGP speaker (announce-only).
@@ -78,6 +80,53 @@ pub struct AnnounceConfig {
     pub med: Option<u32>,
     /// Next hop override for this VIP's routes.
     pub next_hop: Option<IpAddr>,
+}
+
+/// `[cluster]`: who this node is, who its peers are, and how they talk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Shared by every member; a datagram of another cluster is dropped.
+    pub id: String,
+    /// This node's member id (one of `members`).
+    pub node: String,
+    /// UDP address the gossip socket binds (default: this node's member address).
+    pub listen: SocketAddr,
+    /// File holding the shared secret every datagram is authenticated with.
+    pub secret_file: PathBuf,
+    /// How often this node starts an exchange with a peer.
+    pub gossip_interval: Duration,
+    /// A member heard from longer ago than this no longer counts (its views do not vote).
+    pub stale_after: Duration,
+    /// Every member, this node included, in config order.
+    pub members: Vec<MemberConfig>,
+}
+
+impl ClusterConfig {
+    /// Members whose site views vote (gss nodes and witnesses).
+    pub fn vantage_points(&self) -> impl Iterator<Item = &MemberConfig> {
+        self.members.iter().filter(|m| m.vantage)
+    }
+}
+
+/// One `[[cluster.member]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberConfig {
+    /// Member id, unique in the cluster.
+    pub id: String,
+    /// Where its gossip socket is reached (its seed address and advertised address).
+    pub address: SocketAddr,
+    /// Whether its site views vote in the gss quorum (default true).
+    pub vantage: bool,
+}
+
+/// What a `[gss]` process does with its probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GssRole {
+    /// Probes, votes and answers DNS.
+    #[default]
+    Server,
+    /// Probes and publishes its views to the cluster; answers no DNS.
+    Witness,
 }
 
 /// The admin socket's location.
@@ -456,7 +505,7 @@ impl ProbeConfig {
 /// The gss role.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GssConfig {
-    /// UDP and TCP address.
+    /// UDP and TCP address (`0.0.0.0:0` for a witness, which opens no port).
     pub listen: SocketAddr,
     /// Apex of the delegated zone, lower case, without trailing dot.
     pub zone: String,
@@ -479,6 +528,11 @@ pub struct GssConfig {
     pub server_version: Option<String>,
     /// `[gss.dnssec]`: the zone is signed when present.
     pub dnssec: Option<DnssecConfig>,
+    /// `server` (default) or `witness` (probes and publishes views only).
+    pub role: GssRole,
+    /// Vantage points that must agree to declare a site down or up; `None` is a
+    /// majority of the cluster's vantage points. Without a `[cluster]` it is 1.
+    pub quorum: Option<u32>,
 }
 
 /// How the gss signs its zone (`[gss.dnssec]`).

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub vip: Vec<S<RawVip>>,
     pub gss: Option<S<RawGss>>,
     pub bgp: Option<S<RawBgp>>,
+    pub cluster: Option<S<RawCluster>>,
 }
 
 /// `[bgp]`: the lb's route announcements.
@@ -64,6 +65,29 @@ pub(crate) struct RawAnnounce {
     pub as_path_prepend: O<i64>,
     pub med: O<i64>,
     pub next_hop: O<String>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub id: S<String>,
+    pub node: S<String>,
+    pub listen: O<String>,
+    pub secret_file: S<String>,
+    pub gossip_interval: O<toml::Value>,
+    pub stale_after: O<toml::Value>,
+    #[serde(default)]
+    pub member: Vec<S<RawMember>>,
+}
+
+/// `[[cluster.member]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMember {
+    pub id: S<String>,
+    pub address: S<String>,
+    pub vantage: O<bool>,
 }
 
 /// `[admin]`.
@@ -200,7 +224,7 @@ pub(crate) struct RawSticky {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGss {
-    pub listen: S<String>,
+    pub listen: O<String>,
     pub zone: S<String>,
     pub ttl: O<i64>,
     pub nameservers: O<Vec<S<String>>>,
@@ -213,6 +237,8 @@ pub(crate) struct RawGss {
     pub server_id: O<String>,
     pub server_version: O<String>,
     pub dnssec: O<RawDnssec>,
+    pub role: O<String>,
+    pub quorum: O<i64>,
 }
 
 /// `[gss.dnssec]`.

@@ -376,6 +376,7 @@ fn unknown_key_with_multiline_value_stops_there() {
     let text = "bogus = [\n  1,\n]\n[[vip]]\nname = 5\n";
     let errs = errors(text);
     assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `vip`, `gss`, `bgp`".to_string()]);
+    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `vip`, `gss`, `cluster`".to_string()]);
 }
 
 #[test]
@@ -1401,4 +1402,166 @@ fn a_backend_sni_the_lb_would_refuse_is_an_error_at_its_position() {
         "mode = \"http\"\nbackend_tls = true\nbackend_sni = \"mail.example.com\"\nbackends",
     );
     parse_ok(&ok);
+}
+
+// ---- cluster ------------------------------------------------------------------
+
+const CLUSTER: &str = r#"
+[cluster]
+id = "mail"
+node = "gss1"
+secret_file = "/etc/portico/cluster.key"
+gossip_interval = "250ms"
+stale_after = "3s"
+
+[[cluster.member]]
+id = "gss1"
+address = "192.0.2.1:7946"
+
+[[cluster.member]]
+id = "gss2"
+address = "198.51.100.1:7946"
+
+[[cluster.member]]
+id = "wit"
+address = "203.0.113.1:7946"
+
+[[cluster.member]]
+id = "lb-a"
+address = "203.0.113.9:7946"
+vantage = false
+"#;
+
+#[test]
+fn cluster_maps_to_model_with_defaults() {
+    let c = parse_ok(&format!("{GSS}{CLUSTER}"));
+    let cl = c.cluster.expect("cluster");
+    assert_eq!(cl.id, "mail");
+    assert_eq!(cl.node, "gss1");
+    assert_eq!(
+        cl.listen,
+        addr("192.0.2.1:7946"),
+        "listen defaults to the own member address"
+    );
+    assert_eq!(cl.gossip_interval, Duration::from_millis(250));
+    assert_eq!(cl.stale_after, Duration::from_secs(3));
+    assert_eq!(cl.members.len(), 4);
+    assert_eq!(cl.vantage_points().count(), 3);
+    let g = c.gss.expect("gss");
+    assert_eq!(g.role, GssRole::Server);
+    assert_eq!(g.quorum, None);
+
+    let minimal = "[cluster]\nid = \"m\"\nnode = \"a\"\nsecret_file = \"k\"\n[[cluster.member]]\nid = \"a\"\naddress = \"127.0.0.1:7946\"\n";
+    let cl = parse_ok(&format!("{GSS}{minimal}"))
+        .cluster
+        .expect("cluster");
+    assert_eq!(cl.gossip_interval, Duration::from_millis(500));
+    assert_eq!(cl.stale_after, Duration::from_secs(5));
+    assert!(cl.members[0].vantage);
+}
+
+#[test]
+fn witness_and_quorum_map_to_model() {
+    let witness = GSS
+        .replacen("listen = \"127.0.0.1:5353\"\n", "", 1)
+        .replacen(
+            "nameservers = [\"ns1.gslb.example.test\"]\n",
+            "nameservers = [\"ns1.gslb.example.test\"]\nrole = \"witness\"\nquorum = 3\n",
+            1,
+        );
+    let g = parse_ok(&format!("{witness}{CLUSTER}")).gss.expect("gss");
+    assert_eq!(g.role, GssRole::Witness);
+    assert_eq!(g.quorum, Some(3));
+    // A witness opens no port, so a listen address is a mistake; a server needs one.
+    let both = GSS.replacen(
+        "nameservers = [\"ns1.gslb.example.test\"]\n",
+        "nameservers = [\"ns1.gslb.example.test\"]\nrole = \"witness\"\n",
+        1,
+    );
+    expect_err(
+        &format!("{both}{CLUSTER}"),
+        "2:10",
+        "a witness answers no DNS",
+    );
+    let neither = GSS.replacen("listen = \"127.0.0.1:5353\"\n", "", 1);
+    expect_err(&format!("{neither}{CLUSTER}"), "1:1", "[gss] needs listen");
+}
+
+#[test]
+fn cluster_errors_name_line_and_column() {
+    let with = |gss_extra: &str, cluster: &str| {
+        format!(
+            "{}{cluster}",
+            GSS.replacen(
+                "nameservers = [\"ns1.gslb.example.test\"]\n",
+                &format!("nameservers = [\"ns1.gslb.example.test\"]\n{gss_extra}"),
+                1
+            )
+        )
+    };
+    // [cluster] is line 14 (15 with one extra [gss] line).
+    expect_err(
+        &with("", &CLUSTER.replace("node = \"gss1\"", "node = \"gss9\"")),
+        "16:8",
+        "node \"gss9\" is not one of the [[cluster.member]] ids",
+    );
+    expect_err(
+        &with(
+            "",
+            &CLUSTER.replace("stale_after = \"3s\"", "stale_after = \"300ms\""),
+        ),
+        "19:15",
+        "must be at least two gossip intervals",
+    );
+    expect_err(
+        &with("", &CLUSTER.replace("id = \"gss2\"", "id = \"gss1\"")),
+        "26:6",
+        "duplicate cluster member \"gss1\"",
+    );
+    expect_err(
+        &with("", &CLUSTER.replace("198.51.100.1:7946", "0.0.0.0:7946")),
+        "27:11",
+        "give a concrete IP and port",
+    );
+    expect_err(
+        &with(
+            "",
+            &CLUSTER.replace("198.51.100.1:7946", "gss2.example:7946"),
+        ),
+        "27:11",
+        "invalid member address",
+    );
+    // 3 vantage points: 1 (decide alone) or a majority (2, 3).
+    expect_err(
+        &with("quorum = 4\n", CLUSTER),
+        "5:10",
+        "between 1 and the 3 vantage points",
+    );
+    expect_err(
+        &with("quorum = 0\n", CLUSTER),
+        "5:10",
+        "between 1 and the 3 vantage points",
+    );
+    parse_ok(&with("quorum = 1\n", CLUSTER));
+    parse_ok(&with("quorum = 2\n", CLUSTER));
+    expect_err(
+        &with("quorum = 2\n", ""),
+        "5:10",
+        "without one this gss decides alone",
+    );
+    expect_err(
+        &with("role = \"witness\"\n", ""),
+        "5:8",
+        "add a [cluster] section",
+    );
+    expect_err(
+        &with("role = \"judge\"\n", CLUSTER),
+        "5:8",
+        "unknown gss role \"judge\"",
+    );
+    expect_err(
+        &with("", &CLUSTER.replace("stale_after", "stale_afterr")),
+        "19:1",
+        "stale_afterr",
+    );
 }

@@ -16,7 +16,25 @@ use crate::config::raw::*;
 impl Validator<'_> {
     pub(super) fn gss(&mut self, rg: &Spanned<RawGss>) -> GssConfig {
         let g = rg.get_ref();
-        let listen = self.listener(&g.listen, "[gss]".to_string());
+        let witness = g.role.as_ref().is_some_and(|r| r.get_ref() == "witness");
+        let listen = match (&g.listen, witness) {
+            (Some(l), false) => self.listener(l, "[gss]".to_string()),
+            (Some(l), true) => {
+                self.err(
+                    l.span(),
+                    "a witness answers no DNS and opens no port: remove listen",
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+            (None, true) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            (None, false) => {
+                self.err(
+                    rg.span().start..rg.span().start,
+                    "[gss] needs listen = \"IP:PORT\" (UDP and TCP) for its DNS answers",
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        };
         let zone_raw = g.zone.get_ref().trim();
         let zone = match dns_name(zone_raw.strip_suffix('.').unwrap_or(zone_raw), false) {
             Ok(z) => z,
@@ -119,6 +137,8 @@ impl Validator<'_> {
             server_id,
             server_version,
             dnssec,
+            role: GssRole::Server,
+            quorum: None,
         }
     }
 

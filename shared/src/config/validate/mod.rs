@@ -21,6 +21,7 @@ use super::model::*;
 use super::raw::*;
 
 mod bgp;
+mod cluster;
 mod gss;
 mod probe;
 mod record;
@@ -431,9 +432,14 @@ impl<'a> Validator<'a> {
             }
             vips.push(self.vip(rv));
         }
-        let gss = raw.gss.as_ref().map(|g| self.gss(g));
         let bgp = raw.bgp.as_ref().map(|b| self.bgp(b));
         self.check_announce(&raw, bgp.as_ref(), &vips);
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c));
+        let gss = raw.gss.as_ref().map(|g| {
+            let mut cfg = self.gss(g);
+            (cfg.role, cfg.quorum) = self.gss_vote(g.get_ref(), cluster.as_ref());
+            cfg
+        });
         if let Some(h) = &http {
             self.check_status_refs(h.listen, &vips);
         }
@@ -452,6 +458,7 @@ impl<'a> Validator<'a> {
             vips,
             gss,
             bgp,
+            cluster,
         }
     }
 }
