@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod intent;
 pub mod probe;
 pub mod proxy_protocol;
 pub mod status;
