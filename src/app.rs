@@ -8,6 +8,7 @@ use shared::admin::server::{Dispatcher, SocketGuard};
 use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use shared::config::Config;
 use shared::events::EventLog;
+use shared::intent::IntentStore;
 use shared::status::StatusDoc;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,6 +21,8 @@ pub struct App {
     events: Arc<EventLog>,
     lb: lb::Lb,
     gss: ArcSwapOption<gss::Gss>,
+    /// Admin intent of both roles (the state file when `state_dir` is set).
+    intents: Arc<IntentStore>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -83,8 +86,10 @@ impl App {
     /// fail; a failure anywhere leaves both roles as they were.
     async fn apply(&self, new: Config) -> Result<(), String> {
         let old = self.config.load_full();
-        if old.admin != new.admin || old.http != new.http {
-            tracing::warn!("admin socket and http listener changes take effect on restart");
+        if old.admin != new.admin || old.http != new.http || old.state_dir != new.state_dir {
+            tracing::warn!(
+                "admin socket, http listener and state_dir changes take effect on restart"
+            );
         }
         let gss_change = match (self.gss.load_full(), &new.gss) {
             (Some(g), Some(c)) => {
@@ -92,9 +97,14 @@ impl App {
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
-                let g = gss::Gss::start(c, self.events.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let g = gss::Gss::start_with(
+                    c,
+                    self.events.clone(),
+                    gss::default_probes(),
+                    self.intents.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 GssChange::Start(Arc::new(g))
             }
             (Some(g), None) => GssChange::Stop(g),
@@ -179,6 +189,19 @@ fn delegate(
     })
 }
 
+/// This node's id in intent timestamps: the host name (unique in a fleet, stable
+/// across restarts), or `portico` when it cannot be read.
+fn node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into our buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(s) if ok && !s.is_empty() => s.to_string(),
+        _ => "portico".to_string(),
+    }
+}
+
 /// Raises the open-file soft limit to the hard limit: every proxied connection costs
 /// two descriptors and mail clients hold thousands of idle IMAP sessions.
 fn raise_nofile_limit() {
@@ -235,14 +258,33 @@ pub async fn run_until(
         "Config reloads by result (ok, failed); a failed one leaves the old config serving"
     );
     let events = Arc::new(EventLog::new(1000));
-    let lb = lb::Lb::start(&config.vips, events.clone())
-        .await
-        .context("starting the lb")?;
+    // Intent is read before either role starts, so a drained backend or a site
+    // forced down is so from the first connection and the first answer.
+    let intents = Arc::new(match &config.state_dir {
+        Some(dir) => IntentStore::open(dir, node_name(), &events).with_context(|| {
+            format!(
+                "state_dir {}: admin intent cannot be kept there (fix its permissions or free space, or remove state_dir to keep intent in memory only)",
+                dir.display()
+            )
+        })?,
+        None => IntentStore::memory(node_name()),
+    });
+    let lb = lb::Lb::start_with(
+        &config.vips,
+        events.clone(),
+        lb::LbOptions {
+            intents: intents.clone(),
+            ..lb::LbOptions::default()
+        },
+    )
+    .await
+    .context("starting the lb")?;
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
         lb,
         gss: ArcSwapOption::new(None),
+        intents: intents.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
     });
     let background = CancellationToken::new();
@@ -266,7 +308,7 @@ pub async fn run_until(
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start(g, events.clone())
+        let gss = gss::Gss::start_with(g, events.clone(), gss::default_probes(), intents)
             .await
             .context("starting the gss")?;
         app.gss.store(Some(Arc::new(gss)));

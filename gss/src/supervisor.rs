@@ -24,6 +24,7 @@ use shared::admin::SiteOverride;
 use shared::config::{GssConfig, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
 use shared::health::{spawn_checker, CheckResult, RiseFall};
+use shared::intent::{IntentStore, Intents, Key, SiteIntent, Value};
 use shared::probe::{BuildError, Probe};
 use shared::status::SiteStatus;
 use tokio::sync::Notify;
@@ -86,6 +87,8 @@ pub struct Core {
     snap: Arc<ArcSwap<Snapshot>>,
     events: Arc<EventLog>,
     probes: ProbeFactory,
+    /// Where overrides are recorded and restored from.
+    intents: Arc<IntentStore>,
     wake: Notify,
     reported: Notify,
     cancel: CancellationToken,
@@ -275,13 +278,31 @@ impl Core {
             .collect()
     }
 
-    /// Applies an operator override.
+    /// Applies an operator override, recorded as intent first (the state file when
+    /// `state_dir` is set): if it cannot be recorded nothing changes.
     pub fn set_override(
         &self,
         site: &str,
         o: SiteOverride,
         who: &str,
     ) -> Result<(), OverrideError> {
+        if !self.lock().sites.iter().any(|s| s.name == site) {
+            return Err(OverrideError::UnknownSite(site.to_string()));
+        }
+        let state = match o {
+            SiteOverride::Down => SiteIntent::Down,
+            SiteOverride::Up => SiteIntent::Up,
+            SiteOverride::Auto => SiteIntent::Auto,
+        };
+        // Lock order: the intent store, then the state (as in `commit`).
+        self.intents
+            .record(Key::Site(site.to_string()), Value::Site { state }, |_| {
+                self.apply_override(site, o, who)
+            })
+            .map_err(|e| OverrideError::Intent(e.to_string()))?
+    }
+
+    fn apply_override(&self, site: &str, o: SiteOverride, who: &str) -> Result<(), OverrideError> {
         let mut st = self.lock();
         let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
             return Err(OverrideError::UnknownSite(site.to_string()));
@@ -377,19 +398,41 @@ impl Gss {
     }
 
     /// Starts the gss with `probes` building each keepalive's probe: checkers first,
-    /// then (after the first round, bounded) the DNS port.
+    /// then (after the first round, bounded) the DNS port. Overrides last as long
+    /// as the process ([`Gss::start_with`] keeps them in a state file).
     pub async fn start_with_probes(
         cfg: &GssConfig,
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
+        let intents = Arc::new(IntentStore::memory("local"));
+        Gss::start_with(cfg, events, probes, intents).await
+    }
+
+    /// As [`Gss::start_with_probes`], recording overrides in `intents` and starting
+    /// with the overrides it holds for this config's sites: they are in force for
+    /// the first answer.
+    pub async fn start_with(
+        cfg: &GssConfig,
+        events: Arc<EventLog>,
+        probes: ProbeFactory,
+        intents: Arc<IntentStore>,
+    ) -> Result<Gss, GssError> {
         crate::metrics::describe();
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
+        let sites = {
+            let saved = intents.lock();
+            cfg.sites
+                .iter()
+                .map(|s| restored_site(s, &saved, &events))
+                .collect()
+        };
         let core = Arc::new(Core {
+            intents,
             state: Mutex::new(State {
                 tpl,
-                sites: cfg.sites.iter().map(SiteState::new).collect(),
+                sites,
                 tasks: HashMap::new(),
                 generation: 0,
                 settled: false,
@@ -534,6 +577,8 @@ impl Gss {
             mut built,
         } = plan;
         let cfg = &cfg;
+        // Lock order: the intent store, then the state (as in `set_override`).
+        let saved = self.core.intents.lock();
         let mut st = self.core.lock();
         if cfg.listen != st.tpl.cfg.listen {
             tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
@@ -544,7 +589,10 @@ impl Gss {
             match (old, built.remove(&s.name)) {
                 (Some(old), None) => sites.push(old),
                 (old, Some(probes)) => {
-                    let mut fresh = SiteState::new(s);
+                    let mut fresh = match &old {
+                        Some(_) => SiteState::new(s),
+                        None => restored_site(s, &saved, &self.core.events),
+                    };
                     match &old {
                         Some(o) => fresh.inherit(o),
                         None => {
@@ -562,7 +610,7 @@ impl Gss {
                     self.core.spawn_site(&mut st, s, probes);
                     sites.push(fresh);
                 }
-                (None, None) => sites.push(SiteState::new(s)),
+                (None, None) => sites.push(restored_site(s, &saved, &self.core.events)),
             }
         }
         for gone in st
@@ -581,6 +629,7 @@ impl Gss {
         st.tpl = tpl;
         self.core.rerender(&st, true);
         drop(st);
+        drop(saved);
         self.core.events.record("gss", "config reloaded");
     }
 
@@ -608,6 +657,31 @@ impl Drop for Gss {
     fn drop(&mut self) {
         self.core.cancel.cancel();
     }
+}
+
+/// A site in the unknown state with the override recorded for it, if any (an
+/// `auto` intent is no override). A site that is renamed away keeps its intent in
+/// the store, inert, until a site of that name comes back.
+fn restored_site(cfg: &SiteConfig, saved: &Intents, events: &EventLog) -> SiteState {
+    let mut s = SiteState::new(cfg);
+    if let Some(e) = saved.get(&Key::Site(cfg.name.clone())) {
+        s.forced = match e.value {
+            Value::Site {
+                state: SiteIntent::Down,
+            } => Some(SiteOverride::Down),
+            Value::Site {
+                state: SiteIntent::Up,
+            } => Some(SiteOverride::Up),
+            _ => None,
+        };
+        if let Some(o) = s.forced {
+            events.record(
+                &cfg.name,
+                format!("override {} restored (set on {})", o.as_str(), e.origin()),
+            );
+        }
+    }
+    s
 }
 
 /// Re-renders when a failback wait ends (no health event marks that moment).

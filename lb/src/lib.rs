@@ -36,6 +36,7 @@ use arc_swap::ArcSwap;
 use shared::admin::AdminHandler;
 use shared::config::{ProbeConfig, VipConfig, VipMode};
 use shared::events::EventLog;
+use shared::intent::IntentStore;
 use shared::probe::{BuildError, Probe};
 use shared::status::VipStatus;
 use tokio::net::TcpListener;
@@ -63,12 +64,16 @@ pub type ProbeFactory =
 pub struct LbOptions {
     /// How probes are built.
     pub probes: ProbeFactory,
+    /// Where admin commands record intent and where backends restore it from
+    /// (the process's one store, shared with the gss).
+    pub intents: Arc<IntentStore>,
 }
 
 impl Default for LbOptions {
     fn default() -> Self {
         LbOptions {
             probes: Arc::new(shared::probe::build),
+            intents: Arc::new(IntentStore::memory("local")),
         }
     }
 }
@@ -112,6 +117,7 @@ pub(crate) struct Inner {
     tasks: Tasks,
     accepting: CancellationToken,
     probes: ProbeFactory,
+    pub(crate) intents: Arc<IntentStore>,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
 }
@@ -199,6 +205,7 @@ impl Lb {
             accepting: tasks.child_token(),
             tasks,
             probes: options.probes,
+            intents: options.intents,
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
         });
@@ -336,6 +343,9 @@ impl Lb {
             old: old_slots,
             _serial,
         } = plan;
+        // Held to the snapshot store: an admin command waits, so it finds either
+        // the old backends or the new ones with their intent already restored.
+        let intents = inner.intents.lock();
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
         let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
@@ -356,6 +366,9 @@ impl Lb {
                 if reload {
                     b.record_event("added by reload");
                 }
+                // Before its checker and listener start: a drained backend never
+                // takes a connection after a restart.
+                b.restore(&intents);
                 checkers.push(Checker::start(b, probe, probe_cfg, &inner.tasks));
             }
             let pool = Arc::new(Pool::new(
@@ -426,6 +439,7 @@ impl Lb {
             proxies,
             checkers,
         }));
+        drop(intents);
     }
 
     async fn plan(&self, cfg: &VipConfig, old: &Snapshot) -> Result<Planned, LbError> {

@@ -80,6 +80,7 @@ pub fn scripted(flag: Arc<AtomicBool>) -> LbOptions {
         probes: Arc::new(move |_cfg, _addr| {
             Ok(Arc::new(SwitchProbe(flag.clone())) as Arc<dyn Probe>)
         }),
+        ..LbOptions::default()
     }
 }
 

@@ -211,6 +211,7 @@ pub async fn start_with_probes(cfg: &VipConfig, probe: impl Fn(usize) -> Arc<dyn
                     .unwrap_or_else(|| Arc::new(Never)))
             },
         ),
+        ..LbOptions::default()
     };
     let lb = Lb::start_with(
         std::slice::from_ref(cfg),

@@ -22,6 +22,10 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// How long shutdown waits for established connections before exiting.
     pub drain_timeout: Duration,
+    /// Where admin intent (drain, maint, weights, site overrides) is kept across
+    /// restarts, resolved against the config file's directory; `None`: intent lasts
+    /// as long as the process.
+    pub state_dir: Option<PathBuf>,
     /// Load-balanced VIPs (the lb role); empty means the lb role does not run.
     pub vips: Vec<VipConfig>,
     /// The DNS global site selector role, when configured.

@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<S<RawAdmin>>,
     pub http: Option<S<RawHttp>>,
     pub drain_timeout: O<toml::Value>,
+    pub state_dir: O<String>,
     #[serde(default)]
     pub vip: Vec<S<RawVip>>,
     pub gss: Option<S<RawGss>>,

@@ -1248,3 +1248,45 @@ fn a_backend_sni_the_lb_would_refuse_is_an_error_at_its_position() {
     );
     parse_ok(&ok);
 }
+
+#[test]
+fn state_dir_is_relative_to_the_config_file() {
+    let cfg = format!("state_dir = \"state\"\n{VIP}");
+    let c = parse(&cfg, Path::new("/etc/portico/portico.toml")).unwrap();
+    assert_eq!(c.state_dir, Some(PathBuf::from("/etc/portico/state")));
+    let c = parse(
+        &cfg.replace("\"state\"", "\"/var/lib/portico\""),
+        Path::new("/etc/p.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/portico")));
+    assert_eq!(parse_ok(VIP).state_dir, None);
+    expect_err(
+        &format!("state_dir = \"\"\n{VIP}"),
+        "1:13",
+        "state_dir must not be empty",
+    );
+}
+
+#[test]
+fn load_checks_state_dir_at_its_line() {
+    let pki = crate::testing::tls::TestPki::new(&["localhost"]);
+    let dir = pki.dir();
+    // Missing but creatable, and existing: both fine.
+    for d in [dir.join("new/state"), dir.to_path_buf()] {
+        let text = format!("state_dir = \"{}\"\n{VIP}", d.display());
+        load_text(&text, Path::new("t.toml")).expect("usable state_dir");
+    }
+    // A file where the directory should be, or under it.
+    let text = format!("state_dir = \"{}\"\n{VIP}", pki.cert_path().display());
+    let errs = load_errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("1:13: state_dir \"")
+            && errs[0].ends_with("exists and is not a directory"),
+        "{errs:#?}"
+    );
+    let text = format!("state_dir = \"{}/below\"\n{VIP}", pki.cert_path().display());
+    let errs = load_errors(&text);
+    assert!(errs[0].contains("is not a directory"), "{errs:#?}");
+}
