@@ -315,3 +315,29 @@ answers = {{ dc1 = ["127.0.0.1"], dc2 = ["127.0.0.2"] }}
     );
     assert!(p.ctl("show events").contains("override down restored"));
 }
+
+#[test]
+fn a_config_weight_change_wins_over_an_older_operator_weight() {
+    let e1 = Echo::start();
+    let dir = TempDir::new("state-weight");
+    let port = free_port();
+    let cfg = lb_config(&dir, port, &[("mx1", e1.addr)]);
+    let p = Portico::start(&dir, &cfg);
+    assert_eq!(p.ctl("set weight smtp/mx1 7"), "ok\n");
+    // Restarted with the same config: the operator's weight.
+    let p = restart(p, &dir, &cfg, false);
+    assert_eq!(backend(&p, "smtp/mx1").1, "7");
+    // Restarted with a new weight in the config: the config's.
+    let heavier = cfg.replace(
+        &format!("address = \"{}\" }}", e1.addr),
+        &format!("address = \"{}\", weight = 3 }}", e1.addr),
+    );
+    assert_ne!(heavier, cfg);
+    let p = restart(p, &dir, &heavier, false);
+    assert_eq!(backend(&p, "smtp/mx1").1, "3");
+    let events = p.ctl("show events");
+    assert!(
+        events.contains("operator weight 7 not applied: it was set when the config's weight was 1, the config now says 3"),
+        "{events}"
+    );
+}
