@@ -40,6 +40,16 @@ impl App {
         }
     }
 
+    /// How the gss starts: the process's intent store, and the serial kept in the
+    /// `state_dir` the process started with (a changed one applies on restart).
+    fn gss_options(&self) -> gss::GssOptions {
+        gss::GssOptions {
+            intents: self.intents.clone(),
+            state_dir: self.config.load().state_dir.clone(),
+            ..gss::GssOptions::default()
+        }
+    }
+
     /// Re-reads the config file and applies it; on any error the old config keeps
     /// serving and the errors are returned for the operator. Every outcome is counted
     /// in `portico_config_reloads_total` and recorded as an event.
@@ -97,14 +107,9 @@ impl App {
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
-                let g = gss::Gss::start_with(
-                    c,
-                    self.events.clone(),
-                    gss::default_probes(),
-                    self.intents.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let g = gss::Gss::start_with(c, self.events.clone(), self.gss_options())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 GssChange::Start(Arc::new(g))
             }
             (Some(g), None) => GssChange::Stop(g),
@@ -308,7 +313,7 @@ pub async fn run_until(
     }
 
     if let Some(g) = &config.gss {
-        let gss = gss::Gss::start_with(g, events.clone(), gss::default_probes(), intents)
+        let gss = gss::Gss::start_with(g, events.clone(), app.gss_options())
             .await
             .context("starting the gss")?;
         app.gss.store(Some(Arc::new(gss)));

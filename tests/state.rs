@@ -341,3 +341,107 @@ fn a_config_weight_change_wins_over_an_older_operator_weight() {
         "{events}"
     );
 }
+
+/// The zone's SOA serial as `server` answers it over UDP.
+fn soa_serial(server: SocketAddr, zone: &str) -> Option<u32> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut msg = Message::new(4321, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(zone).ok()?, RecordType::SOA));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    sock.send_to(&msg.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    let reply = Message::from_vec(&buf[..n]).ok()?;
+    reply.answers.iter().find_map(|r| match &r.data {
+        RData::SOA(soa) => Some(soa.serial),
+        _ => None,
+    })
+}
+
+/// A gss node in its own directory; `dns` is its DNS port. Apart from the ports
+/// and the socket path, every node's config is the same.
+fn gss_node(dir: &TempDir, dns: u16, e1: &Echo, e2: &Echo, extra_soa: &str) -> String {
+    format!(
+        r#"state_dir = "state"
+
+[admin]
+socket = "{sock}"
+
+[gss]
+listen = "127.0.0.1:{dns}"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+{extra_soa}
+
+[[gss.site]]
+name = "dc1"
+keepalives = [ {{ kind = "tcp", address = "{a1}" }} ]
+probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+
+[[gss.site]]
+name = "dc2"
+keepalives = [ {{ kind = "tcp", address = "{a2}" }} ]
+probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+
+[[gss.name]]
+name = "smtp"
+sites = ["dc1", "dc2"]
+answers = {{ dc1 = ["127.0.0.1"], dc2 = ["127.0.0.2"] }}
+"#,
+        sock = dir.path("admin.sock").display(),
+        a1 = e1.addr,
+        a2 = e2.addr,
+    )
+}
+
+#[test]
+fn soa_serial_agrees_across_nodes_increases_on_change_and_survives_restart() {
+    let (e1, e2) = (Echo::start(), Echo::start());
+    let zone = "gslb.example.test.";
+    let (da, db) = (TempDir::new("serial-a"), TempDir::new("serial-b"));
+    let (pa, pb) = (free_udp_tcp_port(), free_udp_tcp_port());
+    let (sa, sb): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
+    let cfg_a = gss_node(&da, pa, &e1, &e2, "");
+    let cfg_b = gss_node(&db, pb, &e1, &e2, "");
+    let a = Portico::start(&da, &cfg_a);
+    // Started apart in time: the clock has no part in the serial.
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = Portico::start(&db, &cfg_b);
+    let first = soa_serial(sa, zone).expect("SOA from a");
+    assert_eq!(first, 1, "the config's base (soa.serial defaults to 1)");
+    assert_eq!(soa_serial(sb, zone), Some(first));
+
+    // The same change on both: the same, higher serial.
+    assert_eq!(a.ctl("site down dc1"), "ok\n");
+    assert_eq!(b.ctl("site down dc1"), "ok\n");
+    let second = soa_serial(sa, zone).unwrap();
+    assert!(second > first, "{second} > {first}");
+    assert_eq!(soa_serial(sb, zone), Some(second));
+    let saved = std::fs::read_to_string(da.path("state/gss-serial.json")).unwrap();
+    assert!(saved.contains(&format!("\"serial\":{second}")), "{saved}");
+
+    // A restart with the same answers (the override is restored) keeps it.
+    let a = restart(a, &da, &cfg_a, false);
+    assert_eq!(soa_serial(sa, zone), Some(second));
+    // kill -9 as well: the serial was saved when it was served.
+    let a = restart(a, &da, &cfg_a, true);
+    assert_eq!(soa_serial(sa, zone), Some(second));
+
+    // Answers move back: higher again, on both.
+    assert_eq!(a.ctl("site auto dc1"), "ok\n");
+    assert_eq!(b.ctl("site auto dc1"), "ok\n");
+    let third = soa_serial(sa, zone).unwrap();
+    assert!(third > second, "{third} > {second}");
+    assert_eq!(soa_serial(sb, zone), Some(third));
+
+    // An operator moves every node to a chosen serial with the config's base.
+    let based = gss_node(&da, pa, &e1, &e2, "soa = { serial = 2026112900 }");
+    std::fs::write(&a.config, &based).unwrap();
+    assert_eq!(a.ctl("reload"), "ok\n");
+    assert_eq!(soa_serial(sa, zone), Some(2_026_112_900));
+}

@@ -15,6 +15,7 @@ pub mod fast;
 pub mod metrics;
 pub mod respond;
 pub mod select;
+pub mod serial;
 pub mod server;
 pub mod site;
 pub mod snapshot;
@@ -25,4 +26,4 @@ pub mod zone;
 
 pub use error::{GssError, OverrideError};
 pub use snapshot::Snapshot;
-pub use supervisor::{default_probes, Core, Gss, Plan, ProbeFactory};
+pub use supervisor::{default_probes, Core, Gss, GssOptions, Plan, ProbeFactory};

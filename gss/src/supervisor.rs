@@ -35,11 +35,12 @@ use tokio_util::task::TaskTracker;
 use crate::error::{GssError, OverrideError};
 use crate::metrics::{KeepaliveMetrics, SiteMetrics};
 use crate::select::{self, HealthView};
+use crate::serial::{SerialFile, Served};
 use crate::server::DnsServer;
 use crate::site::{Change, SiteState};
 use crate::snapshot::Snapshot;
 use crate::udp::UdpMode;
-use crate::zone::{render, ZoneTemplate};
+use crate::zone::{render, render_after, ZoneTemplate};
 
 /// A checked gss config waiting to be committed (see [`Gss::prepare`]).
 pub struct Plan {
@@ -77,6 +78,8 @@ struct State {
     tasks: HashMap<String, SiteTask>,
     generation: u64,
     settled: bool,
+    /// The serial and signature served last (at start: what was saved, if any).
+    served: Option<Served>,
 }
 
 /// The supervisor shared by checkers, the timer, the admin handler and [`Gss`]. The
@@ -89,6 +92,8 @@ pub struct Core {
     probes: ProbeFactory,
     /// Where overrides are recorded and restored from.
     intents: Arc<IntentStore>,
+    /// Where the served serial is kept across restarts.
+    serial_file: SerialFile,
     wake: Notify,
     reported: Notify,
     cancel: CancellationToken,
@@ -113,13 +118,15 @@ impl Core {
     /// Renders the zone for the current health and publishes one snapshot: a new
     /// zone when the answers changed (or `force`), recording an event per name whose
     /// answer moved, else the same zone under the new health view.
-    fn rerender(&self, st: &State, force: bool) {
+    fn rerender(&self, st: &mut State, force: bool) {
         // Health changed: the failback timer recomputes its deadline either way.
         self.wake.notify_one();
         let view = Core::view(st);
         let current = self.snap.load_full();
         let prev = &current.zone;
-        let next = render(st.tpl.clone(), &view, Instant::now(), Some(prev));
+        // The serial follows what was served (or saved before a restart), not the
+        // unserved placeholder zone of a cold start.
+        let next = render_after(st.tpl.clone(), &view, Instant::now(), st.served);
         if next.signature == prev.signature && !force {
             self.snap.store(Arc::new(current.with_view(view)));
             return;
@@ -146,9 +153,14 @@ impl Core {
             }
         }
         let serial = next.serial;
+        let served = next.served();
         let next = Arc::new(Snapshot::new(next, view));
         self.snap.store(next.clone());
         self.fill_table(next);
+        if st.served != Some(served) {
+            st.served = Some(served);
+            self.serial_file.save(served);
+        }
         if st.settled {
             for (name, msg) in changes {
                 self.events.record(name, format!("{msg}; serial {serial}"));
@@ -156,7 +168,7 @@ impl Core {
         }
     }
 
-    fn apply_change(&self, st: &State, site: &str, change: Change) {
+    fn apply_change(&self, st: &mut State, site: &str, change: Change) {
         let t0 = Instant::now();
         self.rerender(st, false);
         let switched = t0.elapsed();
@@ -208,7 +220,7 @@ impl Core {
             return;
         }
         match change {
-            Some(c) => self.apply_change(&st, site, c),
+            Some(c) => self.apply_change(&mut st, site, c),
             None if st
                 .sites
                 .iter()
@@ -310,9 +322,9 @@ impl Core {
         let (note, change) = s.set_override(o, Instant::now());
         self.events.record(site, format!("{note} ({who})"));
         match change {
-            Some(c) => self.apply_change(&st, site, c),
+            Some(c) => self.apply_change(&mut st, site, c),
             // `auto` may release a failback hold without a state change.
-            None => self.rerender(&st, false),
+            None => self.rerender(&mut st, false),
         }
         Ok(())
     }
@@ -384,6 +396,29 @@ impl Core {
     }
 }
 
+/// Options of [`Gss::start_with`].
+#[derive(Clone)]
+pub struct GssOptions {
+    /// How keepalive probes are built.
+    pub probes: ProbeFactory,
+    /// Where site overrides are recorded and restored from (the process's one
+    /// store, shared with the lb).
+    pub intents: Arc<IntentStore>,
+    /// Where the SOA serial is kept across restarts; `None`: each start serves the
+    /// config's `soa.serial` until answers change.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for GssOptions {
+    fn default() -> Self {
+        GssOptions {
+            probes: default_probes(),
+            intents: Arc::new(IntentStore::memory("local")),
+            state_dir: None,
+        }
+    }
+}
+
 /// A running gss.
 pub struct Gss {
     core: Arc<Core>,
@@ -405,20 +440,29 @@ impl Gss {
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
-        let intents = Arc::new(IntentStore::memory("local"));
-        Gss::start_with(cfg, events, probes, intents).await
+        let options = GssOptions {
+            probes,
+            ..GssOptions::default()
+        };
+        Gss::start_with(cfg, events, options).await
     }
 
-    /// As [`Gss::start_with_probes`], recording overrides in `intents` and starting
-    /// with the overrides it holds for this config's sites: they are in force for
-    /// the first answer.
+    /// As [`Gss::start_with_probes`] with every option: overrides recorded in
+    /// `intents` (and those it holds for this config's sites in force for the first
+    /// answer), the SOA serial kept in `state_dir`.
     pub async fn start_with(
         cfg: &GssConfig,
         events: Arc<EventLog>,
-        probes: ProbeFactory,
-        intents: Arc<IntentStore>,
+        options: GssOptions,
     ) -> Result<Gss, GssError> {
+        let GssOptions {
+            probes,
+            intents,
+            state_dir,
+        } = options;
         crate::metrics::describe();
+        let serial_file = SerialFile::new(state_dir.as_deref());
+        let served = serial_file.load();
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
         let sites = {
@@ -430,7 +474,9 @@ impl Gss {
         };
         let core = Arc::new(Core {
             intents,
+            serial_file,
             state: Mutex::new(State {
+                served,
                 tpl,
                 sites,
                 tasks: HashMap::new(),
@@ -488,7 +534,7 @@ impl Gss {
                 changes.push((s.name.clone(), s.settle()));
             }
             st.settled = true;
-            core.rerender(&st, true);
+            core.rerender(&mut st, true);
             for (name, c) in changes {
                 if let Some(t) = st.tasks.get(&name) {
                     t.metrics.set_up(c.up);
@@ -627,7 +673,7 @@ impl Gss {
         }
         st.sites = sites;
         st.tpl = tpl;
-        self.core.rerender(&st, true);
+        self.core.rerender(&mut st, true);
         drop(st);
         drop(saved);
         self.core.events.record("gss", "config reloaded");
@@ -697,8 +743,8 @@ async fn timer_loop(core: std::sync::Weak<Core>, cancel: CancellationToken) {
             _ = tokio::time::sleep_until(deadline) => true,
         };
         if fired {
-            let st = c.lock();
-            c.rerender(&st, false);
+            let mut st = c.lock();
+            c.rerender(&mut st, false);
         }
     }
 }

@@ -429,9 +429,13 @@ pub struct GssConfig {
     pub server_version: Option<String>,
 }
 
-/// SOA fields beyond the serial (which the gss derives from answer changes).
+/// SOA fields. The served serial is the gss's own (it counts answer changes); the
+/// config only gives its floor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoaConfig {
+    /// The serial base: the first serial a gss with no saved serial serves, and a
+    /// floor the served serial jumps to when it is newer (RFC 1982) than it.
+    pub serial: u32,
     /// Primary master name (default: first nameserver).
     pub mname: String,
     /// Responsible mailbox in domain form (default `hostmaster.ZONE`).
@@ -453,6 +457,7 @@ impl SoaConfig {
     /// passes the first nameserver), `hostmaster.ZONE`, and the documented timers.
     pub fn defaults(zone: &str, mname: String) -> SoaConfig {
         SoaConfig {
+            serial: 1,
             mname,
             rname: format!("hostmaster.{zone}"),
             refresh: 3600,

@@ -182,6 +182,7 @@ pub(crate) struct RawGss {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSoa {
+    pub serial: O<i64>,
     pub mname: O<String>,
     pub rname: O<String>,
     pub refresh: O<i64>,

@@ -202,6 +202,7 @@ ttl = 5
     assert_eq!(g.soa.rname, "dns.example.test");
     assert_eq!(g.soa.minimum, 60);
     assert_eq!(g.soa.ttl, 3600);
+    assert_eq!(g.soa.serial, 1, "serial base default");
     assert_eq!(g.records.len(), 3);
     assert_eq!(g.records[0].fqdn, "gslb.example.test");
     assert_eq!(g.records[0].rtype, "MX");
@@ -375,7 +376,7 @@ fn unknown_key_with_multiline_value_stops_there() {
     // syntax errors, so only the unknown key is reported.
     let text = "bogus = [\n  1,\n]\n[[vip]]\nname = 5\n";
     let errs = errors(text);
-    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `vip`, `gss`".to_string()]);
+    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `state_dir`, `vip`, `gss`".to_string()]);
 }
 
 #[test]
@@ -668,6 +669,21 @@ fn gss_rules() {
         "6:19",
         "soa minimum (90000) is above 86400",
     );
+    let with_serial = |v: &str| {
+        GSS.replace(
+            "[[gss.site]]\nname = \"dc1\"",
+            &format!("soa = {{ serial = {v} }}\n[[gss.site]]\nname = \"dc1\""),
+        )
+    };
+    let g = parse_ok(&with_serial("2026112901")).gss.unwrap();
+    assert_eq!(g.soa.serial, 2_026_112_901);
+    for bad in ["-1", "4294967296"] {
+        expect_err(
+            &with_serial(bad),
+            "6:18",
+            &format!("soa serial must be between 0 and 4294967295, got {bad}"),
+        );
+    }
     expect_err(
         &GSS.replace("5353", "53x"),
         "2:10",

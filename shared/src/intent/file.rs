@@ -22,10 +22,6 @@ pub const VERSION: u64 = 1;
 /// The state file's name inside `state_dir`.
 pub const FILE_NAME: &str = "intent.json";
 
-/// The temp file written before the rename (hidden, same directory so the rename
-/// stays on one filesystem).
-const TEMP_NAME: &str = ".intent.json.tmp";
-
 /// Why a state file was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -117,8 +113,16 @@ pub fn encode(intents: &Intents) -> Vec<u8> {
 /// Writes `intents` to `dir/intent.json` atomically and durably (see the module
 /// doc). On error the old file is untouched.
 pub fn write(dir: &Path, intents: &Intents) -> std::io::Result<()> {
+    write_atomic(dir, FILE_NAME, &encode(intents))
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: `dir/.name.tmp` (mode
+/// 0600) written and fsynced, renamed over `name`, then `dir` fsynced, so after a
+/// crash the file is whole, old or new. Other state files of the process (the gss's
+/// serial) use it too.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let temp = dir.join(TEMP_NAME);
+    let temp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -126,10 +130,10 @@ pub fn write(dir: &Path, intents: &Intents) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&temp)?;
-        f.write_all(&encode(intents))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&temp, dir.join(FILE_NAME))?;
+        std::fs::rename(&temp, dir.join(name))?;
         std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
@@ -337,7 +341,10 @@ mod tests {
             Loaded::Ok(m) => assert_eq!(m, sample()),
             other => panic!("{other:?}"),
         }
-        assert!(!d.0.join(TEMP_NAME).exists(), "temp file renamed away");
+        assert!(
+            !d.0.join(".intent.json.tmp").exists(),
+            "temp file renamed away"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(d.0.join(FILE_NAME))
             .unwrap()
