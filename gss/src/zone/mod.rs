@@ -648,8 +648,7 @@ mod tests {
             None,
         );
         assert_eq!(z.serial, 2_026_112_900);
-        let SOA_ = &z.soa;
-        match &SOA_.data {
+        match &z.soa.data {
             RData::SOA(soa) => assert_eq!(soa.serial, 2_026_112_900),
             other => panic!("{other:?}"),
         }
