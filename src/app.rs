@@ -1,6 +1,9 @@
 //! The process supervisor behind `portico run`: starts the roles a config asks for,
 //! the status/metrics listener and the admin socket; reloads on SIGHUP or `reload`;
-//! drains and exits on SIGTERM/SIGINT. It only wires the library crates together.
+//! drains and exits on SIGTERM/SIGINT. It only wires the library crates together, and
+//! tells supervisors where it is: `sd_notify` READY once the first probe verdicts are
+//! in (RELOADING around reloads, STOPPING at shutdown) and the same phase on
+//! `GET /ready`.
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -10,6 +13,8 @@ use shared::config::Config;
 use shared::events::EventLog;
 use shared::intent::IntentStore;
 use shared::status::StatusDoc;
+use shared::status_server::Readiness;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
@@ -24,9 +29,28 @@ pub struct App {
     /// Admin intent of both roles (the state file when `state_dir` is set).
     intents: Arc<IntentStore>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// A [`Readiness`] as its index (0 starting, 1 ready, 2 stopping).
+    phase: AtomicU8,
 }
 
 impl App {
+    fn readiness(&self) -> Readiness {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Readiness::Starting,
+            1 => Readiness::Ready,
+            _ => Readiness::Stopping,
+        }
+    }
+
+    fn set_readiness(&self, r: Readiness) {
+        let v = match r {
+            Readiness::Starting => 0,
+            Readiness::Ready => 1,
+            Readiness::Stopping => 2,
+        };
+        self.phase.store(v, Ordering::Release);
+    }
+
     /// The `/status` document: every VIP of the lb and every site of the gss.
     pub fn status(&self) -> StatusDoc {
         StatusDoc {
@@ -55,6 +79,7 @@ impl App {
     /// in `portico_config_reloads_total` and recorded as an event.
     pub async fn reload(&self, who: &str) -> Result<(), String> {
         let _serial = self.reload_lock.lock().await;
+        crate::notify::reloading();
         let path = self.config.load().path.clone();
         let outcome = match shared::config::load(&path) {
             Err(errors) => {
@@ -72,6 +97,13 @@ impl App {
                 .await
                 .map_err(|e| (format!("reload failed ({who}): {e}"), e)),
         };
+        if self.readiness() == Readiness::Ready {
+            let status = match &outcome {
+                Ok(()) => "serving; config reloaded",
+                Err(_) => "serving; reload refused, old config kept",
+            };
+            crate::notify::ready(status);
+        }
         match outcome {
             Ok(()) => {
                 metrics::counter!("portico_config_reloads_total", "result" => "ok").increment(1);
@@ -291,6 +323,7 @@ pub async fn run_until(
         gss: ArcSwapOption::new(None),
         intents: intents.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
+        phase: AtomicU8::new(0),
     });
     let background = CancellationToken::new();
 
@@ -299,15 +332,18 @@ pub async fn run_until(
     if let Some(http) = &config.http {
         let listener = shared::status_server::bind(http.listen).await?;
         let status_app = app.clone();
-        let status: shared::status_server::StatusFn = Arc::new(move || status_app.status());
-        let metrics: shared::status_server::MetricsFn = match prometheus {
-            Some(h) => Arc::new(move || h.render()),
-            None => Arc::new(String::new),
+        let ready_app = app.clone();
+        let endpoints = shared::status_server::Endpoints {
+            status: Arc::new(move || status_app.status()),
+            metrics: match prometheus {
+                Some(h) => Arc::new(move || h.render()),
+                None => Arc::new(String::new),
+            },
+            ready: Arc::new(move || ready_app.readiness()),
         };
         tokio::spawn(shared::status_server::serve(
             listener,
-            status,
-            metrics,
+            endpoints,
             background.clone(),
         ));
     }
@@ -344,19 +380,37 @@ pub async fn run_until(
     if let Some(tx) = ready {
         let _ = tx.send(());
     }
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                if let Err(e) = app.reload("SIGHUP").await {
-                    tracing::warn!("reload refused: {e}");
+    // The gss waited for its first keepalive round in `start`; the lb's listeners
+    // are open already (unknown health counts as in rotation), but a supervisor is
+    // told "ready" only once the lb's probes have said something too.
+    let first = tokio::select! {
+        all = app.lb.first_verdicts() => Some(all),
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        _ = stop.cancelled() => None,
+    };
+    if let Some(all) = first {
+        if !all {
+            tracing::warn!("not every backend had a probe verdict in time; ready anyway");
+        }
+        app.set_readiness(Readiness::Ready);
+        crate::notify::ready("serving");
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = app.reload("SIGHUP").await {
+                        tracing::warn!("reload refused: {e}");
+                    }
                 }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = stop.cancelled() => break,
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = stop.cancelled() => break,
         }
     }
 
+    app.set_readiness(Readiness::Stopping);
+    crate::notify::stopping();
     let drain = app.config.load().drain_timeout;
     events.record(
         "process",

@@ -5,11 +5,12 @@
 mod app;
 mod demo;
 mod logging;
+mod notify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// mimalloc instead of glibc malloc: the proxy paths allocate small short-lived
 /// objects (request heads, hyper's per-request state) across tasks, where glibc's
@@ -66,6 +67,18 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (portico.1 and one per subcommand) into DIR; the
+    /// package build uses it, so the pages always match the command line.
+    #[command(hide = true)]
+    Man {
+        /// Output directory (must exist).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +101,17 @@ fn main() -> ExitCode {
             logging::init(log_format);
             exit(runtime().and_then(|rt| rt.block_on(demo::run())))
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "portico", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portico man {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{
-    echo_roundtrip, free_port, free_udp_tcp_port, poll, request_in_flight, Echo, Portico, SlowHttp,
-    TempDir,
+    echo_roundtrip, free_port, free_udp_tcp_port, http_get, poll, request_in_flight, Echo, Portico,
+    SlowHttp, TempDir,
 };
 
 fn config(sock: &str, vips: &str) -> String {
@@ -321,4 +321,72 @@ answers = {{ dc1 = ["127.0.0.1"] }}
     let mut a = TcpStream::connect(("127.0.0.1", pa)).unwrap();
     assert!(echo_roundtrip(&mut a, b"still serving\n"));
     assert!(p.ctl("show events 100").contains("reload failed"));
+}
+
+/// Reads the next `sd_notify` datagram, bounded.
+fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notification within the read timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A `Type=notify` supervisor hears READY=1 once the probes have spoken, RELOADING=1
+/// then READY=1 around a reload, and STOPPING=1 when the drain begins; `GET /ready`
+/// tells a readiness probe the same (200 only while ready, 503 while draining).
+#[test]
+fn sd_notify_and_ready_follow_the_process_phases() {
+    let echo = Echo::start();
+    let dir = TempDir::new("notify");
+    let port = free_port();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sock_path = dir.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let admin = dir.path("admin.sock");
+    let cfg = format!(
+        "{}\n[http]\nlisten = \"{http}\"\n",
+        config(
+            &admin.display().to_string(),
+            &tcp_vip("echo", port, &[("e1", echo.addr, 1)]),
+        )
+    );
+    let notify_env = sock_path.display().to_string();
+    let mut p = Portico::start_env(&dir, &cfg, &[("NOTIFY_SOCKET", notify_env.as_str())]);
+
+    let first = next_notification(&notify);
+    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
+    // Ready means the probes have spoken: the backend has a verdict.
+    let backends = p.ctl("show backends echo");
+    assert!(!backends.contains("pending"), "{backends}");
+    assert_eq!(
+        http_get(http, "/ready").expect("GET /ready"),
+        (200, "ready\n".to_string())
+    );
+
+    p.signal(libc::SIGHUP);
+    let reloading = next_notification(&notify);
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    let again = next_notification(&notify);
+    assert!(again.lines().any(|l| l == "READY=1"), "{again}");
+
+    let mut session = TcpStream::connect(("127.0.0.1", port)).expect("session");
+    assert!(echo_roundtrip(&mut session, b"hold the drain\n"));
+    p.signal(libc::SIGTERM);
+    let stopping = next_notification(&notify);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let (code, body) = http_get(http, "/ready").expect("GET /ready while draining");
+    assert_eq!((code, body.as_str()), (503, "stopping\n"));
+    drop(session);
+    let status = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after the drain");
+    assert!(status.success(), "{status}");
 }

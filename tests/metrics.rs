@@ -105,3 +105,241 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
     );
     assert_eq!(failed, Some(1.0));
 }
+
+/// `portico_*` names in a PromQL expression (histogram series reduced to their base).
+fn promql_metrics(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(pos) = rest.find("portico_") {
+        let tail = &rest[pos..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        // `portico_.*` in a label matcher is a pattern, not a metric.
+        if !tail[end..].starts_with(".*") {
+            out.push(base.to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Every expression of the Grafana dashboard: panel targets and template queries.
+fn dashboard_exprs(doc: &serde_json::Value) -> Vec<String> {
+    let mut exprs = Vec::new();
+    for panel in doc["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for var in doc["templating"]["list"].as_array().expect("templating") {
+        if let Some(d) = var["definition"].as_str() {
+            exprs.push(d.to_string());
+        }
+    }
+    exprs
+}
+
+/// A backend that greets like an SMTP server, then echoes.
+fn smtp_greeter() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                if s.write_all(b"220 greeter ESMTP\r\n").is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+/// A backend that accepts and closes at once: probes (TCP connect) pass, every
+/// session fails on its greeting, every HTTP request on its response.
+fn closer() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// The dashboard only queries metrics a running Portico exports: every metric in
+/// `config/grafana-dashboard.json` shows up in a scrape of a process that served L4
+/// and HTTP traffic, saw backend and client failures, answered DNS, failed a site
+/// over and reloaded.
+#[test]
+fn grafana_dashboard_queries_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/grafana-dashboard.json"))
+        .expect("config/grafana-dashboard.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut wanted: Vec<String> = dashboard_exprs(&doc)
+        .iter()
+        .flat_map(|e| promql_metrics(e))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.len() >= 20, "{wanted:?}");
+
+    let (greeter, _g) = smtp_greeter();
+    let closed = closer();
+    let keepalive = Echo::start();
+    let limited_echo = Echo::start();
+    let dir = TempDir::new("dashboard");
+    let (mail, limited, web, http, dns) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        common::free_udp_tcp_port(),
+    );
+    let probe = r#"{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }"#;
+    let config = format!(
+        r#"
+[admin]
+socket = "{sock}"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[vip]]
+name = "mail"
+listen = "127.0.0.1:{mail}"
+protocol = "smtp"
+backends = [ {{ name = "good", address = "{greeter}" }}, {{ name = "bad", address = "{closed}" }} ]
+probe = {probe}
+ejection = {{ consecutive_failures = 1 }}
+
+[[vip]]
+name = "limited"
+listen = "127.0.0.1:{limited}"
+max_connections = 1
+backends = [ {{ name = "e1", address = "{le}" }} ]
+probe = {probe}
+
+[[vip]]
+name = "web"
+mode = "http"
+listen = "127.0.0.1:{web}"
+max_connections = 1
+backends = [ {{ name = "w1", address = "{closed}" }} ]
+probe = {probe}
+
+[gss]
+listen = "127.0.0.1:{dns}"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+
+[[gss.site]]
+name = "dc1"
+keepalives = [ {{ kind = "tcp", address = "{ka}" }} ]
+probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+
+[[gss.name]]
+name = "smtp"
+sites = ["dc1"]
+answers = {{ dc1 = ["192.0.2.1"] }}
+"#,
+        sock = dir.path("admin.sock").display(),
+        le = limited_echo.addr,
+        ka = keepalive.addr,
+    );
+    let p = Portico::start(&dir, &config);
+    let status = SocketAddr::from(([127, 0, 0, 1], http));
+    poll(Duration::from_secs(10), || {
+        let (_, body) = http_get(status, "/status").ok()?;
+        let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let all_up = doc["vips"].as_array()?.iter().all(|v| v["up"] == true);
+        (all_up && doc["sites"][0]["up"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("everything up: {}", p.ctl("show backends")));
+
+    // L4 through the greeter; the closer fails its greeting, is retried and ejected.
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", mail)).expect("mail");
+        let mut greeting = [0u8; 5];
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.read_exact(&mut greeting).expect("greeting");
+        assert_eq!(&greeting, b"220 g");
+    }
+    // One connection held on a max_connections = 1 VIP; the next is refused.
+    let mut held = TcpStream::connect(("127.0.0.1", limited)).expect("limited");
+    assert!(echo_roundtrip(&mut held, b"hold\n"));
+    let second = TcpStream::connect(("127.0.0.1", limited)).expect("connect");
+    drop(second);
+    // HTTP: a request to a backend that closes (a backend error), and a malformed
+    // request (a client error).
+    let web_addr = SocketAddr::from(([127, 0, 0, 1], web));
+    let (code, _) = http_get(web_addr, "/").expect("GET");
+    assert_eq!(code, 502);
+    {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(web_addr).expect("web");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"NOT HTTP AT ALL\r\n\r\n").expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+    // An idle HTTP client holds the web VIP's one connection; the next is refused.
+    let idle_web = TcpStream::connect(web_addr).expect("idle client");
+    let refused = poll(Duration::from_secs(5), || {
+        let (_, body) = http_get(web_addr, "/").ok()?;
+        Some(body)
+    });
+    assert!(refused.is_some(), "the refused client got an answer");
+    // DNS, then dc1's keepalive dies: the site fails over (detection time recorded).
+    assert_eq!(
+        common::query_a(
+            SocketAddr::from(([127, 0, 0, 1], dns)),
+            "smtp.gslb.example.test"
+        ),
+        Some(vec!["192.0.2.1".parse().expect("ip")])
+    );
+    drop(keepalive);
+    // A reload.
+    let (ok, out) = p.ctl_raw(&["reload"]).expect("reload");
+    assert!(ok, "{out}");
+
+    let missing = || {
+        let scrape = scrape(status);
+        let names: std::collections::BTreeSet<&str> =
+            scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        wanted
+            .iter()
+            .filter(|w| !names.contains(w.as_str()))
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    // The site's failover lands within its probes' fall time; the rest is there.
+    let all = poll(Duration::from_secs(10), || {
+        missing().is_empty().then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "dashboard metrics missing from /metrics: {:?}",
+        missing()
+    );
+    drop((held, idle_web));
+}

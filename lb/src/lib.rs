@@ -4,9 +4,9 @@
 //! [`Lb`] is the supervisor. Its [`supervisor::Tasks`] owns every task it spawns
 //! (listeners, checkers, readmission timers, L7 connections) under one root token;
 //! every listener is also a child of an "accepting" token, so `stop_accepting`
-//! closes the listeners and `shutdown` stops the probes and waits for them. L4
-//! connections belong to no token: they run to their end (or until the process
-//! exits after its drain timeout). The list of VIPs is an [`ArcSwap`] snapshot; each
+//! closes the listeners and `shutdown` stops the probes and waits for them. Client
+//! connections (L4 and L7) are owned too but run to their end while the lb drains;
+//! `shutdown`, called when the drain is over, cuts those still open. The list of VIPs is an [`ArcSwap`] snapshot; each
 //! VIP's config + pool another, replaced whole by a reload and read lock-free by the
 //! accept loops. See ARCHITECTURE.md for the module map.
 
@@ -265,6 +265,38 @@ impl Lb {
         self.commit_with(plan, true);
     }
 
+    /// Waits until every backend that is probed (every one not in `maint`) has its
+    /// first verdict, so a supervisor told "ready" knows the lb routes on known
+    /// health. Bounded by the slowest first round (a fifth of the interval of random
+    /// spread, then the probe timeout) plus a second: a probe that hangs past its own
+    /// timeout must not hold readiness forever. True when every verdict came in.
+    pub async fn first_verdicts(&self) -> bool {
+        let snapshot = self.inner.vips.load_full();
+        let slowest = snapshot
+            .iter()
+            .map(|s| {
+                let t = s.state.load().cfg.probe.timing;
+                t.interval / 5 + t.timeout
+            })
+            .max()
+            .unwrap_or_default();
+        let pending = || {
+            snapshot.checkers.iter().any(|c| {
+                let b = c.backend();
+                b.admin() != AdminState::Maint && b.last_check() == LastCheck::Pending
+            })
+        };
+        let poll = async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+            while pending() {
+                tick.tick().await;
+            }
+        };
+        tokio::time::timeout(slowest + std::time::Duration::from_secs(1), poll)
+            .await
+            .is_ok()
+    }
+
     /// Closes every listener; established connections continue.
     pub fn stop_accepting(&self) {
         self.inner.accepting.cancel();
@@ -292,7 +324,7 @@ impl Lb {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// Stops listeners and probes, ends the L7 connections still open (the drain
+    /// Stops listeners and probes, ends the client connections still open (the drain
     /// period is over when this is called) and waits, bounded, for every task the lb
     /// owns to finish.
     pub async fn shutdown(&self) {
@@ -398,6 +430,7 @@ impl Lb {
                         state,
                         local,
                         inner.accepting.child_token(),
+                        inner.tasks.clone(),
                         Arc::clone(&inner.totals),
                     ));
                     match &proxy {

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Pool;
+use crate::supervisor::Tasks;
 use crate::sync::lock;
 
 /// Connection counts over the whole lb, for shutdown draining.
@@ -88,6 +89,8 @@ pub struct VipSlot {
     active: AtomicU64,
     per_source: Mutex<HashMap<IpAddr, u32>>,
     pub(crate) cancel: CancellationToken,
+    /// The lb's task owner: connection tasks of this VIP are spawned through it.
+    pub(crate) tasks: Tasks,
     totals: Arc<Totals>,
     gauge: Gauge,
 }
@@ -97,6 +100,7 @@ impl VipSlot {
         state: VipState,
         local: SocketAddr,
         cancel: CancellationToken,
+        tasks: Tasks,
         totals: Arc<Totals>,
     ) -> VipSlot {
         let gauge = metrics::gauge!(crate::metrics::VIP_CONNECTIONS_ACTIVE, "vip" => state.cfg.name.clone());
@@ -108,6 +112,7 @@ impl VipSlot {
             active: AtomicU64::new(0),
             per_source: Mutex::new(HashMap::new()),
             cancel,
+            tasks,
             totals,
             gauge,
         }

@@ -270,3 +270,32 @@ async fn reload_keeps_listener_and_backend_state() {
         .await
         .expect("listener closed");
 }
+
+/// Readiness (`sd_notify` READY=1, `GET /ready`) waits for this: every probed
+/// backend's first verdict, which comes after the checkers' random start spread.
+#[tokio::test(start_paused = true)]
+async fn first_verdicts_waits_for_every_probed_backend() {
+    let flag = Arc::new(AtomicBool::new(false));
+    let cfg = vip(
+        "smtp",
+        MailProtocol::None,
+        &[
+            ("a", "127.0.0.1:9".parse().expect("addr")),
+            ("b", "127.0.0.1:10".parse().expect("addr")),
+        ],
+    );
+    let (lb, _events) = start(&[cfg], scripted(flag)).await;
+    let check = |name: &str| lb.backend("smtp", name).expect("backend").last_check();
+    assert_eq!(check("a"), lb::LastCheck::Pending);
+    let started = tokio::time::Instant::now();
+    assert!(lb.first_verdicts().await, "every verdict within the bound");
+    for name in ["a", "b"] {
+        assert!(
+            matches!(check(name), lb::LastCheck::Fail(_)),
+            "{name}: {:?}",
+            check(name)
+        );
+    }
+    // The spread is at most a fifth of the 60 s interval.
+    assert!(started.elapsed() <= Duration::from_secs(12) + Duration::from_millis(100));
+}

@@ -689,3 +689,45 @@ async fn prepared_reload_changes_nothing_until_committed() {
     let mut c = Client::connect(addr).await;
     assert!(c.line().await.starts_with("220"));
 }
+
+/// L4 connections belong to the lb's supervisor like L7 ones: they outlive
+/// `stop_accepting` (the drain), and `shutdown` (the end of the drain) cuts them and
+/// returns only once their tasks have ended and their leases are back.
+#[tokio::test]
+async fn shutdown_cuts_l4_connections_after_the_drain_and_waits_for_them() {
+    let echo = FakeServer::start(FakeKind::Echo, Behaviour::Good).await;
+    let cfg = vip("echo", MailProtocol::None, &[("e1", echo.addr())]);
+    let (lb, _events) = start(&[cfg], scripted(Arc::new(AtomicBool::new(true)))).await;
+    let addr = addr(&lb, "echo");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"one\n").await.expect("write");
+    let mut got = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+
+    lb.stop_accepting();
+    s.write_all(b"two\n").await.expect("write while draining");
+    tokio::time::timeout(WAIT, s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("the established connection still relays while draining");
+    assert_eq!(lb.active_connections(), 1);
+
+    lb.shutdown().await;
+    assert!(lb.tasks().is_empty(), "{} tasks left", lb.tasks().len());
+    assert_eq!(
+        lb.active_connections(),
+        0,
+        "the connection's admission was given back"
+    );
+    let pool = lb.pool("echo").expect("pool");
+    assert_eq!(pool.active(), 0, "lease released");
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed, not relaying");
+}

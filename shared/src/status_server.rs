@@ -1,6 +1,8 @@
-//! The status/metrics HTTP listener: `GET /status` (the SPEC's JSON document) and
-//! `GET /metrics` (Prometheus text). Both bodies come from closures the binary
-//! supplies, so this crate stays ignorant of the roles and of the metrics exporter.
+//! The status/metrics HTTP listener: `GET /status` (the SPEC's JSON document),
+//! `GET /metrics` (Prometheus text) and `GET /ready` (200 only between the first probe
+//! verdicts and the start of shutdown, for Kubernetes-style readiness probes and
+//! outside balancers). The bodies come from closures the binary supplies, so this
+//! crate stays ignorant of the roles and of the metrics exporter.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +24,41 @@ use crate::status::StatusDoc;
 pub type StatusFn = Arc<dyn Fn() -> StatusDoc + Send + Sync>;
 /// Produces the current Prometheus exposition.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// Says where the process is in its life, for `GET /ready`.
+pub type ReadyFn = Arc<dyn Fn() -> Readiness + Send + Sync>;
+
+/// The phases `GET /ready` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Listeners are open but the first probe verdicts are not all in.
+    Starting,
+    /// Serving with known health.
+    Ready,
+    /// Shutting down (draining): take this instance out of rotation.
+    Stopping,
+}
+
+impl Readiness {
+    /// The word `GET /ready` answers with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Starting => "starting",
+            Readiness::Ready => "ready",
+            Readiness::Stopping => "stopping",
+        }
+    }
+}
+
+/// What the listener serves.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `GET /status`.
+    pub status: StatusFn,
+    /// `GET /metrics`.
+    pub metrics: MetricsFn,
+    /// `GET /ready`.
+    pub ready: ReadyFn,
+}
 
 fn reply(
     status: StatusCode,
@@ -41,12 +78,12 @@ fn reply(
     resp
 }
 
-fn route(req: &Request<Incoming>, status: &StatusFn, metrics: &MetricsFn) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, ep: &Endpoints) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
     }
     match req.uri().path() {
-        "/status" => match serde_json::to_vec(&status()) {
+        "/status" => match serde_json::to_vec(&(ep.status)()) {
             Ok(body) => reply(StatusCode::OK, "application/json", body),
             Err(e) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -57,23 +94,26 @@ fn route(req: &Request<Incoming>, status: &StatusFn, metrics: &MetricsFn) -> Res
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics(),
+            (ep.metrics)(),
         ),
+        "/ready" => {
+            let phase = (ep.ready)();
+            let code = match phase {
+                Readiness::Ready => StatusCode::OK,
+                Readiness::Starting | Readiness::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            reply(code, "text/plain", format!("{}\n", phase.as_str()))
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /status or /metrics\n",
+            "try /status, /metrics or /ready\n",
         ),
     }
 }
 
-/// Serves `/status` and `/metrics` on an already bound listener until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    status: StatusFn,
-    metrics: MetricsFn,
-    cancel: CancellationToken,
-) {
+/// Serves `endpoints` on an already bound listener until `cancel` fires.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints, cancel: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -86,12 +126,11 @@ pub async fn serve(
                 }
             },
         };
-        let status = status.clone();
-        let metrics = metrics.clone();
+        let ep = endpoints.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = route(&req, &status, &metrics);
+                let resp = route(&req, &ep);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -148,8 +187,18 @@ mod tests {
             }],
         });
         let metrics: MetricsFn = Arc::new(|| "portico_up 1\n".to_string());
+        let phase = Arc::new(std::sync::Mutex::new(Readiness::Starting));
+        let ready: ReadyFn = {
+            let phase = Arc::clone(&phase);
+            Arc::new(move || *phase.lock().unwrap_or_else(|p| p.into_inner()))
+        };
         let cancel = CancellationToken::new();
-        tokio::spawn(serve(listener, status, metrics, cancel.clone()));
+        let ep = Endpoints {
+            status,
+            metrics,
+            ready,
+        };
+        tokio::spawn(serve(listener, ep, cancel.clone()));
 
         let resp = get(addr, "/status").await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -166,6 +215,20 @@ mod tests {
             "{resp}"
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+
+        for (set, code, word) in [
+            (Readiness::Starting, "503", "starting"),
+            (Readiness::Ready, "200", "ready"),
+            (Readiness::Stopping, "503", "stopping"),
+        ] {
+            *phase.lock().unwrap_or_else(|p| p.into_inner()) = set;
+            let resp = get(addr, "/ready").await;
+            assert!(
+                resp.starts_with(&format!("HTTP/1.1 {code}"))
+                    && resp.ends_with(&format!("{word}\n")),
+                "{resp}"
+            );
+        }
         cancel.cancel();
     }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::Body;
 use crate::backend::Backend;
 use crate::error::ProxyError;
+use crate::supervisor::Tasks;
 
 /// Most idle connections kept per backend.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -61,6 +62,9 @@ pub struct BackendClient {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Owns the connection drivers, so shutdown ends them rather than leaving
+    /// backend connections behind.
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -83,13 +87,20 @@ pub struct Conn {
 
 impl BackendClient {
     /// A client with `tls` to backends (if any), connects bounded by
-    /// `connect_timeout`, idle pooled connections kept for `idle_timeout`.
-    pub fn new(tls: Option<BackendTls>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// `connect_timeout`, idle pooled connections kept for `idle_timeout`; the tasks
+    /// driving its connections belong to `tasks`.
+    pub fn new(
+        tls: Option<BackendTls>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tasks: Tasks,
+    ) -> Self {
         BackendClient {
             tls,
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
+            tasks,
         }
     }
 
@@ -172,7 +183,7 @@ impl BackendClient {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let id = backend.id();
-        tokio::spawn(async move {
+        self.tasks.spawn_until_shutdown(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %id, error = %e, "backend connection ended");
             }
@@ -194,7 +205,7 @@ impl BackendClient {
             return;
         }
         let me = Arc::clone(self);
-        tokio::spawn(async move {
+        self.tasks.spawn_until_shutdown(async move {
             if conn.sender.ready().await.is_ok() {
                 me.park(conn);
             }

@@ -260,7 +260,11 @@ fn pooled_idle(cfg: &VipConfig) -> std::time::Duration {
     cfg.idle_timeout.min(std::time::Duration::from_secs(30))
 }
 
-fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, SetupError> {
+fn build_settings(
+    cfg: &VipConfig,
+    keep: Option<&Settings>,
+    tasks: &Tasks,
+) -> Result<Settings, SetupError> {
     let key = ClientKey::of(cfg);
     let client = match keep {
         Some(old) if old.client_key == key => Arc::clone(&old.client),
@@ -293,6 +297,7 @@ fn build_settings(cfg: &VipConfig, keep: Option<&Settings>) -> Result<Settings, 
                 tls,
                 cfg.connect_timeout,
                 pooled_idle(cfg),
+                tasks.clone(),
             ))
         }
     };
@@ -354,7 +359,7 @@ impl HttpVip {
                 (Some(store), Some(ArcSwap::new(config)))
             }
         };
-        let settings = build_settings(cfg, None)?;
+        let settings = build_settings(cfg, None, &tasks)?;
         Ok(Arc::new(HttpVip {
             name: cfg.name.clone(),
             mode: cfg.mode,
@@ -384,7 +389,7 @@ impl HttpVip {
     /// has prepared, so an error anywhere leaves all running settings as they are.
     pub fn prepare_reload(&self, cfg: &VipConfig) -> Result<PreparedReload, SetupError> {
         let old = self.settings.load_full();
-        let settings = build_settings(cfg, Some(&old))?;
+        let settings = build_settings(cfg, Some(&old), &self.tasks)?;
         let certs_err = |source| SetupError::Certs {
             vip: cfg.name.clone(),
             source,

@@ -61,7 +61,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
         let state = slot.state.load_full();
         match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
             Ok(guard) => {
-                tokio::spawn(serve(client, peer, state, guard));
+                slot.tasks
+                    .spawn_until_shutdown(serve(client, peer, state, guard));
             }
             Err(why) => {
                 match why {
@@ -69,7 +70,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
                     Refusal::PerSource => state.refused_per_source.increment(1),
                 }
                 tracing::debug!(vip = %state.cfg.name, client = %peer, "refused: {why:?}");
-                tokio::spawn(refuse(client, state.cfg.protocol));
+                slot.tasks
+                    .spawn_until_shutdown(refuse(client, state.cfg.protocol));
             }
         }
     }
