@@ -102,7 +102,12 @@ fn main() -> ExitCode {
             exit(runtime().and_then(|rt| rt.block_on(demo::run())))
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "portico", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "portico",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
         Cmd::Man { dir } => match clap_mangen::generate_to(Cli::command(), &dir) {
