@@ -445,3 +445,43 @@ fn soa_serial_agrees_across_nodes_increases_on_change_and_survives_restart() {
     assert_eq!(a.ctl("reload"), "ok\n");
     assert_eq!(soa_serial(sa, zone), Some(2_026_112_900));
 }
+
+#[test]
+fn a_second_process_on_the_same_state_dir_is_refused() {
+    let e1 = Echo::start();
+    let (d1, d2) = (TempDir::new("state-lock1"), TempDir::new("state-lock2"));
+    let cfg1 = lb_config(&d1, free_port(), &[("mx1", e1.addr)]);
+    let _p1 = Portico::start(&d1, &cfg1);
+    let shared_dir = d1.path("state");
+    let cfg2 = lb_config(&d2, free_port(), &[("mx1", e1.addr)]).replace(
+        "state_dir = \"state\"",
+        &format!("state_dir = \"{}\"", shared_dir.display()),
+    );
+    let path = d2.path("portico.toml");
+    std::fs::write(&path, cfg2).unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = poll(Duration::from_secs(10), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.expect("the second process exits");
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("is in use by another running portico"),
+        "{err}"
+    );
+}
