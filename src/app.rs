@@ -20,6 +20,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+/// Events shown on the status page.
+const PAGE_EVENTS: usize = 50;
+
 /// The running process: current config and the roles it runs.
 pub struct App {
     config: ArcSwap<Config>,
@@ -71,6 +74,23 @@ impl App {
             intents: self.intents.clone(),
             state_dir: self.config.load().state_dir.clone(),
             ..gss::GssOptions::default()
+        }
+    }
+
+    /// The status page's data: VIPs with backends, sites, names and their answers,
+    /// the last events.
+    pub fn page(&self) -> shared::status::PageDoc {
+        let gss = self.gss.load_full();
+        shared::status::PageDoc {
+            vips: self.lb.page(),
+            sites: gss.as_ref().map(|g| g.page_sites()).unwrap_or_default(),
+            names: gss.as_ref().map(|g| g.page_names()).unwrap_or_default(),
+            events: self
+                .events
+                .last(PAGE_EVENTS)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -333,6 +353,7 @@ pub async fn run_until(
         let listener = shared::status_server::bind(http.listen).await?;
         let status_app = app.clone();
         let ready_app = app.clone();
+        let page_app = app.clone();
         let endpoints = shared::status_server::Endpoints {
             status: Arc::new(move || status_app.status()),
             metrics: match prometheus {
@@ -340,6 +361,7 @@ pub async fn run_until(
                 None => Arc::new(String::new),
             },
             ready: Arc::new(move || ready_app.readiness()),
+            page: Arc::new(move || page_app.page()),
         };
         tokio::spawn(shared::status_server::serve(
             listener,

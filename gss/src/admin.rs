@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
+use shared::status::{NamePage, SitePage};
 use tokio::time::Instant;
 
 use crate::select::{self, Client, Outcome};
@@ -16,6 +17,31 @@ impl Gss {
     /// The admin handler for `show sites`, `site ...` and `explain`.
     pub fn admin(&self) -> Arc<dyn AdminHandler> {
         Arc::new(GssAdmin::new(self.core().clone()))
+    }
+
+    /// Sites for the status page.
+    pub fn page_sites(&self) -> Vec<SitePage> {
+        self.core().page_sites()
+    }
+
+    /// Site-selected names with the answer a client matching no rule gets now, in
+    /// the words of `explain`, for the status page.
+    pub fn page_names(&self) -> Vec<NamePage> {
+        let core = self.core();
+        let snap = core.snapshot();
+        snap.zone
+            .tpl
+            .cfg
+            .names
+            .iter()
+            .map(|n| NamePage {
+                name: n.fqdn.clone(),
+                answer: explain(core, &n.fqdn, None)
+                    .ok()
+                    .and_then(|lines| lines.into_iter().next())
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 }
 

@@ -26,7 +26,7 @@ use shared::events::EventLog;
 use shared::health::{spawn_checker, CheckResult, RiseFall};
 use shared::intent::{IntentStore, Intents, Key, SiteIntent, Value};
 use shared::probe::{BuildError, Probe};
-use shared::status::SiteStatus;
+use shared::status::{SitePage, SiteStatus};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -344,6 +344,22 @@ impl Core {
                     s.keepalives.len(),
                     humantime::format_rfc3339_seconds(s.since)
                 )
+            })
+            .collect()
+    }
+
+    /// Sites for the status page.
+    pub fn page_sites(&self) -> Vec<SitePage> {
+        let st = self.lock();
+        st.sites
+            .iter()
+            .map(|s| SitePage {
+                name: s.name.clone(),
+                up: s.up == Some(true),
+                override_state: s.forced.map(|o| o.as_str().to_string()),
+                passing: s.passing(),
+                keepalives: s.keepalives.len(),
+                since: humantime::format_rfc3339_seconds(s.since).to_string(),
             })
             .collect()
     }

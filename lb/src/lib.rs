@@ -225,6 +225,41 @@ impl Lb {
             .collect()
     }
 
+    /// Every VIP with its backends for the status page, config order.
+    pub fn page(&self) -> Vec<shared::status::VipPage> {
+        self.inner
+            .vips
+            .load()
+            .iter()
+            .map(|slot| {
+                let st = slot.state.load();
+                let healthy = st.pool.healthy();
+                shared::status::VipPage {
+                    name: st.cfg.name.clone(),
+                    listen: slot.local.to_string(),
+                    mode: st.cfg.mode.as_str().to_string(),
+                    up: healthy >= st.cfg.min_healthy,
+                    healthy,
+                    active: slot.active(),
+                    backends: st
+                        .pool
+                        .backends()
+                        .iter()
+                        .map(|b| shared::status::BackendPage {
+                            name: b.name().to_string(),
+                            address: b.address().to_string(),
+                            state: b.state_str().to_string(),
+                            admin: b.admin().as_str().to_string(),
+                            weight: b.weight(),
+                            active: b.active(),
+                            check: b.last_check().to_string(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     /// The admin-socket handler for the lb commands (`show vips`, `show backends`,
     /// `drain`, `ready`, `maint`, `set weight`, `wait drained`).
     pub fn admin(&self) -> Arc<dyn AdminHandler> {

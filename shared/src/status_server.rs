@@ -1,7 +1,8 @@
 //! The status/metrics HTTP listener: `GET /status` (the SPEC's JSON document),
-//! `GET /metrics` (Prometheus text) and `GET /ready` (200 only between the first probe
+//! `GET /metrics` (Prometheus text), `GET /ready` (200 only between the first probe
 //! verdicts and the start of shutdown, for Kubernetes-style readiness probes and
-//! outside balancers). The bodies come from closures the binary supplies, so this
+//! outside balancers) and a read-only status page at `GET /` (HTML, CSS and script
+//! embedded in the binary, no outside assets; it polls `GET /page.json`). The bodies come from closures the binary supplies, so this
 //! crate stays ignorant of the roles and of the metrics exporter.
 
 use std::convert::Infallible;
@@ -18,12 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::StatusDoc;
+use crate::status::{PageDoc, StatusDoc};
 
 /// Produces the current status document.
 pub type StatusFn = Arc<dyn Fn() -> StatusDoc + Send + Sync>;
 /// Produces the current Prometheus exposition.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// Produces the status page's data.
+pub type PageFn = Arc<dyn Fn() -> PageDoc + Send + Sync>;
 /// Says where the process is in its life, for `GET /ready`.
 pub type ReadyFn = Arc<dyn Fn() -> Readiness + Send + Sync>;
 
@@ -58,6 +61,29 @@ pub struct Endpoints {
     pub metrics: MetricsFn,
     /// `GET /ready`.
     pub ready: ReadyFn,
+    /// `GET /page.json`, behind the status page.
+    pub page: PageFn,
+}
+
+const PAGE_HTML: &str = include_str!("status_page/index.html");
+const PAGE_JS: &str = include_str!("status_page/page.js");
+const PAGE_CSS: &str = include_str!("status_page/page.css");
+
+/// The status page's own assets only, no inline script, no framing.
+fn page_asset(content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = reply(StatusCode::OK, content_type, body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 fn reply(
@@ -96,6 +122,17 @@ fn route(req: &Request<Incoming>, ep: &Endpoints) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             (ep.metrics)(),
         ),
+        "/" => page_asset("text/html; charset=utf-8", PAGE_HTML),
+        "/page.js" => page_asset("text/javascript; charset=utf-8", PAGE_JS),
+        "/page.css" => page_asset("text/css; charset=utf-8", PAGE_CSS),
+        "/page.json" => match serde_json::to_vec(&(ep.page)()) {
+            Ok(body) => reply(StatusCode::OK, "application/json", body),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
         "/ready" => {
             let phase = (ep.ready)();
             let code = match phase {
@@ -107,7 +144,7 @@ fn route(req: &Request<Incoming>, ep: &Endpoints) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /status, /metrics or /ready\n",
+            "try /, /status, /metrics or /ready\n",
         ),
     }
 }
@@ -197,6 +234,7 @@ mod tests {
             status,
             metrics,
             ready,
+            page: Arc::new(PageDoc::default),
         };
         tokio::spawn(serve(listener, ep, cancel.clone()));
 
@@ -215,6 +253,16 @@ mod tests {
             "{resp}"
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        let page = get(addr, "/").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("script-src 'self'"), "{page}");
+        assert!(page.contains(r#"<script src="page.js""#), "{page}");
+        assert!(get(addr, "/page.js").await.contains("textContent"));
+        let data = get(addr, "/page.json").await;
+        assert!(
+            data.ends_with(r#"{"vips":[],"sites":[],"names":[],"events":[]}"#),
+            "{data}"
+        );
 
         for (set, code, word) in [
             (Readiness::Starting, "503", "starting"),
