@@ -24,12 +24,6 @@ pub enum StoreError {
         /// The failure.
         source: std::io::Error,
     },
-    /// Another process holds `state_dir` (each would overwrite the other's file).
-    #[error("state_dir {} is in use by another running portico (lock file {}); give each process its own state_dir", dir.display(), dir.join(LOCK_NAME).display())]
-    Busy {
-        /// The directory.
-        dir: PathBuf,
-    },
     /// The state file could not be written; nothing changed.
     #[error("cannot write the state file in {}: {source}; nothing was changed", dir.display())]
     Write {
@@ -45,17 +39,10 @@ struct Inner {
     hlc: Hlc,
 }
 
-/// The lock file in `state_dir`: held (flock) while the store is open, so two
-/// processes never share one state file. The kernel drops it when the process
-/// dies, `kill -9` included.
-pub const LOCK_NAME: &str = "lock";
-
 /// A node's intent store.
 pub struct IntentStore {
     inner: Mutex<Inner>,
     dir: Option<PathBuf>,
-    /// Holds the `state_dir` lock for the store's life.
-    _lock: Option<std::fs::File>,
 }
 
 /// The store's map, locked: commands wait while the holder (a reload putting
@@ -67,38 +54,6 @@ impl std::ops::Deref for Locked<'_> {
     fn deref(&self) -> &Intents {
         &self.0.intents
     }
-}
-
-/// Takes `dir`'s lock file without waiting.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(LOCK_NAME))
-        .map_err(|source| StoreError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    // SAFETY: flock(2) on a descriptor we own for the duration of the call.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-            StoreError::Busy {
-                dir: dir.to_path_buf(),
-            }
-        } else {
-            StoreError::Dir {
-                dir: dir.to_path_buf(),
-                source: e,
-            }
-        });
-    }
-    Ok(f)
 }
 
 fn wall_ms() -> u64 {
@@ -117,7 +72,6 @@ impl IntentStore {
                 hlc: Hlc::new(node),
             }),
             dir: None,
-            _lock: None,
         }
     }
 
@@ -142,7 +96,6 @@ impl IntentStore {
             .mode(0o700)
             .create(dir)
             .map_err(dir_err)?;
-        let lock = lock_dir(dir)?;
         let path = dir.join(file::FILE_NAME);
         let intents = match file::load(dir).map_err(dir_err)? {
             Loaded::Missing => Intents::new(),
@@ -177,7 +130,6 @@ impl IntentStore {
         Ok(IntentStore {
             inner: Mutex::new(Inner { intents, hlc }),
             dir: Some(dir.to_path_buf()),
-            _lock: Some(lock),
         })
     }
 
@@ -362,21 +314,6 @@ mod tests {
             file::parse(&std::fs::read(d.0.join(file::FILE_NAME)).unwrap()),
             Ok(Intents::new())
         );
-    }
-
-    #[test]
-    fn one_state_dir_one_process() {
-        let d = Dir::new("busy");
-        let events = EventLog::default();
-        let first = IntentStore::open(&d.0, "n1", &events).unwrap();
-        let second = IntentStore::open(&d.0, "n2", &events);
-        assert!(
-            matches!(second, Err(StoreError::Busy { .. })),
-            "{:?}",
-            second.err()
-        );
-        drop(first);
-        IntentStore::open(&d.0, "n2", &events).expect("free again once closed");
     }
 
     #[test]
