@@ -12,6 +12,7 @@ use shared::admin::{AdminHandler, Command, HandlerFuture, Peer, Reply};
 use shared::config::Config;
 use shared::events::EventLog;
 use shared::handover::{SocketEntry, SocketKind};
+use shared::intent::IntentStore;
 use shared::status::StatusDoc;
 use shared::status_server::Readiness;
 use std::os::fd::OwnedFd;
@@ -33,6 +34,8 @@ pub struct App {
     gss: ArcSwapOption<gss::Gss>,
     /// The cluster membership, started once (a reload does not change it).
     cluster: Option<Arc<shared::cluster::Cluster>>,
+    /// Admin intent of both roles (the state file when `state_dir` is set).
+    intents: Arc<IntentStore>,
     reload_lock: tokio::sync::Mutex<()>,
     /// A [`Readiness`] as its index (0 starting, 1 ready, 2 stopping).
     phase: AtomicU8,
@@ -68,6 +71,17 @@ impl App {
                 .as_ref()
                 .map(|g| g.status())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// How the gss starts: the process's intent store, and the serial kept in the
+    /// `state_dir` the process started with (a changed one applies on restart).
+    fn gss_options(&self) -> gss::GssOptions {
+        gss::GssOptions {
+            intents: self.intents.clone(),
+            state_dir: self.config.load().state_dir.clone(),
+            cluster: self.cluster.clone(),
+            ..gss::GssOptions::default()
         }
     }
 
@@ -142,8 +156,10 @@ impl App {
     /// fail; a failure anywhere leaves both roles as they were.
     async fn apply(&self, new: Config) -> Result<(), String> {
         let old = self.config.load_full();
-        if old.admin != new.admin || old.http != new.http {
-            tracing::warn!("admin socket and http listener changes take effect on restart");
+        if old.admin != new.admin || old.http != new.http || old.state_dir != new.state_dir {
+            tracing::warn!(
+                "admin socket, http listener and state_dir changes take effect on restart"
+            );
         }
         if old.cluster != new.cluster {
             tracing::warn!("[cluster] changes take effect on restart");
@@ -154,14 +170,9 @@ impl App {
                 GssChange::Reload(g, Box::new(prepared))
             }
             (None, Some(c)) => {
-                let g = gss::Gss::start_in_cluster(
-                    c,
-                    self.events.clone(),
-                    gss::default_probes(),
-                    self.cluster.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let g = gss::Gss::start_with(c, self.events.clone(), self.gss_options())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 GssChange::Start(Arc::new(g))
             }
             (Some(g), None) => GssChange::Stop(g),
@@ -256,6 +267,19 @@ fn delegate(
     })
 }
 
+/// This node's id in intent timestamps: the host name (unique in a fleet, stable
+/// across restarts), or `portico` when it cannot be read.
+fn node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into our buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(s) if ok && !s.is_empty() => s.to_string(),
+        _ => "portico".to_string(),
+    }
+}
+
 /// Raises the open-file soft limit to the hard limit: every proxied connection costs
 /// two descriptors and mail clients hold thousands of idle IMAP sessions.
 fn raise_nofile_limit() {
@@ -342,6 +366,17 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         "Config reloads by result (ok, failed); a failed one leaves the old config serving"
     );
     let events = Arc::new(EventLog::new(1000));
+    // Intent is read before either role starts, so a drained backend or a site
+    // forced down is so from the first connection and the first answer.
+    let intents = Arc::new(match &config.state_dir {
+        Some(dir) => IntentStore::open(dir, node_name(), &events).with_context(|| {
+            format!(
+                "state_dir {}: admin intent cannot be kept there (fix its permissions or free space, or remove state_dir to keep intent in memory only)",
+                dir.display()
+            )
+        })?,
+        None => IntentStore::memory(node_name()),
+    });
 
     // A successor receives every listening socket and the state to carry before it
     // builds anything; nothing it does until READY changes the predecessor.
@@ -358,6 +393,7 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         lb::LbOptions {
             inherited: inherited.clone(),
             hold_accept: predecessor.is_some(),
+            intents: intents.clone(),
             ..lb::LbOptions::default()
         },
     )
@@ -377,6 +413,7 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         lb,
         gss: ArcSwapOption::new(None),
         cluster: cluster.clone(),
+        intents: intents.clone(),
         reload_lock: tokio::sync::Mutex::new(()),
         phase: AtomicU8::new(0),
         status_fd: std::sync::Mutex::new(None),
@@ -429,10 +466,13 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     if let Some(g) = &config.gss {
-        let gss =
-            gss::Gss::start_inherited(g, events.clone(), cluster.clone(), inherited.as_deref())
-                .await
-                .context("starting the gss")?;
+        let options = gss::GssOptions {
+            inherited: inherited.clone(),
+            ..app.gss_options()
+        };
+        let gss = gss::Gss::start_with(g, events.clone(), options)
+            .await
+            .context("starting the gss")?;
         if let Some(i) = &inherited {
             for s in &i.carried.sites {
                 let o = match s.override_state.as_deref() {

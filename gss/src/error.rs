@@ -30,4 +30,7 @@ pub enum OverrideError {
     /// No site has this name.
     #[error("no site {0:?}; `show sites` lists them")]
     UnknownSite(String),
+    /// The override could not be recorded (the state file); nothing changed.
+    #[error("{0}")]
+    Intent(String),
 }

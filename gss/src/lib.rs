@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod quorum;
 pub mod respond;
 pub mod select;
+pub mod serial;
 pub mod server;
 pub mod site;
 pub mod snapshot;
@@ -29,4 +30,4 @@ pub mod zone;
 
 pub use error::{GssError, OverrideError};
 pub use snapshot::Snapshot;
-pub use supervisor::{default_probes, Core, Gss, Plan, ProbeFactory};
+pub use supervisor::{default_probes, Core, Gss, GssOptions, Plan, ProbeFactory};

@@ -26,6 +26,7 @@ use shared::config::{GssConfig, GssRole, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
 use shared::handover::{Inherited, SocketEntry};
 use shared::health::{spawn_checker, CheckResult, RiseFall};
+use shared::intent::{IntentStore, Intents, Key, SiteIntent, Value};
 use shared::probe::{BuildError, Probe};
 use shared::status::{SitePage, SiteStatus};
 use std::os::fd::OwnedFd;
@@ -38,11 +39,12 @@ use crate::error::{GssError, OverrideError};
 use crate::metrics::{KeepaliveMetrics, SiteMetrics};
 use crate::quorum::Rule;
 use crate::select::{self, HealthView};
+use crate::serial::{SerialFile, Served};
 use crate::server::DnsServer;
 use crate::site::{Change, PeerView, SiteState, Voting};
 use crate::snapshot::Snapshot;
 use crate::udp::UdpMode;
-use crate::zone::{render, ZoneTemplate};
+use crate::zone::{render, render_after, ZoneTemplate};
 
 /// A checked gss config waiting to be committed (see [`Gss::prepare`]).
 pub struct Plan {
@@ -80,6 +82,8 @@ struct State {
     tasks: HashMap<String, SiteTask>,
     generation: u64,
     settled: bool,
+    /// The serial and signature served last (at start: what was saved, if any).
+    served: Option<Served>,
     /// Per site, the shared override record last applied: (unix ms, member id).
     applied_override: HashMap<String, (u64, String)>,
 }
@@ -129,6 +133,10 @@ pub struct Core {
     snap: Arc<ArcSwap<Snapshot>>,
     events: Arc<EventLog>,
     probes: ProbeFactory,
+    /// Where overrides are recorded and restored from.
+    intents: Arc<IntentStore>,
+    /// Where the served serial is kept across restarts.
+    serial_file: SerialFile,
     wake: Notify,
     /// Told when a reload replaced the signatures, so the re-sign wait starts over.
     resign_wake: Notify,
@@ -335,12 +343,12 @@ impl Core {
         }
         if changes.is_empty() {
             if released {
-                self.rerender(&st, false);
+                self.rerender(&mut st, false);
             }
             return;
         }
         for (site, c) in changes {
-            self.apply_change(&st, &site, c);
+            self.apply_change(&mut st, &site, c);
         }
     }
 
@@ -361,13 +369,15 @@ impl Core {
     /// Renders the zone for the current health and publishes one snapshot: a new
     /// zone when the answers changed (or `force`), recording an event per name whose
     /// answer moved, else the same zone under the new health view.
-    fn rerender(&self, st: &State, force: bool) {
+    fn rerender(&self, st: &mut State, force: bool) {
         // Health changed: the failback timer recomputes its deadline either way.
         self.wake.notify_one();
         let view = Core::view(st);
         let current = self.snap.load_full();
         let prev = &current.zone;
-        let next = render(st.tpl.clone(), &view, Instant::now(), Some(prev));
+        // The serial follows what was served (or saved before a restart), not the
+        // unserved placeholder zone of a cold start.
+        let next = render_after(st.tpl.clone(), &view, Instant::now(), st.served);
         if next.signature == prev.signature && !force {
             self.snap.store(Arc::new(current.with_view(view)));
             return;
@@ -397,9 +407,14 @@ impl Core {
         if let Some(s) = &next.tpl.signatures {
             crate::metrics::signatures_expiry().set(s.earliest_expiry as f64);
         }
+        let served = next.served();
         let next = Arc::new(Snapshot::new(next, view));
         self.snap.store(next.clone());
         self.fill_table(next);
+        if st.served != Some(served) {
+            st.served = Some(served);
+            self.serial_file.save(served);
+        }
         if st.settled {
             for (name, msg) in changes {
                 self.events.record(name, format!("{msg}; serial {serial}"));
@@ -407,7 +422,7 @@ impl Core {
         }
     }
 
-    fn apply_change(&self, st: &State, site: &str, change: Change) {
+    fn apply_change(&self, st: &mut State, site: &str, change: Change) {
         let t0 = Instant::now();
         self.rerender(st, false);
         let switched = t0.elapsed();
@@ -460,7 +475,7 @@ impl Core {
             return;
         }
         match change {
-            Some(c) => self.apply_change(&st, site, c),
+            Some(c) => self.apply_change(&mut st, site, c),
             None if st
                 .sites
                 .iter()
@@ -530,13 +545,31 @@ impl Core {
             .collect()
     }
 
-    /// Applies an operator override.
+    /// Applies an operator override, recorded as intent first (the state file when
+    /// `state_dir` is set): if it cannot be recorded nothing changes.
     pub fn set_override(
         &self,
         site: &str,
         o: SiteOverride,
         who: &str,
     ) -> Result<(), OverrideError> {
+        if !self.lock().sites.iter().any(|s| s.name == site) {
+            return Err(OverrideError::UnknownSite(site.to_string()));
+        }
+        let state = match o {
+            SiteOverride::Down => SiteIntent::Down,
+            SiteOverride::Up => SiteIntent::Up,
+            SiteOverride::Auto => SiteIntent::Auto,
+        };
+        // Lock order: the intent store, then the state (as in `commit`).
+        self.intents
+            .record(Key::Site(site.to_string()), Value::Site { state }, |_| {
+                self.apply_override(site, o, who)
+            })
+            .map_err(|e| OverrideError::Intent(e.to_string()))?
+    }
+
+    fn apply_override(&self, site: &str, o: SiteOverride, who: &str) -> Result<(), OverrideError> {
         let mut st = self.lock();
         let Some(s) = st.sites.iter_mut().find(|s| s.name == site) else {
             return Err(OverrideError::UnknownSite(site.to_string()));
@@ -550,9 +583,9 @@ impl Core {
                 .insert(site.to_string(), (ts, c.config().node.clone()));
         }
         match change {
-            Some(c) => self.apply_change(&st, site, c),
+            Some(c) => self.apply_change(&mut st, site, c),
             // `auto` may release a failback hold without a state change.
-            None => self.rerender(&st, false),
+            None => self.rerender(&mut st, false),
         }
         Ok(())
     }
@@ -699,6 +732,35 @@ impl Core {
     }
 }
 
+/// Options of [`Gss::start_with`].
+#[derive(Clone)]
+pub struct GssOptions {
+    /// How keepalive probes are built.
+    pub probes: ProbeFactory,
+    /// Where site overrides are recorded and restored from (the process's one
+    /// store, shared with the lb).
+    pub intents: Arc<IntentStore>,
+    /// Where the SOA serial is kept across restarts; `None`: each start serves the
+    /// config's `soa.serial` until answers change.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// The cluster whose quorum decides sites (and where views are published).
+    pub cluster: Option<Arc<Cluster>>,
+    /// DNS sockets handed over by the process this one upgrades.
+    pub inherited: Option<Arc<Inherited>>,
+}
+
+impl Default for GssOptions {
+    fn default() -> Self {
+        GssOptions {
+            probes: default_probes(),
+            intents: Arc::new(IntentStore::memory("local")),
+            state_dir: None,
+            cluster: None,
+            inherited: None,
+        }
+    }
+}
+
 /// A running gss.
 pub struct Gss {
     core: Arc<Core>,
@@ -713,13 +775,18 @@ impl Gss {
     }
 
     /// Starts the gss with `probes` building each keepalive's probe: checkers first,
-    /// then (after the first round, bounded) the DNS port.
+    /// then (after the first round, bounded) the DNS port. Overrides last as long
+    /// as the process ([`Gss::start_with`] keeps them in a state file).
     pub async fn start_with_probes(
         cfg: &GssConfig,
         events: Arc<EventLog>,
         probes: ProbeFactory,
     ) -> Result<Gss, GssError> {
-        Gss::start_full(cfg, events, probes, None, None).await
+        let options = GssOptions {
+            probes,
+            ..GssOptions::default()
+        };
+        Gss::start_with(cfg, events, options).await
     }
 
     /// Starts the gss as a member of `cluster`: its views are published and, unless it
@@ -731,33 +798,42 @@ impl Gss {
         probes: ProbeFactory,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Gss, GssError> {
-        Gss::start_full(cfg, events, probes, cluster, None).await
+        let options = GssOptions {
+            probes,
+            cluster,
+            ..GssOptions::default()
+        };
+        Gss::start_with(cfg, events, options).await
     }
 
-    /// As [`Gss::start_in_cluster`], serving DNS on the sockets a predecessor handed
-    /// over (a binary upgrade) when `inherited` has them. The DNS port opens, as
-    /// always, only after the first keepalive round.
-    pub async fn start_inherited(
+    /// As [`Gss::start_with_probes`] with every option: overrides recorded in
+    /// `intents` (and those it holds for this config's sites in force for the first
+    /// answer), the SOA serial kept in `state_dir`, the cluster it votes in, and the
+    /// DNS sockets a predecessor handed over (binary upgrade; the DNS port opens, as
+    /// always, only after the first keepalive round).
+    pub async fn start_with(
         cfg: &GssConfig,
         events: Arc<EventLog>,
-        cluster: Option<Arc<Cluster>>,
-        inherited: Option<&Inherited>,
+        options: GssOptions,
     ) -> Result<Gss, GssError> {
-        Gss::start_full(cfg, events, default_probes(), cluster, inherited).await
-    }
-
-    async fn start_full(
-        cfg: &GssConfig,
-        events: Arc<EventLog>,
-        probes: ProbeFactory,
-        cluster: Option<Arc<Cluster>>,
-        inherited: Option<&Inherited>,
-    ) -> Result<Gss, GssError> {
+        let GssOptions {
+            probes,
+            intents,
+            state_dir,
+            cluster,
+            inherited,
+        } = options;
+        let inherited = inherited.as_deref();
         crate::metrics::describe();
+        let serial_file = SerialFile::new(state_dir.as_deref());
+        let served = serial_file.load();
         let tpl = Arc::new(ZoneTemplate::new(cfg)?);
         let initial = render(tpl.clone(), &HealthView::default(), Instant::now(), None);
         let core = Arc::new(Core {
+            intents,
+            serial_file,
             state: Mutex::new(State {
+                served,
                 tpl,
                 sites: Vec::new(),
                 tasks: HashMap::new(),
@@ -780,7 +856,17 @@ impl Gss {
             role: cfg.role,
         });
         {
-            let sites = cfg.sites.iter().map(|s| core.new_site(s, cfg)).collect();
+            let saved = core.intents.lock();
+            let sites = cfg
+                .sites
+                .iter()
+                .map(|s| {
+                    let mut site = core.new_site(s, cfg);
+                    restore_override(&mut site, s, &saved, &core.events);
+                    site
+                })
+                .collect();
+            drop(saved);
             core.lock().sites = sites;
         }
         let mut built = Vec::with_capacity(cfg.sites.len());
@@ -823,7 +909,7 @@ impl Gss {
                 changes.push((s.name.clone(), s.settle()));
             }
             st.settled = true;
-            core.rerender(&st, true);
+            core.rerender(&mut st, true);
             for (name, c) in changes {
                 if let Some(t) = st.tasks.get(&name) {
                     t.metrics.set_up(c.up);
@@ -942,6 +1028,8 @@ impl Gss {
             mut built,
         } = plan;
         let cfg = &cfg;
+        // Lock order: the intent store, then the state (as in `set_override`).
+        let saved = self.core.intents.lock();
         let mut st = self.core.lock();
         if cfg.listen != st.tpl.cfg.listen {
             tracing::warn!(old = %st.tpl.cfg.listen, new = %cfg.listen, "gss.listen changed; restart to move the DNS port");
@@ -956,6 +1044,9 @@ impl Gss {
                 (Some(old), None) => sites.push(old),
                 (old, Some(probes)) => {
                     let mut fresh = self.core.new_site(s, cfg);
+                    if old.is_none() {
+                        restore_override(&mut fresh, s, &saved, &self.core.events);
+                    }
                     match &old {
                         Some(o) => fresh.inherit(o),
                         None => {
@@ -973,7 +1064,11 @@ impl Gss {
                     self.core.spawn_site(&mut st, s, probes);
                     sites.push(fresh);
                 }
-                (None, None) => sites.push(self.core.new_site(s, cfg)),
+                (None, None) => {
+                    let mut fresh = self.core.new_site(s, cfg);
+                    restore_override(&mut fresh, s, &saved, &self.core.events);
+                    sites.push(fresh);
+                }
             }
         }
         for gone in st
@@ -996,9 +1091,10 @@ impl Gss {
         }
         st.sites = sites;
         st.tpl = tpl;
-        self.core.rerender(&st, true);
+        self.core.rerender(&mut st, true);
         self.core.resign_wake.notify_one();
         drop(st);
+        drop(saved);
         self.core.events.record("gss", "config reloaded");
     }
 
@@ -1049,7 +1145,7 @@ impl Core {
             .map(|s| (s.count, s.earliest_expiry))
             .unwrap_or_default();
         st.tpl = Arc::new(new);
-        self.rerender(&st, true);
+        self.rerender(&mut st, true);
         drop(st);
         self.events.record(
             "dnssec",
@@ -1104,6 +1200,29 @@ async fn cluster_loop(
     }
 }
 
+/// Puts the override recorded for a site, if any, on its fresh state (an `auto`
+/// intent is no override). A site that is renamed away keeps its intent in
+/// the store, inert, until a site of that name comes back.
+fn restore_override(s: &mut SiteState, cfg: &SiteConfig, saved: &Intents, events: &EventLog) {
+    if let Some(e) = saved.get(&Key::Site(cfg.name.clone())) {
+        s.forced = match e.value {
+            Value::Site {
+                state: SiteIntent::Down,
+            } => Some(SiteOverride::Down),
+            Value::Site {
+                state: SiteIntent::Up,
+            } => Some(SiteOverride::Up),
+            _ => None,
+        };
+        if let Some(o) = s.forced {
+            events.record(
+                &cfg.name,
+                format!("override {} restored (set on {})", o.as_str(), e.origin()),
+            );
+        }
+    }
+}
+
 /// Re-renders when a failback wait ends (no health event marks that moment).
 async fn timer_loop(core: std::sync::Weak<Core>, cancel: CancellationToken) {
     loop {
@@ -1117,8 +1236,8 @@ async fn timer_loop(core: std::sync::Weak<Core>, cancel: CancellationToken) {
             _ = tokio::time::sleep_until(deadline) => true,
         };
         if fired {
-            let st = c.lock();
-            c.rerender(&st, false);
+            let mut st = c.lock();
+            c.rerender(&mut st, false);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The lb's share of the admin socket: `show vips`, `show backends [VIP]`, `drain`,
 //! `ready`, `maint`, `set weight`, `wait drained`. Other commands return `None` so the
 //! dispatcher passes them on. Every state change goes to the event log (and thereby
-//! the tracing log) with the peer's uid.
+//! the tracing log) with the peer's uid, and is recorded as intent (the state file,
+//! when `state_dir` is set) before it is applied and before the reply: a command
+//! whose intent cannot be written is answered with an error and changes nothing.
 //!
 //! Output formats (space-separated, one line per item):
 //! - `show vips`: `NAME LISTEN MODE up|down HEALTHY/TOTAL ACTIVE ANNOUNCE`, where
@@ -17,6 +19,7 @@
 use std::sync::Arc;
 
 use shared::admin::{AdminHandler, BackendId, Command, HandlerFuture, Peer, Reply};
+use shared::intent::Value;
 
 use crate::backend::{AdminState, Backend};
 use crate::Inner;
@@ -76,6 +79,36 @@ impl LbAdmin {
         Reply::Data(lines)
     }
 
+    /// Records `value` as the backend's intent, then applies it with `apply` to the
+    /// backend as it is once the record is written (a reload may have replaced it
+    /// meanwhile; one removed meanwhile keeps the intent for when it comes back).
+    fn record(
+        &self,
+        id: &BackendId,
+        value: impl FnOnce(&Backend) -> Value,
+        apply: impl FnOnce(&Backend),
+    ) -> Reply {
+        let b = match self.find(id) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let key = match value(&b) {
+            v @ Value::Weight { .. } => (b.weight_key(), v),
+            v => (b.admin_key(), v),
+        };
+        let result = self.inner.intents.record(key.0, key.1, |_| {
+            let now = self.inner.backend(&id.vip, &id.backend).unwrap_or(b);
+            apply(&now);
+        });
+        match result {
+            Ok(()) => Reply::Ok,
+            Err(e) => {
+                tracing::warn!(backend = %id, "admin command refused: {e}");
+                Reply::Error(e.to_string())
+            }
+        }
+    }
+
     fn find(&self, id: &BackendId) -> Result<Arc<Backend>, Reply> {
         self.inner
             .backend(&id.vip, &id.backend)
@@ -115,21 +148,33 @@ impl AdminHandler for LbAdmin {
                     Command::Ready(_) => AdminState::Ready,
                     _ => AdminState::Maint,
                 };
-                match self.find(id) {
-                    Ok(b) => {
-                        b.set_admin(state, &who(peer));
-                        Reply::Ok
-                    }
-                    Err(r) => r,
-                }
+                self.record(
+                    id,
+                    |_| Value::Admin {
+                        state: state.intent(),
+                    },
+                    |b| b.set_admin(state, &who(peer)),
+                )
             }
-            Command::SetWeight(id, n) => match self.find(id) {
-                Ok(b) => match b.set_weight(*n, &who(peer)) {
+            // Refused by the backend before anything is recorded.
+            Command::SetWeight(id, 0) => match self.find(id) {
+                Ok(b) => match b.set_weight(0, &who(peer)) {
                     Ok(()) => Reply::Ok,
                     Err(e) => Reply::Error(e),
                 },
                 Err(r) => r,
             },
+            Command::SetWeight(id, n) => self.record(
+                id,
+                |b| Value::Weight {
+                    weight: *n,
+                    config_weight: b.config_weight(),
+                },
+                |b| {
+                    // n ≥ 1 was checked above, so this cannot fail.
+                    let _ = b.set_weight(*n, &who(peer));
+                },
+            ),
             Command::WaitDrained(id, timeout) => {
                 let b = match self.find(id) {
                     Ok(b) => b,

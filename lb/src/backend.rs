@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use shared::config::BackendConfig;
 use shared::events::EventLog;
+use shared::intent::{AdminIntent, Entry, Intents, Key, Value};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -57,6 +58,23 @@ impl AdminState {
             AdminState::Ready => "ready",
             AdminState::Drain => "drain",
             AdminState::Maint => "maint",
+        }
+    }
+
+    /// The intent that records this state.
+    pub fn intent(self) -> AdminIntent {
+        match self {
+            AdminState::Ready => AdminIntent::Ready,
+            AdminState::Drain => AdminIntent::Drain,
+            AdminState::Maint => AdminIntent::Maint,
+        }
+    }
+
+    fn from_intent(i: AdminIntent) -> Self {
+        match i {
+            AdminIntent::Ready => AdminState::Ready,
+            AdminIntent::Drain => AdminState::Drain,
+            AdminIntent::Maint => AdminState::Maint,
         }
     }
 
@@ -206,6 +224,67 @@ impl Backend {
     /// Current weight (≥ 1).
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The config's weight (what `weight` in the file says, ≥ 1).
+    pub fn config_weight(&self) -> u32 {
+        self.config_weight.load(Ordering::Relaxed)
+    }
+
+    /// The intent key of this backend's admin state.
+    pub fn admin_key(&self) -> Key {
+        Key::BackendAdmin {
+            vip: self.vip.clone(),
+            backend: self.name.clone(),
+        }
+    }
+
+    /// The intent key of this backend's operator weight.
+    pub fn weight_key(&self) -> Key {
+        Key::BackendWeight {
+            vip: self.vip.clone(),
+            backend: self.name.clone(),
+        }
+    }
+
+    /// Applies the intent recorded for this backend (admin state, operator
+    /// weight), if any: at start, and when a reload brings the backend (back) into
+    /// service.
+    pub(crate) fn restore(&self, intents: &Intents) {
+        for key in [self.admin_key(), self.weight_key()] {
+            if let Some(e) = intents.get(&key) {
+                self.apply_intent(e, &format!("restored, set on {}", e.origin()));
+            }
+        }
+    }
+
+    /// Applies one intent entry. An operator weight set while the config said
+    /// another weight than it says now is stale: the config changed since, and a
+    /// config change of the weight wins (as it does on a reload), so it is skipped
+    /// with an event.
+    pub fn apply_intent(&self, entry: &Entry, who: &str) {
+        match entry.value {
+            Value::Admin { state } => {
+                let state = AdminState::from_intent(state);
+                if state != self.admin() {
+                    self.set_admin(state, who);
+                }
+            }
+            Value::Weight {
+                weight,
+                config_weight,
+            } => {
+                let now = self.config_weight();
+                if config_weight != now {
+                    self.record_event(format!(
+                        "operator weight {weight} not applied: it was set when the config's weight was {config_weight}, the config now says {now}"
+                    ));
+                } else if let Err(e) = self.set_weight(weight, who) {
+                    tracing::warn!(backend = %self.id(), "stored weight not applied: {e}");
+                }
+            }
+            Value::Vip { .. } | Value::Site { .. } => {}
+        }
     }
 
     /// Active-check health.

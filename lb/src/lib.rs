@@ -40,6 +40,7 @@ use shared::admin::AdminHandler;
 use shared::config::{ProbeConfig, VipConfig, VipMode};
 use shared::events::EventLog;
 use shared::handover::{Carried, CarriedBackend, Inherited, SocketEntry, SocketKind};
+use shared::intent::IntentStore;
 use shared::probe::{BuildError, Probe};
 use shared::status::VipStatus;
 use tokio::net::TcpListener;
@@ -72,6 +73,9 @@ pub struct LbOptions {
     /// Start with listeners held closed to clients until [`Lb::open`] (an upgrade
     /// accepts only once its probes have spoken).
     pub hold_accept: bool,
+    /// Where admin commands record intent and where backends restore it from
+    /// (the process's one store, shared with the gss).
+    pub intents: Arc<IntentStore>,
 }
 
 impl Default for LbOptions {
@@ -80,6 +84,7 @@ impl Default for LbOptions {
             probes: Arc::new(shared::probe::build),
             inherited: None,
             hold_accept: false,
+            intents: Arc::new(IntentStore::memory("local")),
         }
     }
 }
@@ -123,6 +128,7 @@ pub(crate) struct Inner {
     tasks: Tasks,
     accepting: CancellationToken,
     probes: ProbeFactory,
+    pub(crate) intents: Arc<IntentStore>,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
     /// Cancelled once listeners may accept (see [`LbOptions::hold_accept`]).
@@ -227,6 +233,7 @@ impl Lb {
             bgp: Arc::new(bgp::Speaker::new(tasks.clone(), Arc::clone(&events))),
             tasks,
             probes: options.probes,
+            intents: options.intents,
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
             opened,
@@ -512,6 +519,9 @@ impl Lb {
             old: old_slots,
             _serial,
         } = plan;
+        // Held to the snapshot store: an admin command waits, so it finds either
+        // the old backends or the new ones with their intent already restored.
+        let intents = inner.intents.lock();
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
         let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
@@ -533,6 +543,11 @@ impl Lb {
                 if reload {
                     b.record_event("added by reload");
                 }
+                // Before its checker and listener start: a drained backend never
+                // takes a connection after a restart. Carried state (an upgrade) was
+                // applied when the backend was planned; intent from the state file
+                // comes second and wins where they differ.
+                b.restore(&intents);
                 checkers.push(Checker::start(b, probe, probe_cfg, initial, &inner.tasks));
             }
             let pool = Arc::new(Pool::new(
@@ -625,6 +640,7 @@ impl Lb {
             proxies,
             checkers,
         }));
+        drop(intents);
         inner.bgp.wake();
     }
 

@@ -11,6 +11,7 @@ pub mod dnssec;
 pub mod events;
 pub mod handover;
 pub mod health;
+pub mod intent;
 pub mod probe;
 pub mod proxy_protocol;
 pub mod status;

@@ -8,9 +8,8 @@
 //! hash lookup ([`lookup`]) and (for `weighted`) one atomic increment, never a
 //! selection run.
 //!
-//! The SOA serial changes whenever the answers change ([`next_serial`]): the start
-//! of the minute the change took effect, or the previous serial + 1 if that is not
-//! larger.
+//! The SOA serial changes whenever the answers change, by one, from the config's
+//! base and what was served before ([`crate::serial`]); no clock is read.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -28,6 +27,7 @@ use crate::dnssec::KeySet;
 use crate::error::GssError;
 use crate::metrics::QueryCounters;
 use crate::select::{self, HealthView, Outcome, Selection};
+use crate::serial::{self, Served};
 
 pub mod lookup;
 pub mod proof;
@@ -365,6 +365,16 @@ pub struct NameAnswers {
     pub rules: Vec<RuleAnswer>,
 }
 
+impl Zone {
+    /// This rendering's serial and signature, for the next one's serial.
+    pub fn served(&self) -> Served {
+        Served {
+            serial: self.serial,
+            signature: self.signature,
+        }
+    }
+}
+
 /// Everything the server answers from, for one health state.
 #[derive(Debug)]
 pub struct Zone {
@@ -445,7 +455,7 @@ pub fn render(
     now: Instant,
     prev: Option<&Zone>,
 ) -> Zone {
-    render_at(tpl, view, now, prev, unix_now())
+    render_after(tpl, view, now, prev.map(Zone::served))
 }
 
 /// The zone `cfg` serves with every site up, for tools and fuzzing that need
@@ -462,13 +472,13 @@ pub fn render_all_up(cfg: &GssConfig) -> Result<Zone, GssError> {
     Ok(render(tpl, &view, Instant::now(), None))
 }
 
-/// [`render`] with the wall-clock time (unix seconds) given, for the serial.
-pub fn render_at(
+/// [`render`] after the serial and signature that were served last (the zone being
+/// replaced, or what a restart found saved), for the serial ([`serial::next`]).
+pub fn render_after(
     tpl: Arc<ZoneTemplate>,
     view: &HealthView,
     now: Instant,
-    prev: Option<&Zone>,
-    unix: u64,
+    prev: Option<Served>,
 ) -> Zone {
     let mut names = HashMap::new();
     let mut outcomes = Vec::new();
@@ -505,7 +515,7 @@ pub fn render_at(
     outcomes.hash(&mut h);
     tpl.cfg.hash_key().hash(&mut h);
     let signature = h.finish();
-    let serial = next_serial(prev.map(|p| (p.serial, p.signature)), signature, unix);
+    let serial = serial::next(prev, signature, tpl.cfg.soa.serial);
     let soa_cfg = &tpl.cfg.soa;
     let mname = fqdn(&soa_cfg.mname).unwrap_or_else(|_| tpl.origin_name.clone());
     let rname = fqdn(&soa_cfg.rname).unwrap_or_else(|_| tpl.origin_name.clone());
@@ -525,7 +535,7 @@ pub fn render_at(
         soa_rdata,
     );
     let soa_sigs = match &tpl.keys {
-        Some(k) => k.sign(std::slice::from_ref(&soa), unix),
+        Some(k) => k.sign(std::slice::from_ref(&soa), unix_now()),
         None => Vec::new(),
     };
     let neg_soa_sigs = soa_sigs
@@ -566,32 +576,6 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Width of a serial window, in seconds.
-pub const SERIAL_STEP: u64 = 60;
-
-/// The SOA serial for answers with `signature` (a digest of the config parts that show
-/// in answers and of every name's selection) when they took effect at `unix`
-/// seconds, given the serial and signature being replaced.
-///
-/// Same answers, same serial: a re-render that changes nothing keeps it. New answers
-/// get the start of their [`SERIAL_STEP`] window in unix seconds, so every node that
-/// saw the same change in the same minute (nodes probe the same targets on the same
-/// schedule) serves the same serial, never one node's exact clock reading; if that is
-/// not above the old serial (two changes in one window), the old serial + 1, so the
-/// serial always increases (RFC 1982 arithmetic) when answers change. The limits: a
-/// change observed either side of a minute boundary gives two nodes serials one
-/// window apart until the next change, and a node that starts has no history, so it
-/// serves its start window until answers change.
-pub fn next_serial(prev: Option<(u32, u64)>, signature: u64, unix: u64) -> u32 {
-    let window = u32::try_from(unix / SERIAL_STEP * SERIAL_STEP).unwrap_or(u32::MAX);
-    match prev {
-        Some((serial, sig)) if sig == signature => serial,
-        Some((serial, _)) if (window.wrapping_sub(serial) as i32) > 0 => window,
-        Some((serial, _)) => serial.wrapping_add(1),
-        None => window,
-    }
 }
 
 /// A stable key of the config parts that show in answers, so a reload that changes
@@ -704,48 +688,55 @@ mod tests {
 
     #[test]
     fn serial_is_the_same_on_every_node_and_increases_on_change() {
-        // Two nodes: separate templates from the same config, the same health, their
-        // clocks (or moments of noticing) 40 s apart within one minute.
-        let t0 = 1_790_000_000u64 / 60 * 60 + 5;
-        let node = |unix| {
+        // Two nodes: separate templates from the same config and the same health,
+        // rendered at different moments: no clock enters the serial.
+        let node = || {
             let tpl = Arc::new(ZoneTemplate::new(&cfg()).unwrap());
-            render_at(tpl, &view(true, true), Instant::now(), None, unix)
+            render(tpl, &view(true, true), Instant::now(), None)
         };
-        let (a, b) = (node(t0), node(t0 + 40));
+        let a = node();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = node();
         assert_eq!(a.serial, b.serial, "same config and state, same serial");
+        assert_eq!(a.serial, 1, "the config's base");
         assert_eq!(a.signature, b.signature);
-        // Both see dc1 fail a few seconds apart: again the same, and larger.
+        // Both see dc1 fail: again the same, and larger.
         let tpl = a.tpl.clone();
-        let a2 = render_at(
-            tpl.clone(),
-            &view(false, true),
-            Instant::now(),
-            Some(&a),
-            t0 + 600,
-        );
-        let b2 = render_at(
-            b.tpl.clone(),
-            &view(false, true),
-            Instant::now(),
-            Some(&b),
-            t0 + 607,
-        );
+        let a2 = render(tpl.clone(), &view(false, true), Instant::now(), Some(&a));
+        let b2 = render(b.tpl.clone(), &view(false, true), Instant::now(), Some(&b));
         assert_eq!(a2.serial, b2.serial);
         assert!(a2.serial > a.serial);
-        // Back to the first answers within the same minute: still increasing.
-        let a3 = render_at(
-            tpl.clone(),
+        // Back to the first answers: still increasing.
+        let a3 = render(tpl.clone(), &view(true, true), Instant::now(), Some(&a2));
+        assert!(a3.serial > a2.serial, "{} !> {}", a3.serial, a2.serial);
+        // Nothing changed: nothing moves.
+        let a4 = render(tpl, &view(true, true), Instant::now(), Some(&a3));
+        assert_eq!(a4.serial, a3.serial);
+        // A restart that finds a3's serial saved, with the same answers, keeps it.
+        let restarted = render_after(
+            Arc::new(ZoneTemplate::new(&cfg()).unwrap()),
             &view(true, true),
             Instant::now(),
-            Some(&a2),
-            t0 + 610,
+            Some(a3.served()),
         );
-        assert!(a3.serial > a2.serial, "{} !> {}", a3.serial, a2.serial);
-        // Nothing changed: nothing moves, whatever the clock says.
-        let a4 = render_at(tpl, &view(true, true), Instant::now(), Some(&a3), t0 + 9999);
-        assert_eq!(a4.serial, a3.serial);
-        // RFC 1982: increasing across the 2^32 wrap too.
-        assert_eq!(next_serial(Some((u32::MAX, 1)), 2, 0), 0);
+        assert_eq!(restarted.serial, a3.serial);
+    }
+
+    #[test]
+    fn a_newer_config_serial_base_is_taken() {
+        let mut c = cfg();
+        c.soa.serial = 2_026_112_900;
+        let z = render(
+            Arc::new(ZoneTemplate::new(&c).unwrap()),
+            &view(true, true),
+            Instant::now(),
+            None,
+        );
+        assert_eq!(z.serial, 2_026_112_900);
+        match &z.soa.data {
+            RData::SOA(soa) => assert_eq!(soa.serial, 2_026_112_900),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

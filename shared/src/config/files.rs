@@ -27,6 +27,9 @@ pub(crate) enum FileKind {
     OcspResponse,
     /// A shared secret (`cluster.secret_file`).
     Secret,
+    /// A directory the process writes its state file into (`state_dir`): an
+    /// existing writable directory, or one that can be created.
+    StateDir,
 }
 
 /// One file reference: where the config names it and what it must hold.
@@ -160,6 +163,54 @@ fn check_file(path: &Path, kind: FileKind) -> Result<(), String> {
         FileKind::Secret => crate::cluster::load_secret(path)
             .map(drop)
             .map_err(|e| e.reason()),
+        FileKind::StateDir => check_state_dir(path),
+    }
+}
+
+/// A `state_dir` is usable when it is a directory this user may write, or when it
+/// is missing and its nearest existing ancestor is such a directory (`run` creates
+/// it). Checked the way `run` will use it, so a typo'd or read-only path is found
+/// by `check`, not at the first drain.
+fn check_state_dir(path: &Path) -> Result<(), String> {
+    let writable = |p: &Path| {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: access(2) only reads the NUL-terminated path we own.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    };
+    let mut p = path;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if !m.is_dir() && p == path => return Err("exists and is not a directory".into()),
+            Ok(m) if !m.is_dir() => {
+                return Err(format!(
+                    "cannot be created: {} is not a directory",
+                    p.display()
+                ))
+            }
+            Ok(_) if writable(p) => return Ok(()),
+            Ok(_) if p == path => return Err("is not writable by this user".into()),
+            Ok(_) => {
+                return Err(format!(
+                    "does not exist and cannot be created: {} is not writable by this user",
+                    p.display()
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 

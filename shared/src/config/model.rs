@@ -22,6 +22,10 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// How long shutdown waits for established connections before exiting.
     pub drain_timeout: Duration,
+    /// Where admin intent (drain, maint, weights, site overrides) is kept across
+    /// restarts, resolved against the config file's directory; `None`: intent lasts
+    /// as long as the process.
+    pub state_dir: Option<PathBuf>,
     /// Load-balanced VIPs (the lb role); empty means the lb role does not run.
     pub vips: Vec<VipConfig>,
     /// The DNS global site selector role, when configured.
@@ -627,9 +631,13 @@ impl KeyState {
     }
 }
 
-/// SOA fields beyond the serial (which the gss derives from answer changes).
+/// SOA fields. The served serial is the gss's own (it counts answer changes); the
+/// config only gives its floor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoaConfig {
+    /// The serial base: the first serial a gss with no saved serial serves, and a
+    /// floor the served serial jumps to when it is newer (RFC 1982) than it.
+    pub serial: u32,
     /// Primary master name (default: first nameserver).
     pub mname: String,
     /// Responsible mailbox in domain form (default `hostmaster.ZONE`).
@@ -651,6 +659,7 @@ impl SoaConfig {
     /// passes the first nameserver), `hostmaster.ZONE`, and the documented timers.
     pub fn defaults(zone: &str, mname: String) -> SoaConfig {
         SoaConfig {
+            serial: 1,
             mname,
             rname: format!("hostmaster.{zone}"),
             refresh: 3600,

@@ -25,6 +25,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<S<RawAdmin>>,
     pub http: Option<S<RawHttp>>,
     pub drain_timeout: O<toml::Value>,
+    pub state_dir: O<String>,
     #[serde(default)]
     pub vip: Vec<S<RawVip>>,
     pub gss: Option<S<RawGss>>,
@@ -265,6 +266,7 @@ pub(crate) struct RawDnssecKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSoa {
+    pub serial: O<i64>,
     pub mname: O<String>,
     pub rname: O<String>,
     pub refresh: O<i64>,

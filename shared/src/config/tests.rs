@@ -202,6 +202,7 @@ ttl = 5
     assert_eq!(g.soa.rname, "dns.example.test");
     assert_eq!(g.soa.minimum, 60);
     assert_eq!(g.soa.ttl, 3600);
+    assert_eq!(g.soa.serial, 1, "serial base default");
     assert_eq!(g.records.len(), 3);
     assert_eq!(g.records[0].fqdn, "gslb.example.test");
     assert_eq!(g.records[0].rtype, "MX");
@@ -375,7 +376,7 @@ fn unknown_key_with_multiline_value_stops_there() {
     // syntax errors, so only the unknown key is reported.
     let text = "bogus = [\n  1,\n]\n[[vip]]\nname = 5\n";
     let errs = errors(text);
-    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `vip`, `gss`, `bgp`, `cluster`".to_string()]);
+    assert_eq!(errs, vec!["1:1: unknown field `bogus`, expected one of `admin`, `http`, `drain_timeout`, `state_dir`, `vip`, `gss`, `bgp`, `cluster`".to_string()]);
 }
 
 #[test]
@@ -668,6 +669,21 @@ fn gss_rules() {
         "6:19",
         "soa minimum (90000) is above 86400",
     );
+    let with_serial = |v: &str| {
+        GSS.replace(
+            "[[gss.site]]\nname = \"dc1\"",
+            &format!("soa = {{ serial = {v} }}\n[[gss.site]]\nname = \"dc1\""),
+        )
+    };
+    let g = parse_ok(&with_serial("2026112901")).gss.unwrap();
+    assert_eq!(g.soa.serial, 2_026_112_901);
+    for bad in ["-1", "4294967296"] {
+        expect_err(
+            &with_serial(bad),
+            "6:18",
+            &format!("soa serial must be between 0 and 4294967295, got {bad}"),
+        );
+    }
     expect_err(
         &GSS.replace("5353", "53x"),
         "2:10",
@@ -1563,4 +1579,46 @@ fn cluster_errors_name_line_and_column() {
         "19:1",
         "stale_afterr",
     );
+}
+
+#[test]
+fn state_dir_is_relative_to_the_config_file() {
+    let cfg = format!("state_dir = \"state\"\n{VIP}");
+    let c = parse(&cfg, Path::new("/etc/portico/portico.toml")).unwrap();
+    assert_eq!(c.state_dir, Some(PathBuf::from("/etc/portico/state")));
+    let c = parse(
+        &cfg.replace("\"state\"", "\"/var/lib/portico\""),
+        Path::new("/etc/p.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/portico")));
+    assert_eq!(parse_ok(VIP).state_dir, None);
+    expect_err(
+        &format!("state_dir = \"\"\n{VIP}"),
+        "1:13",
+        "state_dir must not be empty",
+    );
+}
+
+#[test]
+fn load_checks_state_dir_at_its_line() {
+    let pki = crate::testing::tls::TestPki::new(&["localhost"]);
+    let dir = pki.dir();
+    // Missing but creatable, and existing: both fine.
+    for d in [dir.join("new/state"), dir.to_path_buf()] {
+        let text = format!("state_dir = \"{}\"\n{VIP}", d.display());
+        load_text(&text, Path::new("t.toml")).expect("usable state_dir");
+    }
+    // A file where the directory should be, or under it.
+    let text = format!("state_dir = \"{}\"\n{VIP}", pki.cert_path().display());
+    let errs = load_errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("1:13: state_dir \"")
+            && errs[0].ends_with("exists and is not a directory"),
+        "{errs:#?}"
+    );
+    let text = format!("state_dir = \"{}/below\"\n{VIP}", pki.cert_path().display());
+    let errs = load_errors(&text);
+    assert!(errs[0].contains("is not a directory"), "{errs:#?}");
 }

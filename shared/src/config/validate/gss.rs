@@ -297,6 +297,19 @@ impl Validator<'_> {
             }
         }
         const MAX: i64 = 2_147_483_647;
+        if let Some(v) = &r.serial {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) => soa.serial = n,
+                Err(_) => self.err(
+                    v.span(),
+                    format!(
+                        "soa serial must be between 0 and {}, got {}",
+                        u32::MAX,
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
         soa.refresh = self.opt_int(&r.refresh, "soa refresh", 1, MAX, soa.refresh);
         soa.retry = self.opt_int(&r.retry, "soa retry", 1, MAX, soa.retry);
         soa.expire = self.opt_int(&r.expire, "soa expire", 1, MAX, soa.expire);

@@ -419,6 +419,18 @@ impl<'a> Validator<'a> {
         });
         let drain_timeout =
             self.opt_duration(&raw.drain_timeout, Duration::from_secs(30), "drain_timeout");
+        let state_dir = raw.state_dir.as_ref().map(|d| {
+            let dir = self.path(d, "state_dir");
+            // Relative to the config file, so a restart from another working
+            // directory finds the same intent.
+            let dir = match path.parent() {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir,
+            };
+            self.files
+                .add(&dir, d.span(), "state_dir", FileKind::StateDir);
+            dir
+        });
 
         let mut vips = Vec::new();
         let mut seen = HashSet::new();
@@ -455,6 +467,7 @@ impl<'a> Validator<'a> {
             admin,
             http,
             drain_timeout,
+            state_dir,
             vips,
             gss,
             bgp,
