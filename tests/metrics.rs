@@ -243,24 +243,10 @@ max_connections = 1
 backends = [ {{ name = "w1", address = "{closed}" }} ]
 probe = {probe}
 
-[gss]
-listen = "127.0.0.1:{dns}"
-zone = "gslb.example.test"
-nameservers = ["ns1.gslb.example.test"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ {{ kind = "tcp", address = "{ka}" }} ]
-probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[gss.name]]
-name = "smtp"
-sites = ["dc1"]
-answers = {{ dc1 = ["192.0.2.1"] }}
-"#,
+{gss}"#,
+        gss = common::one_site_gss(dns, keepalive.addr, "smtp", "192.0.2.1"),
         sock = dir.path("admin.sock").display(),
         le = limited_echo.addr,
-        ka = keepalive.addr,
     );
     let p = Portico::start(&dir, &config);
     let status = SocketAddr::from(([127, 0, 0, 1], http));

@@ -57,25 +57,11 @@ listen = "127.0.0.1:{vip}"
 backends = [ {{ name = "e1", address = "{a1}" }}, {{ name = "e2", address = "{a2}" }} ]
 probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
 
-[gss]
-listen = "127.0.0.1:{dns}"
-zone = "gslb.example.test"
-nameservers = ["ns1.gslb.example.test"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ {{ kind = "tcp", address = "{ka}" }} ]
-probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[gss.name]]
-name = "imap"
-sites = ["dc1"]
-answers = {{ dc1 = ["192.0.2.10"] }}
-"#,
+{gss}"#,
+        gss = common::one_site_gss(dns, keepalive.addr, "imap", "192.0.2.10"),
         sock = dir.path("admin.sock").display(),
         a1 = e1.addr,
         a2 = e2.addr,
-        ka = keepalive.addr,
     );
     let p = Portico::start(&dir, &config);
     let backend_state = |name: &str| {

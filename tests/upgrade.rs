@@ -39,21 +39,8 @@ listen = "127.0.0.1:{vip}"
 backends = [ {{ name = "e1", address = "{e1}" }}, {{ name = "e2", address = "{e2}" }} ]
 probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
 
-[gss]
-listen = "127.0.0.1:{dns}"
-zone = "gslb.example.test"
-nameservers = ["ns1.gslb.example.test"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ {{ kind = "tcp", address = "{ka}" }} ]
-probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[gss.name]]
-name = "mx"
-sites = ["dc1"]
-answers = {{ dc1 = ["192.0.2.25"] }}
-"#,
+{gss}"#,
+        gss = common::one_site_gss(dns, ka, "mx", "192.0.2.25"),
         sock = dir.path("admin.sock").display(),
     )
 }

@@ -505,3 +505,27 @@ impl SlowHttp {
         let _ = self.release.send(());
     }
 }
+
+/// A `[gss]` section listening on `dns` with one site, `dc1`, kept alive by a TCP
+/// keepalive to `keepalive` (200 ms probes, fall 2), and the site-selected `name`
+/// answering `answer` there: the smallest gss most end-to-end tests need.
+pub fn one_site_gss(dns: u16, keepalive: SocketAddr, name: &str, answer: &str) -> String {
+    format!(
+        r#"
+[gss]
+listen = "127.0.0.1:{dns}"
+zone = "gslb.example.test"
+nameservers = ["ns1.gslb.example.test"]
+
+[[gss.site]]
+name = "dc1"
+keepalives = [ {{ kind = "tcp", address = "{keepalive}" }} ]
+probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
+
+[[gss.name]]
+name = "{name}"
+sites = ["dc1"]
+answers = {{ dc1 = ["{answer}"] }}
+"#
+    )
+}
