@@ -145,11 +145,17 @@ failback_after = "1s"
 
 /// A running lab: the namespaces, one Portico per node, and a DNS client socket in
 /// each serving site (queries stay inside their own site, so cuts do not touch them).
+/// One lab at a time: each runs several Portico processes whose 400 ms probe timeouts
+/// are the behaviour under test, and two labs at once on a small machine starve them
+/// into real (and correct) failovers that these tests would read as split answers.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Running {
-    // Dropped first: the processes, then the lab's namespaces.
+    // Dropped first: the processes, then the lab's namespaces, then the turn.
     nodes: Vec<(&'static str, Portico, TempDir)>,
     clients: Vec<(&'static str, UdpSocket)>,
     lab: Lab,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Running {
@@ -163,6 +169,7 @@ impl Running {
         quorum: Option<u32>,
         timing: (Duration, Duration),
     ) -> Option<Running> {
+        let turn = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
         let members: Vec<&Node> = SITES.iter().filter(|s| names.contains(&s.name)).collect();
         let lab_sites: Vec<(&str, Ipv4Addr)> = members.iter().map(|m| (m.name, m.addr)).collect();
         let mut links = Vec::new();
@@ -188,6 +195,7 @@ impl Running {
             nodes,
             clients,
             lab,
+            _turn: turn,
         })
     }
 
