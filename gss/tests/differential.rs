@@ -106,24 +106,6 @@ fn zone_file(cfg: &GssConfig) -> String {
     z
 }
 
-fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
-fn find(bin: &str, package: &str) -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(bin);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    if on_ci() {
-        panic!("{bin} is required under CI; .ci/run installs {package}");
-    }
-    eprintln!("skipping {bin}: not installed (apt-get install {package}, or run .ci/run)");
-    None
-}
-
 /// A reference server in the foreground with its own config dir, killed on drop.
 struct Reference {
     name: &'static str,
@@ -582,7 +564,7 @@ async fn gss_answers_as_nsd_and_knot_do() {
     let cfg = gss_config();
     let mut references = Vec::new();
     for (name, bin, package) in [("nsd", "nsd", "nsd"), ("knot", "knotd", "knot")] {
-        if let Some(path) = find(bin, package) {
+        if let Some(path) = find_tool(bin, package) {
             references.push(start_reference(name, &path, &cfg).await);
         }
     }

@@ -324,24 +324,6 @@ async fn signatures_are_refreshed_before_expiry_on_a_running_gss() {
 
 // ---- real validators ------------------------------------------------------------
 
-fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
-fn find(bin: &str, package: &str) -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(bin);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    if on_ci() {
-        panic!("{bin} is required under CI; .ci/run installs {package}");
-    }
-    eprintln!("skipping: {bin} is not installed (apt-get install {package}, or run .ci/run)");
-    None
-}
-
 fn free_port() -> u16 {
     loop {
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -407,7 +389,7 @@ impl Unbound {
     }
 
     async fn start_with(gss: SocketAddr, anchor: &str) -> Option<Unbound> {
-        let bin = find("unbound", "unbound")?;
+        let bin = find_tool("unbound", "unbound")?;
         let dir = Dir::new("unbound");
         let d = dir.0.display().to_string();
         let port = free_port();
@@ -624,7 +606,7 @@ async fn zsk_rollover_keeps_every_answer_validating() {
 /// answers, before and after a failover.
 #[tokio::test]
 async fn delv_validates_answers_before_and_after_a_failover() {
-    let Some(delv) = find("delv", "bind9-dnsutils") else {
+    let Some(delv) = find_tool("delv", "bind9-dnsutils") else {
         return;
     };
     let (g, s, _) = start_gss(&zone_cfg(Some(dnssec(ksk_zsk())))).await;

@@ -254,3 +254,25 @@ pub async fn wait_answer(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Under CI (`CI` set and not `false`) a missing real peer fails the test instead of
+/// skipping it.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// A real peer's binary from Debian (`package` names what `.ci/run` installs); `None`
+/// skips the test locally, and under CI a missing binary panics.
+pub fn find_tool(bin: &str, package: &str) -> Option<std::path::PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
+        let p = std::path::Path::new(dir).join(bin);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if on_ci() {
+        panic!("{bin} is required under CI; .ci/run installs {package}");
+    }
+    eprintln!("skipping: {bin} is not installed (apt-get install {package}, or run .ci/run)");
+    None
+}
