@@ -526,14 +526,16 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         _ = int.recv() => None,
         _ = stop.cancelled() => None,
     };
-    let Some(all) = first else {
+    // Stopped before the first verdicts: a successor has accepted nothing and leaves
+    // its predecessor alone; a plain start has been accepting all along, so it drains
+    // its sessions like any other stop (cutting them here lost them, seen in CI).
+    if first.is_none() && predecessor.is_some() {
         drop(socket_guards);
-        // Stopped before serving: a successor leaves its predecessor alone.
         app.lb.shutdown().await;
         background.cancel();
         return Ok(());
-    };
-    if !all {
+    }
+    if first == Some(false) {
         tracing::warn!("not every backend had a probe verdict in time; ready anyway");
     }
     if let Some(p) = predecessor {
@@ -552,16 +554,17 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!("portico running (upgraded)");
         crate::notify::main_pid();
     }
-    app.lb.configure_bgp(config.bgp.as_ref());
     let _socket_guards = socket_guards;
-
-    if let Some(tx) = ready {
-        let _ = tx.send(());
+    if first.is_some() {
+        app.lb.configure_bgp(config.bgp.as_ref());
+        if let Some(tx) = ready {
+            let _ = tx.send(());
+        }
+        app.set_readiness(Readiness::Ready);
+        crate::notify::ready("serving");
     }
-    app.set_readiness(Readiness::Ready);
-    crate::notify::ready("serving");
     let mut handed_over = None;
-    loop {
+    while first.is_some() {
         tokio::select! {
             _ = hup.recv() => {
                 if let Err(e) = app.reload("SIGHUP").await {

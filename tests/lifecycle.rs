@@ -83,6 +83,54 @@ fn sigterm_waits_for_open_sessions_then_exits_zero() {
     assert!(!sock.exists(), "admin socket removed on exit");
 }
 
+/// A SIGTERM that arrives before every probe has its first verdict (here a backend
+/// that accepts but never greets holds them for seconds) still drains: a plain start
+/// accepts from its first moment, so its sessions are as real as later ones. It used to
+/// cut them at once, which CI caught as a race in the test above.
+#[test]
+fn sigterm_before_the_first_verdicts_still_drains() {
+    let echo = Echo::start();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("termearly");
+    let (port, mute_port) = (free_port(), free_port());
+    let sock = dir.path("admin.sock");
+    let mute = format!(
+        "\n[[vip]]\nname = \"mute\"\nlisten = \"127.0.0.1:{mute_port}\"\nbackends = [ {{ name = \"m1\", address = \"{}\" }} ]\nprobe = {{ kind = \"smtp\", interval = \"10s\", timeout = \"8s\", rise = 1, fall = 1 }}\n",
+        silent.local_addr().unwrap()
+    );
+    let cfg = config(
+        &sock.display().to_string(),
+        &(tcp_vip("echo", port, &[("e1", echo.addr, 1)]) + &mute),
+    );
+    let mut p = Portico::start(&dir, &cfg);
+    wait_backends_up(&p, "echo", 1);
+    let still_pending = p.ctl("show backends mute");
+    assert!(
+        still_pending.trim_end().ends_with("pending"),
+        "the mute backend already has a verdict: {still_pending}"
+    );
+    let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(echo_roundtrip(&mut session, b"before\n"));
+    p.signal(libc::SIGTERM);
+    let refused = poll(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
+    });
+    assert!(refused.is_some(), "still accepting after SIGTERM");
+    assert!(
+        echo_roundtrip(&mut session, b"during drain\n"),
+        "the session was cut\n{}",
+        p.log_text()
+    );
+    assert!(p.child.try_wait().unwrap().is_none());
+    drop(session);
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the session closes");
+    assert!(status.success(), "{status}\n{}", p.log_text());
+}
+
 #[test]
 fn drain_timeout_bounds_the_wait() {
     let echo = Echo::start();
