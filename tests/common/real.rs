@@ -1,5 +1,6 @@
 //! Real daemons from Debian packages for the end-to-end tests, each in its own temp
-//! dir and process group: Dovecot IMAP behind PROXY v2 and nginx webmail backends.
+//! dir and process group: Postfix, Dovecot IMAP behind PROXY v2 and nginx webmail
+//! backends.
 //! Postfix and Dovecot drop privileges, so their directories must be traversable.
 
 use std::net::SocketAddr;
@@ -52,6 +53,213 @@ pub fn make_traversable(p: &Path, base: &Path) {
                 mode & 0o7777
             );
         }
+    }
+}
+
+/// Changes a path's owner (Postfix checks that its queue and data directories belong
+/// to its own user).
+pub fn chown(p: &Path, user: &str, group: &str) {
+    let st = Command::new("chown")
+        .arg(format!("{user}:{group}"))
+        .arg(p)
+        .status()
+        .expect("run chown");
+    assert!(st.success(), "chown {user}:{group} {}", p.display());
+}
+
+/// A real Postfix: `master` in the foreground on a main.cf/master.cf written into the
+/// test's temp dir, with its own queue directory, logging to a file; nothing in /etc
+/// is touched.
+pub struct Postfix {
+    pub port: u16,
+    pub maillog: PathBuf,
+    pub root: PathBuf,
+    group: Daemon,
+}
+
+const POSTFIX_SERVICES: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+const QUEUE_DIRS: [&str; 14] = [
+    "pid", "public", "private", "maildrop", "incoming", "active", "deferred", "bounce", "defer",
+    "trace", "flush", "saved", "hold", "corrupt",
+];
+
+/// What differs between the Postfix instances the tests run.
+pub struct PostfixSetup<'a> {
+    /// `smtpd` listeners (`ADDR:PORT`), one master.cf `inet` line each.
+    pub listen: &'a [String],
+    /// main.cf lines appended after the defaults (a later line overrides an earlier one).
+    pub main_cf: &'a str,
+    /// A command the master runs under, e.g. `ip netns exec NS`.
+    pub exec_prefix: &'a [String],
+}
+
+impl Postfix {
+    /// A Postfix whose `smtpd` on 127.0.0.1 requires the PROXY protocol and that
+    /// delivers everything to `discard:`; `None` (skip) when it is not installed.
+    pub fn start(dir: &TempDir, name: &str) -> Option<Postfix> {
+        let port = free_port();
+        let listen = [format!("127.0.0.1:{port}")];
+        let pf = Postfix::start_with(
+            dir,
+            name,
+            &PostfixSetup {
+                listen: &listen,
+                main_cf:
+                    "smtpd_upstream_proxy_protocol = haproxy\nsmtpd_upstream_proxy_timeout = 10s\n",
+                exec_prefix: &[],
+            },
+        )?;
+        assert!(
+            wait_listening(pf.addr(), Duration::from_secs(15)),
+            "postfix {name} did not listen on {port}:\nmaillog:\n{}\nstderr:\n{}",
+            pf.log(),
+            read_file(&pf.root.join("master.stderr"))
+        );
+        Some(pf)
+    }
+
+    /// Starts the master under `dir/name` as `setup` says, without waiting for its
+    /// listeners (the caller knows where they are reachable from). The default main.cf
+    /// accepts mail for example.test from loopback and discards it; `setup.main_cf`
+    /// overrides any of it.
+    pub fn start_with(dir: &TempDir, name: &str, setup: &PostfixSetup) -> Option<Postfix> {
+        let master = PathBuf::from("/usr/lib/postfix/sbin/master");
+        if !master.exists() {
+            // tool() panics under CI, skips otherwise.
+            tool("postfix")?;
+            panic!("postfix is installed but {} is missing", master.display());
+        }
+        need_root("postfix")?;
+        let root = dir.path(name);
+        let conf = root.join("conf");
+        let data = root.join("data");
+        let queue = root.join("queue");
+        for d in [&root, &conf, &data, &queue] {
+            std::fs::create_dir_all(d).unwrap();
+            chmod(d, 0o755);
+        }
+        make_traversable(&root, &dir.0);
+        chown(&data, "postfix", "root");
+        chmod(&data, 0o700);
+        for q in QUEUE_DIRS {
+            let p = queue.join(q);
+            std::fs::create_dir_all(&p).unwrap();
+            match q {
+                "pid" => chmod(&p, 0o755),
+                "public" | "maildrop" => {
+                    chown(&p, "postfix", "postdrop");
+                    chmod(&p, 0o730);
+                }
+                _ => {
+                    chown(&p, "postfix", "root");
+                    chmod(&p, 0o700);
+                }
+            }
+        }
+        let maillog = root.join("maillog");
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "\
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {name}.example.test
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mydestination = example.test
+mynetworks = 127.0.0.0/8
+local_recipient_maps =
+local_transport = discard:
+default_transport = discard:
+relay_transport = discard:
+alias_maps =
+alias_database =
+biff = no
+smtpd_peername_lookup = no
+maillog_file = {maillog}
+maillog_file_prefixes = {prefix}
+compatibility_level = 3.6
+{extra}",
+                queue = queue.display(),
+                data = data.display(),
+                maillog = maillog.display(),
+                prefix = dir.0.display(),
+                extra = setup.main_cf,
+            ),
+        )
+        .unwrap();
+        let inet: String = setup
+            .listen
+            .iter()
+            .map(|l| format!("{l} inet n - n - - smtpd\n"))
+            .collect();
+        std::fs::write(conf.join("master.cf"), format!("{inet}{POSTFIX_SERVICES}")).unwrap();
+        let port = setup
+            .listen
+            .first()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let stderr = std::fs::File::create(root.join("master.stderr")).unwrap();
+        let mut cmd = match setup.exec_prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&master);
+                c
+            }
+            None => Command::new(&master),
+        };
+        let group = Daemon::spawn(
+            cmd.arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        );
+        Some(Postfix {
+            port,
+            maillog,
+            root,
+            group,
+        })
+    }
+
+    /// The first listener, on 127.0.0.1.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        read_file(&self.maillog)
+    }
+
+    pub fn kill_hard(&mut self) {
+        self.group.kill_hard();
     }
 }
 
