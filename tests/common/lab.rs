@@ -274,6 +274,31 @@ impl Lab {
         ]
     }
 
+    /// Adds another address to site `name`'s `lo` (a second service address).
+    pub fn add_addr(&self, name: &str, addr: Ipv4Addr) {
+        let ns = &self.site(name).ns;
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Gives programs run through [`Lab::exec_prefix`] in site `name` their own
+    /// /etc/resolv.conf (`ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over
+    /// it), so real mail software resolves through a resolver the test runs there.
+    pub fn set_resolv_conf(&self, name: &str, text: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(&self.site(name).ns);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(dir.join("resolv.conf"), text).expect("write resolv.conf");
+    }
+
     /// A UDP socket bound inside site `name`'s namespace (a socket keeps the
     /// namespace it was created in, so the test's threads can use it directly).
     pub fn udp_socket(&self, name: &str) -> UdpSocket {
@@ -296,6 +321,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for s in &self.sites {
             let _ = run(&["ip", "netns", "delete", &s.ns]);
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&s.ns));
         }
     }
 }
