@@ -445,3 +445,70 @@ fn soa_serial_agrees_across_nodes_increases_on_change_and_survives_restart() {
     assert_eq!(a.ctl("reload"), "ok\n");
     assert_eq!(soa_serial(sa, zone), Some(2_026_112_900));
 }
+
+/// Two gss nodes of one cluster whose histories differ (node a saw a failover and
+/// its failback before node b started) serve the same answers, so within a gossip
+/// round they serve the same serial: b follows a's newer serial for those answers.
+/// The next change moves both past it, to one serial.
+#[test]
+fn soa_serial_converges_across_a_cluster_after_different_histories() {
+    let (e1, e2) = (Echo::start(), Echo::start());
+    let zone = "gslb.example.test.";
+    let (da, db) = (TempDir::new("cserial-a"), TempDir::new("cserial-b"));
+    let (pa, pb) = (free_udp_tcp_port(), free_udp_tcp_port());
+    let (ga, gb) = (free_udp_tcp_port(), free_udp_tcp_port());
+    let secret = da.path("cluster.key");
+    std::fs::write(&secret, "serial-secret-0123456789abcdef\n").unwrap();
+    let cluster = |node: &str| {
+        format!(
+            "[cluster]\nid = \"serial\"\nnode = \"{node}\"\nsecret_file = \"{}\"\ngossip_interval = \"100ms\"\nstale_after = \"1s\"\n\n[[cluster.member]]\nid = \"a\"\naddress = \"127.0.0.1:{ga}\"\n\n[[cluster.member]]\nid = \"b\"\naddress = \"127.0.0.1:{gb}\"\n\n",
+            secret.display()
+        )
+    };
+    // quorum = 1: each node decides on its own view, so a runs (and fails over)
+    // alone before b exists.
+    let node = |dir: &TempDir, dns: u16, name: &str| {
+        gss_node(dir, dns, &e1, &e2, "quorum = 1") + "\n" + &cluster(name)
+    };
+    let (sa, sb): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
+    let a = Portico::start(&da, &node(&da, pa, "a"));
+    assert_eq!(soa_serial(sa, zone), Some(1));
+    assert_eq!(a.ctl("site down dc1"), "ok\n");
+    assert_eq!(a.ctl("site auto dc1"), "ok\n");
+    let a_serial = soa_serial(sa, zone).unwrap();
+    assert_eq!(a_serial, 3, "two answer changes on a");
+
+    // b starts with no history: the base serial, the same answers as a.
+    let b = Portico::start(&db, &node(&db, pb, "b"));
+    let joined = poll(Duration::from_secs(10), || {
+        (soa_serial(sb, zone) == Some(a_serial)).then_some(())
+    });
+    assert!(
+        joined.is_some(),
+        "b serves {:?}, a {a_serial}\n{}",
+        soa_serial(sb, zone),
+        b.ctl("show cluster")
+    );
+    assert_eq!(soa_serial(sa, zone), Some(a_serial), "a never goes back");
+
+    // dc1's keepalive target dies: both fail over, past a's serial, to one serial.
+    drop(e1);
+    let moved = poll(Duration::from_secs(10), || {
+        let (x, y) = (soa_serial(sa, zone)?, soa_serial(sb, zone)?);
+        (x == y && x > a_serial).then_some(x)
+    });
+    assert_eq!(
+        moved,
+        Some(a_serial + 1),
+        "a {:?}, b {:?}",
+        soa_serial(sa, zone),
+        soa_serial(sb, zone)
+    );
+    assert_eq!(
+        query_a(sa, "smtp.gslb.example.test"),
+        query_a(sb, "smtp.gslb.example.test")
+    );
+}

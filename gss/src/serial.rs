@@ -1,22 +1,27 @@
 //! The SOA serial, derived from the config and the answer state, never from a
-//! clock, and kept across restarts in `state_dir`.
+//! clock, kept across restarts in `state_dir` and agreed across a cluster.
 //!
 //! The rule ([`next`]): a gss serves the config's `soa.serial` base (1 by default)
 //! until its answers first change; every change of the answers (the signature of
-//! every name's selection and of the config parts that show in answers) adds one;
-//! a re-render with the same answers keeps the serial; a base that is newer (RFC
-//! 1982) than the serial so reached replaces it, so an operator can move every node
-//! to a chosen serial with one config change. With `state_dir` the (serial,
-//! signature) served last is saved ([`SerialFile`]) and is where a restart starts:
-//! the same answers after the restart keep the serial, other answers count as one
-//! change. So nodes with the same config that see the same sequence of answer
-//! changes serve the same serial, a restart changes nothing, and the serial always
-//! increases when answers change.
+//! every name's selection and of the config parts that show in answers) moves the
+//! serial past every serial this node and its cluster peers serve, unless a peer
+//! already serves these very answers under a newer serial, which is then taken; a
+//! re-render with the same answers keeps the serial, except that a peer serving the
+//! same answers under a newer serial is followed; a base that is newer (RFC 1982)
+//! than the serial so reached replaces it, so an operator can move every node to a
+//! chosen serial with one config change. With `state_dir` the (serial, signature)
+//! served last is saved ([`SerialFile`]) and is where a restart starts.
 //!
-//! The limits: nodes whose health saw different sequences (one node saw a flap the
-//! other missed) differ by the number of extra changes until an operator raises
-//! `soa.serial` above both; the signature is a std `DefaultHasher` digest, stable
-//! for one build, so an upgrade may count as one change.
+//! So the serial always increases when answers change, a restart changes nothing,
+//! and gss nodes in one cluster that serve the same answers converge on the same
+//! serial within a gossip round even when their histories differ (one saw a flap the
+//! other missed, one restarted without its state): each publishes `(serial,
+//! signature)` and the newest serial for a signature wins everywhere. Without a
+//! cluster, nodes that saw different histories differ by the extra changes until an
+//! operator raises `soa.serial` above both. The signature is a std `DefaultHasher`
+//! digest, stable for one build, so nodes running different builds (mid-upgrade)
+//! only stop following each other's serial for the same answers; each still only
+//! increases.
 
 use std::path::{Path, PathBuf};
 
@@ -36,19 +41,43 @@ pub fn newer(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) > 0
 }
 
-/// The serial for answers with `signature`, given what was served before (if
-/// anything) and the config's base. See the module doc for the rule.
-pub fn next(prev: Option<Served>, signature: u64, base: u32) -> u32 {
-    let serial = match prev {
+/// The newer of two serials (RFC 1982).
+fn newest(a: u32, b: u32) -> u32 {
+    if newer(b, a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The serial for answers with `signature`, given what this node served before (if
+/// anything), what its cluster peers serve, and the config's base. See the module
+/// doc for the rule.
+pub fn next(prev: Option<Served>, signature: u64, base: u32, peers: &[Served]) -> u32 {
+    let same = peers
+        .iter()
+        .filter(|q| q.signature == signature)
+        .map(|q| q.serial)
+        .reduce(newest);
+    let mut serial = match prev {
         Some(p) if p.signature == signature => p.serial,
-        Some(p) => p.serial.wrapping_add(1),
+        // Answers changed: a peer that got here first names the serial; otherwise
+        // one past everything served anywhere, so no node's next change can land
+        // on a serial another node already used for other answers.
+        Some(p) => match same.filter(|&s| newer(s, p.serial)) {
+            Some(s) => s,
+            None => peers
+                .iter()
+                .map(|q| q.serial)
+                .fold(p.serial, newest)
+                .wrapping_add(1),
+        },
         None => base,
     };
-    if newer(base, serial) {
-        base
-    } else {
-        serial
+    if let Some(s) = same {
+        serial = newest(serial, s);
     }
+    newest(serial, base)
 }
 
 /// The file's name inside `state_dir`.
@@ -136,11 +165,15 @@ mod tests {
 
     #[test]
     fn base_then_one_per_change() {
-        assert_eq!(next(None, 7, 1), 1);
-        assert_eq!(next(served(1, 7), 7, 1), 1, "same answers, same serial");
-        assert_eq!(next(served(1, 7), 8, 1), 2);
+        assert_eq!(next(None, 7, 1, &[]), 1);
         assert_eq!(
-            next(served(2, 8), 7, 1),
+            next(served(1, 7), 7, 1, &[]),
+            1,
+            "same answers, same serial"
+        );
+        assert_eq!(next(served(1, 7), 8, 1, &[]), 2);
+        assert_eq!(
+            next(served(2, 8), 7, 1, &[]),
             3,
             "back to old answers still increases"
         );
@@ -148,20 +181,65 @@ mod tests {
 
     #[test]
     fn a_newer_base_wins_an_older_one_does_not() {
-        assert_eq!(next(served(5, 7), 7, 2026112900), 2026112900);
-        assert_eq!(next(served(2026112905, 7), 8, 2026112900), 2026112906);
-        assert_eq!(next(None, 7, 0), 0);
+        assert_eq!(next(served(5, 7), 7, 2026112900, &[]), 2026112900);
+        assert_eq!(next(served(2026112905, 7), 8, 2026112900, &[]), 2026112906);
+        assert_eq!(next(None, 7, 0, &[]), 0);
     }
 
     #[test]
     fn increases_across_the_wrap() {
-        assert_eq!(next(served(u32::MAX, 1), 2, 0), 0);
+        assert_eq!(next(served(u32::MAX, 1), 2, 0, &[]), 0);
         assert!(newer(0, u32::MAX));
         // A base of 1 is newer than a serial that wrapped to 0.
-        assert_eq!(next(served(u32::MAX, 1), 2, 1), 1);
+        assert_eq!(next(served(u32::MAX, 1), 2, 1, &[]), 1);
         // A base exactly half the serial space away is not newer (RFC 1982 leaves
         // it undefined; staying put is the safe reading).
-        assert_eq!(next(served(0, 1), 2, (1u32 << 31) + 1), 1);
+        assert_eq!(next(served(0, 1), 2, (1u32 << 31) + 1, &[]), 1);
+    }
+
+    fn at(serial: u32, signature: u64) -> Served {
+        Served { serial, signature }
+    }
+
+    #[test]
+    fn a_node_that_missed_a_flap_follows_the_peer_serving_the_same_answers() {
+        // Both served 5 for answers 7; the peer saw 7 -> 8 -> 7 and is at 7.
+        assert_eq!(next(served(5, 7), 7, 1, &[at(7, 7)]), 7);
+        // The peer's serial for other answers is not followed while answers agree.
+        assert_eq!(next(served(5, 7), 7, 1, &[at(9, 8)]), 5);
+        // A cold start (no state) with the same answers as the cluster joins it.
+        assert_eq!(next(None, 7, 1, &[at(7, 7), at(6, 7)]), 7);
+        assert_eq!(next(None, 7, 1, &[at(9, 8)]), 1);
+    }
+
+    #[test]
+    fn a_change_moves_past_every_serial_in_the_cluster_or_joins_the_first_mover() {
+        // Nobody serves the new answers yet: one past the newest anywhere.
+        assert_eq!(next(served(5, 7), 8, 1, &[at(9, 3), at(6, 7)]), 10);
+        // A peer already moved to these answers at 6: take its serial, so both end
+        // on 6 instead of 6 and 7.
+        assert_eq!(next(served(5, 7), 8, 1, &[at(6, 8)]), 6);
+        // ...but never go back: a peer's older serial for these answers is passed.
+        assert_eq!(next(served(5, 7), 8, 1, &[at(4, 8)]), 6);
+        // Returning to answers a peer served long ago still increases.
+        assert_eq!(next(served(7, 9), 7, 1, &[at(5, 7)]), 8);
+    }
+
+    #[test]
+    fn every_rule_only_moves_forward() {
+        let peers = [at(3, 1), at(12, 2), at(u32::MAX, 3), at(0, 1)];
+        for prev in 0..16u32 {
+            for sig in 0..4u64 {
+                for psig in 0..4u64 {
+                    let p = served(prev, psig);
+                    let n = next(p, sig, 1, &peers);
+                    assert!(n == prev || newer(n, prev), "{prev}/{psig} -> {sig}: {n}");
+                    if sig != psig {
+                        assert!(newer(n, prev), "a change must increase: {prev} -> {n}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -84,6 +84,11 @@ struct State {
     settled: bool,
     /// The serial and signature served last (at start: what was saved, if any).
     served: Option<Served>,
+    /// What the cluster's other gss nodes serve (their `serial` keys), which the
+    /// serial follows so nodes with the same answers serve the same serial.
+    peer_serials: Vec<Served>,
+    /// The `serial` key this node published last.
+    published_serial: Option<Served>,
     /// Per site, the shared override record last applied: (unix ms, member id).
     applied_override: HashMap<String, (u64, String)>,
 }
@@ -101,6 +106,17 @@ struct PublishedView {
 
 fn view_key(site: &str) -> String {
     format!("view/{site}")
+}
+
+/// The key under which a serving gss publishes `SERIAL SIGNATURE_HEX`.
+const SERIAL_KEY: &str = "serial";
+
+fn parse_serial(v: &str) -> Option<Served> {
+    let (serial, signature) = v.split_once(' ')?;
+    Some(Served {
+        serial: serial.parse().ok()?,
+        signature: u64::from_str_radix(signature, 16).ok()?,
+    })
 }
 
 fn override_key(site: &str) -> String {
@@ -338,11 +354,21 @@ impl Core {
                 }
             }
         }
+        // Peers' serials: a node serving the same answers under a newer serial is
+        // followed (see `serial::next`).
+        let peer_serials: Vec<Served> = view
+            .members
+            .iter()
+            .filter(|m| !m.is_self)
+            .filter_map(|m| parse_serial(m.keys.get(SERIAL_KEY)?))
+            .collect();
+        let serials_moved = peer_serials != st.peer_serials;
+        st.peer_serials = peer_serials;
         for (site, msg) in events {
             self.events.record(site, msg);
         }
         if changes.is_empty() {
-            if released {
+            if released || serials_moved {
                 self.rerender(&mut st, false);
             }
             return;
@@ -377,9 +403,16 @@ impl Core {
         let prev = &current.zone;
         // The serial follows what was served (or saved before a restart), not the
         // unserved placeholder zone of a cold start.
-        let next = render_after(st.tpl.clone(), &view, Instant::now(), st.served);
-        if next.signature == prev.signature && !force {
+        let next = render_after(
+            st.tpl.clone(),
+            &view,
+            Instant::now(),
+            st.served,
+            &st.peer_serials,
+        );
+        if next.signature == prev.signature && next.serial == prev.serial && !force {
             self.snap.store(Arc::new(current.with_view(view)));
+            self.publish_serial(st, prev.served());
             return;
         }
         let mut changes: Vec<(String, String)> = Vec::new();
@@ -415,11 +448,26 @@ impl Core {
             st.served = Some(served);
             self.serial_file.save(served);
         }
+        self.publish_serial(st, served);
         if st.settled {
             for (name, msg) in changes {
                 self.events.record(name, format!("{msg}; serial {serial}"));
             }
         }
+    }
+
+    /// Tells the cluster's other gss nodes which serial this node serves for which
+    /// answers (a witness serves none).
+    fn publish_serial(&self, st: &mut State, served: Served) {
+        let Some(c) = &self.cluster else { return };
+        if self.role == GssRole::Witness || st.published_serial == Some(served) {
+            return;
+        }
+        st.published_serial = Some(served);
+        c.publish(
+            SERIAL_KEY,
+            format!("{} {:x}", served.serial, served.signature),
+        );
     }
 
     fn apply_change(&self, st: &mut State, site: &str, change: Change) {
@@ -840,6 +888,8 @@ impl Gss {
                 generation: 0,
                 settled: false,
                 applied_override: HashMap::new(),
+                peer_serials: Vec::new(),
+                published_serial: None,
             }),
             snap: Arc::new(ArcSwap::from_pointee(Snapshot::new(
                 initial,

@@ -108,8 +108,14 @@ pub struct Portico {
     pub log: PathBuf,
 }
 
+/// The `portico` binary under test: the one cargo built for this test run, or
+/// `PORTICO_BIN` when set (an installed package's binary, or the build of one
+/// worktree when several share a target dir and its `debug/portico`).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_portico")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("PORTICO_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_portico").to_string())
+    })
 }
 
 impl Portico {

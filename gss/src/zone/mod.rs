@@ -455,7 +455,7 @@ pub fn render(
     now: Instant,
     prev: Option<&Zone>,
 ) -> Zone {
-    render_after(tpl, view, now, prev.map(Zone::served))
+    render_after(tpl, view, now, prev.map(Zone::served), &[])
 }
 
 /// The zone `cfg` serves with every site up, for tools and fuzzing that need
@@ -473,12 +473,14 @@ pub fn render_all_up(cfg: &GssConfig) -> Result<Zone, GssError> {
 }
 
 /// [`render`] after the serial and signature that were served last (the zone being
-/// replaced, or what a restart found saved), for the serial ([`serial::next`]).
+/// replaced, or what a restart found saved) and what the cluster's other gss nodes
+/// serve, for the serial ([`serial::next`]).
 pub fn render_after(
     tpl: Arc<ZoneTemplate>,
     view: &HealthView,
     now: Instant,
     prev: Option<Served>,
+    peers: &[Served],
 ) -> Zone {
     let mut names = HashMap::new();
     let mut outcomes = Vec::new();
@@ -515,7 +517,7 @@ pub fn render_after(
     outcomes.hash(&mut h);
     tpl.cfg.hash_key().hash(&mut h);
     let signature = h.finish();
-    let serial = serial::next(prev, signature, tpl.cfg.soa.serial);
+    let serial = serial::next(prev, signature, tpl.cfg.soa.serial, peers);
     let soa_cfg = &tpl.cfg.soa;
     let mname = fqdn(&soa_cfg.mname).unwrap_or_else(|_| tpl.origin_name.clone());
     let rname = fqdn(&soa_cfg.rname).unwrap_or_else(|_| tpl.origin_name.clone());
@@ -718,6 +720,7 @@ mod tests {
             &view(true, true),
             Instant::now(),
             Some(a3.served()),
+            &[],
         );
         assert_eq!(restarted.serial, a3.serial);
     }
