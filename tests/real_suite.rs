@@ -531,16 +531,26 @@ probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall 
     assert_eq!(lb.ctl(&format!("maint {id}")).trim(), "ok");
     let f = backend_fields(&lb, &id);
     assert_eq!(f[3], "maint", "{f:?}");
-    // A probe already in flight may still land; let it.
-    std::thread::sleep(Duration::from_millis(700));
-    let (held_before, other_before) = (held_dc.connection_lines(), other_dc.connection_lines());
-    std::thread::sleep(Duration::from_millis(1500));
-    let (held_after, other_after) = (held_dc.connection_lines(), other_dc.connection_lines());
-    assert!(
-        other_after > other_before,
-        "the probes of {other} are not visible in its log, so this check proves nothing:\n{}",
-        other_dc.log()
-    );
+    // Probe rounds are counted on the other node, which is probed at the same
+    // interval: once it has seen a new probe, one that was in flight to the held
+    // node when it went into maint has landed; two more rounds later the held node
+    // must not have been contacted again.
+    let probes_on_other = |more: usize| {
+        let from = other_dc.connection_lines();
+        poll(Duration::from_secs(10), || {
+            (other_dc.connection_lines() >= from + more).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the probes of {other} are not visible in its log, so this check proves nothing:\n{}",
+                other_dc.log()
+            )
+        })
+    };
+    probes_on_other(1);
+    let held_before = held_dc.connection_lines();
+    probes_on_other(2);
+    let held_after = held_dc.connection_lines();
     assert_eq!(
         held_after,
         held_before,

@@ -130,7 +130,10 @@ async fn drain_keeps_established_sessions_and_sends_new_ones_elsewhere() {
         let cmd = format!("wait drained smtp/{victim} 10");
         async move { admin(&lb, &cmd).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The held session answers a command (the lb relays it, so the session is
+    // demonstrably open and counted) and the wait must still be pending after it.
+    held.send("NOOP\r\n").await;
+    assert!(held.line().await.starts_with("250"));
     assert!(!waiter.is_finished(), "still one session open");
     held.send("QUIT\r\n").await;
     assert!(held.line().await.starts_with("221"));
