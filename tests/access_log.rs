@@ -7,6 +7,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::config::{Config, Vip, FAST};
 use common::{
     echo_roundtrip, free_port, poll, request_in_flight, Echo, Portico, SlowHttp, TempDir,
 };
@@ -26,29 +27,21 @@ fn requests_and_connections_are_logged_with_backend_status_and_bytes() {
     let web = SlowHttp::start();
     let dir = TempDir::new("access-log");
     let (pt, pw) = (free_port(), free_port());
-    let config = format!(
-        r#"[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "imap"
-listen = "127.0.0.1:{pt}"
-access_log = true
-backends = [ {{ name = "imap1", address = "{e}" }} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[vip]]
-name = "webmail"
-mode = "http"
-listen = "127.0.0.1:{pw}"
-access_log = true
-backends = [ {{ name = "web1", address = "{w}" }} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        e = echo.addr,
-        w = web.addr,
-    );
+    let config = Config::admin(&dir)
+        .vip(
+            Vip::new("imap", format!("127.0.0.1:{pt}"))
+                .with("access_log = true")
+                .backend("imap1", echo.addr)
+                .probe("tcp", FAST),
+        )
+        .vip(
+            Vip::new("webmail", format!("127.0.0.1:{pw}"))
+                .mode("http")
+                .with("access_log = true")
+                .backend("web1", web.addr)
+                .probe("tcp", FAST),
+        )
+        .render();
     let p = Portico::start_with(&dir, &config, &[], &["--log-format", "json"]);
 
     // L7: one request, answered by the backend once it has arrived.
@@ -118,25 +111,17 @@ fn refused_requests_and_client_faults_are_logged_and_counted_as_client_errors() 
     let web = SlowHttp::start();
     let dir = TempDir::new("access-log-refused");
     let (ph, pw) = (free_port(), free_port());
-    let config = format!(
-        r#"[admin]
-socket = "{sock}"
-
-[http]
-listen = "127.0.0.1:{ph}"
-
-[[vip]]
-name = "webmail"
-mode = "http"
-listen = "127.0.0.1:{pw}"
-access_log = true
-max_headers = 20
-backends = [ {{ name = "web1", address = "{w}" }} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        w = web.addr,
-    );
+    let config = Config::admin(&dir)
+        .http(ph)
+        .vip(
+            Vip::new("webmail", format!("127.0.0.1:{pw}"))
+                .mode("http")
+                .with("access_log = true")
+                .with("max_headers = 20")
+                .backend("web1", web.addr)
+                .probe("tcp", FAST),
+        )
+        .render();
     let p = Portico::start_with(&dir, &config, &[], &["--log-format", "json"]);
     assert!(common::wait_listening(
         format!("127.0.0.1:{pw}").parse().unwrap(),

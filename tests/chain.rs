@@ -8,6 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::config::{Config, Vip, FAST};
 use common::{free_port, free_udp_tcp_port, http_get, poll, query_a, Portico, TempDir};
 use shared::testing::{Behaviour, FakeKind, FakeServer};
 
@@ -29,43 +30,26 @@ async fn site(name: &str, vip_ip: &str) -> Site {
     let web = FakeServer::start(FakeKind::Http, Behaviour::Good).await;
     let dir = TempDir::new(&format!("chain-{name}"));
     let http = free_port();
-    let probe = r#"interval = "200ms", timeout = "150ms", rise = 1, fall = 2"#;
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[vip]]
-name = "smtp"
-listen = "{vip_ip}:{p1}"
-backends = [ {{ name = "mx1", address = "{m1}" }}, {{ name = "mx2", address = "{m2}" }} ]
-probe = {{ kind = "smtp", {probe} }}
-
-[[vip]]
-name = "imap"
-listen = "{vip_ip}:{p2}"
-backends = [ {{ name = "imap1", address = "{i1}" }} ]
-probe = {{ kind = "imap", {probe} }}
-
-[[vip]]
-name = "webmail"
-mode = "http"
-listen = "{vip_ip}:{p3}"
-backends = [ {{ name = "web1", address = "{w1}" }} ]
-probe = {{ kind = "http", {probe} }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        p1 = free_port(),
-        p2 = free_port(),
-        p3 = free_port(),
-        m1 = smtp[0].addr(),
-        m2 = smtp[1].addr(),
-        i1 = imap.addr(),
-        w1 = web.addr(),
-    );
+    let config = Config::admin(&dir)
+        .http(http)
+        .vip(
+            Vip::new("smtp", format!("{vip_ip}:{}", free_port()))
+                .backend("mx1", smtp[0].addr())
+                .backend("mx2", smtp[1].addr())
+                .probe("smtp", FAST),
+        )
+        .vip(
+            Vip::new("imap", format!("{vip_ip}:{}", free_port()))
+                .backend("imap1", imap.addr())
+                .probe("imap", FAST),
+        )
+        .vip(
+            Vip::new("webmail", format!("{vip_ip}:{}", free_port()))
+                .mode("http")
+                .backend("web1", web.addr())
+                .probe("http", FAST),
+        )
+        .render();
     let lb = Portico::start(&dir, &config);
     Site {
         smtp,

@@ -8,6 +8,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::config::{Vip, FAST};
 use common::{
     echo_roundtrip, free_port, free_udp_tcp_port, http_get, poll, request_in_flight, Echo, Portico,
     SlowHttp, TempDir,
@@ -18,20 +19,19 @@ fn config(sock: &str, vips: &str) -> String {
 }
 
 fn tcp_vip(name: &str, port: u16, backends: &[(&str, std::net::SocketAddr, u32)]) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|(n, a, w)| format!("{{ name = \"{n}\", address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!(
-        "\n[[vip]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [ {} ]\nprobe = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n",
-        list.join(", ")
-    )
+    let vip = backends.iter().fold(
+        Vip::new(name, format!("127.0.0.1:{port}")).probe("tcp", FAST),
+        |v, (n, a, w)| v.weighted(n, a, *w),
+    );
+    format!("\n{}", vip.render())
 }
 
 fn http_vip(name: &str, port: u16, backend: std::net::SocketAddr) -> String {
-    format!(
-        "\n[[vip]]\nname = \"{name}\"\nmode = \"http\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [ {{ name = \"{name}1\", address = \"{backend}\" }} ]\nprobe = {{ kind = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n"
-    )
+    let vip = Vip::new(name, format!("127.0.0.1:{port}"))
+        .mode("http")
+        .backend(&format!("{name}1"), backend)
+        .probe("tcp", FAST);
+    format!("\n{}", vip.render())
 }
 
 fn wait_backends_up(p: &Portico, vip: &str, n: usize) {
@@ -94,13 +94,16 @@ fn sigterm_before_the_first_verdicts_still_drains() {
     let dir = TempDir::new("termearly");
     let (port, mute_port) = (free_port(), free_port());
     let sock = dir.path("admin.sock");
-    let mute = format!(
-        "\n[[vip]]\nname = \"mute\"\nlisten = \"127.0.0.1:{mute_port}\"\nbackends = [ {{ name = \"m1\", address = \"{}\" }} ]\nprobe = {{ kind = \"smtp\", interval = \"10s\", timeout = \"8s\", rise = 1, fall = 1 }}\n",
-        silent.local_addr().unwrap()
-    );
+    let mute = Vip::new("mute", format!("127.0.0.1:{mute_port}"))
+        .backend("m1", silent.local_addr().unwrap())
+        .probe(
+            "smtp",
+            r#"interval = "10s", timeout = "8s", rise = 1, fall = 1"#,
+        )
+        .render();
     let cfg = config(
         &sock.display().to_string(),
-        &(tcp_vip("echo", port, &[("e1", echo.addr, 1)]) + &mute),
+        &(tcp_vip("echo", port, &[("e1", echo.addr, 1)]) + "\n" + &mute),
     );
     let mut p = Portico::start(&dir, &cfg);
     wait_backends_up(&p, "echo", 1);

@@ -6,6 +6,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::config::{Config, Vip, FAST};
 use common::{echo_roundtrip, free_port, http_get, poll, Echo, Portico, TempDir};
 
 fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
@@ -33,23 +34,14 @@ fn metrics_parse_and_counters_move_with_traffic() {
     let echo = Echo::start();
     let dir = TempDir::new("metrics");
     let (vip, http) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[vip]]
-name = "echo"
-listen = "127.0.0.1:{vip}"
-backends = [ {{ name = "e1", address = "{e1}" }} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        e1 = echo.addr
-    );
+    let config = Config::admin(&dir)
+        .http(http)
+        .vip(
+            Vip::new("echo", format!("127.0.0.1:{vip}"))
+                .backend("e1", echo.addr)
+                .probe("tcp", FAST),
+        )
+        .render();
     let p = Portico::start(&dir, &config);
     let addr = SocketAddr::from(([127, 0, 0, 1], http));
     let up = poll(Duration::from_secs(10), || {
@@ -211,43 +203,36 @@ fn grafana_dashboard_queries_only_exported_metrics() {
         free_port(),
         common::free_udp_tcp_port(),
     );
-    let probe = r#"{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }"#;
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[vip]]
-name = "mail"
-listen = "127.0.0.1:{mail}"
-protocol = "smtp"
-backends = [ {{ name = "good", address = "{greeter}" }}, {{ name = "bad", address = "{closed}" }} ]
-probe = {probe}
-ejection = {{ consecutive_failures = 1 }}
-
-[[vip]]
-name = "limited"
-listen = "127.0.0.1:{limited}"
-max_connections = 1
-backends = [ {{ name = "e1", address = "{le}" }} ]
-probe = {probe}
-
-[[vip]]
-name = "web"
-mode = "http"
-listen = "127.0.0.1:{web}"
-max_connections = 1
-backends = [ {{ name = "w1", address = "{closed}" }} ]
-probe = {probe}
-
-{gss}"#,
-        gss = common::one_site_gss(dns, keepalive.addr, "smtp", "192.0.2.1"),
-        sock = dir.path("admin.sock").display(),
-        le = limited_echo.addr,
-    );
+    let config = Config::admin(&dir)
+        .http(http)
+        .vip(
+            Vip::new("mail", format!("127.0.0.1:{mail}"))
+                .with("protocol = \"smtp\"")
+                .with("ejection = { consecutive_failures = 1 }")
+                .backend("good", greeter)
+                .backend("bad", closed)
+                .probe("tcp", FAST),
+        )
+        .vip(
+            Vip::new("limited", format!("127.0.0.1:{limited}"))
+                .with("max_connections = 1")
+                .backend("e1", limited_echo.addr)
+                .probe("tcp", FAST),
+        )
+        .vip(
+            Vip::new("web", format!("127.0.0.1:{web}"))
+                .mode("http")
+                .with("max_connections = 1")
+                .backend("w1", closed)
+                .probe("tcp", FAST),
+        )
+        .table(common::one_site_gss(
+            dns,
+            keepalive.addr,
+            "smtp",
+            "192.0.2.1",
+        ))
+        .render();
     let p = Portico::start(&dir, &config);
     let status = SocketAddr::from(([127, 0, 0, 1], http));
     poll(Duration::from_secs(10), || {

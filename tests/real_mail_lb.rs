@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::config::{Config, Vip, REAL};
 use common::real::{read_file, Dovecot};
 use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
 
@@ -44,23 +45,15 @@ fn swaks(port: u16) -> (bool, String) {
 /// smtp-sinks on `ports`, returned once both are up.
 fn two_sink_vip(dir: &TempDir, vip: u16, ports: (u16, u16), extra: &str) -> Portico {
     let (p1, p2) = ports;
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{vip}"
-{extra}
-backends = [
-  {{ name = "sink1", address = "127.0.0.1:{p1}" }},
-  {{ name = "sink2", address = "127.0.0.1:{p2}" }},
-]
-probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display()
-    );
+    let config = Config::admin(dir)
+        .vip(
+            Vip::new("smtp", format!("127.0.0.1:{vip}"))
+                .with(extra)
+                .backend("sink1", format!("127.0.0.1:{p1}"))
+                .backend("sink2", format!("127.0.0.1:{p2}"))
+                .probe("smtp", REAL),
+        )
+        .render();
     let portico = Portico::start(dir, &config);
     let both_up = poll(Duration::from_secs(10), || {
         let out = portico.ctl("show backends smtp");
@@ -194,21 +187,15 @@ fn dovecot_behind_proxy_v2_sees_the_real_client_address() {
 /// probing with IMAP (whose PROXY v2 LOCAL header Dovecot must accept); `extra` adds
 /// VIP keys.
 fn imap_vip_config(dir: &TempDir, vip: u16, dovecot: &Dovecot, extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "imap"
-listen = "127.0.0.1:{vip}"
-proxy_protocol = "v2"
-{extra}backends = [ {{ name = "dovecot1", address = "127.0.0.1:{backend}" }} ]
-probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        backend = dovecot.port,
-    )
+    Config::admin(dir)
+        .vip(
+            Vip::new("imap", format!("127.0.0.1:{vip}"))
+                .with("proxy_protocol = \"v2\"")
+                .with(extra)
+                .backend("dovecot1", format!("127.0.0.1:{}", dovecot.port))
+                .probe("imap", REAL),
+        )
+        .render()
 }
 
 /// Logs in and out over IMAP from `src` (a loopback address) to 127.0.0.1:`port`.

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::config::{Config, Vip, REAL};
 use common::real::{nginx, Dovecot, Postfix};
 use common::{free_port, free_udp_tcp_port, http_get, poll, tool, Portico, TempDir};
 
@@ -126,21 +127,17 @@ fn mail_through_the_vip_to_real_postfix_with_proxy_v2_keeps_the_client_address()
         return;
     };
     let vip = free_port();
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{vip}"
-proxy_protocol = "v2"
-backends = [ {{ name = "mx1", address = "{mx1}" }} ]
-probe = {{ kind = "smtp", interval = "500ms", timeout = "400ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        mx1 = postfix.addr(),
-    );
+    let config = Config::admin(&dir)
+        .vip(
+            Vip::new("smtp", format!("127.0.0.1:{vip}"))
+                .with("proxy_protocol = \"v2\"")
+                .backend("mx1", postfix.addr())
+                .probe(
+                    "smtp",
+                    r#"interval = "500ms", timeout = "400ms", rise = 1, fall = 2"#,
+                ),
+        )
+        .render();
     let lb = Portico::start(&dir, &config);
     // The smtp probe (PROXY v2 LOCAL header, then the SMTP dialogue) passes on Postfix.
     wait_backends_up(&lb, &["smtp/mx1"]);
@@ -215,26 +212,16 @@ fn a_postfix_killed_under_load_costs_no_session_started_after_its_ejection() {
         return;
     };
     let vip_port = free_port();
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{vip_port}"
-balance = "round_robin"
-proxy_protocol = "v2"
-backends = [
-  {{ name = "mx1", address = "{a1}" }},
-  {{ name = "mx2", address = "{a2}" }},
-]
-probe = {{ kind = "smtp", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        a1 = mx1.addr(),
-        a2 = mx2.addr(),
-    );
+    let config = Config::admin(&dir)
+        .vip(
+            Vip::new("smtp", format!("127.0.0.1:{vip_port}"))
+                .with("balance = \"round_robin\"")
+                .with("proxy_protocol = \"v2\"")
+                .backend("mx1", mx1.addr())
+                .backend("mx2", mx2.addr())
+                .probe("smtp", REAL),
+        )
+        .render();
     let lb = Portico::start(&dir, &config);
     wait_backends_up(&lb, &["smtp/mx1", "smtp/mx2"]);
     let vip = SocketAddr::from(([127, 0, 0, 1], vip_port));
@@ -424,26 +411,16 @@ fn an_imap_node_drained_then_maintained_then_readied() {
         return;
     };
     let vip_port = free_port();
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "imap"
-listen = "127.0.0.1:{vip_port}"
-balance = "round_robin"
-proxy_protocol = "v2"
-backends = [
-  {{ name = "imap1", address = "127.0.0.1:{p1}" }},
-  {{ name = "imap2", address = "127.0.0.1:{p2}" }},
-]
-probe = {{ kind = "imap", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        p1 = d1.port,
-        p2 = d2.port,
-    );
+    let config = Config::admin(&dir)
+        .vip(
+            Vip::new("imap", format!("127.0.0.1:{vip_port}"))
+                .with("balance = \"round_robin\"")
+                .with("proxy_protocol = \"v2\"")
+                .backend("imap1", format!("127.0.0.1:{}", d1.port))
+                .backend("imap2", format!("127.0.0.1:{}", d2.port))
+                .probe("imap", REAL),
+        )
+        .render();
     let lb = Portico::start(&dir, &config);
     wait_backends_up(&lb, &["imap/imap1", "imap/imap2"]);
     let vip = SocketAddr::from(([127, 0, 0, 1], vip_port));
@@ -605,32 +582,24 @@ fn site(name: &str, vip_ip: &str) -> Option<Site> {
     let web_backend = nginx(&dir, &format!("{name}-web1"))?;
     let web = web_backend.port;
     let (http, smtp_port, web_port) = (free_port(), free_port(), free_port());
-    let probe = r#"interval = "300ms", timeout = "250ms", rise = 1, fall = 2"#;
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[vip]]
-name = "smtp"
-listen = "{vip_ip}:{smtp_port}"
-proxy_protocol = "v2"
-backends = [ {{ name = "mx1", address = "{mx}" }} ]
-probe = {{ kind = "smtp", {probe} }}
-
-[[vip]]
-name = "webmail"
-mode = "http"
-listen = "{vip_ip}:{web_port}"
-backends = [ {{ name = "web1", address = "127.0.0.1:{web}" }} ]
-probe = {{ kind = "http", path = "/health", expect_status = 200, {probe} }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        mx = postfix.addr(),
-    );
+    let config = Config::admin(&dir)
+        .http(http)
+        .vip(
+            Vip::new("smtp", format!("{vip_ip}:{smtp_port}"))
+                .with("proxy_protocol = \"v2\"")
+                .backend("mx1", postfix.addr())
+                .probe("smtp", REAL),
+        )
+        .vip(
+            Vip::new("webmail", format!("{vip_ip}:{web_port}"))
+                .mode("http")
+                .backend("web1", format!("127.0.0.1:{web}"))
+                .probe(
+                    "http",
+                    &format!("path = \"/health\", expect_status = 200, {REAL}"),
+                ),
+        )
+        .render();
     let lb = Portico::start(&dir, &config);
     Some(Site {
         postfix,

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::config::{Config, Vip, REAL};
 use common::real::nginx;
 use common::{free_port, poll, tool, Portico, TempDir};
 use shared::testing::tls::TestPki;
@@ -53,23 +54,20 @@ fn curl_h1_and_h2_through_an_https_vip_to_nginx() {
     };
     let (p1, p2) = (web1.port, web2.port);
     let pki = TestPki::new(&["webmail.example.test"]);
-    let config = format!(
-        r#"
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "webmail"
-mode = "https"
-listen = "127.0.0.1:{vip}"
-tls = {{ cert = "{cert}", key = "{key}" }}
-backends = [ {{ name = "web1", address = "127.0.0.1:{p1}" }}, {{ name = "web2", address = "127.0.0.1:{p2}" }} ]
-probe = {{ kind = "http", path = "/health", interval = "300ms", timeout = "250ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        cert = pki.cert_path().display(),
-        key = pki.key_path().display(),
-    );
+    let config = Config::admin(&dir)
+        .vip(
+            Vip::new("webmail", format!("127.0.0.1:{vip}"))
+                .mode("https")
+                .with(format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                    pki.cert_path().display(),
+                    pki.key_path().display()
+                ))
+                .backend("web1", format!("127.0.0.1:{p1}"))
+                .backend("web2", format!("127.0.0.1:{p2}"))
+                .probe("http", &format!("path = \"/health\", {REAL}")),
+        )
+        .render();
     let portico = Portico::start(&dir, &config);
     let up = poll(Duration::from_secs(10), || {
         let out = portico.ctl("show backends webmail");

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod lab;
 pub mod real;
 pub mod router;
