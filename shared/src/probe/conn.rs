@@ -111,12 +111,16 @@ impl Endpoint {
 
 /// TCP connect with ECONNREFUSED told apart from other failures.
 pub(crate) async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
+    let s = connect_only(target).await?;
+    // Probes are short dialogues; do not let Nagle delay the next command.
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// [`connect`] for a check that sends nothing (no socket options set).
+pub(crate) async fn connect_only(target: SocketAddr) -> Result<TcpStream, ProbeError> {
     match TcpStream::connect(target).await {
-        Ok(s) => {
-            // Probes are short dialogues; do not let Nagle delay the next command.
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+        Ok(s) => Ok(s),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ProbeError::Refused),
         Err(e) => Err(ProbeError::Connect(e.to_string())),
     }

@@ -1,9 +1,13 @@
 //! The `tcp` probe: connect (PROXY v2 `LOCAL` header first when configured, TLS
-//! handshake when `tls = true`) and close cleanly with a FIN, never a reset.
+//! handshake when `tls = true`). A plain connect-only check is closed with a reset,
+//! as HAProxy closes its checks: the handshake was the whole check, and an abortive
+//! close costs one packet and leaves no socket in TIME_WAIT on the prober (probing
+//! 1,000 backends every second would otherwise hold some 60,000 of them). A check
+//! that sent a PROXY header or spoke TLS closes cleanly (FIN, TLS close_notify).
 
 use tokio::io::AsyncWriteExt;
 
-use super::conn::Endpoint;
+use super::conn::{self, Endpoint};
 use super::{Probe, ProbeFuture};
 
 /// Connect-only check.
@@ -20,6 +24,12 @@ impl TcpProbe {
 impl Probe for TcpProbe {
     fn check(&self) -> ProbeFuture<'_> {
         Box::pin(async move {
+            if !self.endpoint.send_proxy && self.endpoint.implicit_tls.is_none() {
+                // Nothing is sent, so no TCP_NODELAY either.
+                let s = conn::connect_only(self.endpoint.target).await?;
+                let _ = s.set_zero_linger();
+                return Ok(());
+            }
             let mut io = self.endpoint.open().await?;
             let _ = io.shutdown().await;
             Ok(())
