@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use super::client::{BackendClient, Conn};
 use super::errors::{error_response, local_response, BodyStalled};
 use super::headers::{self, Forwarding};
+use super::interim::{Gate, Interim};
 use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
 use crate::access;
 use crate::backend::{Backend, Lease};
@@ -200,6 +201,8 @@ struct Template {
     method: Method,
     uri: Uri,
     headers: http::HeaderMap,
+    /// Open while the client can be sent the backend's 1xx responses.
+    gate: Option<Gate>,
 }
 
 impl Template {
@@ -209,6 +212,9 @@ impl Template {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        if let Some(gate) = &self.gate {
+            gate.attach(&mut req);
+        }
         req
     }
 }
@@ -503,6 +509,7 @@ impl HttpVip {
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         pool: Arc<Pool>,
+        interim: Option<Arc<Interim>>,
     ) -> Response<Body> {
         self.count_request();
         let settings = self.settings();
@@ -513,6 +520,11 @@ impl HttpVip {
             Err(refusal) => return self.refuse(&req, &conn, &settings, refusal),
         };
         let trailers = req.version() == Version::HTTP_2 || headers::accepts_trailers(req.headers());
+        // The backend's 1xx responses are relayed until this handler has its final
+        // response (no 1xx to an HTTP/1.0 client, RFC 9110 §15.2).
+        let gate = interim
+            .filter(|_| req.version() == Version::HTTP_11)
+            .map(|i| i.open());
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -563,6 +575,7 @@ impl HttpVip {
             method: method.clone(),
             uri,
             headers: hdrs,
+            gate,
         };
 
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
