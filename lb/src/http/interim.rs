@@ -278,3 +278,144 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for InterimIo<I> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client stream that records what reaches it and can be made to block.
+    #[derive(Default)]
+    struct Wire {
+        out: Vec<u8>,
+        blocked: bool,
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.blocked {
+                return Poll::Pending;
+            }
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.blocked {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn hints() -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "link",
+            http::HeaderValue::from_static("</a.css>; rel=preload"),
+        );
+        h
+    }
+
+    const HINT: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n";
+
+    /// Plays hyper: a write of `bytes` (ready or not).
+    fn write(io: &mut InterimIo<Wire>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(io).poll_write(&mut cx, bytes)
+    }
+
+    fn flush(io: &mut InterimIo<Wire>) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(io).poll_flush(&mut cx)
+    }
+
+    fn push(gate: &Gate, status: StatusCode) {
+        gate.interim.push(gate.generation, status, &hints());
+    }
+
+    #[test]
+    fn a_hint_leaves_at_the_next_flush_or_ahead_of_the_final_head() {
+        let interim = Interim::new();
+        let mut io = InterimIo::new(Wire::default(), Arc::clone(&interim));
+        let gate = interim.open();
+        push(&gate, StatusCode::EARLY_HINTS);
+        assert!(flush(&mut io).is_ready());
+        assert_eq!(io.inner.out, HINT, "sent while the backend thinks");
+
+        push(&gate, StatusCode::CONTINUE);
+        push(&gate, StatusCode::OK);
+        push(&gate, StatusCode::EARLY_HINTS);
+        drop(gate);
+        assert!(write(&mut io, b"HTTP/1.1 200 OK\r\n\r\n").is_ready());
+        assert_eq!(
+            io.inner.out,
+            [HINT, HINT, b"HTTP/1.1 200 OK\r\n\r\n"].concat(),
+            "100 and non-1xx are not relayed; the queued 103 goes before the head"
+        );
+    }
+
+    #[test]
+    fn a_hint_that_cannot_precede_its_final_response_is_dropped() {
+        let interim = Interim::new();
+        let mut io = InterimIo::new(Wire::default(), Arc::clone(&interim));
+        // Response 1 is still draining to a slow client when request 2 starts.
+        let first = interim.open();
+        drop(first);
+        io.inner.blocked = true;
+        assert!(write(&mut io, b"tail-of-1").is_pending());
+        let second = interim.open();
+        push(&second, StatusCode::EARLY_HINTS);
+        // hyper has response 2's head behind the tail of 1 in its buffer.
+        drop(second);
+        io.inner.blocked = false;
+        assert!(write(&mut io, b"tail-of-1|head-of-2").is_ready());
+        assert!(flush(&mut io).is_ready());
+        assert_eq!(io.inner.out, b"tail-of-1|head-of-2");
+
+        // A 1xx arriving after its request has its final response is dropped too.
+        let third = interim.open();
+        let late = Gate {
+            interim: Arc::clone(&interim),
+            generation: third.generation,
+        };
+        drop(third);
+        push(&late, StatusCode::EARLY_HINTS);
+        drop(late);
+        assert!(flush(&mut io).is_ready());
+        assert_eq!(io.inner.out, b"tail-of-1|head-of-2");
+    }
+
+    #[test]
+    fn a_hint_started_on_a_blocked_stream_is_finished_before_hyper_writes() {
+        let interim = Interim::new();
+        let mut io = InterimIo::new(Wire::default(), Arc::clone(&interim));
+        let gate = interim.open();
+        push(&gate, StatusCode::EARLY_HINTS);
+        io.inner.blocked = true;
+        assert!(flush(&mut io).is_pending());
+        drop(gate);
+        io.inner.blocked = false;
+        assert!(write(&mut io, b"head").is_ready());
+        assert_eq!(io.inner.out, [HINT, b"head"].concat());
+    }
+
+    #[test]
+    fn a_backend_cannot_queue_without_bound() {
+        let interim = Interim::new();
+        let gate = interim.open();
+        for _ in 0..10_000 {
+            push(&gate, StatusCode::EARLY_HINTS);
+        }
+        let queued = crate::sync::lock(&interim.state).queued.len();
+        assert!(queued <= MAX_QUEUED && queued > MAX_QUEUED - HINT.len());
+    }
+}

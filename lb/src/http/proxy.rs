@@ -95,7 +95,7 @@ enum Refusal {
     BadHost,
     /// A transfer coding other than a lone `chunked`.
     TransferEncoding,
-    /// CONNECT: this is a reverse proxy, not a tunnel.
+    /// CONNECT on a VIP without `allow_connect`: a reverse proxy, not a tunnel.
     Connect,
     /// More header lines than `max_headers` (HTTP/2; hyper counts HTTP/1's).
     TooManyHeaders,
@@ -183,7 +183,14 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal>
 /// Checks a request before it is rewritten: what is refused outright, and its host.
 fn admit(req: &Request<Incoming>, http: &HttpVipConfig) -> Result<Option<HeaderValue>, Refusal> {
     if req.method() == Method::CONNECT {
-        return Err(Refusal::Connect);
+        if !http.allow_connect {
+            return Err(Refusal::Connect);
+        }
+        // The target of a tunnel is `host:port` (RFC 9110 §9.3.6).
+        let port = req.uri().authority().and_then(|a| a.port_u16());
+        if req.uri().path_and_query().is_some() || port.is_none() {
+            return Err(Refusal::BadHost);
+        }
     }
     if req.version() == Version::HTTP_2 && req.headers().len() > http.max_headers {
         return Err(Refusal::TooManyHeaders);
@@ -526,7 +533,9 @@ impl HttpVip {
             .filter(|_| req.version() == Version::HTTP_11)
             .map(|i| i.open());
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // Admitted only with `allow_connect`: a 2xx from the backend opens a tunnel.
+        let connect = req.method() == Method::CONNECT;
+        let client_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let Parts {
             method,
@@ -550,7 +559,7 @@ impl HttpVip {
             headers::add_via(&mut hdrs, version);
         }
         headers::join_cookies(&mut hdrs);
-        let uri = origin_form(uri);
+        let uri = if connect { uri } else { origin_form(uri) };
         let sticky_value = settings
             .http
             .sticky_cookie
@@ -647,7 +656,7 @@ impl HttpVip {
                         pinned,
                         client_upgrade,
                         &settings,
-                        (conn.tls, trailers),
+                        (conn.tls, trailers, connect),
                         access,
                     );
                 }
@@ -795,7 +804,7 @@ impl HttpVip {
         pinned: bool,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         settings: &super::Settings,
-        (tls, trailers): (bool, bool),
+        (tls, trailers, connect): (bool, bool, bool),
         access: Option<Box<AccessPending>>,
     ) -> Response<Body> {
         let status = resp.status();
@@ -808,9 +817,11 @@ impl HttpVip {
         self.count_backend_response(&backend, status_class(status));
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        // A CONNECT's 2xx is the backend's end of the tunnel.
+        let tunnel = switching || (connect && status.is_success());
         let mut lease = Some(lease);
         let mut checkin = None;
-        match (switching, client_upgrade) {
+        match (tunnel, client_upgrade) {
             (true, Some(client_up)) => {
                 let backend_up = hyper::upgrade::on(&mut resp);
                 let held = lease.take();
