@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_support::*;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -152,4 +152,45 @@ async fn a_backend_refusal_is_relayed_and_a_portless_target_is_refused() {
         1,
         "the portless CONNECT never reached the backend"
     );
+}
+
+#[tokio::test]
+async fn an_http10_proxy_backend_is_answered_to_the_client_in_http11() {
+    // Forward proxies such as tinyproxy answer CONNECT in HTTP/1.0; the version is
+    // hop-by-hop, so the client still gets HTTP/1.1 from this hop.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        read_until(&mut s, &mut head, b"\r\n\r\n").await;
+        let _ = s
+            .write_all(b"HTTP/1.0 200 Connection established\r\nProxy-agent: test\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let p = start(&vip_config(
+        "http",
+        &[("proxy1", addr)],
+        "allow_connect = true",
+    ))
+    .await;
+    let mut c = TcpStream::connect(p.addr).await.expect("connect");
+    c.write_all(b"CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    read_until(&mut c, &mut out, b"\r\n\r\n").await;
+    let head = String::from_utf8_lossy(&out);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    c.write_all(b"EHLO x\r\n").await.expect("write");
+    let mut echo = Vec::new();
+    read_until(&mut c, &mut echo, b"EHLO x\r\n").await;
 }

@@ -855,6 +855,10 @@ impl HttpVip {
         }
 
         let (mut parts, body) = resp.into_parts();
+        // The version is hop-by-hop (RFC 9110 §6.2): a client speaking HTTP/1.1 to this
+        // hop is answered in HTTP/1.1 whatever the backend spoke (hyper answers an
+        // HTTP/1.0 client in HTTP/1.0 itself); `Via` names the one received.
+        let received = std::mem::replace(&mut parts.version, Version::HTTP_11);
         // `Trailer` announces the trailer fields; hyper relays trailers to an
         // HTTP/1.1 client only for the fields it names, so it stays for clients
         // that accept trailers (`TE: trailers`, or HTTP/2).
@@ -868,7 +872,7 @@ impl HttpVip {
             parts.headers.append(TRAILER, v);
         }
         if settings.http.via {
-            headers::add_via(&mut parts.headers, parts.version);
+            headers::add_via(&mut parts.headers, received);
         }
         if let Some(name) = settings.http.sticky_cookie.as_deref() {
             if !pinned {
