@@ -21,7 +21,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 async fn tunnel_backend() -> TestBackend {
     backend(|mut req| async move {
         let ok = req.method() == Method::CONNECT
-            && req.uri().to_string() == "mail.example.test:443"
+            && *req.uri() == "mail.example.test:443"
             && req
                 .headers()
                 .get("host")
