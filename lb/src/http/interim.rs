@@ -2,8 +2,8 @@
 //! §15.2: a proxy forwards the 1xx responses it did not ask for itself).
 //!
 //! hyper's client hands each 1xx to a per-request callback (`hyper::ext::
-//! on_informational`), but its server has no way to send one (hyper#2426; the
-//! server-side work, hyperium/hyper#3815 and #4114, is unreleased): a service returns
+//! on_informational`), but its server (1.12) has no way to send one (the server-side
+//! work, hyperium/hyper#3815 and #4114, is open and unreleased): a service returns
 //! exactly one response. So the bytes of a 1xx are written on the client
 //! connection underneath hyper, by [`InterimIo`], at a point where hyper's own output
 //! is at a message boundary:
