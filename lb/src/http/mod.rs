@@ -38,6 +38,7 @@
 pub mod client;
 pub mod errors;
 pub mod headers;
+pub mod interim;
 pub mod proxy;
 pub mod server;
 pub mod sticky;

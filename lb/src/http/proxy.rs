@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use super::client::{BackendClient, Conn};
 use super::errors::{error_response, local_response, BodyStalled};
 use super::headers::{self, Forwarding};
+use super::interim::{Gate, Interim};
 use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
 use crate::access;
 use crate::backend::{Backend, Lease};
@@ -94,7 +95,7 @@ enum Refusal {
     BadHost,
     /// A transfer coding other than a lone `chunked`.
     TransferEncoding,
-    /// CONNECT: this is a reverse proxy, not a tunnel.
+    /// CONNECT on a VIP without `allow_connect`: a reverse proxy, not a tunnel.
     Connect,
     /// More header lines than `max_headers` (HTTP/2; hyper counts HTTP/1's).
     TooManyHeaders,
@@ -182,7 +183,14 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal>
 /// Checks a request before it is rewritten: what is refused outright, and its host.
 fn admit(req: &Request<Incoming>, http: &HttpVipConfig) -> Result<Option<HeaderValue>, Refusal> {
     if req.method() == Method::CONNECT {
-        return Err(Refusal::Connect);
+        if !http.allow_connect {
+            return Err(Refusal::Connect);
+        }
+        // The target of a tunnel is `host:port` (RFC 9110 §9.3.6).
+        let port = req.uri().authority().and_then(|a| a.port_u16());
+        if req.uri().path_and_query().is_some() || port.is_none() {
+            return Err(Refusal::BadHost);
+        }
     }
     if req.version() == Version::HTTP_2 && req.headers().len() > http.max_headers {
         return Err(Refusal::TooManyHeaders);
@@ -200,6 +208,8 @@ struct Template {
     method: Method,
     uri: Uri,
     headers: http::HeaderMap,
+    /// Open while the client can be sent the backend's 1xx responses.
+    gate: Option<Gate>,
 }
 
 impl Template {
@@ -209,6 +219,9 @@ impl Template {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        if let Some(gate) = &self.gate {
+            gate.attach(&mut req);
+        }
         req
     }
 }
@@ -503,6 +516,7 @@ impl HttpVip {
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         pool: Arc<Pool>,
+        interim: Option<Arc<Interim>>,
     ) -> Response<Body> {
         self.count_request();
         let settings = self.settings();
@@ -513,8 +527,15 @@ impl HttpVip {
             Err(refusal) => return self.refuse(&req, &conn, &settings, refusal),
         };
         let trailers = req.version() == Version::HTTP_2 || headers::accepts_trailers(req.headers());
+        // The backend's 1xx responses are relayed until this handler has its final
+        // response (no 1xx to an HTTP/1.0 client, RFC 9110 §15.2).
+        let gate = interim
+            .filter(|_| req.version() == Version::HTTP_11)
+            .map(|i| i.open());
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // Admitted only with `allow_connect`: a 2xx from the backend opens a tunnel.
+        let connect = req.method() == Method::CONNECT;
+        let client_upgrade = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let Parts {
             method,
@@ -538,7 +559,7 @@ impl HttpVip {
             headers::add_via(&mut hdrs, version);
         }
         headers::join_cookies(&mut hdrs);
-        let uri = origin_form(uri);
+        let uri = if connect { uri } else { origin_form(uri) };
         let sticky_value = settings
             .http
             .sticky_cookie
@@ -563,6 +584,7 @@ impl HttpVip {
             method: method.clone(),
             uri,
             headers: hdrs,
+            gate,
         };
 
         let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -634,7 +656,7 @@ impl HttpVip {
                         pinned,
                         client_upgrade,
                         &settings,
-                        (conn.tls, trailers),
+                        (conn.tls, trailers, connect),
                         access,
                     );
                 }
@@ -782,7 +804,7 @@ impl HttpVip {
         pinned: bool,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         settings: &super::Settings,
-        (tls, trailers): (bool, bool),
+        (tls, trailers, connect): (bool, bool, bool),
         access: Option<Box<AccessPending>>,
     ) -> Response<Body> {
         let status = resp.status();
@@ -795,9 +817,11 @@ impl HttpVip {
         self.count_backend_response(&backend, status_class(status));
 
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        // A CONNECT's 2xx is the backend's end of the tunnel.
+        let tunnel = switching || (connect && status.is_success());
         let mut lease = Some(lease);
         let mut checkin = None;
-        match (switching, client_upgrade) {
+        match (tunnel, client_upgrade) {
             (true, Some(client_up)) => {
                 let backend_up = hyper::upgrade::on(&mut resp);
                 let held = lease.take();
@@ -831,6 +855,10 @@ impl HttpVip {
         }
 
         let (mut parts, body) = resp.into_parts();
+        // The version is hop-by-hop (RFC 9110 §6.2): a client speaking HTTP/1.1 to this
+        // hop is answered in HTTP/1.1 whatever the backend spoke (hyper answers an
+        // HTTP/1.0 client in HTTP/1.0 itself); `Via` names the one received.
+        let received = std::mem::replace(&mut parts.version, Version::HTTP_11);
         // `Trailer` announces the trailer fields; hyper relays trailers to an
         // HTTP/1.1 client only for the fields it names, so it stays for clients
         // that accept trailers (`TE: trailers`, or HTTP/2).
@@ -844,7 +872,7 @@ impl HttpVip {
             parts.headers.append(TRAILER, v);
         }
         if settings.http.via {
-            headers::add_via(&mut parts.headers, parts.version);
+            headers::add_via(&mut parts.headers, received);
         }
         if let Some(name) = settings.http.sticky_cookie.as_deref() {
             if !pinned {

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::interim::{Interim, InterimIo};
 use super::proxy::ConnInfo;
 use super::{HttpVip, Settings, REFUSED_TOTAL};
 use crate::vip::{ConnGuard, VipSlot};
@@ -348,15 +349,19 @@ impl HttpVip {
     {
         let vip = Arc::clone(self);
         let peer = info.peer;
+        // HTTP/1.1 clients get the backends' 1xx responses, written under hyper.
+        let interim = Interim::new();
+        let for_service = (protocols == Protocols::H1).then(|| Arc::clone(&interim));
         let first_request = Arc::new(AtomicBool::new(false));
         let seen = Arc::clone(&first_request);
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
+            let interim = for_service.clone();
             // Read per request: a reload swaps the pool under open connections.
             let pool = Arc::clone(&slot.state.load().pool);
-            async move { Ok::<_, Infallible>(vip.handle(req, info, pool).await) }
+            async move { Ok::<_, Infallible>(vip.handle(req, info, pool, interim).await) }
         });
         let opened = Instant::now();
         let result = match protocols {
@@ -373,6 +378,7 @@ impl HttpVip {
                 if settings.http.max_headers != shared::config::DEFAULT_MAX_HEADERS {
                     builder.max_headers(settings.http.max_headers);
                 }
+                let io = TokioIo::new(InterimIo::new(io.into_inner(), interim));
                 let conn = builder.serve_connection(io, service).with_upgrades();
                 tokio::pin!(conn);
                 self.drive(

@@ -325,6 +325,9 @@ pub struct HttpVipConfig {
     pub backend_tls_verify: bool,
     /// Add a `Via` header.
     pub via: bool,
+    /// Tunnel `CONNECT` requests to a backend (an HTTP proxy or an RPC-over-HTTP
+    /// gateway that expects them) instead of refusing them with 405.
+    pub allow_connect: bool,
     /// What becomes of the `X-Forwarded-For`/`Forwarded` chain a request brings.
     pub forwarded_for: ForwardedFor,
     /// With [`ForwardedFor::Append`], the peers whose chain is kept; empty trusts
@@ -379,6 +382,7 @@ impl Default for HttpVipConfig {
             backend_sni: None,
             backend_tls_verify: true,
             via: false,
+            allow_connect: false,
             forwarded_for: ForwardedFor::Append,
             trusted_proxies: Vec::new(),
             max_headers: DEFAULT_MAX_HEADERS,

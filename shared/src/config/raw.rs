@@ -140,6 +140,7 @@ pub(crate) struct RawVip {
     pub backend_sni: O<String>,
     pub backend_tls_verify: O<bool>,
     pub via: O<bool>,
+    pub allow_connect: O<bool>,
     pub forwarded_for: O<String>,
     pub trusted_proxies: O<Vec<S<String>>>,
     pub max_headers: O<u32>,

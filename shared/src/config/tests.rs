@@ -97,6 +97,7 @@ sticky = { cookie = "PORTICO" }
 backend_timeout = "2m"
 body_timeout = "30s"
 via = true
+allow_connect = true
 access_log = true
 accept_proxy = true
 
@@ -186,6 +187,8 @@ ttl = 5
     assert_eq!(web.http.sticky_cookie.as_deref(), Some("PORTICO"));
     assert_eq!(web.http.backend_timeout, Some(Duration::from_secs(120)));
     assert!(web.http.via);
+    assert!(web.http.allow_connect);
+    assert!(!c.vips[0].http.allow_connect, "off by default");
     assert_eq!(web.http.header_timeout, Duration::from_secs(10));
     assert_eq!(web.http.body_timeout, Duration::from_secs(30));
     assert!(web.access_log);
@@ -572,6 +575,17 @@ fn l7_keys_on_tcp_vip() {
         "header_timeout applies only to mode \"http\" or \"https\"",
     );
     expect_err(&t, "5:10", "sticky applies only to mode");
+    let t = VIP.replace("backends", "allow_connect = true\nbackends");
+    expect_err(
+        &t,
+        "4:17",
+        "allow_connect applies only to mode \"http\" or \"https\"",
+    );
+    let t = VIP.replace(
+        "backends",
+        "mode = \"http\"\nallow_connect = \"yes\"\nbackends",
+    );
+    expect_err(&t, "5:17", "invalid type");
     let t = VIP.replace("backends", "mode = \"http\"\nbackend_sni = \"x\"\nbackends");
     expect_err(
         &t,

@@ -330,7 +330,7 @@ impl Validator<'_> {
     fn http_vip(&mut self, r: &RawVip, mode: VipMode, name: &str) -> HttpVipConfig {
         let mut h = HttpVipConfig::default();
         if mode == VipMode::Tcp {
-            let l7: [(&str, Option<Range<usize>>); 17] = [
+            let l7: [(&str, Option<Range<usize>>); 18] = [
                 (
                     "header_timeout",
                     r.header_timeout.as_ref().map(|v| v.span()),
@@ -357,6 +357,7 @@ impl Validator<'_> {
                     r.backend_tls_verify.as_ref().map(|v| v.span()),
                 ),
                 ("via", r.via.as_ref().map(|v| v.span())),
+                ("allow_connect", r.allow_connect.as_ref().map(|v| v.span())),
                 ("forwarded_for", r.forwarded_for.as_ref().map(|v| v.span())),
                 (
                     "trusted_proxies",
@@ -459,6 +460,11 @@ impl Validator<'_> {
             .map(|v| *v.get_ref())
             .unwrap_or(true);
         h.via = r.via.as_ref().map(|v| *v.get_ref()).unwrap_or(false);
+        h.allow_connect = r
+            .allow_connect
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or(false);
         self.http_edge_options(r, mode, &mut h);
         h
     }
