@@ -43,6 +43,9 @@ struct Inner {
 pub struct IntentStore {
     inner: Mutex<Inner>,
     dir: Option<PathBuf>,
+    /// Counts changes, so the fleet publishes a command at once instead of on its
+    /// next tick.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The store's map, locked: commands wait while the holder (a reload putting
@@ -72,6 +75,7 @@ impl IntentStore {
                 hlc: Hlc::new(node),
             }),
             dir: None,
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -130,11 +134,21 @@ impl IntentStore {
         Ok(IntentStore {
             inner: Mutex::new(Inner { intents, hlc }),
             dir: Some(dir.to_path_buf()),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bumped after every change (a command recorded, a peer's entry merged in).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The state file, when there is one.
@@ -182,7 +196,9 @@ impl IntentStore {
         next.insert(key, entry.clone());
         self.persist(&next)?;
         g.intents = next;
-        Ok(apply(&entry))
+        let r = apply(&entry);
+        self.bump();
+        Ok(r)
     }
 
     /// Merges intents received from elsewhere (a peer): the clock observes every
@@ -215,6 +231,7 @@ impl IntentStore {
                 apply(k, e);
             }
         }
+        self.bump();
         Ok(won.len())
     }
 
