@@ -121,7 +121,11 @@ impl LbAdmin {
             .inner
             .backend(&id.vip, &id.backend)
             .map(|b| applied(&b, &self.inner.intents.snapshot()));
-        tally(&fleet.replicas(view, &id.vip, &id.backend, local), key, stamp)
+        tally(
+            &fleet.replicas(view, &id.vip, &id.backend, local),
+            key,
+            stamp,
+        )
     }
 
     /// The reply to a recorded command: with other replicas, once every reachable
@@ -157,7 +161,12 @@ impl LbAdmin {
 
     /// `wait drained` across the pod: until every reachable replica has applied the
     /// drain (or maint) in force and has no session left on the backend.
-    async fn wait_fleet(&self, fleet: &Fleet, id: &BackendId, timeout: std::time::Duration) -> Reply {
+    async fn wait_fleet(
+        &self,
+        fleet: &Fleet,
+        id: &BackendId,
+        timeout: std::time::Duration,
+    ) -> Reply {
         let deadline = Instant::now() + timeout;
         let mut rx = fleet.watch();
         let key = Key::BackendAdmin {

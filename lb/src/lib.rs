@@ -524,8 +524,7 @@ impl Lb {
     /// does not have keeps it in the store until a reload brings it.
     pub fn apply_shared(&self, key: &shared::intent::Key, entry: &shared::intent::Entry) {
         use shared::intent::Key;
-        let (Key::BackendAdmin { vip, backend } | Key::BackendWeight { vip, backend }) = key
-        else {
+        let (Key::BackendAdmin { vip, backend } | Key::BackendWeight { vip, backend }) = key else {
             return;
         };
         if let Some(b) = self.inner.backend(vip, backend) {

@@ -415,9 +415,10 @@ impl Fleet {
 
     /// How long a command waits for its replicas' acknowledgements: an entry's way
     /// out and the progress's way back take a gossip round each, plus a few
-    /// refreshes; never less than a second so a loaded machine still confirms.
+    /// refreshes; never less than two seconds so a loaded machine still confirms.
+    /// Only a reachable replica that stays silent makes a command wait this long.
     pub fn ack_wait(&self) -> Duration {
-        (self.cluster.config().gossip_interval * 4).max(Duration::from_secs(1))
+        (self.cluster.config().gossip_interval * 4).max(Duration::from_secs(2))
     }
 
     /// The replicas of `vip/backend` in `view` (see [`replicas`]).
