@@ -367,13 +367,18 @@ impl Tally {
     }
 }
 
+/// Applies a peer's winning entry to the running roles.
+pub type ApplyHook = Box<dyn Fn(&Key, &Entry) + Send + Sync>;
+
+/// This node's progress per backend: (VIP, backend, progress).
+pub type ProgressHook = Box<dyn Fn() -> Vec<(String, String, Applied)> + Send + Sync>;
+
 /// What the roles give the fleet loop.
 pub struct Hooks {
-    /// Applies a peer's winning entry to the running roles (called under the
-    /// store's lock, as a restore is: it must not call the store).
-    pub apply: Box<dyn Fn(&Key, &Entry) + Send + Sync>,
-    /// This node's progress per backend: (VIP, backend, progress).
-    pub progress: Box<dyn Fn() -> Vec<(String, String, Applied)> + Send + Sync>,
+    /// Called under the store's lock, as a restore is: it must not call the store.
+    pub apply: ApplyHook,
+    /// Read on every round of the loop.
+    pub progress: ProgressHook,
 }
 
 /// The fleet of this node: its cluster, scope and intent store.
