@@ -372,6 +372,25 @@ mod tests {
     }
 
     #[test]
+    fn changes_are_signalled_for_records_and_winning_merges_only() {
+        let d = Dir::new("changes");
+        let s = IntentStore::open(&d.0, "n1", &EventLog::default()).unwrap();
+        let mut rx = s.changes();
+        rx.borrow_and_update();
+        s.record(key(), DRAIN, |_| ()).unwrap();
+        assert!(rx.has_changed().unwrap(), "a command wakes the fleet");
+        rx.borrow_and_update();
+        // A peer's copy of what we hold wins nothing: no wake-up.
+        assert_eq!(s.merge_in(&s.snapshot(), |_, _| ()).unwrap(), 0);
+        assert!(!rx.has_changed().unwrap());
+        // A failed write changes nothing, so it signals nothing either.
+        std::fs::create_dir(d.0.join(".intent.json.tmp")).unwrap();
+        std::fs::write(d.0.join(".intent.json.tmp/x"), b"x").unwrap();
+        assert!(s.record(key(), DRAIN, |_| ()).is_err());
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
     fn merge_in_applies_only_winners() {
         let s = IntentStore::memory("n1");
         s.record(key(), DRAIN, |_| ()).unwrap();
