@@ -10,9 +10,10 @@
 //! clock observes the peer's stamp, the winner is written to the state file, then
 //! applied. Health is never shared, only intent.
 //!
-//! Who takes what ([`Scope`]): backend and VIP intent (`backend/...`, `vip/...`) only
-//! from members of this node's pod (`[[cluster.member]] pod`), since two pods may
-//! name their VIPs alike; site overrides from every member. Keys of non-members never
+//! Who takes what ([`Scope`]): backend intent (`backend/...`) only from members of
+//! this node's pod (`[[cluster.member]] pod`), since two pods may name their VIPs
+//! alike; site overrides from every member; a VIP's route (`vip/...`) from no one,
+//! since withdrawing is what one replica does to leave the routers' ECMP set. Keys of non-members never
 //! arrive: the cluster layer drops their datagrams before chitchat reads them.
 //!
 //! Progress: each replica publishes per backend `applied/VIP/BACKEND` ([`Applied`]:
@@ -84,12 +85,15 @@ impl Scope {
         self.replicas.len() > 1
     }
 
-    /// Whether this node publishes `key`: site overrides always, backend and VIP
-    /// intent only as a replica of a pod.
+    /// Whether this node publishes `key`: site overrides always, backend intent
+    /// only as a replica of a pod, a VIP's route never (`withdraw VIP` takes this
+    /// one replica out of the routers' ECMP set; shared, it would take the VIP off
+    /// the network).
     pub fn shares(&self, key: &Key) -> bool {
         match key {
             Key::Site(_) => true,
-            _ => self.pod.is_some(),
+            Key::BackendAdmin { .. } | Key::BackendWeight { .. } => self.pod.is_some(),
+            Key::Vip(_) => false,
         }
     }
 
@@ -100,7 +104,10 @@ impl Scope {
         };
         match key {
             Key::Site(_) => true,
-            _ => self.pod.is_some() && their_pod.as_deref() == self.pod.as_deref(),
+            Key::BackendAdmin { .. } | Key::BackendWeight { .. } => {
+                self.pod.is_some() && their_pod.as_deref() == self.pod.as_deref()
+            }
+            Key::Vip(_) => false,
         }
     }
 }
@@ -566,6 +573,9 @@ mod tests {
         assert!(!s.takes_from("gss1", &admin_key()), "no pod");
         assert!(!s.takes_from("stranger", &Key::Site("dc1".into())));
         assert!(s.takes_from("gss1", &Key::Site("dc1".into())));
+        // A VIP's route stays with its replica.
+        assert!(!s.shares(&Key::Vip("smtp".into())));
+        assert!(!s.takes_from("lb2", &Key::Vip("smtp".into())));
         // A gss node shares and takes only site overrides.
         let g = Scope::new(&cfg("gss1"));
         assert!(g.replicas().is_empty());
