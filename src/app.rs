@@ -251,6 +251,34 @@ impl AdminHandler for AppAdmin {
     }
 }
 
+/// How the fleet loop reaches the roles: a peer's site override goes to the gss
+/// running now (a reload may have started or stopped it), backend intent to the lb.
+fn fleet_hooks(app: &Arc<App>) -> shared::fleet::Hooks {
+    let apply_app = Arc::downgrade(app);
+    let progress_app = Arc::downgrade(app);
+    shared::fleet::Hooks {
+        apply: Box::new(move |key, entry| {
+            let Some(app) = apply_app.upgrade() else {
+                return;
+            };
+            match key {
+                shared::intent::Key::Site(_) => {
+                    if let Some(g) = app.gss.load_full() {
+                        g.core().apply_shared(key, entry);
+                    }
+                }
+                _ => app.lb.apply_shared(key, entry),
+            }
+        }),
+        progress: Box::new(move || {
+            progress_app
+                .upgrade()
+                .map(|app| app.lb.fleet_progress())
+                .unwrap_or_default()
+        }),
+    }
+}
+
 /// Hands `cmd` to a role's handler; owns both so the future outlives this call.
 fn delegate(
     handler: Arc<dyn AdminHandler>,
@@ -368,14 +396,21 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let events = Arc::new(EventLog::new(1000));
     // Intent is read before either role starts, so a drained backend or a site
     // forced down is so from the first connection and the first answer.
+    // In a cluster, intent is stamped with the member id: unique among the members
+    // (host names need not be: several replicas may share a host), and the name the
+    // peers know this node by.
+    let node = match &config.cluster {
+        Some(c) => c.node.clone(),
+        None => node_name(),
+    };
     let intents = Arc::new(match &config.state_dir {
-        Some(dir) => IntentStore::open(dir, node_name(), &events).with_context(|| {
+        Some(dir) => IntentStore::open(dir, node.clone(), &events).with_context(|| {
             format!(
                 "state_dir {}: admin intent cannot be kept there (fix its permissions or free space, or remove state_dir to keep intent in memory only)",
                 dir.display()
             )
         })?,
-        None => IntentStore::memory(node_name()),
+        None => IntentStore::memory(node),
     });
 
     // A successor receives every listening socket and the state to carry before it
@@ -387,18 +422,6 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let lb = lb::Lb::start_with(
-        &config.vips,
-        events.clone(),
-        lb::LbOptions {
-            inherited: inherited.clone(),
-            hold_accept: predecessor.is_some(),
-            intents: intents.clone(),
-            ..lb::LbOptions::default()
-        },
-    )
-    .await
-    .context("starting the lb")?;
     let cluster = match &config.cluster {
         Some(c) => Some(
             shared::cluster::Cluster::start(c)
@@ -407,6 +430,22 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let fleet = cluster
+        .as_ref()
+        .map(|c| shared::fleet::Fleet::new(c.clone(), intents.clone()));
+    let lb = lb::Lb::start_with(
+        &config.vips,
+        events.clone(),
+        lb::LbOptions {
+            inherited: inherited.clone(),
+            hold_accept: predecessor.is_some(),
+            intents: intents.clone(),
+            fleet: fleet.clone(),
+            ..lb::LbOptions::default()
+        },
+    )
+    .await
+    .context("starting the lb")?;
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config.clone()),
         events: events.clone(),
@@ -489,6 +528,9 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         app.gss.store(Some(Arc::new(gss)));
+    }
+    if let Some(f) = fleet {
+        tokio::spawn(f.run(fleet_hooks(&app), background.clone()));
     }
     if let Some(i) = &inherited {
         for e in i.untaken() {

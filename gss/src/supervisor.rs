@@ -26,7 +26,7 @@ use shared::config::{GssConfig, GssRole, KeepaliveConfig, SiteConfig};
 use shared::events::EventLog;
 use shared::handover::{Inherited, SocketEntry};
 use shared::health::{spawn_checker, CheckResult, RiseFall};
-use shared::intent::{IntentStore, Intents, Key, SiteIntent, Value};
+use shared::intent::{Entry, IntentStore, Intents, Key, SiteIntent, Value};
 use shared::probe::{BuildError, Probe};
 use shared::status::{SitePage, SiteStatus};
 use std::os::fd::OwnedFd;
@@ -89,8 +89,6 @@ struct State {
     peer_serials: Vec<Served>,
     /// The `serial` key this node published last.
     published_serial: Option<Served>,
-    /// Per site, the shared override record last applied: (unix ms, member id).
-    applied_override: HashMap<String, (u64, String)>,
 }
 
 /// A site's view as this node publishes it to the cluster (`view/<site>`).
@@ -119,26 +117,10 @@ fn parse_serial(v: &str) -> Option<Served> {
     })
 }
 
-fn override_key(site: &str) -> String {
-    format!("override/{site}")
-}
-
 fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Parses an `override/<site>` value: `UNIX_MS STATE`.
-fn parse_override(v: &str) -> Option<(u64, SiteOverride)> {
-    let (ts, state) = v.split_once(' ')?;
-    let o = match state {
-        "down" => SiteOverride::Down,
-        "up" => SiteOverride::Up,
-        "auto" => SiteOverride::Auto,
-        _ => return None,
-    };
-    Some((ts.parse().ok()?, o))
 }
 
 /// The supervisor shared by checkers, the timer, the admin handler and [`Gss`]. The
@@ -219,8 +201,9 @@ impl Core {
         );
     }
 
-    /// Peers' views changed or aged: re-count every site's votes, follow shared
-    /// overrides, and record vote changes, decisions and fail-static transitions.
+    /// Peers' views changed or aged: re-count every site's votes and record vote
+    /// changes, decisions and fail-static transitions. (Peers' overrides arrive as
+    /// intent, through [`Core::apply_shared`].)
     fn on_cluster(&self, view: &ClusterView) {
         let Some(cluster) = &self.cluster else { return };
         let cc = cluster.config();
@@ -320,40 +303,6 @@ impl Core {
                 crate::metrics::set_vote(&s.name, &voter.id, vote);
             }
         }
-        // Shared overrides: the newest record by (unix ms, member id) wins.
-        let mut released = false;
-        let mut overrides = Vec::new();
-        for s in &st.sites {
-            let key = override_key(&s.name);
-            let best = view
-                .members
-                .iter()
-                .filter_map(|m| {
-                    let (ts, o) = parse_override(m.keys.get(&key)?)?;
-                    Some(((ts, m.id.clone()), o))
-                })
-                .max_by(|a, b| a.0.cmp(&b.0));
-            if let Some((id, o)) = best {
-                if st.applied_override.get(&s.name) != Some(&id) {
-                    overrides.push((s.name.clone(), id, o));
-                }
-            }
-        }
-        for (name, id, o) in overrides {
-            st.applied_override.insert(name.clone(), id.clone());
-            if id.1 == cc.node {
-                continue;
-            }
-            if let Some(s) = st.sites.iter_mut().find(|s| s.name == name) {
-                let (note, change) = s.set_override(o, now);
-                events.push((name.clone(), format!("{note} (shared by peer {})", id.1)));
-                match change {
-                    Some(c) => changes.push((name, c)),
-                    // `auto` may release a failback hold without a state change.
-                    None => released = true,
-                }
-            }
-        }
         // Peers' serials: a node serving the same answers under a newer serial is
         // followed (see `serial::next`).
         let peer_serials: Vec<Served> = view
@@ -368,7 +317,7 @@ impl Core {
             self.events.record(site, msg);
         }
         if changes.is_empty() {
-            if released || serials_moved {
+            if serials_moved {
                 self.rerender(&mut st, false);
             }
             return;
@@ -624,18 +573,39 @@ impl Core {
         };
         let (note, change) = s.set_override(o, Instant::now());
         self.events.record(site, format!("{note} ({who})"));
-        if let Some(c) = &self.cluster {
-            let ts = unix_ms(std::time::SystemTime::now());
-            c.publish(&override_key(site), format!("{ts} {}", o.as_str()));
-            st.applied_override
-                .insert(site.to_string(), (ts, c.config().node.clone()));
-        }
         match change {
             Some(c) => self.apply_change(&mut st, site, c),
             // `auto` may release a failback hold without a state change.
             None => self.rerender(&mut st, false),
         }
         Ok(())
+    }
+
+    /// Applies a peer's winning override (handed over by the fleet loop, under the
+    /// intent store's lock, already recorded there): as a local command, but not
+    /// recorded again. A site this config does not have keeps it in the store.
+    pub fn apply_shared(&self, key: &Key, entry: &Entry) {
+        let (Key::Site(site), Value::Site { state }) = (key, entry.value) else {
+            return;
+        };
+        let o = match state {
+            SiteIntent::Down => SiteOverride::Down,
+            SiteIntent::Up => SiteOverride::Up,
+            SiteIntent::Auto => SiteOverride::Auto,
+        };
+        let mut st = self.lock();
+        let Some(s) = st.sites.iter_mut().find(|s| s.name == *site) else {
+            return;
+        };
+        let (note, change) = s.set_override(o, Instant::now());
+        self.events.record(
+            site.as_str(),
+            format!("{note} (shared by peer {})", entry.origin()),
+        );
+        match change {
+            Some(c) => self.apply_change(&mut st, site, c),
+            None => self.rerender(&mut st, false),
+        }
     }
 
     /// `show sites` lines; in a cluster each site's line ends with the quorum
@@ -887,7 +857,6 @@ impl Gss {
                 tasks: HashMap::new(),
                 generation: 0,
                 settled: false,
-                applied_override: HashMap::new(),
                 peer_serials: Vec::new(),
                 published_serial: None,
             }),

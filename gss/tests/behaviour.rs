@@ -108,6 +108,51 @@ async fn admin(g: &gss::Gss, cmd: Command) -> Reply {
         .await
 }
 
+/// A peer's override arrives as an intent entry (the fleet loop hands it over
+/// after the store took it): it moves answers as a local `site down` does, is not
+/// recorded again, and says where it came from.
+#[tokio::test]
+async fn a_peers_shared_override_moves_answers_like_a_local_one() {
+    use shared::intent::{Entry, Key, SiteIntent, Timestamp, Value};
+    let f = fixture(true, true).await;
+    let smtp = "smtp.gslb.example.test.";
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.1")));
+    let entry = |state, ms| Entry {
+        value: Value::Site { state },
+        stamp: Timestamp {
+            ms,
+            logical: 0,
+            node: "gss2".into(),
+        },
+    };
+    let dc1 = Key::Site("dc1".into());
+    f.gss
+        .core()
+        .apply_shared(&dc1, &entry(SiteIntent::Down, 10));
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.2")));
+    assert_eq!(f.gss.status()[0].override_state.as_deref(), Some("down"));
+    let log: Vec<String> = f.events.last(30).iter().map(|e| e.to_string()).collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dc1 override down set by operator (shared by peer gss2)")),
+        "{log:#?}"
+    );
+    // Keys of other kinds and sites this gss does not have are ignored.
+    f.gss
+        .core()
+        .apply_shared(&Key::Site("dc9".into()), &entry(SiteIntent::Up, 11));
+    f.gss
+        .core()
+        .apply_shared(&Key::Vip("smtp".into()), &entry(SiteIntent::Up, 12));
+    assert_eq!(f.gss.status()[0].override_state.as_deref(), Some("down"));
+    f.gss
+        .core()
+        .apply_shared(&dc1, &entry(SiteIntent::Auto, 13));
+    assert_eq!(answer(f.dns, smtp).await, Some(ip("127.0.0.1")));
+    assert_eq!(f.gss.status()[0].override_state, None);
+    f.gss.shutdown().await;
+}
+
 #[tokio::test]
 async fn site_down_moves_answers_at_once_and_auto_releases() {
     let f = fixture(true, true).await;

@@ -76,6 +76,9 @@ pub struct LbOptions {
     /// Where admin commands record intent and where backends restore it from
     /// (the process's one store, shared with the gss).
     pub intents: Arc<IntentStore>,
+    /// The replicas of this pod, when `[cluster]` names one: commands wait for their
+    /// acknowledgements, `show backends` and `wait drained` count them.
+    pub fleet: Option<Arc<shared::fleet::Fleet>>,
 }
 
 impl Default for LbOptions {
@@ -85,6 +88,7 @@ impl Default for LbOptions {
             inherited: None,
             hold_accept: false,
             intents: Arc::new(IntentStore::memory("local")),
+            fleet: None,
         }
     }
 }
@@ -129,6 +133,8 @@ pub(crate) struct Inner {
     accepting: CancellationToken,
     probes: ProbeFactory,
     pub(crate) intents: Arc<IntentStore>,
+    /// Set only when this node's pod has other replicas.
+    pub(crate) fleet: Option<Arc<shared::fleet::Fleet>>,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     totals: Arc<Totals>,
     /// Cancelled once listeners may accept (see [`LbOptions::hold_accept`]).
@@ -234,6 +240,7 @@ impl Lb {
             tasks,
             probes: options.probes,
             intents: options.intents,
+            fleet: options.fleet.filter(|f| f.scope().has_peers()),
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             totals: Arc::new(Totals::default()),
             opened,
@@ -510,6 +517,36 @@ impl Lb {
     /// One backend's runtime state.
     pub fn backend(&self, vip: &str, backend: &str) -> Option<Arc<Backend>> {
         self.inner.backend(vip, backend)
+    }
+
+    /// Applies a peer's winning intent entry (handed over by the fleet loop, under
+    /// the store's lock) to the running backend it names; a backend this config
+    /// does not have keeps it in the store until a reload brings it.
+    pub fn apply_shared(&self, key: &shared::intent::Key, entry: &shared::intent::Entry) {
+        use shared::intent::Key;
+        let (Key::BackendAdmin { vip, backend } | Key::BackendWeight { vip, backend }) = key else {
+            return;
+        };
+        if let Some(b) = self.inner.backend(vip, backend) {
+            b.apply_intent(entry, &format!("shared by peer {}", entry.origin()));
+        }
+    }
+
+    /// Every backend's progress, as published to the other replicas of the pod.
+    pub fn fleet_progress(&self) -> Vec<(String, String, shared::fleet::Applied)> {
+        let intents = self.inner.intents.snapshot();
+        let mut out = Vec::new();
+        for slot in self.inner.vips.load().iter() {
+            let st = slot.state.load();
+            for b in st.pool.backends() {
+                out.push((
+                    st.cfg.name.clone(),
+                    b.name().to_string(),
+                    admin::applied(b, &intents),
+                ));
+            }
+        }
+        out
     }
 
     fn commit_with(&self, plan: Plan, reload: bool) {

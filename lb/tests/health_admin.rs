@@ -302,3 +302,73 @@ async fn first_verdicts_waits_for_every_probed_backend() {
     // The spread is at most a fifth of the 60 s interval.
     assert!(started.elapsed() <= Duration::from_secs(12) + Duration::from_millis(100));
 }
+
+/// A peer's intent, as the fleet loop hands it over (through the store's
+/// `merge_in`), lands on the backend it names, with its origin in the event; what
+/// the lb then reports as progress carries the entry's stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_intent_applies_to_its_backend_and_shows_in_progress() {
+    use shared::intent::{AdminIntent, Entry, IntentStore, Intents, Key, Timestamp, Value};
+    let mx1 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let mx2 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let cfg = vip(
+        "smtp",
+        MailProtocol::Smtp,
+        &[("mx1", mx1.addr()), ("mx2", mx2.addr())],
+    );
+    let store = Arc::new(IntentStore::memory("lb1"));
+    let options = LbOptions {
+        intents: store.clone(),
+        ..scripted(Arc::new(AtomicBool::new(true)))
+    };
+    let (lb, events) = start(&[cfg], options).await;
+    let stamp = Timestamp {
+        ms: 1_000,
+        logical: 0,
+        node: "lb2".into(),
+    };
+    let key = |b: &str| Key::BackendAdmin {
+        vip: "smtp".into(),
+        backend: b.into(),
+    };
+    let mut remote = Intents::new();
+    for k in [key("mx1"), key("mx9")] {
+        remote.insert(
+            k,
+            Entry {
+                value: Value::Admin {
+                    state: AdminIntent::Drain,
+                },
+                stamp: stamp.clone(),
+            },
+        );
+    }
+    let won = store
+        .merge_in(&remote, |k, e| lb.apply_shared(k, e))
+        .unwrap();
+    assert_eq!(won, 2, "both kept, mx9 inert until a reload brings it");
+    let b = lb.backend("smtp", "mx1").unwrap();
+    assert_eq!(b.admin().as_str(), "drain");
+    assert_eq!(lb.backend("smtp", "mx2").unwrap().admin().as_str(), "ready");
+    assert!(
+        events
+            .last(20)
+            .iter()
+            .any(|e| e.subject == "smtp/mx1" && e.message == "admin drain (shared by peer lb2)"),
+        "{:?}",
+        events.last(20)
+    );
+    let progress = lb.fleet_progress();
+    let of = |name: &str| {
+        progress
+            .iter()
+            .find(|(v, b, _)| v == "smtp" && b == name)
+            .map(|(_, _, a)| a.clone())
+            .unwrap()
+    };
+    assert_eq!(of("mx1").admin, AdminIntent::Drain);
+    assert_eq!(of("mx1").admin_at, Some(stamp));
+    assert_eq!(of("mx2").admin_at, None);
+    assert_eq!(progress.len(), 2);
+    lb.shutdown().await;
+}

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod dnssec;
 pub mod events;
+pub mod fleet;
 pub mod handover;
 pub mod health;
 pub mod intent;

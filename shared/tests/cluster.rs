@@ -35,6 +35,7 @@ fn cfg(node: &str, members: &[(&str, SocketAddr)], secret_file: PathBuf) -> Clus
                 id: id.to_string(),
                 address: *address,
                 vantage: true,
+                pod: None,
             })
             .collect(),
     }

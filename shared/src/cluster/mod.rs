@@ -4,9 +4,9 @@
 //!
 //! It knows no role. A node publishes its own keys ([`Cluster::publish`]); every
 //! node sees every live member's keys with the time they were last heard from
-//! ([`Cluster::watch`]). Keys are namespaced by their user (`view/<site>` and
-//! `override/<site>` for the gss; later `intent/...` for the fleet), and each node
-//! writes only its own keys, so there are no write conflicts to resolve.
+//! ([`Cluster::watch`]). Keys are namespaced by their user (`view/<site>` for the
+//! gss; `intent/...` and `applied/...` for the fleet, see [`crate::fleet`]), and each
+//! node writes only its own keys, so there are no write conflicts to resolve.
 //!
 //! "Last contact" is measured here, on this node's monotonic clock: the moment a
 //! member's heartbeat (bumped by chitchat on every gossip round it takes part in)
@@ -224,6 +224,22 @@ impl Cluster {
         });
     }
 
+    /// Replaces every one of this node's keys that starts with `prefix` by `keys`
+    /// (full keys, each starting with `prefix`): keys no longer given are deleted.
+    pub fn publish_prefix(&self, prefix: &str, keys: BTreeMap<String, String>) {
+        self.desired.send_if_modified(|mine| {
+            let old: BTreeMap<&String, &String> =
+                mine.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+            let new: BTreeMap<&String, &String> = keys.iter().collect();
+            if old == new {
+                return false;
+            }
+            mine.retain(|k, _| !k.starts_with(prefix));
+            mine.extend(keys.into_iter().filter(|(k, _)| k.starts_with(prefix)));
+            true
+        });
+    }
+
     /// What this node knows of every member, refreshed a few times per gossip interval.
     pub fn watch(&self) -> watch::Receiver<ClusterView> {
         self.view.clone()
@@ -257,8 +273,16 @@ impl Cluster {
                     Some(a) => format!("{:.1}s ago", a.as_secs_f64()),
                     None => "never".to_string(),
                 };
+                let pod = self
+                    .cfg
+                    .members
+                    .iter()
+                    .find(|c| c.id == m.id)
+                    .and_then(|c| c.pod.as_deref())
+                    .map(|p| format!(" pod {p}"))
+                    .unwrap_or_default();
                 format!(
-                    "{} {} {} last_contact {} keys {}",
+                    "{} {} {} last_contact {} keys {}{pod}",
                     m.id,
                     m.address,
                     state,

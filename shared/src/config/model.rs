@@ -110,6 +110,23 @@ impl ClusterConfig {
     pub fn vantage_points(&self) -> impl Iterator<Item = &MemberConfig> {
         self.members.iter().filter(|m| m.vantage)
     }
+
+    /// This node's pod, when its member entry names one.
+    pub fn pod(&self) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == self.node)
+            .and_then(|m| m.pod.as_deref())
+    }
+
+    /// The replicas of this node's pod, this node included, in config order (none
+    /// when this node names no pod).
+    pub fn replicas(&self) -> impl Iterator<Item = &MemberConfig> {
+        let pod = self.pod();
+        self.members
+            .iter()
+            .filter(move |m| pod.is_some() && m.pod.as_deref() == pod)
+    }
 }
 
 /// One `[[cluster.member]]`.
@@ -121,6 +138,9 @@ pub struct MemberConfig {
     pub address: SocketAddr,
     /// Whether its site views vote in the gss quorum (default true).
     pub vantage: bool,
+    /// The lb pod it is a replica of: members of one pod share backend intent
+    /// (drain, maint, ready, weight) and report their progress to each other.
+    pub pod: Option<String>,
 }
 
 /// What a `[gss]` process does with its probes.

@@ -89,6 +89,7 @@ pub(crate) struct RawMember {
     pub id: S<String>,
     pub address: S<String>,
     pub vantage: O<bool>,
+    pub pod: O<String>,
 }
 
 /// `[admin]`.

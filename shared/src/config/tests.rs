@@ -1595,6 +1595,41 @@ fn cluster_errors_name_line_and_column() {
     );
 }
 
+/// Two lb replicas of `pod1` (lb-a is this node) beside the gss members.
+fn pod_cluster(pod_b: &str) -> String {
+    let c = CLUSTER
+        .replace("node = \"gss1\"", "node = \"lb-a\"")
+        .replace("vantage = false\n", "vantage = false\npod = \"pod1\"\n");
+    format!(
+        "{VIP}{c}\n[[cluster.member]]\nid = \"lb-b\"\naddress = \"203.0.113.10:7946\"\nvantage = false\npod = {pod_b}\n"
+    )
+}
+
+#[test]
+fn cluster_pods_name_this_nodes_replicas() {
+    let cl = parse_ok(&pod_cluster("\"pod1\"")).cluster.expect("cluster");
+    assert_eq!(cl.pod(), Some("pod1"));
+    let replicas: Vec<&str> = cl.replicas().map(|m| m.id.as_str()).collect();
+    assert_eq!(replicas, ["lb-a", "lb-b"]);
+    // A replica of another pod is a member but not a replica of this one.
+    let cl = parse_ok(&pod_cluster("\"pod2\"")).cluster.expect("cluster");
+    let replicas: Vec<&str> = cl.replicas().map(|m| m.id.as_str()).collect();
+    assert_eq!(replicas, ["lb-a"]);
+    // Without a pod, a node shares no backend intent.
+    let cl = parse_ok(&format!("{GSS}{CLUSTER}"))
+        .cluster
+        .expect("cluster");
+    assert_eq!(cl.pod(), None);
+    assert_eq!(cl.replicas().count(), 0);
+    // VIP is 4 lines, CLUSTER 25 (from its leading blank line), then the member.
+    expect_err(
+        &pod_cluster("\"pod 1\""),
+        "35:7",
+        "invalid pod name \"pod 1\"",
+    );
+    expect_err(&pod_cluster("1"), "35:7", "invalid type");
+}
+
 #[test]
 fn state_dir_is_relative_to_the_config_file() {
     let cfg = format!("state_dir = \"state\"\n{VIP}");

@@ -43,6 +43,9 @@ struct Inner {
 pub struct IntentStore {
     inner: Mutex<Inner>,
     dir: Option<PathBuf>,
+    /// Counts changes, so the fleet publishes a command at once instead of on its
+    /// next tick.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The store's map, locked: commands wait while the holder (a reload putting
@@ -72,6 +75,7 @@ impl IntentStore {
                 hlc: Hlc::new(node),
             }),
             dir: None,
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -130,11 +134,21 @@ impl IntentStore {
         Ok(IntentStore {
             inner: Mutex::new(Inner { intents, hlc }),
             dir: Some(dir.to_path_buf()),
+            changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bumped after every change (a command recorded, a peer's entry merged in).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The state file, when there is one.
@@ -182,7 +196,9 @@ impl IntentStore {
         next.insert(key, entry.clone());
         self.persist(&next)?;
         g.intents = next;
-        Ok(apply(&entry))
+        let r = apply(&entry);
+        self.bump();
+        Ok(r)
     }
 
     /// Merges intents received from elsewhere (a peer): the clock observes every
@@ -215,6 +231,7 @@ impl IntentStore {
                 apply(k, e);
             }
         }
+        self.bump();
         Ok(won.len())
     }
 
@@ -352,6 +369,25 @@ mod tests {
         let r = IntentStore::open(&d.0, "n1", &EventLog::default());
         assert!(matches!(r, Err(StoreError::Dir { .. })), "{:?}", r.err());
         let _ = std::fs::remove_file(&d.0);
+    }
+
+    #[test]
+    fn changes_are_signalled_for_records_and_winning_merges_only() {
+        let d = Dir::new("changes");
+        let s = IntentStore::open(&d.0, "n1", &EventLog::default()).unwrap();
+        let mut rx = s.changes();
+        rx.borrow_and_update();
+        s.record(key(), DRAIN, |_| ()).unwrap();
+        assert!(rx.has_changed().unwrap(), "a command wakes the fleet");
+        rx.borrow_and_update();
+        // A peer's copy of what we hold wins nothing: no wake-up.
+        assert_eq!(s.merge_in(&s.snapshot(), |_, _| ()).unwrap(), 0);
+        assert!(!rx.has_changed().unwrap());
+        // A failed write changes nothing, so it signals nothing either.
+        std::fs::create_dir(d.0.join(".intent.json.tmp")).unwrap();
+        std::fs::write(d.0.join(".intent.json.tmp/x"), b"x").unwrap();
+        assert!(s.record(key(), DRAIN, |_| ()).is_err());
+        assert!(!rx.has_changed().unwrap());
     }
 
     #[test]

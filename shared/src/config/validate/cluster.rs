@@ -64,10 +64,14 @@ impl Validator<'_> {
                 Some(a) => a,
                 None => ([0, 0, 0, 0], 0).into(),
             };
+            if let Some(p) = &m.pod {
+                self.ident(p, "pod");
+            }
             members.push(MemberConfig {
                 id: m.id.get_ref().clone(),
                 address,
                 vantage: m.vantage.as_ref().map(|v| *v.get_ref()).unwrap_or(true),
+                pod: m.pod.as_ref().map(|p| p.get_ref().clone()),
             });
         }
         if members.is_empty() {
