@@ -1,8 +1,10 @@
 //! Real daemons from Debian packages for the end-to-end tests, each in its own temp
-//! dir and process group: Dovecot IMAP behind PROXY v2 and nginx webmail backends.
+//! dir and process group: Postfix `smtpd` behind PROXY v2 (with a small SMTP
+//! client), Dovecot IMAP behind PROXY v2 and nginx webmail backends.
 //! Postfix and Dovecot drop privileges, so their directories must be traversable.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -230,4 +232,224 @@ http {{
         port,
         daemon: group,
     })
+}
+
+pub fn chown(p: &Path, user: &str, group: &str) {
+    let st = Command::new("chown")
+        .arg(format!("{user}:{group}"))
+        .arg(p)
+        .status()
+        .expect("run chown");
+    assert!(st.success(), "chown {user}:{group} {}", p.display());
+}
+
+/// A real Postfix (`master` in the foreground, `smtpd` on 127.0.0.1:`port` requiring
+/// the PROXY protocol), delivering everything to `discard:`.
+pub struct Postfix {
+    pub port: u16,
+    maillog: PathBuf,
+    group: Daemon,
+}
+
+const POSTFIX_SERVICES: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+const QUEUE_DIRS: [&str; 14] = [
+    "pid", "public", "private", "maildrop", "incoming", "active", "deferred", "bounce", "defer",
+    "trace", "flush", "saved", "hold", "corrupt",
+];
+
+impl Postfix {
+    /// Starts Postfix under `dir/name`; `None` (skip) when it is not installed.
+    pub fn start(dir: &TempDir, name: &str) -> Option<Postfix> {
+        let master = PathBuf::from("/usr/lib/postfix/sbin/master");
+        if !master.exists() {
+            // tool() panics under CI, skips otherwise.
+            tool("postfix")?;
+            panic!("postfix is installed but {} is missing", master.display());
+        }
+        need_root("postfix")?;
+        let root = dir.path(name);
+        let conf = root.join("conf");
+        let data = root.join("data");
+        let queue = root.join("queue");
+        for d in [&root, &conf, &data, &queue] {
+            std::fs::create_dir_all(d).unwrap();
+            chmod(d, 0o755);
+        }
+        make_traversable(&root, &dir.0);
+        chown(&data, "postfix", "root");
+        chmod(&data, 0o700);
+        for q in QUEUE_DIRS {
+            let p = queue.join(q);
+            std::fs::create_dir_all(&p).unwrap();
+            match q {
+                "pid" => chmod(&p, 0o755),
+                "public" | "maildrop" => {
+                    chown(&p, "postfix", "postdrop");
+                    chmod(&p, 0o730);
+                }
+                _ => {
+                    chown(&p, "postfix", "root");
+                    chmod(&p, 0o700);
+                }
+            }
+        }
+        let maillog = root.join("maillog");
+        let port = free_port();
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "\
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {name}.example.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination = example.test
+mynetworks = 127.0.0.0/8
+local_recipient_maps =
+local_transport = discard:
+default_transport = discard:
+relay_transport = discard:
+alias_maps =
+alias_database =
+biff = no
+smtpd_peername_lookup = no
+smtpd_upstream_proxy_protocol = haproxy
+smtpd_upstream_proxy_timeout = 10s
+maillog_file = {maillog}
+maillog_file_prefixes = {prefix}
+compatibility_level = 3.6
+",
+                queue = queue.display(),
+                data = data.display(),
+                maillog = maillog.display(),
+                prefix = dir.0.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("master.cf"),
+            format!("127.0.0.1:{port} inet n - n - - smtpd\n{POSTFIX_SERVICES}"),
+        )
+        .unwrap();
+        let stderr = std::fs::File::create(root.join("master.stderr")).unwrap();
+        let group = Daemon::spawn(
+            Command::new(&master)
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        );
+        let pf = Postfix {
+            port,
+            maillog,
+            group,
+        };
+        assert!(
+            wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(15)
+            ),
+            "postfix {name} did not listen on {port}:\nmaillog:\n{}\nstderr:\n{}",
+            pf.log(),
+            read_file(&root.join("master.stderr"))
+        );
+        Some(pf)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        read_file(&self.maillog)
+    }
+
+    pub fn kill_hard(&mut self) {
+        self.group.kill_hard();
+    }
+}
+
+/// Reads one (possibly multi-line) SMTP reply; returns its last line.
+pub fn smtp_reply(r: &mut impl BufRead) -> Result<String, String> {
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return Ok(line.trim_end().to_string());
+        }
+    }
+}
+
+pub fn tcp_from(local: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((local, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(15)))?;
+    Ok(s)
+}
+
+/// One full SMTP session (EHLO, MAIL, RCPT, DATA, QUIT) from `local` through `vip`.
+pub fn smtp_session(local: [u8; 4], vip: SocketAddr, id: usize) -> Result<(), String> {
+    let stream = tcp_from(local, vip).map_err(|e| format!("connect: {e}"))?;
+    let mut w = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(stream);
+    let mut step = |send: Option<String>, want: &str| -> Result<(), String> {
+        if let Some(s) = &send {
+            w.write_all(s.as_bytes())
+                .map_err(|e| format!("write {s:?}: {e}"))?;
+        }
+        let reply = smtp_reply(&mut r).map_err(|e| format!("after {send:?}: {e}"))?;
+        if reply.starts_with(want) {
+            Ok(())
+        } else {
+            Err(format!("after {send:?}: {reply}"))
+        }
+    };
+    step(None, "220")?;
+    step(Some("EHLO load.example.test\r\n".into()), "250")?;
+    step(
+        Some(format!("MAIL FROM:<load{id}@example.test>\r\n")),
+        "250",
+    )?;
+    step(Some("RCPT TO:<rcpt@example.test>\r\n".into()), "250")?;
+    step(Some("DATA\r\n".into()), "354")?;
+    step(
+        Some(format!(
+            "From: <load{id}@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: load {id}\r\n\r\nsession {id}\r\n.\r\n"
+        )),
+        "250",
+    )?;
+    step(Some("QUIT\r\n".into()), "221")
 }
