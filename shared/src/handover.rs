@@ -177,14 +177,7 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
     }
     let mut json = vec![0u8; len as usize];
     r.read_exact(&mut json)?;
-    let manifest: Manifest =
-        serde_json::from_slice(&json).map_err(|e| HandoverError::Protocol(e.to_string()))?;
-    if manifest.version != VERSION {
-        return Err(HandoverError::Version {
-            ours: VERSION,
-            theirs: manifest.version,
-        });
-    }
+    let manifest = parse_manifest(&json)?;
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(manifest.sockets.len());
     while fds.len() < manifest.sockets.len() {
         let mut space =
@@ -233,6 +226,21 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
         entries: Mutex::new(entries),
         carried: manifest.carried,
     })
+}
+
+/// Parses the manifest's JSON (the bytes after its length prefix): the other side
+/// is another process, so anything it sends is an error or a manifest of our
+/// version, never a panic.
+pub fn parse_manifest(json: &[u8]) -> Result<Manifest, HandoverError> {
+    let manifest: Manifest =
+        serde_json::from_slice(json).map_err(|e| HandoverError::Protocol(e.to_string()))?;
+    if manifest.version != VERSION {
+        return Err(HandoverError::Version {
+            ours: VERSION,
+            theirs: manifest.version,
+        });
+    }
+    Ok(manifest)
 }
 
 /// Writes one protocol line (`HELLO 1`, `READY`, `OK`).
