@@ -51,7 +51,8 @@ probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall =
 
 /// The successor's pid, from the event it records when it takes over.
 fn successor_pid(p: &Portico) -> Option<i32> {
-    let events = p.ctl("show events");
+    // While the admin socket changes hands it may not answer for a moment.
+    let (_, events) = p.ctl_raw(&["show", "events"]).ok()?;
     events
         .lines()
         .find_map(|l| l.split("took over from the running process (pid ").nth(1))
@@ -531,4 +532,170 @@ fn an_upgrade_that_fails_to_start_leaves_the_old_process_serving() {
     old.signal(libc::SIGTERM);
     drop(s);
     assert!(old.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+/// A gss in a two-node cluster (`a`, `b`) on loopback: both vantage points vote on
+/// the one site `dc1`, kept alive by `keepalive`.
+fn cluster_node(
+    dir: &TempDir,
+    me: &str,
+    gossip: (u16, u16),
+    dns: u16,
+    keepalive: SocketAddr,
+) -> String {
+    let secret = dir.path("cluster.key");
+    std::fs::write(&secret, "upgrade-secret-0123456789abcdef\n").expect("secret");
+    format!(
+        r#"
+drain_timeout = "5s"
+
+[admin]
+socket = "{sock}"
+
+[cluster]
+id = "upgrade"
+node = "{me}"
+secret_file = "{secret}"
+gossip_interval = "200ms"
+stale_after = "1500ms"
+
+[[cluster.member]]
+id = "a"
+address = "127.0.0.1:{ga}"
+
+[[cluster.member]]
+id = "b"
+address = "127.0.0.1:{gb}"
+{gss}"#,
+        sock = dir.path("admin.sock").display(),
+        secret = secret.display(),
+        ga = gossip.0,
+        gb = gossip.1,
+        gss = common::one_site_gss(dns, keepalive, "mx", "192.0.2.25"),
+    )
+}
+
+/// `b`'s line in `show cluster` on `a`: (state, seconds since last contact).
+fn member_state(a: &Portico, id: &str) -> Option<(String, f64)> {
+    let (ok, out) = a.ctl_raw(&["show", "cluster"]).ok()?;
+    let line = out
+        .lines()
+        .find(|l| ok && l.split_whitespace().next() == Some(id))?
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let age = f.get(4)?.trim_end_matches('s').parse().ok()?;
+    Some((f.get(2)?.to_string(), age))
+}
+
+/// The `votes:` line of site `dc1` in `explain mx`.
+fn votes(p: &Portico) -> String {
+    p.ctl_raw(&["explain", "mx"])
+        .map(|(_, out)| out)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("votes:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn an_upgraded_cluster_member_stays_the_same_member_and_its_votes_go_on() {
+    let ka = Echo::start();
+    let (dir_a, dir_b) = (TempDir::new("upgrade-ca"), TempDir::new("upgrade-cb"));
+    let gossip = (free_udp_tcp_port(), free_udp_tcp_port());
+    let (dns_a, dns_b) = (free_udp_tcp_port(), free_udp_tcp_port());
+    let a = Portico::start(&dir_a, &cluster_node(&dir_a, "a", gossip, dns_a, ka.addr));
+    let mut b = Portico::start(&dir_b, &cluster_node(&dir_b, "b", gossip, dns_b, ka.addr));
+    poll(Duration::from_secs(20), || {
+        (votes(&a).contains(" up 2 (")
+            && votes(&b).contains(" up 2 (")
+            && member_state(&a, "b").is_some_and(|(s, _)| s == "alive"))
+        .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no agreement: {} / {}\n{}",
+            votes(&a),
+            votes(&b),
+            a.log_text()
+        )
+    });
+
+    let b_votes = |p: &Portico| p.ctl("show events").matches("vote: b ").count();
+    let b_votes_before = b_votes(&a);
+
+    // Watch b from a throughout the upgrade (bounded: 20 ms apart, at most 2000).
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let a_sock = dir_a.path("admin.sock");
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < 2000 {
+                n += 1;
+                let out = std::process::Command::new(bin())
+                    .args(["ctl", "--socket"])
+                    .arg(&a_sock)
+                    .args(["show", "cluster"])
+                    .output();
+                if let Ok(o) = out {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    if let Some(l) = text.lines().find(|l| l.starts_with("b ")) {
+                        seen.push(l.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+
+    b.signal(libc::SIGUSR2);
+    let pid = poll(Duration::from_secs(30), || successor_pid(&b))
+        .unwrap_or_else(|| panic!("no successor took over:\n{}", b.log_text()));
+    let _kill = Kill(pid);
+    assert!(
+        b.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old b did not exit"
+    );
+    // The new b's heartbeat reaches a: contact stays fresh well after the handover.
+    let fresh = poll(Duration::from_secs(10), || {
+        member_state(&a, "b").filter(|(s, age)| s == "alive" && *age < 0.5)
+    });
+    assert!(fresh.is_some(), "{:?}", member_state(&a, "b"));
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.join().expect("watcher");
+    assert!(seen.len() > 20, "{seen:?}");
+    // Never dead, never stale: the upgrade looks like at most a late heartbeat.
+    for l in &seen {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let age: f64 = f
+            .get(4)
+            .and_then(|a| a.trim_end_matches('s').parse().ok())
+            .unwrap_or(f64::MAX);
+        assert!(
+            f.get(2) == Some(&"alive") && age < 1.5,
+            "a saw b as {l:?}\nall: {seen:?}"
+        );
+    }
+    let v = votes(&a);
+    assert!(v.contains(" up 2 (a, b) stale 0 "), "{v}");
+    // No vote of b's was lost and came back (each change is an event).
+    assert_eq!(b_votes(&a), b_votes_before, "{}", a.ctl("show events"));
+
+    // b's votes go on: the site fails, and a counts the new b's vote for down.
+    drop(ka);
+    let both_down = poll(Duration::from_secs(15), || {
+        let v = votes(&a);
+        v.contains("down 2 (a, b)").then_some(v)
+    });
+    assert!(
+        both_down.is_some(),
+        "a never counted b's new vote: {}\n{}",
+        votes(&a),
+        a.ctl("show cluster")
+    );
 }

@@ -442,7 +442,7 @@ impl Lb {
         }
         Carried {
             backends,
-            sites: Vec::new(),
+            ..Carried::default()
         }
     }
 

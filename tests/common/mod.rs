@@ -108,8 +108,13 @@ pub struct Portico {
     pub log: PathBuf,
 }
 
+/// The binary under test: cargo's build of it, or `PORTICO_BIN` when set (another
+/// build of the same source, e.g. a copy kept apart from a shared target dir).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_portico")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("PORTICO_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_portico").to_string())
+    })
 }
 
 impl Portico {
