@@ -699,3 +699,59 @@ fn an_upgraded_cluster_member_stays_the_same_member_and_its_votes_go_on() {
         a.ctl("show cluster")
     );
 }
+
+/// Under `Type=notify`, the successor tells the supervisor it is the main process
+/// (`MAINPID=` its pid, with `READY=1`), and the old process, which goes on
+/// draining, never says `STOPPING=1`: the service did not stop.
+#[test]
+fn the_successor_announces_itself_as_main_pid_and_the_service_never_stops() {
+    let (e1, e2, ka) = (Echo::start(), Echo::start(), Echo::start());
+    let dir = TempDir::new("upgrade-notify");
+    let (vip, http, dns) = (free_port(), free_port(), free_udp_tcp_port());
+    let cfg = config(&dir, vip, http, dns, e1.addr, e2.addr, ka.addr);
+    let sock_path = dir.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let notify_env = sock_path.display().to_string();
+    let mut old = Portico::start_env(&dir, &cfg, &[("NOTIFY_SOCKET", notify_env.as_str())]);
+    let mut buf = [0u8; 4096];
+    let mut next = |sock: &std::os::unix::net::UnixDatagram| {
+        sock.recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = next(&notify).expect("READY=1 of the first process");
+    assert!(first.lines().any(|l| l == "READY=1"), "{first}");
+
+    old.signal(libc::SIGUSR2);
+    let pid = poll(Duration::from_secs(30), || successor_pid(&old))
+        .unwrap_or_else(|| panic!("no successor took over:\n{}", old.log_text()));
+    let _kill = Kill(pid);
+    let status = old
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits after its drain");
+    assert!(status.success(), "{status}");
+    // Everything sent up to the old process's exit (bounded: 50 datagrams, each
+    // read waiting at most 1 s once the old process is gone).
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut heard = Vec::new();
+    while heard.len() < 50 {
+        match next(&notify) {
+            Some(m) => heard.push(m),
+            None => break,
+        }
+    }
+    let main = heard
+        .iter()
+        .find(|m| m.lines().any(|l| l == format!("MAINPID={pid}")))
+        .unwrap_or_else(|| panic!("no MAINPID={pid} in {heard:?}"));
+    assert!(main.lines().any(|l| l == "READY=1"), "{main}");
+    assert!(
+        !heard.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "{heard:?}"
+    );
+}
