@@ -438,7 +438,7 @@ probe = {{ kind = "http", path = "/health", expect_status = 200, {probe} }}
         "250",
     );
     long_step("QUIT\r\n", "221");
-    drop(long_step);
+    // The session ends: the old process has nothing left to drain.
     drop((long_w, long_r));
     let status = old
         .wait_exit(Duration::from_secs(20))
