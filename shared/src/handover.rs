@@ -1,9 +1,10 @@
 //! Binary upgrade without a gap: the running process hands every listening socket
-//! (VIPs, DNS UDP and TCP, the status listener) to its successor over a Unix socket
-//! with `SCM_RIGHTS`, together with what the successor should carry over (admin
-//! state and health per backend, site overrides). The sockets are the same kernel
-//! objects, so connections queued while the processes change hands wait in the
-//! backlog instead of being refused.
+//! (VIPs, DNS UDP and TCP, the status listener, the cluster's gossip socket) to its
+//! successor over a Unix socket with `SCM_RIGHTS`, together with what the successor
+//! should carry over (admin state and health per backend, site overrides, the
+//! node's cluster identity). The sockets are the same kernel objects, so
+//! connections queued while the processes change hands wait in the backlog instead
+//! of being refused.
 //!
 //! The conversation, on one Unix stream connection the successor opens:
 //!
