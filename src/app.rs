@@ -422,12 +422,20 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
+    // A successor takes the gossip socket and the node's identity over, and stays
+    // silent in the cluster until it has taken over.
     let cluster = match &config.cluster {
-        Some(c) => Some(
-            shared::cluster::Cluster::start(c)
-                .await
-                .context("starting the cluster layer")?,
-        ),
+        Some(c) => {
+            let socket = inherited
+                .as_ref()
+                .and_then(|i| i.take_udp("cluster", c.listen).into_iter().next());
+            let carried = inherited.as_ref().and_then(|i| i.carried.cluster.as_ref());
+            Some(
+                shared::cluster::Cluster::start_with(c, socket, carried)
+                    .await
+                    .context("starting the cluster layer")?,
+            )
+        }
         None => None,
     };
     let fleet = cluster
@@ -584,6 +592,9 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         if let Err(e) = p.take_over().await {
             tracing::warn!("the predecessor did not confirm the handover ({e}); taking over");
         }
+        if let Some(c) = &app.cluster {
+            c.resume();
+        }
         app.lb.open();
         socket_guards = start_admin(&app, &config, &handover_tx, &background)?;
         events.record(
@@ -630,6 +641,10 @@ pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         // withdrawal (its sessions announce the same prefixes).
         Some(h) => {
             app.lb.stop_accepting();
+            // The successor gossips as this node from now on, on the same socket.
+            if let Some(c) = &app.cluster {
+                c.shutdown().await;
+            }
             status_stop.cancel();
             *app.status_fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let _ = h.stopped_accepting.send(());
@@ -770,7 +785,13 @@ async fn hand_over(
     {
         sockets.push((e.clone(), fd.try_clone()?));
     }
+    if let Some(c) = &app.cluster {
+        sockets.push(c.handover_socket()?);
+    }
     let mut carried = app.lb.carried();
+    if let Some(c) = &app.cluster {
+        carried.cluster = Some(c.carry().await);
+    }
     if let Some(g) = app.gss.load_full() {
         carried.sites = g
             .page_sites()

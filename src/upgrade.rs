@@ -5,8 +5,9 @@
 //! ([`shared::handover`]), starts its probes, and only once they have spoken says
 //! READY. The predecessor then stops accepting, answers OK, and drains as on SIGTERM
 //! (without withdrawing routes or telling systemd it stops: the service goes on);
-//! the successor opens its listeners, binds the admin socket and tells systemd it is
-//! the main process now. Until READY nothing has changed for the predecessor: a
+//! the successor opens its listeners, starts gossiping as the same cluster member
+//! (the predecessor stopped at the handover), binds the admin socket and tells
+//! systemd it is the main process now. Until READY nothing has changed for the predecessor: a
 //! successor that fails to start leaves it serving.
 
 use std::os::unix::net::UnixStream;

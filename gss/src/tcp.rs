@@ -14,6 +14,7 @@ use hickory_server::net::xfer::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +25,10 @@ use crate::snapshot::Snapshot;
 pub const IDLE: Duration = Duration::from_secs(10);
 /// Open connections at most; further ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Once the server stops (shutdown, or a binary upgrade's successor took the
+/// listener), how long a connection still waits for a query already on its way:
+/// a client that connected just before must get its answer, not a close.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `cancel` fires; each runs on `tracker`.
 pub async fn serve(
@@ -51,13 +56,8 @@ pub async fn serve(
         };
         let (snap, cancel) = (snap.clone(), cancel.clone());
         tracker.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                r = connection(stream, peer, &snap) => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "gss: tcp connection ended");
-                    }
-                }
+            if let Err(e) = connection(stream, peer, &snap, &cancel).await {
+                tracing::debug!(%peer, error = %e, "gss: tcp connection ended");
             }
             drop(permit);
         });
@@ -66,21 +66,36 @@ pub async fn serve(
 
 /// Serves one connection until the peer closes it, goes idle, or sends garbage
 /// (a message shorter than a header closes it; errors never leave this task).
+/// Once `stop` fires it answers what arrives within [`STOP_GRACE`], then closes:
+/// stopping never cuts a query in flight.
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     snap: &ArcSwap<Snapshot>,
+    stop: &CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     // Sized per message, so idle connections hold no 64 KiB buffer.
     let mut buf = Vec::new();
     loop {
+        // Between messages: the length prefix, read with a cancel-safe `read` so a
+        // stop can shorten the wait without losing a byte of the framing.
         let mut len = [0u8; 2];
-        match tokio::time::timeout(IDLE, stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+        let mut got = 0;
+        let mut stopping = stop.is_cancelled();
+        let mut deadline = Instant::now() + if stopping { STOP_GRACE } else { IDLE };
+        while got < len.len() {
+            tokio::select! {
+                r = stream.read(&mut len[got..]) => match r? {
+                    0 => return Ok(()),
+                    n => got += n,
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    deadline = deadline.min(Instant::now() + STOP_GRACE);
+                }
+            }
         }
         let n = usize::from(u16::from_be_bytes(len));
         if n < 12 {
@@ -172,11 +187,60 @@ answers = { dc1 = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"] }
             }
             client
         });
-        let served = tokio::time::timeout(IDLE * 3, connection(server, peer, &snap)).await;
+        let served = tokio::time::timeout(
+            IDLE * 3,
+            connection(server, peer, &snap, &CancellationToken::new()),
+        )
+        .await;
         assert!(
             served.is_ok(),
             "the connection was still blocked writing to a client that reads nothing"
         );
         writer.abort();
+    }
+
+    /// A client that connected just before the server stopped (a binary upgrade's
+    /// handover, a shutdown) and sends its query right after still gets the answer;
+    /// an idle connection is closed within the grace.
+    #[tokio::test]
+    async fn a_query_sent_just_after_the_stop_is_still_answered() {
+        let cfg = shared::config::parse(ZONE, Path::new("t.toml")).expect("config");
+        let zone = crate::zone::render_all_up(&cfg.gss.expect("gss")).expect("zone");
+        let snap = Arc::new(ArcSwap::from_pointee(Snapshot::new(
+            zone,
+            HealthView::default(),
+        )));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let server = tokio::spawn(serve(listener, snap, stop.clone(), tracker.clone()));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), async {
+            while tracker.len() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(accepted.is_ok(), "the connections were never accepted");
+        stop.cancel();
+        server.await.expect("accept loop ends");
+        client.write_all(&framed_query(7)).await.expect("query");
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut len))
+            .await
+            .expect("an answer in time")
+            .expect("an answer, not a close");
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer[..2], &7u16.to_be_bytes());
+        // The other connection sent nothing: closed once the grace is over.
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(STOP_GRACE * 3, idle.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        tracker.close();
+        tokio::time::timeout(STOP_GRACE * 3, tracker.wait())
+            .await
+            .expect("every connection task ends");
     }
 }

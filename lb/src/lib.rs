@@ -449,7 +449,7 @@ impl Lb {
         }
         Carried {
             backends,
-            sites: Vec::new(),
+            ..Carried::default()
         }
     }
 

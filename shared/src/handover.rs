@@ -1,9 +1,10 @@
 //! Binary upgrade without a gap: the running process hands every listening socket
-//! (VIPs, DNS UDP and TCP, the status listener) to its successor over a Unix socket
-//! with `SCM_RIGHTS`, together with what the successor should carry over (admin
-//! state and health per backend, site overrides). The sockets are the same kernel
-//! objects, so connections queued while the processes change hands wait in the
-//! backlog instead of being refused.
+//! (VIPs, DNS UDP and TCP, the status listener, the cluster's gossip socket) to its
+//! successor over a Unix socket with `SCM_RIGHTS`, together with what the successor
+//! should carry over (admin state and health per backend, site overrides, the
+//! node's cluster identity). The sockets are the same kernel objects, so
+//! connections queued while the processes change hands wait in the backlog instead
+//! of being refused.
 //!
 //! The conversation, on one Unix stream connection the successor opens:
 //!
@@ -51,7 +52,7 @@ pub enum SocketKind {
 /// for (`configured`, which may have port 0 in tests) and the role that owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketEntry {
-    /// `vip`, `dns` or `status`.
+    /// `vip`, `dns`, `status` or `cluster`.
     pub role: String,
     /// TCP listener or UDP socket.
     pub kind: SocketKind,
@@ -85,6 +86,36 @@ pub struct CarriedSite {
     pub override_state: Option<String>,
 }
 
+/// A cluster member as the predecessor last knew it, so the successor votes with
+/// the same peer views until its own gossip has heard from that peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedPeer {
+    /// Member id.
+    pub id: String,
+    /// The failure detector's verdict.
+    pub alive: bool,
+    /// Milliseconds since its heartbeat last advanced; `None` if never heard.
+    pub age_ms: Option<u64>,
+    /// Its keys as last received.
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
+/// What the successor needs to go on as the same cluster member: peers see one
+/// node whose heartbeat and key versions keep growing, not a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedCluster {
+    /// This node's member id (the successor carries it only if its config agrees).
+    pub node: String,
+    /// The gossip generation the node announced itself with.
+    pub generation: u64,
+    /// Its heartbeat when the manifest was written.
+    pub heartbeat: u64,
+    /// The highest version of its keys when the manifest was written.
+    pub max_version: u64,
+    /// Every other member as last known.
+    pub peers: Vec<CarriedPeer>,
+}
+
 /// State the successor starts from instead of from nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carried {
@@ -92,6 +123,9 @@ pub struct Carried {
     pub backends: Vec<CarriedBackend>,
     /// Every site of the gss.
     pub sites: Vec<CarriedSite>,
+    /// The cluster membership, with `[cluster]` (absent from older predecessors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<CarriedCluster>,
 }
 
 /// The predecessor's description of what it hands over.
@@ -177,14 +211,7 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
     }
     let mut json = vec![0u8; len as usize];
     r.read_exact(&mut json)?;
-    let manifest: Manifest =
-        serde_json::from_slice(&json).map_err(|e| HandoverError::Protocol(e.to_string()))?;
-    if manifest.version != VERSION {
-        return Err(HandoverError::Version {
-            ours: VERSION,
-            theirs: manifest.version,
-        });
-    }
+    let manifest = parse_manifest(&json)?;
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(manifest.sockets.len());
     while fds.len() < manifest.sockets.len() {
         let mut space =
@@ -233,6 +260,21 @@ pub fn receive(stream: &UnixStream) -> Result<Inherited, HandoverError> {
         entries: Mutex::new(entries),
         carried: manifest.carried,
     })
+}
+
+/// Parses the manifest's JSON (the bytes after its length prefix): the other side
+/// is another process, so anything it sends is an error or a manifest of our
+/// version, never a panic.
+pub fn parse_manifest(json: &[u8]) -> Result<Manifest, HandoverError> {
+    let manifest: Manifest =
+        serde_json::from_slice(json).map_err(|e| HandoverError::Protocol(e.to_string()))?;
+    if manifest.version != VERSION {
+        return Err(HandoverError::Version {
+            ours: VERSION,
+            theirs: manifest.version,
+        });
+    }
+    Ok(manifest)
 }
 
 /// Writes one protocol line (`HELLO 1`, `READY`, `OK`).
@@ -348,6 +390,7 @@ mod tests {
                     weight: 3,
                 }],
                 sites: vec![],
+                cluster: None,
             },
         };
         let (old, new) = UnixStream::pair().expect("pair");
@@ -389,6 +432,36 @@ mod tests {
         sender.0.expect("sent");
         let got = sender.1.expect("received");
         assert_eq!(got.untaken().len(), FDS_PER_MESSAGE + 5);
+    }
+
+    #[test]
+    fn a_manifest_without_cluster_state_parses_and_cluster_state_round_trips() {
+        let older = br#"{"version":1,"sockets":[],"carried":{"backends":[],"sites":[]}}"#;
+        assert_eq!(
+            parse_manifest(older).expect("older manifest").carried,
+            Carried::default()
+        );
+        let m = Manifest {
+            version: VERSION,
+            sockets: vec![],
+            carried: Carried {
+                cluster: Some(CarriedCluster {
+                    node: "b".into(),
+                    generation: 1_700_000_000_000,
+                    heartbeat: 42,
+                    max_version: 7,
+                    peers: vec![CarriedPeer {
+                        id: "a".into(),
+                        alive: true,
+                        age_ms: Some(120),
+                        keys: [("view/dc1".to_string(), "{}".to_string())].into(),
+                    }],
+                }),
+                ..Carried::default()
+            },
+        };
+        let json = serde_json::to_vec(&m).expect("json");
+        assert_eq!(parse_manifest(&json).expect("parses"), m);
     }
 
     #[test]

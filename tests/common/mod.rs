@@ -401,6 +401,45 @@ pub fn query_a(server: SocketAddr, name: &str) -> Option<Vec<std::net::Ipv4Addr>
     exchange_a(&sock, server, &bytes)
 }
 
+/// Asks `server` for `name`'s A records over TCP (one query per connection); the
+/// error says which step failed.
+pub fn query_a_tcp(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::io::{Read, Write};
+    let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    let qname = Name::from_ascii(name).map_err(|e| e.to_string())?;
+    msg.add_query(Query::query(qname, RecordType::A));
+    let bytes = msg.to_vec().map_err(|e| e.to_string())?;
+    let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    s.write_all(&framed).map_err(|e| format!("write: {e}"))?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)
+        .map_err(|e| format!("read length: {e}"))?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf)
+        .map_err(|e| format!("read message: {e}"))?;
+    if buf.get(..2) != bytes.get(..2) {
+        return Err("reply to another query".into());
+    }
+    let reply = Message::from_vec(&buf).map_err(|e| format!("parse: {e}"))?;
+    let mut v: Vec<_> = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// As [`query_a`], through `sock` (e.g. one bound inside a lab namespace), waiting
 /// at most `wait` for the reply.
 pub fn query_a_via(

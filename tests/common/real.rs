@@ -1,9 +1,11 @@
 //! Real daemons from Debian packages for the end-to-end tests, each in its own temp
-//! dir and process group: Postfix, Dovecot IMAP behind PROXY v2 and nginx webmail
+//! dir and process group: Postfix (an `smtpd` behind PROXY v2, a sending or receiving
+//! MTA, with a small SMTP client), Dovecot IMAP behind PROXY v2 and nginx webmail
 //! backends.
 //! Postfix and Dovecot drop privileges, so their directories must be traversable.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -438,4 +440,63 @@ http {{
         port,
         daemon: group,
     })
+}
+
+/// Reads one (possibly multi-line) SMTP reply; returns its last line.
+pub fn smtp_reply(r: &mut impl BufRead) -> Result<String, String> {
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return Ok(line.trim_end().to_string());
+        }
+    }
+}
+
+pub fn tcp_from(local: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((local, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(15)))?;
+    Ok(s)
+}
+
+/// One full SMTP session (EHLO, MAIL, RCPT, DATA, QUIT) from `local` through `vip`.
+pub fn smtp_session(local: [u8; 4], vip: SocketAddr, id: usize) -> Result<(), String> {
+    let stream = tcp_from(local, vip).map_err(|e| format!("connect: {e}"))?;
+    let mut w = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(stream);
+    let mut step = |send: Option<String>, want: &str| -> Result<(), String> {
+        if let Some(s) = &send {
+            w.write_all(s.as_bytes())
+                .map_err(|e| format!("write {s:?}: {e}"))?;
+        }
+        let reply = smtp_reply(&mut r).map_err(|e| format!("after {send:?}: {e}"))?;
+        if reply.starts_with(want) {
+            Ok(())
+        } else {
+            Err(format!("after {send:?}: {reply}"))
+        }
+    };
+    step(None, "220")?;
+    step(Some("EHLO load.example.test\r\n".into()), "250")?;
+    step(
+        Some(format!("MAIL FROM:<load{id}@example.test>\r\n")),
+        "250",
+    )?;
+    step(Some("RCPT TO:<rcpt@example.test>\r\n".into()), "250")?;
+    step(Some("DATA\r\n".into()), "354")?;
+    step(
+        Some(format!(
+            "From: <load{id}@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: load {id}\r\n\r\nsession {id}\r\n.\r\n"
+        )),
+        "250",
+    )?;
+    step(Some("QUIT\r\n".into()), "221")
 }

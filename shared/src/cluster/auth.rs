@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use ring::hmac;
+use tokio::sync::watch;
 
 /// Frame magic: Portico cluster, format 1.
 const MAGIC: &[u8; 4] = b"PTC1";
@@ -120,23 +121,51 @@ impl Auth {
 pub struct AuthTransport {
     auth: Arc<Auth>,
     rejected: Arc<AtomicU64>,
+    bound: std::sync::Mutex<Option<std::net::UdpSocket>>,
+    live: Option<watch::Receiver<bool>>,
 }
 
 impl AuthTransport {
     /// `rejected` counts every dropped datagram (for `show cluster` and tests).
     pub fn new(auth: Arc<Auth>, rejected: Arc<AtomicU64>) -> AuthTransport {
-        AuthTransport { auth, rejected }
+        AuthTransport {
+            auth,
+            rejected,
+            bound: std::sync::Mutex::new(None),
+            live: None,
+        }
+    }
+
+    /// Opens on `socket` (already bound, non-blocking) instead of binding: the
+    /// gossip socket a predecessor handed over, or one bound early so its
+    /// descriptor can be handed over later.
+    pub fn with_socket(mut self, socket: std::net::UdpSocket) -> AuthTransport {
+        self.bound = std::sync::Mutex::new(Some(socket));
+        self
+    }
+
+    /// Neither sends nor reads a datagram until `live` turns true: a successor
+    /// shares the socket with its predecessor until the handover, and must not
+    /// speak for the node before it has taken over the node's heartbeat.
+    pub fn gated(mut self, live: watch::Receiver<bool>) -> AuthTransport {
+        self.live = Some(live);
+        self
     }
 }
 
 #[async_trait]
 impl Transport for AuthTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let socket = tokio::net::UdpSocket::bind(listen_addr).await?;
+        let preset = self.bound.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let socket = match preset {
+            Some(s) => tokio::net::UdpSocket::from_std(s)?,
+            None => tokio::net::UdpSocket::bind(listen_addr).await?,
+        };
         Ok(Box::new(AuthSocket {
             socket,
             auth: self.auth.clone(),
             rejected: self.rejected.clone(),
+            live: self.live.clone(),
             payload: Vec::new(),
             frame: Vec::new(),
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
@@ -148,14 +177,27 @@ struct AuthSocket {
     socket: tokio::net::UdpSocket,
     auth: Arc<Auth>,
     rejected: Arc<AtomicU64>,
+    live: Option<watch::Receiver<bool>>,
     payload: Vec<u8>,
     frame: Vec<u8>,
     buf: Box<[u8]>,
 }
 
+impl AuthSocket {
+    /// Waits until the socket may be used (at once unless gated).
+    async fn until_live(&mut self) {
+        if let Some(live) = &mut self.live {
+            // A dropped sender means the cluster is going away: nothing to wait for.
+            let _ = live.wait_for(|l| *l).await;
+            self.live = None;
+        }
+    }
+}
+
 #[async_trait]
 impl Socket for AuthSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        self.until_live().await;
         self.payload.clear();
         msg.serialize(&mut self.payload);
         self.auth.seal(&self.payload, &mut self.frame);
@@ -167,6 +209,7 @@ impl Socket for AuthSocket {
     }
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        self.until_live().await;
         loop {
             let (len, from) = match self.socket.recv_from(&mut self.buf).await {
                 Ok(r) => r,

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{Auth, AuthTransport, Rejected};
 
 use crate::config::ClusterConfig;
+use crate::handover::{CarriedCluster, CarriedPeer, SocketEntry, SocketKind};
 
 /// Shortest accepted secret, in bytes.
 pub const MIN_SECRET: usize = 16;
@@ -134,31 +137,79 @@ pub struct Cluster {
     desired: watch::Sender<BTreeMap<String, String>>,
     view: watch::Receiver<ClusterView>,
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    /// A second descriptor of the gossip socket, for a successor.
+    socket: OwnedFd,
+    local: SocketAddr,
+    generation: u64,
+    /// False while a successor waits to take over: it neither gossips nor pushes
+    /// keys until [`Cluster::resume`].
+    live: watch::Sender<bool>,
     cancel: CancellationToken,
     rejected: Arc<AtomicU64>,
     started: SystemTime,
 }
 
+/// How far above the predecessor's heartbeat and key versions (as of the manifest)
+/// a successor starts: the predecessor keeps gossiping until the handover, a few
+/// increments per second at most, and peers only compare these numbers.
+const RESUME_MARGIN: u64 = 1_000_000;
+
 impl Cluster {
     /// Reads the secret, binds the gossip socket and starts gossiping with the
     /// configured members.
     pub async fn start(cfg: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        Cluster::start_with(cfg, None, None).await
+    }
+
+    /// As [`Cluster::start`], for a successor after a binary upgrade: `socket` is
+    /// the gossip socket handed over, `carried` the node's identity and what it
+    /// knew of its peers. With both, the node keeps its gossip identity and stays
+    /// silent until [`Cluster::resume`], voting meanwhile with the carried peer
+    /// views; without, it starts as a new generation.
+    pub async fn start_with(
+        cfg: &ClusterConfig,
+        socket: Option<std::net::UdpSocket>,
+        carried: Option<&CarriedCluster>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let secret = load_secret(&cfg.secret_file)?;
         let members: HashSet<String> = cfg.members.iter().map(|m| m.id.clone()).collect();
         let auth = Arc::new(Auth::new(&secret, &cfg.id, &cfg.node, members));
         let rejected = Arc::new(AtomicU64::new(0));
-        let transport = AuthTransport::new(auth, rejected.clone());
+        let listen_err = |e: std::io::Error| ClusterError::Listen {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        };
+        let carried = carried.filter(|c| socket.is_some() && c.node == cfg.node);
+        let socket = match socket {
+            Some(s) => s,
+            None => {
+                let s = std::net::UdpSocket::bind(cfg.listen).map_err(listen_err)?;
+                s.set_nonblocking(true).map_err(listen_err)?;
+                s
+            }
+        };
+        let local = socket.local_addr().map_err(listen_err)?;
+        let dup = socket.as_fd().try_clone_to_owned().map_err(listen_err)?;
+        let (live, live_rx) = watch::channel(carried.is_none());
+        let transport = AuthTransport::new(auth, rejected.clone())
+            .with_socket(socket)
+            .gated(live_rx.clone());
         let advertise = cfg
             .members
             .iter()
             .find(|m| m.id == cfg.node)
             .map(|m| m.address)
             .unwrap_or(cfg.listen);
-        // A restarted node is a new generation, so peers drop what its old self said.
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        // A restarted node is a new generation, so peers drop what its old self
+        // said; an upgraded one is the same node and keeps its generation.
+        let generation = match carried {
+            Some(c) => c.generation,
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
         let chitchat_cfg = ChitchatConfig {
             chitchat_id: ChitchatId::new(cfg.node.clone(), generation, advertise),
             cluster_id: cfg.id.clone(),
@@ -186,26 +237,122 @@ impl Cluster {
                 addr: cfg.listen,
                 reason: format!("{e:#}"),
             })?;
+        let chitchat = handle.chitchat();
+        if let Some(c) = carried {
+            // Before any datagram (the socket is gated): from its first gossip on,
+            // peers see this node's heartbeat and versions go on growing.
+            let mut cc = chitchat.lock().await;
+            let me = cc.self_node_state();
+            if let Ok(hb) = serde_json::from_value::<chitchat::Heartbeat>(serde_json::Value::from(
+                c.heartbeat.saturating_add(RESUME_MARGIN),
+            )) {
+                me.try_set_heartbeat(hb);
+            }
+            let floor = c.max_version.saturating_add(RESUME_MARGIN);
+            if me.max_version() < floor {
+                me.set_max_version(floor);
+            }
+        }
+        let now = Instant::now();
+        let fallback: Vec<MemberView> = carried
+            .map(|c| {
+                c.peers
+                    .iter()
+                    .filter_map(|p| {
+                        let m = cfg
+                            .members
+                            .iter()
+                            .find(|m| m.id == p.id && m.id != cfg.node)?;
+                        Some(MemberView {
+                            id: p.id.clone(),
+                            address: m.address,
+                            is_self: false,
+                            alive: p.alive,
+                            last_contact: p
+                                .age_ms
+                                .and_then(|a| now.checked_sub(Duration::from_millis(a))),
+                            keys: p.keys.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let (desired, desired_rx) = watch::channel(BTreeMap::new());
         let (view_tx, view) = watch::channel(ClusterView::default());
         let cancel = CancellationToken::new();
         tokio::spawn(poll_loop(
             cfg.clone(),
-            handle.chitchat(),
+            chitchat.clone(),
             desired_rx,
             view_tx,
+            live_rx,
+            fallback,
             cancel.clone(),
         ));
-        tracing::info!(node = %cfg.node, listen = %cfg.listen, members = cfg.members.len(), "cluster started");
+        tracing::info!(node = %cfg.node, listen = %cfg.listen, members = cfg.members.len(), carried = carried.is_some(), "cluster started");
         Ok(Arc::new(Cluster {
             cfg: cfg.clone(),
             desired,
             view,
             handle: tokio::sync::Mutex::new(Some(handle)),
+            chitchat,
+            socket: dup,
+            local,
+            generation,
+            live,
             cancel,
             rejected,
             started: SystemTime::now(),
         }))
+    }
+
+    /// A successor has taken over: gossip starts (as the same node, if it carried
+    /// the identity) and the published keys go out.
+    pub fn resume(&self) {
+        self.live.send_replace(true);
+    }
+
+    /// The gossip socket for a successor: its handover entry and a descriptor.
+    pub fn handover_socket(&self) -> std::io::Result<(SocketEntry, OwnedFd)> {
+        Ok((
+            SocketEntry {
+                role: "cluster".to_string(),
+                kind: SocketKind::Udp,
+                configured: self.cfg.listen,
+                local: self.local,
+            },
+            self.socket.try_clone()?,
+        ))
+    }
+
+    /// What a successor needs to go on as this node.
+    pub async fn carry(&self) -> CarriedCluster {
+        let (heartbeat, max_version) = {
+            let mut cc = self.chitchat.lock().await;
+            let me = cc.self_node_state();
+            (u64::from(me.heartbeat()), me.max_version())
+        };
+        let now = Instant::now();
+        let peers = self
+            .view
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| !m.is_self)
+            .map(|m| CarriedPeer {
+                id: m.id.clone(),
+                alive: m.alive,
+                age_ms: m.age(now).map(|a| a.as_millis() as u64),
+                keys: m.keys.clone(),
+            })
+            .collect();
+        CarriedCluster {
+            node: self.cfg.node.clone(),
+            generation: self.generation,
+            heartbeat,
+            max_version,
+            peers,
+        }
     }
 
     /// The config it runs with.
@@ -327,11 +474,16 @@ fn poll_period(cfg: &ClusterConfig) -> Duration {
     (cfg.gossip_interval / 4).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 
+/// Pushes the desired keys into chitchat (once live) and rebuilds the view. A
+/// member chitchat has not heard of yet shows as in `fallback` (what a predecessor
+/// knew of it), so a successor's votes do not drop out while its gossip starts.
 async fn poll_loop(
     cfg: ClusterConfig,
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     mut desired: watch::Receiver<BTreeMap<String, String>>,
     view_tx: watch::Sender<ClusterView>,
+    mut live: watch::Receiver<bool>,
+    fallback: Vec<MemberView>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(poll_period(&cfg));
@@ -344,11 +496,13 @@ async fn poll_loop(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             r = desired.changed() => if r.is_err() { return },
+            r = live.changed() => if r.is_err() { return },
         }
+        let is_live = *live.borrow_and_update();
         let want = desired.borrow_and_update().clone();
         let now = Instant::now();
         let mut cc = chitchat.lock().await;
-        if want != published {
+        if is_live && want != published {
             let me = cc.self_node_state();
             for (k, v) in &want {
                 if published.get(k) != Some(v) {
@@ -360,7 +514,7 @@ async fn poll_loop(
                     me.delete(k);
                 }
             }
-            published = want;
+            published = want.clone();
         }
         let live: HashSet<String> = cc.live_nodes().map(|id| id.node_id.clone()).collect();
         // The newest generation of each configured member.
@@ -390,7 +544,7 @@ async fn poll_loop(
                         is_self: true,
                         alive: true,
                         last_contact: Some(now),
-                        keys: published.clone(),
+                        keys: want.clone(),
                     };
                 }
                 let (keys, last_contact) = match latest.get(m.id.as_str()) {
@@ -406,7 +560,12 @@ async fn poll_loop(
                             .collect();
                         (keys, Some(entry.1))
                     }
-                    None => (BTreeMap::new(), None),
+                    None => {
+                        if let Some(f) = fallback.iter().find(|f| f.id == m.id) {
+                            return f.clone();
+                        }
+                        (BTreeMap::new(), None)
+                    }
                 };
                 MemberView {
                     id: m.id.clone(),
