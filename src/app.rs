@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 const PAGE_EVENTS: usize = 50;
 
 /// The running process: current config and the roles it runs.
-pub struct App {
+pub(crate) struct App {
     config: ArcSwap<Config>,
     events: Arc<EventLog>,
     lb: lb::Lb,
@@ -62,7 +62,7 @@ impl App {
     }
 
     /// The `/status` document: every VIP of the lb and every site of the gss.
-    pub fn status(&self) -> StatusDoc {
+    pub(crate) fn status(&self) -> StatusDoc {
         StatusDoc {
             vips: self.lb.status(),
             sites: self
@@ -87,7 +87,7 @@ impl App {
 
     /// The status page's data: VIPs with backends, sites, names and their answers,
     /// the last events.
-    pub fn page(&self) -> shared::status::PageDoc {
+    pub(crate) fn page(&self) -> shared::status::PageDoc {
         let gss = self.gss.load_full();
         shared::status::PageDoc {
             vips: self.lb.page(),
@@ -105,7 +105,7 @@ impl App {
     /// Re-reads the config file and applies it; on any error the old config keeps
     /// serving and the errors are returned for the operator. Every outcome is counted
     /// in `portico_config_reloads_total` and recorded as an event.
-    pub async fn reload(&self, who: &str) -> Result<(), String> {
+    pub(crate) async fn reload(&self, who: &str) -> Result<(), String> {
         let _serial = self.reload_lock.lock().await;
         crate::notify::reloading();
         let path = self.config.load().path.clone();
@@ -345,7 +345,7 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 
 /// How `portico run` was started.
 #[derive(Default)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Signalled once every listener is open (tests, the demo).
     pub ready: Option<oneshot::Sender<()>>,
     /// Cancelled to stop as on SIGTERM (the demo's Ctrl-C path).
@@ -358,7 +358,7 @@ pub struct RunOptions {
 
 /// Runs `config` until SIGTERM/SIGINT (or `stop`), then drains up to
 /// `drain_timeout` and returns. `ready` is signalled once every listener is open.
-pub async fn run(config: Config, ready: Option<oneshot::Sender<()>>) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, ready: Option<oneshot::Sender<()>>) -> anyhow::Result<()> {
     run_with(
         config,
         RunOptions {
@@ -375,7 +375,7 @@ struct Handover {
 }
 
 /// Runs `config` with every option of `portico run`.
-pub async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+pub(crate) async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let RunOptions {
         ready,
         stop,

@@ -14,7 +14,7 @@ use shared::testing::{Behaviour, FakeKind, FakeOptions, FakeServer};
 use tokio::sync::oneshot;
 
 /// The demo config, embedded so the demo runs from any directory.
-pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+pub(crate) const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
 /// Starts one fake per backend; the banner names the VIP and backend so a client can
 /// see which node answered.
@@ -42,7 +42,7 @@ async fn start_backends(config: &Config) -> anyhow::Result<Vec<FakeServer>> {
 }
 
 /// What to paste into another terminal, derived from the config itself.
-pub fn instructions(config: &Config, exe: &str) -> String {
+pub(crate) fn instructions(config: &Config, exe: &str) -> String {
     let mut out = String::from("\nPortico demo is running. Try, in another terminal:\n\n");
     if let Some(gss) = &config.gss {
         let (host, port) = (gss.listen.ip(), gss.listen.port());
@@ -98,7 +98,7 @@ pub fn instructions(config: &Config, exe: &str) -> String {
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run() -> anyhow::Result<()> {
     let config = shared::config::parse(DEMO_TOML, Path::new("config/demo.toml"))
         .map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let _fakes = start_backends(&config).await?;

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use crate::LogFormat;
 
 /// Installs the global subscriber once; later calls are ignored.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     // hickory-server logs every query at info; that is a line per packet, not an event.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn"));

@@ -12,12 +12,12 @@ fn send(states: &[NotifyState]) {
 }
 
 /// Startup is over: listeners are open and health is known.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// A reload began. MONOTONIC_USEC comes with it, as `Type=notify-reload` requires.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
@@ -25,13 +25,13 @@ pub fn reloading() {
 }
 
 /// Shutdown began (the drain follows).
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }
 
 /// This process is the service's main process now (a successor after a binary
 /// upgrade; the unit needs `NotifyAccess=all` for systemd to accept it).
-pub fn main_pid() {
+pub(crate) fn main_pid() {
     send(&[
         NotifyState::MainPid(std::process::id()),
         NotifyState::Ready,

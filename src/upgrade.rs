@@ -23,7 +23,7 @@ use shared::handover::{self, Inherited, Manifest};
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The upgrade socket of a process whose admin socket is `admin`.
-pub fn socket_path(admin: &Path) -> PathBuf {
+pub(crate) fn socket_path(admin: &Path) -> PathBuf {
     let mut p = admin.as_os_str().to_owned();
     p.push(".upgrade");
     PathBuf::from(p)
@@ -31,12 +31,12 @@ pub fn socket_path(admin: &Path) -> PathBuf {
 
 /// The successor's end of the conversation, between receiving the sockets and
 /// taking over.
-pub struct Predecessor {
+pub(crate) struct Predecessor {
     conn: UnixStream,
 }
 
 /// Connects to a running predecessor and receives its sockets and state.
-pub async fn connect(path: &Path) -> anyhow::Result<(Predecessor, Arc<Inherited>)> {
+pub(crate) async fn connect(path: &Path) -> anyhow::Result<(Predecessor, Arc<Inherited>)> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let conn = UnixStream::connect(&path)
@@ -55,7 +55,7 @@ impl Predecessor {
     /// Says READY and waits for the predecessor to have stopped accepting. An error
     /// means it did not confirm (it may have died): the caller takes over anyway,
     /// since it holds every listener.
-    pub async fn take_over(self) -> anyhow::Result<()> {
+    pub(crate) async fn take_over(self) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             handover::say(&self.conn, "READY")?;
             match handover::hear(&self.conn)? {
@@ -72,7 +72,7 @@ impl Predecessor {
 /// The predecessor's side, after a successor said HELLO: sends `manifest` and
 /// `fds`, then waits for READY. `Ok(true)`: the successor is ready (answer with
 /// [`confirm`] once accepting stopped); `Ok(false)`: it went away first.
-pub fn offer(
+pub(crate) fn offer(
     conn: &UnixStream,
     manifest: &Manifest,
     fds: &[std::os::fd::BorrowedFd<'_>],
@@ -94,14 +94,14 @@ pub fn offer(
 }
 
 /// Tells the successor the predecessor has stopped accepting.
-pub fn confirm(conn: &UnixStream) -> Result<(), handover::HandoverError> {
+pub(crate) fn confirm(conn: &UnixStream) -> Result<(), handover::HandoverError> {
     handover::say(conn, "OK")
 }
 
 /// Starts this binary (the path it was started from, which after a package upgrade
 /// holds the new version) as the successor of this process, detached into its own
 /// process group; its output goes where this process's goes.
-pub fn spawn_successor(
+pub(crate) fn spawn_successor(
     exe: &Path,
     config: &Path,
     socket: &Path,

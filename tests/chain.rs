@@ -3,6 +3,9 @@
 //! `/status` with `lb_status`. Killing every SMTP backend of dc1 makes dc1's lb mark
 //! its VIP down, and the gss moves the answers to dc2.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::net::SocketAddr;

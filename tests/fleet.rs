@@ -4,6 +4,9 @@
 //! on loopback, same config except the node id and the listen addresses, gossiping
 //! every 100 ms; every wait is a bounded poll.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpStream};

@@ -3,6 +3,9 @@
 //! and the witness vote on each site's health over the authenticated cluster layer.
 //! Every query loop is bounded in count and time.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

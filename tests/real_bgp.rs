@@ -4,6 +4,9 @@
 //! listener closes; anycast prepends lose to a plain path until it goes; a router
 //! restart or a router speaking garbage costs a reconnect, never the process.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -8,6 +8,9 @@
 //! Postfix runs without touching /etc: its `master` runs in the foreground on a
 //! main.cf/master.cf written into the test's temp dir, with its own queue directory.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -4,6 +4,9 @@
 //! Portico noticing, and logs no console error or exception. A screenshot is kept in
 //! `target/test-artifacts/status-page.png`.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::ffi::OsStr;

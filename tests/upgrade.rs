@@ -4,6 +4,9 @@
 //! Postfix behind an SMTP VIP, real nginx behind an http VIP, DNS over UDP and TCP);
 //! an upgrade that fails to start leaves the old process serving.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

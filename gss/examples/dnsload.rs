@@ -9,6 +9,9 @@
 //! The load side uses one connected UDP socket with `sendmmsg`/`recvmmsg` batches so
 //! the client is not the bottleneck; a query unanswered for 200 ms counts as lost.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;

@@ -26,7 +26,7 @@ const MAX_HEADER: usize = 1024;
 
 /// How long an L4 VIP waits for the header (L7 VIPs use their `header_timeout`): the
 /// upstream sends it with its first segment, so this only ends silent connections.
-pub const L4_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const L4_WAIT: Duration = Duration::from_secs(10);
 
 /// Pause between peeks while a header is still incomplete (it normally arrives in the
 /// first segment, so this is the rare path).
@@ -34,7 +34,7 @@ const INCOMPLETE_RETRY: Duration = Duration::from_millis(5);
 
 /// Why a connection on an `accept_proxy` VIP was closed before proxying.
 #[derive(Debug, thiserror::Error)]
-pub enum AcceptProxyError {
+pub(crate) enum AcceptProxyError {
     /// The client closed or the socket failed before a full header arrived.
     #[error("connection ended before a complete PROXY header: {0}")]
     Io(#[from] std::io::Error),
@@ -51,7 +51,7 @@ pub enum AcceptProxyError {
 
 /// The client's `(source, destination)` as the header says, or `None` when the socket
 /// addresses stand (`LOCAL`, `UNKNOWN`). Consumes exactly the header's bytes.
-pub async fn read_header(
+pub(crate) async fn read_header(
     tcp: &mut TcpStream,
     limit: Duration,
 ) -> Result<Option<(SocketAddr, SocketAddr)>, AcceptProxyError> {

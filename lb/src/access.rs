@@ -19,14 +19,14 @@ use tokio::time::Instant;
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
 
 /// The target the access events carry (for log filters).
-pub const TARGET: &str = "portico::access";
+pub(crate) const TARGET: &str = "portico::access";
 
 fn ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One finished L4 connection; `end` is `closed` or which side failed.
-pub fn connection(
+pub(crate) fn connection(
     vip: &str,
     client: SocketAddr,
     backend: &str,
@@ -49,7 +49,7 @@ pub fn connection(
 
 /// What an L7 access line says about the request, collected when it arrives.
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     /// VIP name.
     pub vip: String,
     /// The client's address.
@@ -69,14 +69,14 @@ pub struct Request {
 impl Request {
     /// Logs a request the proxy answered itself with `status` after `attempts`
     /// tries, the last on `backend` (`-` when none was reached).
-    pub fn log_failed(&self, backend: &str, status: StatusCode, attempts: usize) {
+    pub(crate) fn log_failed(&self, backend: &str, status: StatusCode, attempts: usize) {
         let retries = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
         self.log(backend, status, retries, Instant::now(), 0, false);
     }
 
     /// Logs the outcome: `status` from `backend` (`-` for the proxy's own answers),
     /// after `retries` further attempts, the head at `head`, `bytes` of body relayed.
-    pub fn log(
+    pub(crate) fn log(
         &self,
         backend: &str,
         status: StatusCode,

@@ -36,7 +36,7 @@ use crate::backend::{AdminState, Backend};
 use crate::Inner;
 
 /// The lb admin handler.
-pub struct LbAdmin {
+pub(crate) struct LbAdmin {
     inner: Arc<Inner>,
 }
 
@@ -242,7 +242,7 @@ impl LbAdmin {
 }
 
 /// A backend's progress here: its running state against the intents recorded for it.
-pub fn applied(b: &Backend, intents: &Intents) -> Applied {
+pub(crate) fn applied(b: &Backend, intents: &Intents) -> Applied {
     Applied::here(
         b.admin().intent(),
         b.weight(),
@@ -261,7 +261,7 @@ fn admin_word(state: AdminIntent) -> &'static str {
 }
 
 /// One `show backends` line.
-pub fn backend_line(b: &Backend) -> String {
+pub(crate) fn backend_line(b: &Backend) -> String {
     format!(
         "{} {} {} {} {} {} {}",
         b.id(),

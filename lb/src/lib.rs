@@ -11,22 +11,22 @@
 //! accept loops. With `[bgp]`, the speaker in [`bgp`] announces each healthy VIP's
 //! prefixes to the routers. See ARCHITECTURE.md for the module map.
 
-pub mod accept_proxy;
-pub mod access;
-pub mod admin;
-pub mod backend;
-pub mod balance;
-pub mod bgp;
+mod accept_proxy;
+mod access;
+mod admin;
+mod backend;
+mod balance;
+mod bgp;
 mod checker;
-pub mod error;
+mod error;
 pub mod http;
-pub mod l4;
+mod l4;
 pub mod metrics;
-pub mod outlier;
-pub mod pool;
-pub mod supervisor;
+mod outlier;
+mod pool;
+mod supervisor;
 mod sync;
-pub mod vip;
+mod vip;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

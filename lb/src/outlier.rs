@@ -18,7 +18,7 @@ use crate::sync::lock;
 
 /// One backend's passive-ejection state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Outlier {
+pub(crate) struct Outlier {
     consecutive: u32,
     ejected_until: Option<Instant>,
     /// Ejections in the current doubling run.
@@ -82,39 +82,35 @@ pub enum FailureOutcome {
 }
 
 /// How many of `pool_size` backends may be ejected at once.
-pub fn max_ejected(pool_size: usize, max_percent: u32) -> usize {
+pub(crate) fn max_ejected(pool_size: usize, max_percent: u32) -> usize {
     pool_size * (max_percent.min(100) as usize) / 100
 }
 
 impl Outlier {
     /// A backend with a clean record.
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Outlier::default()
     }
 
     /// True while ejected.
-    pub fn is_ejected(&self, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.is_some_and(|t| now < t)
     }
 
     /// When the current ejection ends, if ejected.
-    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn ejected_until(&self, now: Instant) -> Option<Instant> {
         self.ejected_until.filter(|t| now < *t)
     }
 
-    /// Failures in a row so far.
-    pub fn consecutive(&self) -> u32 {
-        self.consecutive
-    }
-
     /// A successful connect/request: the failure run ends.
-    pub fn record_success(&mut self) {
+    pub(crate) fn record_success(&mut self) {
         self.consecutive = 0;
     }
 
     /// A failed connect/request. `ejected_now` is how many backends of the pool are
     /// currently ejected (this one excluded), `pool_size` how many it has.
-    pub fn record_failure(
+    pub(crate) fn record_failure(
         &mut self,
         cfg: &EjectionConfig,
         now: Instant,
@@ -153,7 +149,7 @@ impl Outlier {
 
     /// Ends an ejection early (operator `ready`, or a reload); the doubling history
     /// is kept.
-    pub fn readmit(&mut self, now: Instant) {
+    pub(crate) fn readmit(&mut self, now: Instant) {
         if self.is_ejected(now) {
             self.ejected_until = Some(now);
             self.last_end = Some(now);

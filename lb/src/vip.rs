@@ -139,7 +139,7 @@ impl VipSlot {
 
 /// Why a client was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `max_connections` reached.
     MaxConnections,
     /// `max_connections_per_source` reached for this client address.
@@ -148,14 +148,18 @@ pub enum Refusal {
 
 /// One admitted client connection; dropping it gives back the VIP, per-source and
 /// lb-wide counts.
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     slot: Arc<VipSlot>,
     source: Option<IpAddr>,
 }
 
 impl ConnGuard {
     /// Admits a connection from `ip` under `cfg`'s limits.
-    pub fn admit(slot: &Arc<VipSlot>, ip: IpAddr, cfg: &VipConfig) -> Result<ConnGuard, Refusal> {
+    pub(crate) fn admit(
+        slot: &Arc<VipSlot>,
+        ip: IpAddr,
+        cfg: &VipConfig,
+    ) -> Result<ConnGuard, Refusal> {
         let now = slot.active.fetch_add(1, Ordering::AcqRel) + 1;
         if cfg.max_connections.is_some_and(|max| now > u64::from(max)) {
             slot.active.fetch_sub(1, Ordering::AcqRel);

@@ -4,6 +4,9 @@
 //! `body_timeout`, its backend not blamed; `max_connections` turns further clients
 //! away with a 503.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod http_support;
 
 use std::convert::Infallible;

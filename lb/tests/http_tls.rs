@@ -3,6 +3,9 @@
 //! `reload_certs` serves renewed certificates to new handshakes while an established
 //! connection keeps working; a broken file on reload keeps the old certificates.
 
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+
 mod http_support;
 
 use std::net::SocketAddr;

@@ -139,9 +139,11 @@ pub fn slot(interval: Duration) -> Duration {
 /// `t` rounded up to the next multiple of `slot` (on a grid shared by every
 /// checker of the process, so checkers due in one slot wake together).
 pub fn on_grid(t: Instant, slot: Duration) -> Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    let since = t.into_std().saturating_duration_since(epoch).as_nanos();
+    // Any fixed point will do; a time before it (another runtime's paused clock)
+    // is left as it is.
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = t.saturating_duration_since(epoch).as_nanos();
     let q = slot.as_nanos().max(1);
     let up = (q - since % q) % q;
     t + Duration::from_nanos(u64::try_from(up).unwrap_or(0))
@@ -218,6 +220,8 @@ mod tests {
             super::slot(Duration::from_millis(80)),
             Duration::from_millis(5)
         );
+        // The grid's origin is set by its first use.
+        let _ = on_grid(Instant::now(), slot);
         let base = Instant::now();
         let mut starts = std::collections::BTreeSet::new();
         for i in 0..1000u64 {

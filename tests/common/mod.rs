@@ -2,7 +2,10 @@
 //! ports, starting the binary on a config and waiting (with a bound) for it to serve,
 //! admin commands, and locating real Debian tools that CI installs.
 
-#![allow(dead_code)]
+// Wall-clock time of real processes and sockets, not async code under tokio's clock.
+#![allow(clippy::disallowed_types)]
+// Shared by several test crates: each uses a part, and `pub` is how they reach it.
+#![allow(dead_code, unreachable_pub)]
 
 pub mod config;
 pub mod lab;

@@ -2,7 +2,8 @@
 //! structs, keepalive probes under test control, and a tiny DNS client over real
 //! UDP/TCP sockets using hickory-proto messages.
 
-#![allow(dead_code)]
+// Shared by several test crates: each uses a part, and `pub` is how they reach it.
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -5,7 +5,7 @@ use super::Candidate;
 /// Least connections relative to weight: the candidate minimising `active / weight`.
 /// Ties are broken round robin using `turn` (a counter the caller advances per pick),
 /// so an idle pool still spreads new connections.
-pub fn least_conn(candidates: &[Candidate], turn: usize) -> Option<usize> {
+pub(crate) fn least_conn(candidates: &[Candidate], turn: usize) -> Option<usize> {
     let load_cmp = |a: &Candidate, b: &Candidate| {
         // a.active / a.weight vs b.active / b.weight without division.
         let lhs = u128::from(a.active) * u128::from(b.weight.max(1));

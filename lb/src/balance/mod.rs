@@ -12,9 +12,9 @@ mod least_conn;
 mod smooth_wrr;
 mod source_hash;
 
-pub use least_conn::least_conn;
-pub use smooth_wrr::SmoothWrr;
-pub use source_hash::source_hash;
+pub(crate) use least_conn::least_conn;
+pub(crate) use smooth_wrr::SmoothWrr;
+pub(crate) use source_hash::source_hash;
 
 /// One backend eligible for this pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct Candidate {
 }
 
 /// splitmix64's finaliser: a fast, well-distributed 64-bit mix.
-pub fn mix64(mut x: u64) -> u64 {
+pub(crate) fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -39,7 +39,7 @@ pub fn mix64(mut x: u64) -> u64 {
 
 /// FNV-1a over bytes, then mixed: stable across runs and platforms (unlike std's
 /// `DefaultHasher`, which is only stable within a process).
-pub fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -49,12 +49,12 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 /// The hashing key of a backend, from its name (so renumbering a pool moves no one).
-pub fn backend_key(name: &str) -> u64 {
+pub(crate) fn backend_key(name: &str) -> u64 {
     stable_hash(name.as_bytes())
 }
 
 /// The hashing key of a client: its IP address only (the port changes per connection).
-pub fn client_key(ip: std::net::IpAddr) -> u64 {
+pub(crate) fn client_key(ip: std::net::IpAddr) -> u64 {
     match ip {
         std::net::IpAddr::V4(v4) => stable_hash(&v4.octets()),
         std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -8,20 +8,20 @@ use super::Candidate;
 /// and subtracts the total from the winner. With weights 5,1,1 this yields
 /// `a a b a c a a` rather than `a a a a a b c`: heavy backends are interleaved.
 #[derive(Debug, Clone, Default)]
-pub struct SmoothWrr {
+pub(crate) struct SmoothWrr {
     current: Vec<i64>,
 }
 
 impl SmoothWrr {
     /// State for a pool of `n` backends.
-    pub fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         SmoothWrr {
             current: vec![0; n],
         }
     }
 
     /// Picks one of `candidates`; `None` when there are none.
-    pub fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
+    pub(crate) fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
         let mut total: i64 = 0;
         let mut best: Option<(usize, i64)> = None;
         for c in candidates {

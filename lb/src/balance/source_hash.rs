@@ -7,7 +7,7 @@ use super::{mix64, Candidate};
 /// highest score wins. Removing one of N backends moves only the clients that were on
 /// it (≈1/N), adding one takes ≈1/(N+1) from the others, and a tried-and-failed
 /// backend simply yields the client's second choice.
-pub fn source_hash(candidates: &[Candidate], client_key: u64) -> Option<usize> {
+pub(crate) fn source_hash(candidates: &[Candidate], client_key: u64) -> Option<usize> {
     candidates
         .iter()
         .map(|c| (c.index, hrw_score(client_key, c.key, c.weight)))

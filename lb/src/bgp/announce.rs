@@ -29,7 +29,7 @@ pub struct VipView {
 
 /// Why a prefix is or is not announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The VIP is up.
     VipUp,
     /// Fewer than `min_healthy` backends in rotation.
@@ -42,7 +42,7 @@ pub enum Reason {
 
 impl Reason {
     /// For `show bgp` and events.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::VipUp => "vip up",
             Reason::VipDown => "vip down",
@@ -54,7 +54,7 @@ impl Reason {
 
 /// The decision for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The prefix.
     pub prefix: IpNet,
     /// The VIP whose state decided (the first that announces it, else the first).
@@ -72,7 +72,7 @@ pub struct Decision {
 }
 
 /// The announced prefixes with their attributes: what every session sends.
-pub type Routes = BTreeMap<IpNet, RouteAttrs>;
+pub(crate) type Routes = BTreeMap<IpNet, RouteAttrs>;
 
 fn attrs(a: &AnnounceConfig) -> RouteAttrs {
     RouteAttrs {
@@ -96,7 +96,11 @@ fn reason(v: &VipView, withdrawn: &HashSet<String>, shutting_down: bool) -> Reas
 }
 
 /// Every configured prefix, in order of first appearance, with its decision.
-pub fn decide(vips: &[VipView], withdrawn: &HashSet<String>, shutting_down: bool) -> Vec<Decision> {
+pub(crate) fn decide(
+    vips: &[VipView],
+    withdrawn: &HashSet<String>,
+    shutting_down: bool,
+) -> Vec<Decision> {
     let mut out: Vec<Decision> = Vec::new();
     for v in vips {
         let Some(a) = &v.announce else { continue };
@@ -129,7 +133,7 @@ pub fn decide(vips: &[VipView], withdrawn: &HashSet<String>, shutting_down: bool
 }
 
 /// The routes of the announced decisions.
-pub fn routes(decisions: &[Decision]) -> Routes {
+pub(crate) fn routes(decisions: &[Decision]) -> Routes {
     decisions
         .iter()
         .filter(|d| d.announced)

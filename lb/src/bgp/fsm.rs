@@ -39,7 +39,7 @@ impl State {
 
 /// A NOTIFICATION to send, and why (RFC 4271 §4.5, RFC 6608 subcodes for FSM errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notify {
+pub(crate) struct Notify {
     /// Error code.
     pub code: u8,
     /// Error subcode.
@@ -58,14 +58,14 @@ impl Notify {
     }
 
     /// Cease / administrative shutdown: we are stopping or the neighbor was removed.
-    pub fn admin_shutdown() -> Self {
+    pub(crate) fn admin_shutdown() -> Self {
         Notify::new(6, 2, "administrative shutdown")
     }
 }
 
 /// What the peer's OPEN says, as far as the checks go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerOpen {
+pub(crate) struct PeerOpen {
     /// BGP version.
     pub version: u8,
     /// Its AS (from the 4-octet capability when present).
@@ -78,7 +78,7 @@ pub struct PeerOpen {
 
 /// What a timer asks for when its deadline has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// Nothing heard for the hold time: send NOTIFICATION 4/0, reset.
     HoldExpired,
     /// Time for our KEEPALIVE.
@@ -86,15 +86,15 @@ pub enum Timer {
 }
 
 /// First reconnect delay after a failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest reconnect delay: a router back from a reboot is peered within this.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// RFC 4271's "large" hold time while waiting for the peer's OPEN.
-pub const OPEN_HOLD: Duration = Duration::from_secs(240);
+pub(crate) const OPEN_HOLD: Duration = Duration::from_secs(240);
 
 /// One neighbor's machine.
 #[derive(Debug)]
-pub struct Fsm {
+pub(crate) struct Fsm {
     state: State,
     /// The hold time we offer.
     local_hold: Duration,
@@ -108,7 +108,7 @@ pub struct Fsm {
 
 impl Fsm {
     /// A machine that offers `local_hold` (0 or at least 3 s, checked by the config).
-    pub fn new(local_hold: Duration) -> Self {
+    pub(crate) fn new(local_hold: Duration) -> Self {
         Fsm {
             state: State::Idle,
             local_hold,
@@ -120,29 +120,31 @@ impl Fsm {
     }
 
     /// Current state.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
-    /// Negotiated hold time.
-    pub fn hold(&self) -> Duration {
+    /// Negotiated hold time (the keepalive and expiry timers are derived from it;
+    /// read by the transition tests).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> Duration {
         self.hold
     }
 
     /// The hold time we offer, in whole seconds, for our OPEN.
-    pub fn local_hold_secs(&self) -> u16 {
+    pub(crate) fn local_hold_secs(&self) -> u16 {
         u16::try_from(self.local_hold.as_secs()).unwrap_or(u16::MAX)
     }
 
     /// A TCP connect starts.
-    pub fn connecting(&mut self) {
+    pub(crate) fn connecting(&mut self) {
         self.state = State::Connect;
         self.hold_at = None;
         self.keepalive_at = None;
     }
 
     /// Connected and our OPEN is sent: wait for theirs under the large hold time.
-    pub fn open_sent(&mut self, now: Instant) {
+    pub(crate) fn open_sent(&mut self, now: Instant) {
         self.state = State::OpenSent;
         self.hold_at = Some(now + OPEN_HOLD);
         self.keepalive_at = None;
@@ -150,7 +152,7 @@ impl Fsm {
 
     /// Checks the peer's OPEN and negotiates the hold time; on success the session
     /// sends its KEEPALIVE at once (the keepalive deadline is `now`).
-    pub fn open_received(
+    pub(crate) fn open_received(
         &mut self,
         open: PeerOpen,
         expected_as: u32,
@@ -193,7 +195,7 @@ impl Fsm {
     }
 
     /// A KEEPALIVE from the peer: in OpenConfirm it establishes the session.
-    pub fn keepalive_received(&mut self, now: Instant) -> Result<(), Notify> {
+    pub(crate) fn keepalive_received(&mut self, now: Instant) -> Result<(), Notify> {
         match self.state {
             State::OpenConfirm => {
                 self.state = State::Established;
@@ -207,7 +209,7 @@ impl Fsm {
     }
 
     /// An UPDATE or ROUTE-REFRESH from the peer: only valid once established.
-    pub fn update_received(&mut self, now: Instant) -> Result<(), Notify> {
+    pub(crate) fn update_received(&mut self, now: Instant) -> Result<(), Notify> {
         if self.state != State::Established {
             return Err(self.unexpected("UPDATE"));
         }
@@ -217,14 +219,14 @@ impl Fsm {
 
     /// We sent a KEEPALIVE (or an UPDATE, which also tells the peer we are alive):
     /// the next is due a third of the hold time later.
-    pub fn sent(&mut self, now: Instant) {
+    pub(crate) fn sent(&mut self, now: Instant) {
         if !self.hold.is_zero() && self.keepalive_at.is_some() {
             self.keepalive_at = Some(now + self.hold / 3);
         }
     }
 
     /// The earliest timer deadline, if any runs.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match (self.hold_at, self.keepalive_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -232,7 +234,7 @@ impl Fsm {
     }
 
     /// The timer due at `now`, hold expiry first.
-    pub fn poll(&self, now: Instant) -> Option<Timer> {
+    pub(crate) fn poll(&self, now: Instant) -> Option<Timer> {
         if self.hold_at.is_some_and(|t| t <= now) {
             return Some(Timer::HoldExpired);
         }
@@ -243,7 +245,7 @@ impl Fsm {
     }
 
     /// The hold timer's NOTIFICATION.
-    pub fn hold_expired(&self) -> Notify {
+    pub(crate) fn hold_expired(&self) -> Notify {
         Notify::new(4, 0, format!("hold timer expired ({:?})", self.hold))
     }
 
@@ -252,7 +254,7 @@ impl Fsm {
     /// consecutive failure up to `BACKOFF_CAP`, times `jitter` (drawn by the caller
     /// from 0.75..1.25 so replicas restarted together do not reconnect in step),
     /// never above the cap.
-    pub fn reset(&mut self, jitter: f64) -> Duration {
+    pub(crate) fn reset(&mut self, jitter: f64) -> Duration {
         self.state = State::Idle;
         self.hold_at = None;
         self.keepalive_at = None;
@@ -282,7 +284,7 @@ impl Fsm {
 }
 
 /// The delay before attempt `failures + 1`.
-pub fn backoff(failures: u32, jitter: f64) -> Duration {
+pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let base = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
     base.mul_f64(jitter.clamp(0.5, 1.5)).min(BACKOFF_CAP)

@@ -14,10 +14,10 @@
 //! Modules: `wire` (the codec, over `rustbgpd-wire`), `fsm` (pure session machine),
 //! `session` (I/O), `announce` (pure decision).
 
-pub mod announce;
-pub mod fsm;
-pub mod session;
-pub mod wire;
+pub(crate) mod announce;
+pub(crate) mod fsm;
+pub(crate) mod session;
+pub(crate) mod wire;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,12 +33,12 @@ use crate::metrics as m;
 use crate::supervisor::Tasks;
 use crate::sync::lock;
 
-pub use announce::{Decision, Reason, Routes, VipView};
-pub use session::{Neighbor, SessionStatus, StatusView};
+pub(crate) use announce::{Decision, Reason, Routes, VipView};
+pub(crate) use session::{Neighbor, SessionStatus, StatusView};
 
 /// How often the announcer looks at the VIPs' health without being woken. Bounds the
 /// delay from a VIP going down to its withdrawal being sent.
-pub const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// How long shutdown waits for the sessions to send their withdrawals.
 const WITHDRAW_SEND_WAIT: Duration = Duration::from_secs(2);
@@ -69,7 +69,7 @@ impl AnnounceIntent {
 }
 
 /// Reads the VIPs (the lb's snapshot) for a decision.
-pub type ViewFn = Box<dyn Fn() -> Vec<VipView> + Send + Sync>;
+pub(crate) type ViewFn = Box<dyn Fn() -> Vec<VipView> + Send + Sync>;
 
 struct Peer {
     neighbor: Neighbor,

@@ -38,7 +38,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who we peer with and as whom.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Neighbor {
+pub(crate) struct Neighbor {
     /// The router.
     pub cfg: NeighborConfig,
     /// Our AS.
@@ -49,14 +49,14 @@ pub struct Neighbor {
 
 impl Neighbor {
     /// `ADDRESS:PORT`, the label of metrics, events and `show bgp`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         SocketAddr::new(self.cfg.address, self.cfg.port).to_string()
     }
 }
 
 /// What `show bgp` and the shutdown read of a session.
 #[derive(Debug)]
-pub struct SessionStatus {
+pub(crate) struct SessionStatus {
     inner: Mutex<StatusInner>,
     /// UPDATEs sent over the session's lifetime.
     pub updates_sent: AtomicU64,
@@ -67,7 +67,7 @@ pub struct SessionStatus {
 #[derive(Debug)]
 struct StatusInner {
     state: State,
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
     last_error: Option<String>,
 }
 
@@ -102,7 +102,7 @@ impl Default for SessionStatus {
 
 impl SessionStatus {
     /// A copy for display.
-    pub fn view(&self) -> StatusView {
+    pub(crate) fn view(&self) -> StatusView {
         let s = lock(&self.inner);
         StatusView {
             state: s.state,
@@ -114,7 +114,7 @@ impl SessionStatus {
     }
 
     /// Waits until the router holds none of our prefixes (or the session is down).
-    pub async fn wait_withdrawn(&self) {
+    pub(crate) async fn wait_withdrawn(&self) {
         let mut rx = self.advertised.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
     }
@@ -122,7 +122,7 @@ impl SessionStatus {
     fn set_state(&self, state: State) {
         let mut s = lock(&self.inner);
         s.state = state;
-        s.since = (state == State::Established).then(std::time::Instant::now);
+        s.since = (state == State::Established).then(Instant::now);
     }
 
     fn failed(&self, reason: &str) {

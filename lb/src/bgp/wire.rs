@@ -23,10 +23,10 @@ use rustbgpd_wire::{
     Origin, PathAttribute, Prefix, UpdateMessage,
 };
 
-pub use rustbgpd_wire::{Afi, Message, Safi};
+pub(crate) use rustbgpd_wire::{Afi, Message, Safi};
 
 /// RFC 4271's maximum message size (we negotiate no extended messages).
-pub const MAX_LEN: usize = 4096;
+pub(crate) const MAX_LEN: usize = 4096;
 
 /// The 2-octet AS carried in OPEN for an AS above 65535 (RFC 6793).
 const AS_TRANS: u16 = 23456;
@@ -35,7 +35,7 @@ const AS_TRANS: u16 = 23456;
 /// (code, subcode) RFC 4271 §6 says to answer with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail} (NOTIFICATION {code}/{subcode})")]
-pub struct WireError {
+pub(crate) struct WireError {
     /// NOTIFICATION error code.
     pub code: u8,
     /// NOTIFICATION error subcode.
@@ -58,14 +58,14 @@ impl From<rustbgpd_wire::DecodeError> for WireError {
 /// Length of the message at the start of `buf` once its header is in, `None` while
 /// fewer than 19 bytes are there. A bad marker or length is an error: the stream can
 /// not be re-synchronised, the session must reset.
-pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+pub(crate) fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     rustbgpd_wire::peek_message_length(buf, MAX_LEN as u16)
         .map(|n| n.map(usize::from))
         .map_err(WireError::from)
 }
 
 /// Decodes one whole message (header included). Never panics, whatever the bytes.
-pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     let mut buf = Bytes::copy_from_slice(bytes);
     let msg = rustbgpd_wire::decode_message(&mut buf, MAX_LEN as u16)?;
     if !buf.is_empty() {
@@ -91,7 +91,7 @@ fn encode(msg: &Message) -> Bytes {
 }
 
 /// Our OPEN: 4-octet AS, IPv4 and IPv6 unicast, route refresh.
-pub fn open(local_as: u32, hold_secs: u16, router_id: Ipv4Addr) -> Bytes {
+pub(crate) fn open(local_as: u32, hold_secs: u16, router_id: Ipv4Addr) -> Bytes {
     let my_as = u16::try_from(local_as).unwrap_or(AS_TRANS);
     encode(&Message::Open(OpenMessage {
         version: 4,
@@ -114,19 +114,19 @@ pub fn open(local_as: u32, hold_secs: u16, router_id: Ipv4Addr) -> Bytes {
 }
 
 /// The peer's AS from its OPEN: the 4-octet capability when present.
-pub fn open_as(open: &OpenMessage) -> u32 {
+pub(crate) fn open_as(open: &OpenMessage) -> u32 {
     open.four_byte_as()
 }
 
 /// True when the peer's OPEN offers 4-octet AS numbers.
-pub fn open_four_octet(open: &OpenMessage) -> bool {
+pub(crate) fn open_four_octet(open: &OpenMessage) -> bool {
     open.capabilities
         .iter()
         .any(|c| matches!(c, Capability::FourOctetAs { .. }))
 }
 
 /// A KEEPALIVE.
-pub fn keepalive() -> Bytes {
+pub(crate) fn keepalive() -> Bytes {
     // 16 bytes of marker, length 19, type 4.
     let mut b = vec![0xff; 16];
     b.extend_from_slice(&[0, 19, 4]);
@@ -134,7 +134,7 @@ pub fn keepalive() -> Bytes {
 }
 
 /// A NOTIFICATION with `code`/`subcode`.
-pub fn notification(code: u8, subcode: u8) -> Bytes {
+pub(crate) fn notification(code: u8, subcode: u8) -> Bytes {
     encode(&Message::Notification(NotificationMessage::new(
         NotificationCode::from_u8(code),
         subcode,
@@ -144,7 +144,7 @@ pub fn notification(code: u8, subcode: u8) -> Bytes {
 
 /// What a route carries besides its prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RouteAttrs {
+pub(crate) struct RouteAttrs {
     /// RFC 1997 communities.
     pub communities: Vec<u32>,
     /// Extra copies of our AS in front of the path.
@@ -157,7 +157,7 @@ pub struct RouteAttrs {
 
 /// How a session encodes its UPDATEs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peering {
+pub(crate) struct Peering {
     /// Our AS.
     pub local_as: u32,
     /// Same AS on both sides: empty AS_PATH, LOCAL_PREF sent.
@@ -170,7 +170,12 @@ pub struct Peering {
 /// session: the VIP's override, the neighbor's, or the local address). `None` when
 /// the next hop's family cannot carry the prefix (an IPv6 prefix over a session whose
 /// only next hop is IPv4, and the reverse).
-pub fn announce(prefix: IpNet, attrs: &RouteAttrs, next_hop: IpAddr, p: Peering) -> Option<Bytes> {
+pub(crate) fn announce(
+    prefix: IpNet,
+    attrs: &RouteAttrs,
+    next_hop: IpAddr,
+    p: Peering,
+) -> Option<Bytes> {
     let mut path = Vec::new();
     path.push(PathAttribute::Origin(Origin::Igp));
     let asns = if p.ibgp {
@@ -227,7 +232,7 @@ pub fn announce(prefix: IpNet, attrs: &RouteAttrs, next_hop: IpAddr, p: Peering)
 }
 
 /// The UPDATE withdrawing `prefix`.
-pub fn withdraw(prefix: IpNet, p: Peering) -> Option<Bytes> {
+pub(crate) fn withdraw(prefix: IpNet, p: Peering) -> Option<Bytes> {
     match prefix {
         IpNet::V4(net) => update(
             &[],

@@ -33,7 +33,7 @@ use super::splice::{self, PipeLease};
 use crate::error::{ProxyError, Side};
 
 /// Size of a relay buffer: one read's worth.
-pub const BUF_SIZE: usize = 16 * 1024;
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per thread for reuse; more in flight are allocated and freed.
 const POOL_KEEP: usize = 64;
 
@@ -42,11 +42,11 @@ thread_local! {
 }
 
 /// A relay buffer borrowed from the per-thread pool; returned on drop.
-pub struct PooledBuf(Option<Box<[u8]>>);
+pub(crate) struct PooledBuf(Option<Box<[u8]>>);
 
 impl PooledBuf {
     /// Takes a buffer from this thread's pool, or allocates one.
-    pub fn take() -> PooledBuf {
+    pub(crate) fn take() -> PooledBuf {
         let buf = POOL
             .with(|p| p.borrow_mut().pop())
             .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice());
@@ -83,7 +83,7 @@ impl Drop for PooledBuf {
 
 /// Bytes moved each way by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Relayed {
+pub(crate) struct Relayed {
     /// Client → backend.
     pub to_backend: u64,
     /// Backend → client.
@@ -92,7 +92,7 @@ pub struct Relayed {
 
 /// Relays until both directions have seen EOF, either side fails, or nothing has
 /// moved for `idle`. Counts bytes into the two counters as they move.
-pub async fn relay(
+pub(crate) async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,

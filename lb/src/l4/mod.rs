@@ -3,8 +3,8 @@
 //! server-speaks-first backend's greeting (`greeting`) and the protocol refusals
 //! (`refuse`). Nothing outside this module imports it but the supervisor.
 
-pub mod copy;
+pub(crate) mod copy;
 pub mod greeting;
-pub mod refuse;
-pub mod splice;
-pub mod tcp;
+pub(crate) mod refuse;
+pub(crate) mod splice;
+pub(crate) mod tcp;

@@ -6,7 +6,7 @@
 use shared::config::MailProtocol;
 
 /// The bytes sent before closing, or `None` for opaque TCP (just close).
-pub fn refusal(protocol: MailProtocol) -> Option<&'static [u8]> {
+pub(crate) fn refusal(protocol: MailProtocol) -> Option<&'static [u8]> {
     match protocol {
         MailProtocol::Smtp => Some(b"421 4.3.2 Service not available, try again later\r\n"),
         MailProtocol::Imap => Some(b"* BYE Service not available, try again later\r\n"),

@@ -22,22 +22,22 @@ const POOL_KEEP: usize = 16;
 static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether relays should try splice(2).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     !UNSUPPORTED.load(Ordering::Relaxed)
 }
 
 /// Records that splice(2) cannot be used here.
-pub fn disable() {
+pub(crate) fn disable() {
     UNSUPPORTED.store(true, Ordering::Relaxed);
 }
 
 /// Whether `e` says splice(2) cannot be used on these descriptors.
-pub fn is_unsupported(e: &io::Error) -> bool {
+pub(crate) fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS))
 }
 
 /// A pipe: read end, write end and capacity in bytes.
-pub struct Pipe {
+pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     cap: usize,
@@ -78,14 +78,14 @@ thread_local! {
 /// A pipe borrowed from the per-thread pool, with the number of bytes it holds.
 /// Returned to the pool on drop when empty; closed otherwise (or when the pool is
 /// full), so a pooled pipe never carries one connection's bytes into another.
-pub struct PipeLease {
+pub(crate) struct PipeLease {
     pipe: Option<Pipe>,
     pending: usize,
 }
 
 impl PipeLease {
     /// Takes an empty pipe from this thread's pool, or creates one.
-    pub fn take() -> io::Result<PipeLease> {
+    pub(crate) fn take() -> io::Result<PipeLease> {
         let pipe = match POOL.with(|p| p.borrow_mut().pop()) {
             Some(p) => p,
             None => Pipe::new()?,
@@ -97,7 +97,7 @@ impl PipeLease {
     }
 
     /// Bytes in the pipe not yet written out.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending
     }
 
@@ -110,7 +110,7 @@ impl PipeLease {
     /// Moves what `src` (a socket) has into the pipe, up to the pipe's capacity.
     /// `Ok(0)` is end of stream when the pipe was empty. Non-blocking: `WouldBlock`
     /// when there is nothing to read (or the pipe is full).
-    pub fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+    pub(crate) fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         let pipe = self.pipe()?;
         let room = pipe.cap.saturating_sub(self.pending);
         if room == 0 {
@@ -123,7 +123,7 @@ impl PipeLease {
 
     /// Moves bytes from the pipe to `dst` (a socket). Non-blocking: `WouldBlock`
     /// when `dst` cannot take more now; the rest stays in the pipe, in order.
-    pub fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
+    pub(crate) fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
         if self.pending == 0 {
             return Ok(0);
         }
@@ -135,7 +135,7 @@ impl PipeLease {
 
     /// Reads bytes out of the pipe into `buf` (the fallback when splicing out of the
     /// pipe is refused after bytes went in).
-    pub fn read_out(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read_out(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len().min(self.pending);
         if len == 0 {
             return Ok(0);

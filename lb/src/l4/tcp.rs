@@ -82,7 +82,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
 
 /// Serves one admitted client to the end.
 async fn serve(mut client: TcpStream, peer: SocketAddr, state: Arc<VipState>, _guard: ConnGuard) {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let _ = client.set_nodelay(true);
     // Behind another balancer, its PROXY header names the client (and the address it
     // connected to); without a valid one the connection is closed.

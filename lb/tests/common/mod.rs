@@ -1,6 +1,7 @@
 //! Shared helpers of the lb integration tests: VIP configs built from the model
 //! structs, scripted probes, and small line-protocol clients with bounded waits.
-#![allow(dead_code)]
+// Shared by several test crates: each uses a part, and `pub` is how they reach it.
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;

@@ -3,7 +3,8 @@
 //! L7 VIP started through the lb with inert or injected probes, HTTP/1.1 and HTTP/2 clients, and a
 //! bounded `eventually` poll instead of sleeps.
 
-#![allow(dead_code)]
+// Shared by several test crates: each uses a part, and `pub` is how they reach it.
+#![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::net::SocketAddr;

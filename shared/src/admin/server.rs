@@ -443,9 +443,9 @@ mod tests {
 
     mod tempdir {
         use std::path::PathBuf;
-        pub struct Dir(pub PathBuf);
+        pub(super) struct Dir(pub(super) PathBuf);
         impl Dir {
-            pub fn new() -> Self {
+            pub(super) fn new() -> Self {
                 let p = std::env::temp_dir().join(format!(
                     "portico-admin-{}-{}",
                     std::process::id(),
@@ -454,7 +454,7 @@ mod tests {
                 std::fs::create_dir_all(&p).expect("tempdir");
                 Dir(p)
             }
-            pub fn sock(&self) -> PathBuf {
+            pub(super) fn sock(&self) -> PathBuf {
                 self.0.join("admin.sock")
             }
         }

@@ -17,10 +17,10 @@ use crate::config::raw::*;
 /// `withdraw_grace` when unset: long enough for a router to run its best-path
 /// selection and reprogram forwarding after a withdrawal, short enough not to
 /// stretch a rolling restart.
-pub const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(3);
+pub(super) const DEFAULT_WITHDRAW_GRACE: Duration = Duration::from_secs(3);
 
 /// `hold_time` when unset: the common short value for directly attached routers.
-pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(9);
+pub(super) const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(9);
 
 impl Validator<'_> {
     pub(super) fn bgp(&mut self, rb: &Spanned<RawBgp>) -> BgpConfig {
