@@ -491,7 +491,7 @@ pub(crate) async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result
                 local: listener.local_addr()?,
             };
             let fd = listener.as_fd().try_clone_to_owned()?;
-            *app.status_fd.lock().unwrap_or_else(|p| p.into_inner()) = Some((entry, fd));
+            *shared::sync::lock(&app.status_fd) = Some((entry, fd));
         }
         let status_app = app.clone();
         let ready_app = app.clone();
@@ -646,7 +646,7 @@ pub(crate) async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result
                 c.shutdown().await;
             }
             status_stop.cancel();
-            *app.status_fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *shared::sync::lock(&app.status_fd) = None;
             let _ = h.stopped_accepting.send(());
             events.record("process", "handed over to the successor; draining");
         }
@@ -777,12 +777,7 @@ async fn hand_over(
     if let Some(g) = app.gss.load_full() {
         sockets.extend(g.handover_sockets().await?);
     }
-    if let Some((e, fd)) = app
-        .status_fd
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+    if let Some((e, fd)) = shared::sync::lock(&app.status_fd).as_ref() {
         sockets.push((e.clone(), fd.try_clone()?));
     }
     if let Some(c) = &app.cluster {

@@ -172,7 +172,7 @@ impl Running {
         quorum: Option<u32>,
         timing: (Duration, Duration),
     ) -> Option<Running> {
-        let turn = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = shared::sync::lock(&ONE_LAB);
         let members: Vec<&Node> = SITES.iter().filter(|s| names.contains(&s.name)).collect();
         let lab_sites: Vec<(&str, Ipv4Addr)> = members.iter().map(|m| (m.name, m.addr)).collect();
         let mut links = Vec::new();

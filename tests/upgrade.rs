@@ -206,10 +206,7 @@ impl Tally {
         match r {
             Ok(()) => self.ok.fetch_add(1, Ordering::SeqCst),
             Err(e) => {
-                self.errors
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(e);
+                shared::sync::lock(&self.errors).push(e);
                 self.failed.fetch_add(1, Ordering::SeqCst)
             }
         };
@@ -221,9 +218,7 @@ impl Tally {
         self.failed.load(Ordering::SeqCst)
     }
     fn errors(&self) -> Vec<String> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        shared::sync::lock(&self.errors)
             .iter()
             .take(10)
             .cloned()

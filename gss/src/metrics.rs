@@ -115,7 +115,7 @@ impl QueryCounters {
     pub fn count(&self, name: &str, qtype: RecordType, rcode: ResponseCode) {
         let key = (u16::from(qtype), u16::from(rcode));
         {
-            let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+            let map = shared::sync::read(&self.0);
             if let Some(c) = map.get(name).and_then(|m| m.get(&key)) {
                 c.increment(1);
                 return;
@@ -123,9 +123,7 @@ impl QueryCounters {
         }
         let c = query_counter(name, qtype, rcode);
         c.increment(1);
-        self.0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        shared::sync::write(&self.0)
             .entry(name.into())
             .or_default()
             .insert(key, c);
@@ -210,10 +208,7 @@ mod tests {
 
     impl Described {
         fn add(&self, k: metrics::KeyName) {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(k.as_str().to_string());
+            shared::sync::lock(&self.0).push(k.as_str().to_string());
         }
     }
 

@@ -328,7 +328,7 @@ impl Core {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        shared::sync::lock(&self.state)
     }
 
     fn view(st: &State) -> HealthView {

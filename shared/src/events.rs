@@ -60,7 +60,7 @@ impl EventLog {
             message: message.into(),
         };
         tracing::info!(subject = %event.subject, "{}", event.message);
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events = crate::sync::lock(&self.events);
         if events.len() == self.capacity {
             events.pop_front();
         }
@@ -69,7 +69,7 @@ impl EventLog {
 
     /// The last `n` events, oldest first.
     pub fn last(&self, n: usize) -> Vec<Event> {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let events = crate::sync::lock(&self.events);
         let skip = events.len().saturating_sub(n);
         events.iter().skip(skip).cloned().collect()
     }

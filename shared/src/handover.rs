@@ -314,7 +314,7 @@ impl Inherited {
     }
 
     fn take(&self, role: &str, kind: SocketKind, configured: SocketAddr) -> Vec<OwnedFd> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = crate::sync::lock(&self.entries);
         entries
             .iter_mut()
             .filter(|(e, _)| e.role == role && e.kind == kind && e.configured == configured)
@@ -345,7 +345,7 @@ impl Inherited {
     /// Sockets handed over that no role took (their config changed with the
     /// upgrade); they close when this is dropped.
     pub fn untaken(&self) -> Vec<SocketEntry> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = crate::sync::lock(&self.entries);
         entries
             .iter()
             .filter(|(_, fd)| fd.is_some())

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod proxy_protocol;
 pub mod status;
 pub mod status_server;
+pub mod sync;
 pub mod tls;
 
 #[cfg(any(test, feature = "testing"))]

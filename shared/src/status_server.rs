@@ -227,7 +227,7 @@ mod tests {
         let phase = Arc::new(std::sync::Mutex::new(Readiness::Starting));
         let ready: ReadyFn = {
             let phase = Arc::clone(&phase);
-            Arc::new(move || *phase.lock().unwrap_or_else(|p| p.into_inner()))
+            Arc::new(move || *crate::sync::lock(&phase))
         };
         let cancel = CancellationToken::new();
         let ep = Endpoints {
@@ -269,7 +269,7 @@ mod tests {
             (Readiness::Ready, "200", "ready"),
             (Readiness::Stopping, "503", "stopping"),
         ] {
-            *phase.lock().unwrap_or_else(|p| p.into_inner()) = set;
+            *crate::sync::lock(&phase) = set;
             let resp = get(addr, "/ready").await;
             assert!(
                 resp.starts_with(&format!("HTTP/1.1 {code}"))

@@ -71,7 +71,7 @@ pub fn free_port() -> u16 {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut given = shared::sync::lock(&GIVEN);
         if !given.contains(&port) {
             given.push(port);
             return port;

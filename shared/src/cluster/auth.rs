@@ -156,7 +156,7 @@ impl AuthTransport {
 #[async_trait]
 impl Transport for AuthTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let preset = self.bound.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let preset = crate::sync::lock(&self.bound).take();
         let socket = match preset {
             Some(s) => tokio::net::UdpSocket::from_std(s)?,
             None => tokio::net::UdpSocket::bind(listen_addr).await?,

@@ -139,7 +139,7 @@ impl IntentStore {
     }
 
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Bumped after every change (a command recorded, a peer's entry merged in).

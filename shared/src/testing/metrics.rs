@@ -34,7 +34,7 @@ impl CountingRecorder {
 
     /// Every series and its value, by id `name{k=v,k=v}`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::lock(&self.0);
         map.iter()
             .map(|(id, s)| (id.clone(), s.value.load(Ordering::SeqCst)))
             .collect()
@@ -42,7 +42,7 @@ impl CountingRecorder {
 
     /// The sum over the series named `name` that carry every pair in `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::lock(&self.0);
         map.values()
             .filter(|s| s.name == name)
             .filter(|s| {
@@ -87,7 +87,7 @@ impl metrics::Recorder for CountingRecorder {
             .collect();
         let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let id = format!("{}{{{}}}", key.name(), pairs.join(","));
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.0);
         let series = map.entry(id).or_insert_with(|| Series {
             name: key.name().to_string(),
             labels,

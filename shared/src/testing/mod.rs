@@ -30,6 +30,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -456,10 +457,6 @@ impl std::fmt::Debug for FakeServer {
             .field("addr", &self.addr)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A bound, non-listening socket: keeps the port ours while connects are refused.
