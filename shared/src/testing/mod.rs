@@ -27,10 +27,10 @@ pub mod metrics;
 mod sessions;
 pub mod tls;
 
+use crate::sync::lock;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
