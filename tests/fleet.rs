@@ -12,6 +12,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::config::{Config, Vip, FAST};
 use common::{echo_roundtrip, free_port, free_udp_tcp_port, poll, Echo, Portico, TempDir};
 
 /// Upper bound for anything to cross the fleet (a few gossip rounds, with room for
@@ -55,11 +56,12 @@ impl Pod {
     /// Replica `i` (0-based)'s config; `key` is the secret file it uses.
     fn config(&self, i: usize, key: &str) -> String {
         let node = &self.nodes[i];
-        let list: Vec<String> = self
-            .backends
-            .iter()
-            .map(|(n, a)| format!("{{ name = \"{n}\", address = \"{a}\" }}"))
-            .collect();
+        let vip = self.backends.iter().fold(
+            Vip::new("smtp", format!("127.0.0.1:{}", node.vip))
+                .with("balance = \"round_robin\"")
+                .probe("tcp", FAST),
+            |v, (n, a)| v.backend(n, a),
+        );
         let members: String = self
             .gossip
             .iter()
@@ -71,33 +73,16 @@ impl Pod {
                 )
             })
             .collect();
-        format!(
-            r#"drain_timeout = "1s"
-state_dir = "state"
-
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{vip}"
-balance = "round_robin"
-backends = [ {list} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[cluster]
-id = "fleet-test"
-node = "lb{n}"
-secret_file = "{secret}"
-gossip_interval = "100ms"
-stale_after = "1s"
-{members}"#,
-            sock = node.dir.path("admin.sock").display(),
-            vip = node.vip,
-            list = list.join(", "),
-            n = i + 1,
-            secret = self.secret.path(key).display(),
-        )
+        Config::admin(&node.dir)
+            .top("drain_timeout = \"1s\"")
+            .top("state_dir = \"state\"")
+            .vip(vip)
+            .table(format!(
+                "[cluster]\nid = \"fleet-test\"\nnode = \"lb{n}\"\nsecret_file = \"{secret}\"\ngossip_interval = \"100ms\"\nstale_after = \"1s\"\n{members}",
+                n = i + 1,
+                secret = self.secret.path(key).display(),
+            ))
+            .render()
     }
 
     fn start(&self, i: usize) -> Portico {

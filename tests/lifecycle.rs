@@ -58,19 +58,28 @@ fn sigterm_waits_for_open_sessions_then_exits_zero() {
     );
     let mut p = Portico::start(&dir, &cfg);
     wait_backends_up(&p, "echo", 1);
-    let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    assert!(echo_roundtrip(&mut session, b"before\n"));
+    let session = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sigterm_drains_the_session(&mut p, port, session);
+    assert!(!sock.exists(), "admin socket removed on exit");
+}
 
+/// SIGTERM with `session` open on the VIP at `port`: new connections are refused,
+/// the session keeps working and the process waits for it, then exits 0 once it
+/// closes.
+fn sigterm_drains_the_session(p: &mut Portico, port: u16, mut session: TcpStream) {
+    assert!(echo_roundtrip(&mut session, b"before\n"));
     p.signal(libc::SIGTERM);
-    // It stops accepting...
     let refused = poll(Duration::from_secs(10), || {
         TcpStream::connect(("127.0.0.1", port))
             .is_err()
             .then_some(())
     });
     assert!(refused.is_some(), "still accepting after SIGTERM");
-    // ...but the open session keeps working and the process waits for it.
-    assert!(echo_roundtrip(&mut session, b"during drain\n"));
+    assert!(
+        echo_roundtrip(&mut session, b"during drain\n"),
+        "the session was cut\n{}",
+        p.log_text()
+    );
     assert!(
         p.child.try_wait().unwrap().is_none(),
         "exited with a session open"
@@ -80,7 +89,6 @@ fn sigterm_waits_for_open_sessions_then_exits_zero() {
         .wait_exit(Duration::from_secs(10))
         .expect("exits once the session closes");
     assert!(status.success(), "{status}\n{}", p.log_text());
-    assert!(!sock.exists(), "admin socket removed on exit");
 }
 
 /// A SIGTERM that arrives before every probe has its first verdict (here a backend
@@ -112,26 +120,8 @@ fn sigterm_before_the_first_verdicts_still_drains() {
         still_pending.trim_end().ends_with("pending"),
         "the mute backend already has a verdict: {still_pending}"
     );
-    let mut session = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    assert!(echo_roundtrip(&mut session, b"before\n"));
-    p.signal(libc::SIGTERM);
-    let refused = poll(Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port))
-            .is_err()
-            .then_some(())
-    });
-    assert!(refused.is_some(), "still accepting after SIGTERM");
-    assert!(
-        echo_roundtrip(&mut session, b"during drain\n"),
-        "the session was cut\n{}",
-        p.log_text()
-    );
-    assert!(p.child.try_wait().unwrap().is_none());
-    drop(session);
-    let status = p
-        .wait_exit(Duration::from_secs(10))
-        .expect("exits once the session closes");
-    assert!(status.success(), "{status}\n{}", p.log_text());
+    let session = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sigterm_drains_the_session(&mut p, port, session);
 }
 
 #[test]

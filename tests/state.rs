@@ -9,29 +9,19 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::config::{Config, Vip, FAST};
 use common::{free_port, free_udp_tcp_port, poll, query_a, Echo, Portico, TempDir};
 
 fn lb_config(dir: &TempDir, port: u16, backends: &[(&str, SocketAddr)]) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|(n, a)| format!("{{ name = \"{n}\", address = \"{a}\" }}"))
-        .collect();
-    format!(
-        r#"drain_timeout = "1s"
-state_dir = "state"
-
-[admin]
-socket = "{sock}"
-
-[[vip]]
-name = "smtp"
-listen = "127.0.0.1:{port}"
-backends = [ {list} ]
-probe = {{ kind = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        list = list.join(", ")
-    )
+    let vip = backends.iter().fold(
+        Vip::new("smtp", format!("127.0.0.1:{port}")).probe("tcp", FAST),
+        |v, (n, a)| v.backend(n, a),
+    );
+    Config::admin(dir)
+        .top("drain_timeout = \"1s\"")
+        .top("state_dir = \"state\"")
+        .vip(vip)
+        .render()
 }
 
 /// `show backends` as (VIP/BACKEND, admin, weight).
