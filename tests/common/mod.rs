@@ -408,7 +408,7 @@ pub fn query_a(server: SocketAddr, name: &str) -> Option<Vec<std::net::Ipv4Addr>
 /// error says which step failed.
 pub fn query_a_tcp(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::rr::{Name, RecordType};
     use std::io::{Read, Write};
     let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
     let qname = Name::from_ascii(name).map_err(|e| e.to_string())?;
@@ -431,6 +431,12 @@ pub fn query_a_tcp(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4A
         return Err("reply to another query".into());
     }
     let reply = Message::from_vec(&buf).map_err(|e| format!("parse: {e}"))?;
+    Ok(sorted_a(&reply))
+}
+
+/// The A records of an answer, sorted.
+fn sorted_a(reply: &hickory_proto::op::Message) -> Vec<std::net::Ipv4Addr> {
+    use hickory_proto::rr::RData;
     let mut v: Vec<_> = reply
         .answers
         .iter()
@@ -440,7 +446,7 @@ pub fn query_a_tcp(server: SocketAddr, name: &str) -> Result<Vec<std::net::Ipv4A
         })
         .collect();
     v.sort();
-    Ok(v)
+    v
 }
 
 /// As [`query_a`], through `sock` (e.g. one bound inside a lab namespace), waiting
@@ -466,7 +472,6 @@ fn exchange_a(
     bytes: &[u8],
 ) -> Option<Vec<std::net::Ipv4Addr>> {
     use hickory_proto::op::Message;
-    use hickory_proto::rr::RData;
     sock.send_to(bytes, server).ok()?;
     let mut buf = [0u8; 4096];
     // Skip late replies to earlier queries (a bounded number).
@@ -479,16 +484,7 @@ fn exchange_a(
         n = sock.recv(&mut buf).ok()?;
     }
     let reply = Message::from_vec(&buf[..n]).ok()?;
-    let mut v: Vec<_> = reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect();
-    v.sort();
-    Some(v)
+    Some(sorted_a(&reply))
 }
 
 fn rand_id() -> u16 {
