@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::real::haproxy;
 use common::{free_port, poll, tool, wait_listening, Daemon, Echo, Portico, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -134,36 +135,23 @@ fn wait_up(portico: &Portico) {
 
 #[test]
 fn early_hints_reach_the_client_as_they_do_through_haproxy() {
-    let Some(haproxy) = tool("haproxy") else {
-        return;
-    };
     let dir = TempDir::new("early-hints");
     let (backend, release) = hinting_backend();
     let (vip, front) = (free_port(), free_port());
     let portico = Portico::start(&dir, &http_vip(&dir, vip, backend, ""));
     wait_up(&portico);
 
-    let cfg = dir.path("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    let Some(_haproxy) = haproxy(
+        &dir,
+        &format!(
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
              frontend web\n    bind 127.0.0.1:{front}\n    default_backend b\n\
              backend b\n    server b1 {backend}\n"
         ),
-    )
-    .unwrap();
-    let _haproxy = Daemon::spawn(
-        Command::new(haproxy)
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    assert!(
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], front)), LIMIT),
-        "haproxy did not start"
-    );
+        front,
+    ) else {
+        return;
+    };
 
     let reference = hinted_get(front, &release);
     assert_eq!(

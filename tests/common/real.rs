@@ -265,6 +265,29 @@ compatibility_level = 3.6
     }
 }
 
+/// A real HAProxy in the foreground on `config` (written to `dir/haproxy.cfg`), once
+/// it listens on 127.0.0.1:`front`; `None` (skip) when it is not installed.
+pub fn haproxy(dir: &TempDir, config: &str, front: u16) -> Option<Daemon> {
+    let bin = tool("haproxy")?;
+    let cfg = dir.path("haproxy.cfg");
+    std::fs::write(&cfg, config).expect("write haproxy.cfg");
+    let d = Daemon::spawn(
+        Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], front)),
+            Duration::from_secs(10)
+        ),
+        "haproxy did not listen on {front}"
+    );
+    Some(d)
+}
+
 /// A real Dovecot IMAP server on 127.0.0.1:`port` that requires the PROXY protocol
 /// (`haproxy = yes`, trusted from 127.0.0.0/8) and logs `rip=` per login; any user
 /// logs in with password `secret`.
