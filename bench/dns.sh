@@ -16,56 +16,17 @@ need /usr/bin/time:time nsd:nsd knotd:knot dnsperf:dnsperf dig:bind9-dnsutils gd
 build_portico
 raise_nofile
 
-ZONE=gslb.example.test
-NAMES=(smtp submission imap pop3 webmail mapi autodiscover mail)
-KA_PORT=19053
-DC1=127.0.0.11 DC2=127.0.0.12   # answers, and where each site's keepalive listener runs
-
-# Keepalive targets that stay up (the "site" health), on the generator core.
-declare -A KA_PID
-start_ka() { run_gen "ka-$1" python3 "$BENCH_DIR/helpers.py" listener "$1" $KA_PORT; KA_PID[$1]=$BG_PID; wait_tcp "$1" $KA_PORT; }
+source "$(dirname "$0")/gss-common.sh"
 start_ka $DC1
 start_ka $DC2
 
 # ------------------------------------------------------------------ configs
-portico_conf() { # portico_conf FILE PORT
-    {
-        cat <<EOF
-[gss]
-listen = "127.0.0.1:$2"
-zone = "$ZONE"
-ttl = 20
-nameservers = ["ns1.$ZONE"]
-records = ["ns1 3600 A 127.0.0.53"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ { kind = "tcp", address = "$DC1:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-
-[[gss.site]]
-name = "dc2"
-keepalives = [ { kind = "tcp", address = "$DC2:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-EOF
-        for n in "${NAMES[@]}"; do
-            printf '\n[[gss.name]]\nname = "%s"\nsites = ["dc1", "dc2"]\nanswers = { dc1 = ["%s"], dc2 = ["%s"] }\n' "$n" $DC1 $DC2
-        done
-    } >"$1"
-}
 P_PORT=25353 N_PORT=26353 K_PORT=27353 G_PORT=28353
 portico_conf "$TMP/portico.toml" $P_PORT
 
 # The same names as static A records (the answer while dc1 is up) for NSD and Knot.
 mkdir -p "$TMP/nsd" "$TMP/knot"
-{
-    echo "\$ORIGIN $ZONE."
-    echo "\$TTL 20"
-    echo "@ 3600 IN SOA ns1.$ZONE. hostmaster.$ZONE. 1 3600 600 86400 30"
-    echo "@ 3600 IN NS ns1.$ZONE."
-    echo "ns1 3600 IN A 127.0.0.53"
-    for n in "${NAMES[@]}"; do echo "$n 20 IN A $DC1"; done
-} >"$TMP/zone"
+static_zone "$TMP/zone"
 cp "$TMP/zone" "$TMP/nsd/$ZONE.zone"
 cp "$TMP/zone" "$TMP/knot/$ZONE.zone"
 

@@ -22,61 +22,20 @@ need /usr/bin/time:time knotd:knot keymgr:knot dnsperf:dnsperf dig:bind9-dnsutil
 build_portico
 raise_nofile
 
-ZONE=gslb.example.test
-NAMES=(smtp submission imap pop3 webmail mapi autodiscover mail)
-KA_PORT=19053
-DC1=127.0.0.11 DC2=127.0.0.12
+source "$(dirname "$0")/gss-common.sh"
 KEYS="$REPO/gss/tests/testdata/dnssec"
 KSK=Kgslb.example.test.+013+17467 ZSK=Kgslb.example.test.+013+33573
-
-declare -A KA_PID
-start_ka() { run_gen "ka-$1" python3 "$BENCH_DIR/helpers.py" listener "$1" $KA_PORT; KA_PID[$1]=$BG_PID; wait_tcp "$1" $KA_PORT; }
 start_ka $DC1
 start_ka $DC2
 
-portico_conf() { # portico_conf FILE PORT SIGNED
-    {
-        cat <<EOF
-[gss]
-listen = "127.0.0.1:$2"
-zone = "$ZONE"
-ttl = 20
-nameservers = ["ns1.$ZONE"]
-records = ["ns1 3600 A 127.0.0.53"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ { kind = "tcp", address = "$DC1:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-
-[[gss.site]]
-name = "dc2"
-keepalives = [ { kind = "tcp", address = "$DC2:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-EOF
-        if [[ $3 == signed ]]; then
-            printf '\n[gss.dnssec]\nkeys = [ { file = "%s", role = "ksk" }, { file = "%s", role = "zsk" } ]\n' \
-                "$KEYS/$KSK" "$KEYS/$ZSK"
-        fi
-        for n in "${NAMES[@]}"; do
-            printf '\n[[gss.name]]\nname = "%s"\nsites = ["dc1", "dc2"]\nanswers = { dc1 = ["%s"], dc2 = ["%s"] }\n' "$n" $DC1 $DC2
-        done
-    } >"$1"
-}
 P_PORT=25353 S_PORT=25354 K_PORT=27353 D_PORT=29353
-portico_conf "$TMP/portico.toml" $P_PORT unsigned
-portico_conf "$TMP/portico-signed.toml" $S_PORT signed
+portico_conf "$TMP/portico.toml" $P_PORT
+portico_conf "$TMP/portico-signed.toml" $S_PORT \
+    "$(printf '[gss.dnssec]\nkeys = [ { file = "%s", role = "ksk" }, { file = "%s", role = "zsk" } ]' "$KEYS/$KSK" "$KEYS/$ZSK")"
 
 # The same names as static A records (the answer while dc1 is up) for Knot and PowerDNS.
 mkdir -p "$TMP/knot" "$TMP/pdns"
-{
-    echo "\$ORIGIN $ZONE."
-    echo "\$TTL 20"
-    echo "@ 3600 IN SOA ns1.$ZONE. hostmaster.$ZONE. 1 3600 600 86400 30"
-    echo "@ 3600 IN NS ns1.$ZONE."
-    echo "ns1 3600 IN A 127.0.0.53"
-    for n in "${NAMES[@]}"; do echo "$n 20 IN A $DC1"; done
-} >"$TMP/zone"
+static_zone "$TMP/zone"
 cp "$TMP/zone" "$TMP/knot/$ZONE.zone"
 cp "$TMP/zone" "$TMP/pdns/$ZONE.zone"
 
