@@ -50,9 +50,8 @@ impl LbAdmin {
             .inner
             .vips
             .load()
-            .iter()
-            .map(|slot| {
-                let st = slot.state.load();
+            .with_states()
+            .map(|(slot, st)| {
                 let status = st.status();
                 format!(
                     "{} {} {} {} {}/{} {} {}",
@@ -73,7 +72,7 @@ impl LbAdmin {
     fn show_backends(&self, vip: Option<&str>) -> Reply {
         let slots = self.inner.vips.load();
         if let Some(v) = vip {
-            if !slots.iter().any(|s| s.state.load().cfg.name == v) {
+            if !slots.with_states().any(|(_, st)| st.cfg.name == v) {
                 return Reply::error(format!("no vip {v:?}; see show vips"));
             }
         }
@@ -82,8 +81,7 @@ impl LbAdmin {
             (f, view, self.inner.intents.snapshot())
         });
         let mut lines = Vec::new();
-        for slot in slots.iter() {
-            let st = slot.state.load();
+        for (_, st) in slots.with_states() {
             if vip.is_some_and(|v| v != st.cfg.name) {
                 continue;
             }
@@ -344,14 +342,12 @@ impl AdminHandler for LbAdmin {
             Command::ShowBgp => Reply::Data(self.inner.bgp.show()),
             Command::WithdrawVip(vip) | Command::AnnounceVip(vip) => {
                 let withdraw = matches!(cmd, Command::WithdrawVip(_));
-                match self.inner.slot(vip) {
+                match self.inner.slot(vip).and_then(|slot| slot.state()) {
                     None => Reply::error(format!("no vip {vip:?}; see show vips")),
-                    Some(slot) if slot.state.load().cfg.announce.is_none() => {
-                        Reply::error(format!(
-                            "vip {vip:?} has no announce in the config; nothing to {}",
-                            if withdraw { "withdraw" } else { "announce" }
-                        ))
-                    }
+                    Some(st) if st.cfg.announce.is_none() => Reply::error(format!(
+                        "vip {vip:?} has no announce in the config; nothing to {}",
+                        if withdraw { "withdraw" } else { "announce" }
+                    )),
                     Some(_) => {
                         let intent = &self.inner.bgp.intent;
                         let changed = if withdraw {

@@ -96,12 +96,15 @@ impl Default for LbOptions {
 /// How long [`Lb::shutdown`] waits for the tasks it owns once they are told to stop.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The running VIPs: each slot with, for an L7 VIP, the proxy serving it
-/// (`proxies[i]` serves `slots[i]`). Derefs to the slots, which is all most readers
-/// need.
+/// The running VIPs: each slot with its config and pool (`states[i]` is
+/// `slots[i]`'s) and, for an L7 VIP, the proxy serving it (`proxies[i]`). A reload
+/// replaces the whole snapshot with one store, so every reader (the accept loops
+/// included, through [`VipSlot::state`]) sees every VIP on the old config or every
+/// VIP on the new one. Derefs to the slots.
 #[derive(Default)]
 pub(crate) struct Snapshot {
     slots: Vec<Arc<VipSlot>>,
+    states: Vec<Arc<VipState>>,
     proxies: Vec<Option<Arc<http::HttpVip>>>,
     /// One checker per backend of every pool.
     checkers: Vec<Arc<Checker>>,
@@ -118,16 +121,32 @@ impl Snapshot {
     /// The proxy serving the slot of `vip` (by the slot's current config: a reload
     /// may rename a VIP whose listener it keeps).
     fn proxy(&self, vip: &str) -> Option<&Arc<http::HttpVip>> {
+        let i = self.position(vip)?;
+        self.proxies.get(i)?.as_ref()
+    }
+
+    /// The index of the VIP called `vip`.
+    fn position(&self, vip: &str) -> Option<usize> {
+        self.states.iter().position(|st| st.cfg.name == vip)
+    }
+
+    /// Each slot with its state.
+    pub(crate) fn with_states(&self) -> impl Iterator<Item = (&Arc<VipSlot>, &Arc<VipState>)> {
+        self.slots.iter().zip(self.states.iter())
+    }
+
+    /// The state of `slot`, if it is one of this snapshot's.
+    pub(crate) fn state_of(&self, slot: &VipSlot) -> Option<&Arc<VipState>> {
         let i = self
             .slots
             .iter()
-            .position(|s| s.state.load().cfg.name == vip)?;
-        self.proxies.get(i)?.as_ref()
+            .position(|s| std::ptr::eq(Arc::as_ptr(s), slot))?;
+        self.states.get(i)
     }
 }
 
 pub(crate) struct Inner {
-    pub(crate) vips: ArcSwap<Snapshot>,
+    pub(crate) vips: Arc<ArcSwap<Snapshot>>,
     pub(crate) events: Arc<EventLog>,
     tasks: Tasks,
     accepting: CancellationToken,
@@ -151,17 +170,17 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn slot(&self, vip: &str) -> Option<Arc<VipSlot>> {
-        self.vips
-            .load()
-            .iter()
-            .find(|s| s.state.load().cfg.name == vip)
-            .cloned()
+        let snap = self.vips.load();
+        snap.slots.get(snap.position(vip)?).cloned()
     }
 
     pub(crate) fn backend(&self, vip: &str, name: &str) -> Option<Arc<Backend>> {
-        let slot = self.slot(vip)?;
-        let state = slot.state.load();
-        state.pool.get(name).cloned()
+        let snap = self.vips.load();
+        snap.states
+            .get(snap.position(vip)?)?
+            .pool
+            .get(name)
+            .cloned()
     }
 }
 
@@ -233,7 +252,7 @@ impl Lb {
             opened.cancel();
         }
         let inner = Arc::new(Inner {
-            vips: ArcSwap::from_pointee(Snapshot::default()),
+            vips: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             events: Arc::clone(&events),
             accepting: tasks.child_token(),
             bgp: Arc::new(bgp::Speaker::new(tasks.clone(), Arc::clone(&events))),
@@ -254,15 +273,13 @@ impl Lb {
             };
             let snapshot = inner.vips.load();
             snapshot
+                .states
                 .iter()
-                .map(|s| {
-                    let st = s.state.load();
-                    bgp::VipView {
-                        name: st.cfg.name.clone(),
-                        healthy: st.pool.healthy(),
-                        min_healthy: st.cfg.min_healthy,
-                        announce: st.cfg.announce.clone(),
-                    }
+                .map(|st| bgp::VipView {
+                    name: st.cfg.name.clone(),
+                    healthy: st.pool.healthy(),
+                    min_healthy: st.cfg.min_healthy,
+                    announce: st.cfg.announce.clone(),
                 })
                 .collect()
         }));
@@ -278,8 +295,9 @@ impl Lb {
         self.inner
             .vips
             .load()
+            .states
             .iter()
-            .map(|s| s.state.load().status())
+            .map(|st| st.status())
             .collect()
     }
 
@@ -288,9 +306,8 @@ impl Lb {
         self.inner
             .vips
             .load()
-            .iter()
-            .map(|slot| {
-                let st = slot.state.load();
+            .with_states()
+            .map(|(slot, st)| {
                 let healthy = st.pool.healthy();
                 shared::status::VipPage {
                     name: st.cfg.name.clone(),
@@ -366,9 +383,10 @@ impl Lb {
     pub async fn first_verdicts(&self) -> bool {
         let snapshot = self.inner.vips.load_full();
         let slowest = snapshot
+            .states
             .iter()
-            .map(|s| {
-                let t = s.state.load().cfg.probe.timing;
+            .map(|st| {
+                let t = st.cfg.probe.timing;
                 t.interval / 5 + t.timeout
             })
             .max()
@@ -431,8 +449,7 @@ impl Lb {
     /// Every backend's health, admin state and weight, for a successor to start from.
     pub fn carried(&self) -> Carried {
         let mut backends = Vec::new();
-        for slot in self.inner.vips.load().iter() {
-            let st = slot.state.load();
+        for st in self.inner.vips.load().states.iter() {
             for b in st.pool.backends() {
                 backends.push(CarriedBackend {
                     vip: b.vip().to_string(),
@@ -509,9 +526,8 @@ impl Lb {
 
     /// A VIP's current pool (the L7 proxy selects from it).
     pub fn pool(&self, vip: &str) -> Option<Arc<Pool>> {
-        self.inner
-            .slot(vip)
-            .map(|s| Arc::clone(&s.state.load().pool))
+        let snap = self.inner.vips.load();
+        Some(Arc::clone(&snap.states.get(snap.position(vip)?)?.pool))
     }
 
     /// One backend's runtime state.
@@ -536,8 +552,7 @@ impl Lb {
     pub fn fleet_progress(&self) -> Vec<(String, String, shared::fleet::Applied)> {
         let intents = self.inner.intents.snapshot();
         let mut out = Vec::new();
-        for slot in self.inner.vips.load().iter() {
-            let st = slot.state.load();
+        for st in self.inner.vips.load().states.iter() {
             for b in st.pool.backends() {
                 out.push((
                     st.cfg.name.clone(),
@@ -562,7 +577,10 @@ impl Lb {
         let mut kept_slots: HashSet<*const VipSlot> = HashSet::new();
         let mut kept_checkers: HashSet<*const Checker> = HashSet::new();
         let mut slots = Vec::with_capacity(plans.len());
+        let mut states = Vec::with_capacity(plans.len());
         let mut proxies = Vec::with_capacity(plans.len());
+        // New listeners start accepting once the snapshot naming their slots is in.
+        let mut listeners = Vec::new();
         let mut checkers = Vec::new();
         let mut new_fds = Vec::new();
         for plan in plans {
@@ -594,7 +612,7 @@ impl Lb {
                 plan.backends,
                 inner.tasks.clone(),
             ));
-            let state = VipState::new(plan.cfg.clone(), pool);
+            let state = Arc::new(VipState::new(plan.cfg.clone(), pool));
             let (slot, proxy) = match plan.slot {
                 SlotPlan::Reuse {
                     slot,
@@ -604,7 +622,6 @@ impl Lb {
                     if let (Some(proxy), Some(prepared)) = (&proxy, reloaded) {
                         proxy.commit_reload(*prepared);
                     }
-                    slot.state.store(Arc::new(state));
                     kept_slots.insert(Arc::as_ptr(&slot));
                     (slot, proxy)
                 }
@@ -624,23 +641,15 @@ impl Lb {
                         new_fds.push((entry, fd));
                     }
                     let slot = Arc::new(VipSlot::new(
-                        state,
+                        &plan.cfg,
                         local,
+                        Arc::downgrade(&inner.vips),
                         inner.accepting.child_token(),
                         inner.opened.clone(),
                         inner.tasks.clone(),
                         Arc::clone(&inner.totals),
                     ));
-                    match &proxy {
-                        None => inner
-                            .tasks
-                            .spawn(l4::tcp::accept_loop(listener, Arc::clone(&slot))),
-                        Some(proxy) => inner.tasks.spawn(http::accept_loop(
-                            listener,
-                            Arc::clone(&slot),
-                            Arc::clone(proxy),
-                        )),
-                    }
+                    listeners.push((listener, Arc::clone(&slot), proxy.clone()));
                     if reload {
                         inner.events.record(
                             format!("vip {}", plan.cfg.name),
@@ -652,6 +661,7 @@ impl Lb {
             };
             proxies.push(proxy);
             slots.push(slot);
+            states.push(state);
         }
         {
             let mut fds = sync::lock(&inner.listen_fds);
@@ -674,9 +684,16 @@ impl Lb {
         }
         inner.vips.store(Arc::new(Snapshot {
             slots,
+            states,
             proxies,
             checkers,
         }));
+        for (listener, slot, proxy) in listeners {
+            match proxy {
+                None => inner.tasks.spawn(l4::tcp::accept_loop(listener, slot)),
+                Some(proxy) => inner.tasks.spawn(http::accept_loop(listener, slot, proxy)),
+            }
+        }
         drop(intents);
         inner.bgp.wake();
     }
@@ -687,8 +704,8 @@ impl Lb {
             .iter()
             .position(|s| s.configured == cfg.listen && s.mode == cfg.mode);
         let old_pool = old
+            .states
             .iter()
-            .map(|s| s.state.load_full())
             .find(|st| st.cfg.name == cfg.name)
             .map(|st| Arc::clone(&st.pool));
         let slot = match reuse {

@@ -1,13 +1,14 @@
 //! A VIP at run time: its listener slot (kept across reloads while the listen address
-//! and mode stay the same), the current config + pool snapshot in an [`ArcSwap`]
-//! replaced whole on reload and read lock-free per connection, and the connection
+//! and mode stay the same), whose current config + pool ([`VipState`]) it reads
+//! lock-free per connection from the lb's one snapshot (replaced whole, once, per
+//! reload), and the connection
 //! admission limits (`max_connections`, `max_connections_per_source`) enforced by a
 //! [`ConnGuard`] that gives its counts back on drop.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
@@ -84,8 +85,9 @@ pub struct VipSlot {
     pub local: SocketAddr,
     /// Listener kind.
     pub mode: VipMode,
-    /// Current config and pool.
-    pub state: ArcSwap<VipState>,
+    /// The lb's snapshot, where this slot's current config and pool are
+    /// ([`VipSlot::state`]); weak, as the snapshot holds the slot.
+    snapshot: Weak<ArcSwap<crate::Snapshot>>,
     active: AtomicU64,
     per_source: Mutex<HashMap<IpAddr, u32>>,
     pub(crate) cancel: CancellationToken,
@@ -100,19 +102,21 @@ pub struct VipSlot {
 
 impl VipSlot {
     pub(crate) fn new(
-        state: VipState,
+        cfg: &VipConfig,
         local: SocketAddr,
+        snapshot: Weak<ArcSwap<crate::Snapshot>>,
         cancel: CancellationToken,
         opened: CancellationToken,
         tasks: Tasks,
         totals: Arc<Totals>,
     ) -> VipSlot {
-        let gauge = metrics::gauge!(crate::metrics::VIP_CONNECTIONS_ACTIVE, "vip" => state.cfg.name.clone());
+        let gauge =
+            metrics::gauge!(crate::metrics::VIP_CONNECTIONS_ACTIVE, "vip" => cfg.name.clone());
         VipSlot {
-            configured: state.cfg.listen,
+            configured: cfg.listen,
             local,
-            mode: state.cfg.mode,
-            state: ArcSwap::from_pointee(state),
+            mode: cfg.mode,
+            snapshot,
             active: AtomicU64::new(0),
             per_source: Mutex::new(HashMap::new()),
             cancel,
@@ -121,6 +125,15 @@ impl VipSlot {
             totals,
             gauge,
         }
+    }
+
+    /// This slot's current config and pool, from the lb's snapshot; `None` once the
+    /// slot is no longer in it (a reload removed the VIP, or the lb is gone), when its
+    /// listener stops and its connections go on with the state they started with.
+    pub(crate) fn state(&self) -> Option<Arc<VipState>> {
+        let snapshot = self.snapshot.upgrade()?;
+        let current = snapshot.load();
+        current.state_of(self).cloned()
     }
 
     /// Waits until the lb opens; false when the slot was cancelled first.

@@ -372,3 +372,63 @@ async fn a_peers_intent_applies_to_its_backend_and_shows_in_progress() {
     assert_eq!(progress.len(), 2);
     lb.shutdown().await;
 }
+
+/// A reload moves every VIP to the new config with one store: a reader (here
+/// `status`, spinning on another thread while reloads flip both VIPs between one and
+/// two backends) never sees one VIP on the old config and the other on the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_seen_whole_by_every_reader() {
+    let mx1 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let mx2 = FakeServer::start(FakeKind::Smtp, Behaviour::Good).await;
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        })
+        .collect();
+    let config = |two: bool| -> Vec<shared::config::VipConfig> {
+        ["a", "b"]
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| {
+                let mut backends = vec![("mx1", mx1.addr())];
+                if two {
+                    backends.push(("mx2", mx2.addr()));
+                }
+                let mut v = vip(name, MailProtocol::Smtp, &backends);
+                v.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+                v
+            })
+            .collect()
+    };
+    let (lb, _events) = start(&config(false), scripted(Arc::new(AtomicBool::new(true)))).await;
+    let lb = Arc::new(lb);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (lb, stop) = (Arc::clone(&lb), Arc::clone(&stop));
+        move || {
+            let (mut looks, mut mixed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let s = lb.status();
+                if s.len() == 2 && s[0].total != s[1].total {
+                    mixed += 1;
+                }
+                looks += 1;
+            }
+            (looks, mixed)
+        }
+    });
+    for i in 0..60 {
+        lb.reload(&config(i % 2 == 0)).await.expect("reload");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (looks, mixed) = reader.join().expect("reader");
+    assert!(looks > 60, "the reader looked only {looks} times");
+    assert_eq!(mixed, 0, "{mixed} of {looks} looks saw two configs at once");
+    assert_eq!(
+        lb.status().iter().map(|v| v.total).collect::<Vec<_>>(),
+        [1, 1]
+    );
+}

@@ -208,7 +208,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<H
                 }
             }
         };
-        let state = slot.state.load();
+        // Not (or no longer) in the lb's snapshot: a reload removed this VIP and is
+        // cancelling the loop.
+        let Some(state) = slot.state() else { break };
         let admitted = match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
             Ok(g) => g,
             Err(why) => {
@@ -354,14 +356,31 @@ impl HttpVip {
         let for_service = (protocols == Protocols::H1).then(|| Arc::clone(&interim));
         let first_request = Arc::new(AtomicBool::new(false));
         let seen = Arc::clone(&first_request);
+        // Requests on a connection whose VIP a reload removed go on with the pool
+        // it had when they could last see one.
+        let last_pool = std::sync::Mutex::new(slot.state().map(|st| Arc::clone(&st.pool)));
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
             let interim = for_service.clone();
             // Read per request: a reload swaps the pool under open connections.
-            let pool = Arc::clone(&slot.state.load().pool);
-            async move { Ok::<_, Infallible>(vip.handle(req, info, pool, interim).await) }
+            let pool = {
+                let mut last = shared::sync::lock(&last_pool);
+                if let Some(st) = slot.state() {
+                    *last = Some(Arc::clone(&st.pool));
+                }
+                last.clone()
+            };
+            async move {
+                let Some(pool) = pool else {
+                    return Ok::<_, Infallible>(crate::http::errors::local_response(
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        "503 Service Unavailable: this VIP was removed\n",
+                    ));
+                };
+                Ok::<_, Infallible>(vip.handle(req, info, pool, interim).await)
+            }
         });
         let opened = Instant::now();
         let result = match protocols {

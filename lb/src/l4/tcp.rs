@@ -54,14 +54,16 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
         let (client, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(vip = %slot.state.load().cfg.name, "accept: {e}");
+                tracing::warn!(vip = %slot.local, "accept: {e}");
                 tokio::select! {
                     _ = slot.cancel.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
             }
         };
-        let state = slot.state.load_full();
+        // Not (or no longer) in the lb's snapshot: a reload removed this VIP and is
+        // cancelling the loop.
+        let Some(state) = slot.state() else { return };
         match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
             Ok(guard) => {
                 slot.tasks
