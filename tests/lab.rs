@@ -435,7 +435,12 @@ fn two_nodes_without_witness_stay_fail_static_and_quorum_one_splits() {
         lab.lab.cut("dc1", "dc2");
         let bad =
             lab.answers_other_than_dc1(INTERVAL * FALL + STALE_AFTER + Duration::from_secs(2));
-        assert!(bad.is_empty(), "split answers: {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "split answers: {bad:?}\ndc1:\n{}\nevents dc1:\n{}",
+            lab.explain("dc1"),
+            lab.node("dc1").ctl("show events")
+        );
         let e = lab.explain("dc2");
         assert!(
             votes_line(&e, "dc1").contains("no quorum, fail-static: keeping up"),

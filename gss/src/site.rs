@@ -101,6 +101,12 @@ pub struct SiteState {
     pub recovered_at: Option<Instant>,
     /// Manual failback hold.
     pub held: bool,
+    /// The site has been up since this node started. A site that comes up for the
+    /// first time (its initial state was down: no keepalive verdict yet, or no
+    /// quorum yet) is not recovering from anything, so no failback wait applies;
+    /// with one, two sites coming up together at a cold start made the answers
+    /// alternate as each one's wait ended.
+    pub ever_up: bool,
     /// First failed keepalive result while the site was up (detection timer start).
     pub first_fail_at: Option<Instant>,
     /// When this node's own keepalive verdict last changed (published as `since`).
@@ -141,6 +147,7 @@ impl SiteState {
             since: SystemTime::now(),
             recovered_at: None,
             held: false,
+            ever_up: false,
             first_fail_at: None,
             health_since: SystemTime::now(),
             voting: None,
@@ -279,6 +286,7 @@ impl SiteState {
         self.up = Some(up);
         self.since = SystemTime::now();
         self.held = !up;
+        self.ever_up = up;
         self.recovered_at = None;
         self.first_fail_at = None;
         Change {
@@ -336,7 +344,8 @@ impl SiteState {
             None => self.cause_text(),
         };
         if target {
-            self.recovered_at = Some(now);
+            self.recovered_at = self.ever_up.then_some(now);
+            self.ever_up = true;
             self.first_fail_at = None;
             Some(Change {
                 up: true,
@@ -386,6 +395,7 @@ impl SiteState {
         self.since = old.since;
         self.recovered_at = old.recovered_at;
         self.held = old.held;
+        self.ever_up = old.ever_up;
         self.health_since = old.health_since;
         if let (Some(new), Some(old)) = (&mut self.voting, &old.voting) {
             new.peers = old.peers.clone();
@@ -491,6 +501,37 @@ mod tests {
             .expect("up");
         assert!(c.up);
         assert_eq!(s.recovered_at, Some(t0 + Duration::from_secs(5)));
+    }
+
+    /// A site whose initial state was down (no verdict or no quorum yet at the first
+    /// round) is not recovering when it first comes up: no failback wait, so two
+    /// sites coming up a moment apart at a cold start do not make answers alternate.
+    /// Once it has been up, a return after a failure waits as before.
+    #[test]
+    fn a_first_up_after_an_initial_down_has_no_failback_wait() {
+        let t0 = Instant::now();
+        let mut s = site(1, MinUp::Count(1));
+        s.observe(0, false, false, Some("refused".into()), t0);
+        assert!(!s.settle().up);
+        let c = s
+            .observe(0, true, true, None, t0 + Duration::from_secs(1))
+            .expect("up");
+        assert!(c.up);
+        assert_eq!(
+            s.recovered_at, None,
+            "never up before: nothing to fail back from"
+        );
+        s.observe(
+            0,
+            false,
+            false,
+            Some("refused".into()),
+            t0 + Duration::from_secs(2),
+        )
+        .expect("down");
+        s.observe(0, true, true, None, t0 + Duration::from_secs(3))
+            .expect("up again");
+        assert_eq!(s.recovered_at, Some(t0 + Duration::from_secs(3)));
     }
 
     #[test]
