@@ -101,6 +101,17 @@ impl Lab {
         for s in &self.sites {
             run(&["ip", "netns", "add", &s.ns])?;
             run(&["ip", "-n", &s.ns, "link", "set", "lo", "up"])?;
+            // A new namespace's unix datagram queues hold 10 messages: too few for
+            // daemons that log through one (Postfix's postlogd) while they start.
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &s.ns,
+                "sysctl",
+                "-qw",
+                "net.unix.max_dgram_qlen=512",
+            ])?;
             run(&[
                 "ip",
                 "-n",

@@ -79,8 +79,11 @@ pub struct Postfix {
     group: Daemon,
 }
 
+/// The services of a test Postfix. `pickup` wakes every second: a message handed to
+/// `sendmail` just as the master starts may find pickup not yet listening for the
+/// nudge, and would otherwise wait for the stock 60 s wake-up.
 const POSTFIX_SERVICES: &str = "\
-pickup    unix  n       -       n       60      1       pickup
+pickup    unix  n       -       n       1       1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite
@@ -107,6 +110,33 @@ const QUEUE_DIRS: [&str; 14] = [
     "pid", "public", "private", "maildrop", "incoming", "active", "deferred", "bounce", "defer",
     "trace", "flush", "saved", "hold", "corrupt",
 ];
+
+/// `defaults` with each `key = value` line of `overrides` in place of the default of
+/// that key (new keys appended). Written once per key: Postfix warns about every
+/// repeated key in every process it starts, and those warnings, sent to `postlogd`
+/// through a datagram socket with a queue of 10 before it reads any, have deadlocked
+/// it (`postlogd` blocked logging its own warnings into its full socket).
+fn main_cf(defaults: &str, overrides: &str) -> String {
+    let key = |l: &str| l.split('=').next().map(str::trim).unwrap_or("").to_string();
+    let given: Vec<&str> = overrides
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out: Vec<String> = defaults
+        .lines()
+        .map(|l| match given.iter().find(|g| key(g) == key(l)) {
+            Some(g) => g.to_string(),
+            None => l.to_string(),
+        })
+        .collect();
+    for g in &given {
+        if !defaults.lines().any(|l| key(l) == key(g)) {
+            out.push(g.to_string());
+        }
+    }
+    out.join("\n") + "\n"
+}
 
 /// What differs between the Postfix instances the tests run.
 pub struct PostfixSetup<'a> {
@@ -184,8 +214,9 @@ impl Postfix {
         let maillog = root.join("maillog");
         std::fs::write(
             conf.join("main.cf"),
-            format!(
-                "\
+            main_cf(
+                &format!(
+                    "\
 queue_directory = {queue}
 data_directory = {data}
 mail_owner = postfix
@@ -206,12 +237,13 @@ smtpd_peername_lookup = no
 maillog_file = {maillog}
 maillog_file_prefixes = {prefix}
 compatibility_level = 3.6
-{extra}",
-                queue = queue.display(),
-                data = data.display(),
-                maillog = maillog.display(),
-                prefix = dir.0.display(),
-                extra = setup.main_cf,
+",
+                    queue = queue.display(),
+                    data = data.display(),
+                    maillog = maillog.display(),
+                    prefix = dir.0.display(),
+                ),
+                setup.main_cf,
             ),
         )
         .unwrap();
