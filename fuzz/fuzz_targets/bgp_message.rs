@@ -3,7 +3,7 @@
 //! framed length is always a whole, bounded message.
 #![no_main]
 
-use lb::bgp::wire::{decode, frame_len, MAX_LEN};
+use lb::bgp_wire::{decode, frame_len, MAX_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -50,6 +50,8 @@ use checker::Checker;
 use supervisor::Tasks;
 
 pub use backend::{AdminState, Backend, Health, LastCheck, Lease};
+/// Kept at the crate root: the fuzz target `bgp_message` calls its framing and decoder.
+pub use bgp::wire as bgp_wire;
 pub use error::{LbError, ProxyError, Side};
 /// Kept at the crate root: the fuzz target `greeting` calls `lb::greeting::judge`.
 pub use l4::greeting;

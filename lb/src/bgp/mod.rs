@@ -17,7 +17,7 @@
 pub(crate) mod announce;
 pub(crate) mod fsm;
 pub(crate) mod session;
-pub(crate) mod wire;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,7 +26,7 @@ use rustbgpd_wire::{
 pub(crate) use rustbgpd_wire::{Afi, Message, Safi};
 
 /// RFC 4271's maximum message size (we negotiate no extended messages).
-pub(crate) const MAX_LEN: usize = 4096;
+pub const MAX_LEN: usize = 4096;
 
 /// The 2-octet AS carried in OPEN for an AS above 65535 (RFC 6793).
 const AS_TRANS: u16 = 23456;
@@ -35,7 +35,7 @@ const AS_TRANS: u16 = 23456;
 /// (code, subcode) RFC 4271 §6 says to answer with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail} (NOTIFICATION {code}/{subcode})")]
-pub(crate) struct WireError {
+pub struct WireError {
     /// NOTIFICATION error code.
     pub code: u8,
     /// NOTIFICATION error subcode.
@@ -58,14 +58,14 @@ impl From<rustbgpd_wire::DecodeError> for WireError {
 /// Length of the message at the start of `buf` once its header is in, `None` while
 /// fewer than 19 bytes are there. A bad marker or length is an error: the stream can
 /// not be re-synchronised, the session must reset.
-pub(crate) fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     rustbgpd_wire::peek_message_length(buf, MAX_LEN as u16)
         .map(|n| n.map(usize::from))
         .map_err(WireError::from)
 }
 
 /// Decodes one whole message (header included). Never panics, whatever the bytes.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     let mut buf = Bytes::copy_from_slice(bytes);
     let msg = rustbgpd_wire::decode_message(&mut buf, MAX_LEN as u16)?;
     if !buf.is_empty() {
