@@ -57,32 +57,9 @@ zone:
 EOF
 nsd-checkconf "$TMP/nsd/nsd.conf" || die "nsd config invalid"
 
-cat >"$TMP/knot/knot.conf" <<EOF
-server:
-    rundir: "$TMP/knot"
-    listen: 127.0.0.1@$K_PORT
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-log:
-  - target: stderr
-    any: warning
-database:
-    storage: "$TMP/knot"
-template:
-  - id: default
-    storage: "$TMP/knot"
-    zonefile-sync: -1
-    zonefile-load: whole
-    journal-content: none
-zone:
-  - domain: $ZONE
-    file: "$ZONE.zone"
-EOF
-knotc -c "$TMP/knot/knot.conf" conf-check >/dev/null || die "knot config invalid"
+knot_conf "$TMP/knot" $K_PORT
 
-: >"$TMP/queries"
-for n in "${NAMES[@]}"; do echo "$n.$ZONE A" >>"$TMP/queries"; done
+queries_file "$TMP/queries"
 
 # ------------------------------------------------------------------ qps
 declare -A PID PORT

@@ -39,39 +39,8 @@ static_zone "$TMP/zone"
 cp "$TMP/zone" "$TMP/knot/$ZONE.zone"
 cp "$TMP/zone" "$TMP/pdns/$ZONE.zone"
 
-# Knot signs the zone itself at load (ECDSA P-256 KSK + ZSK, its default policy's
-# algorithm), then answers from the signed zone in memory.
-cat >"$TMP/knot/knot.conf" <<EOF
-server:
-    rundir: "$TMP/knot"
-    listen: 127.0.0.1@$K_PORT
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-log:
-  - target: stderr
-    any: warning
-database:
-    storage: "$TMP/knot"
-policy:
-  - id: p256
-    algorithm: ecdsap256sha256
-    ksk-size: 256
-    zsk-size: 256
-    single-type-signing: off
-template:
-  - id: default
-    storage: "$TMP/knot"
-    zonefile-sync: -1
-    zonefile-load: whole
-    journal-content: none
-zone:
-  - domain: $ZONE
-    file: "$ZONE.zone"
-    dnssec-signing: on
-    dnssec-policy: p256
-EOF
-knotc -c "$TMP/knot/knot.conf" conf-check >/dev/null || die "knot config invalid"
+# Knot signs the zone itself at load (see knot_conf).
+knot_conf "$TMP/knot" $K_PORT signed
 
 # PowerDNS: bind backend with its DNSSEC key database, the zone secured with its
 # default algorithm (ECDSA P-256); signatures made at query time (then cached).
@@ -95,8 +64,7 @@ echo "zone \"$ZONE\" { file \"$TMP/pdns/$ZONE.zone\"; };" >"$TMP/pdns/named.conf
 pdnsutil --config-dir="$TMP/pdns" create-bind-db "$TMP/pdns/dnssec.db" >/dev/null 2>&1 || die "pdnsutil create-bind-db failed"
 pdnsutil --config-dir="$TMP/pdns" secure-zone "$ZONE" >"$TMP/pdns/secure.log" 2>&1 || { cat "$TMP/pdns/secure.log" >&2; die "pdnsutil secure-zone failed"; }
 
-: >"$TMP/queries"
-for n in "${NAMES[@]}"; do echo "$n.$ZONE A" >>"$TMP/queries"; done
+queries_file "$TMP/queries"
 
 # ------------------------------------------------------------------ CPU per answer
 # kind: server and whether queries carry DO.

@@ -32,7 +32,7 @@ name = "dc2"
 keepalives = [ { kind = "tcp", address = "$DC2:$KA_PORT" } ]
 probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
 EOC
-        [[ -n ${3:-} ]] && printf '\n%s\n' "$3"
+        if [[ -n ${3:-} ]]; then printf '\n%s\n' "$3"; fi
         for n in "${NAMES[@]}"; do
             printf '\n[[gss.name]]\nname = "%s"\nsites = ["dc1", "dc2"]\nanswers = { dc1 = ["%s"], dc2 = ["%s"] }\n' "$n" $DC1 $DC2
         done
@@ -49,4 +49,50 @@ static_zone() {
         echo "ns1 3600 IN A 127.0.0.53"
         for n in "${NAMES[@]}"; do echo "$n 20 IN A $DC1"; done
     } >"$1"
+}
+
+# knot_conf DIR PORT [signed]: Knot serving DIR/$ZONE.zone on 127.0.0.1@PORT, one
+# worker of each kind; with "signed" it signs the zone itself at load (ECDSA P-256
+# KSK + ZSK) and answers from the signed zone in memory.
+knot_conf() {
+    local policy="" signing=""
+    if [[ ${3:-} == signed ]]; then
+        policy=$'policy:\n  - id: p256\n    algorithm: ecdsap256sha256\n    ksk-size: 256\n    zsk-size: 256\n    single-type-signing: off'
+        signing=$'    dnssec-signing: on\n    dnssec-policy: p256'
+    fi
+    {
+        cat <<EOC
+server:
+    rundir: "$1"
+    listen: 127.0.0.1@$2
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$1"
+EOC
+        if [[ -n $policy ]]; then echo "$policy"; fi
+        cat <<EOC
+template:
+  - id: default
+    storage: "$1"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: $ZONE
+    file: "$ZONE.zone"
+EOC
+        if [[ -n $signing ]]; then echo "$signing"; fi
+    } >"$1/knot.conf"
+    knotc -c "$1/knot.conf" conf-check >/dev/null || die "knot config invalid"
+}
+
+# queries_file FILE: one A query per site-selected name, for dnsperf.
+queries_file() {
+    : >"$1"
+    for n in "${NAMES[@]}"; do echo "$n.$ZONE A" >>"$1"; done
 }
