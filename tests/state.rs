@@ -256,36 +256,7 @@ fn gss_site_override_survives_a_restart() {
     let (e1, e2) = (Echo::start(), Echo::start());
     let dir = TempDir::new("state-gss");
     let dns = free_udp_tcp_port();
-    let cfg = format!(
-        r#"state_dir = "state"
-
-[admin]
-socket = "{sock}"
-
-[gss]
-listen = "127.0.0.1:{dns}"
-zone = "gslb.example.test"
-nameservers = ["ns1.gslb.example.test"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ {{ kind = "tcp", address = "{a1}" }} ]
-probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[gss.site]]
-name = "dc2"
-keepalives = [ {{ kind = "tcp", address = "{a2}" }} ]
-probe_defaults = {{ interval = "200ms", timeout = "150ms", rise = 1, fall = 2 }}
-
-[[gss.name]]
-name = "smtp"
-sites = ["dc1", "dc2"]
-answers = {{ dc1 = ["127.0.0.1"], dc2 = ["127.0.0.2"] }}
-"#,
-        sock = dir.path("admin.sock").display(),
-        a1 = e1.addr,
-        a2 = e2.addr,
-    );
+    let cfg = gss_node(&dir, dns, &e1, &e2, "");
     let server: SocketAddr = format!("127.0.0.1:{dns}").parse().unwrap();
     let name = "smtp.gslb.example.test.";
     let p = Portico::start(&dir, &cfg);
