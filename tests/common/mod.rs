@@ -45,17 +45,35 @@ impl Drop for TempDir {
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A loopback TCP port below the ephemeral range (32768 and up), free a moment ago and
-/// never the same one twice in this test process: a test making thousands of outgoing
-/// connections (which take ephemeral ports) cannot take it between this call and the
-/// bind, as it can a [`free_port`].
+/// not handed out again for the next 12,000 calls by any test process of this run: a
+/// test making thousands of outgoing connections (which take ephemeral ports) cannot
+/// take it between this call and the bind, as it can a [`free_port`], and neither can a
+/// daemon of an earlier test binary that is still going away. The sequence lives in a
+/// file under the temp dir, locked while a port is picked, so test binaries and their
+/// children never draw from overlapping ranges.
 pub fn listen_port() -> u16 {
-    static NEXT_LOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    // Start at a spot that depends on the process, so concurrent test binaries differ.
-    let base = 20_000 + (std::process::id() % 2_000) * 6;
-    for _ in 0..12_000 {
-        let n = NEXT_LOW.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = (base + n % 12_000) as u16;
+    use std::io::{Read, Seek, Write};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let path = std::env::temp_dir().join("portico-test-listen-ports");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open the test port sequence");
+    file.lock().expect("lock the test port sequence");
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut n: u32 = text.trim().parse().unwrap_or(0);
+    for _ in 0..SPAN {
+        n = (n + 1) % SPAN;
+        let port = (LOW + n) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = file.write_all(n.to_string().as_bytes());
             return port;
         }
     }
