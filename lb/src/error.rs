@@ -311,6 +311,9 @@ pub enum SetupError {
     /// The VIP is not an L7 VIP.
     #[error("vip {0} is mode \"tcp\"")]
     NotHttp(String),
+    /// No running `https` VIP has that name (a certificate reload).
+    #[error("vip {0}: no running https vip by that name")]
+    NotHttps(String),
 }
 
 /// Why a VIP's certificates could not be loaded.

@@ -196,12 +196,10 @@ type NewProbe = (Arc<dyn Probe>, ProbeConfig);
 
 /// Where a planned VIP listens.
 enum SlotPlan {
-    /// Same address and mode as a running VIP: keep its listener (and its proxy);
-    /// an L7 VIP's reloaded settings wait to be committed with the rest.
+    /// Same address and mode as a running VIP: keep its listener (and its proxy).
     Reuse {
         slot: Arc<VipSlot>,
         proxy: Option<Arc<http::HttpVip>>,
-        reloaded: Option<Box<http::PreparedReload>>,
     },
     /// A freshly bound (or inherited) listener, with a duplicate of its descriptor
     /// for a later handover; L7 VIPs come with their proxy.
@@ -226,6 +224,9 @@ struct Planned {
     cfg: VipConfig,
     /// Reused slot, or a new listener to start.
     slot: SlotPlan,
+    /// An L7 VIP's proxy settings, new or reloaded: they go into the snapshot with
+    /// the pool, so connections see both change at once.
+    http: Option<http::Settings>,
     backends: Vec<Arc<Backend>>,
     /// Reused backends with their new config.
     reconfigure: Vec<(Arc<Backend>, shared::config::BackendConfig)>,
@@ -521,6 +522,23 @@ impl Lb {
         self.inner.vips.load().proxy(vip).cloned()
     }
 
+    /// Re-reads an HTTPS VIP's certificate, key and OCSP files (same paths) so
+    /// renewed certificates are served to new handshakes; open connections keep
+    /// theirs. On an error the old certificates stay in use.
+    pub fn reload_certs(&self, vip: &str) -> Result<(), http::SetupError> {
+        let snapshot = self.inner.vips.load();
+        let certs = snapshot
+            .position(vip)
+            .and_then(|i| snapshot.states[i].http.as_ref()?.certs().cloned())
+            .ok_or_else(|| http::SetupError::NotHttps(vip.to_string()))?;
+        certs
+            .reload(None)
+            .map_err(|source| http::SetupError::Certs {
+                vip: vip.to_string(),
+                source,
+            })
+    }
+
     /// The address a VIP's listener is bound to (useful when it asked for port 0).
     pub fn local_addr(&self, vip: &str) -> Option<SocketAddr> {
         self.inner.slot(vip).map(|s| s.local)
@@ -614,16 +632,13 @@ impl Lb {
                 plan.backends,
                 inner.tasks.clone(),
             ));
-            let state = Arc::new(VipState::new(plan.cfg.clone(), pool));
+            let state = Arc::new(VipState::new(
+                plan.cfg.clone(),
+                pool,
+                plan.http.map(Arc::new),
+            ));
             let (slot, proxy) = match plan.slot {
-                SlotPlan::Reuse {
-                    slot,
-                    proxy,
-                    reloaded,
-                } => {
-                    if let (Some(proxy), Some(prepared)) = (&proxy, reloaded) {
-                        proxy.commit_reload(*prepared);
-                    }
+                SlotPlan::Reuse { slot, proxy } => {
                     kept_slots.insert(Arc::as_ptr(&slot));
                     (slot, proxy)
                 }
@@ -710,24 +725,27 @@ impl Lb {
             .iter()
             .find(|st| st.cfg.name == cfg.name)
             .map(|st| Arc::clone(&st.pool));
+        let mut http_settings = None;
         let slot = match reuse {
             Some(i) => {
                 let proxy = old.proxies.get(i).cloned().flatten();
-                let reloaded = match &proxy {
-                    Some(proxy) => Some(Box::new(proxy.prepare_reload(cfg)?)),
-                    None => None,
+                let running = old.states.get(i).and_then(|st| st.http.as_deref());
+                http_settings = match (&proxy, running) {
+                    (Some(proxy), Some(running)) => Some(proxy.prepare(cfg, running)?),
+                    _ => None,
                 };
                 SlotPlan::Reuse {
                     slot: Arc::clone(&old.slots[i]),
                     proxy,
-                    reloaded,
                 }
             }
             None => {
                 let proxy = match cfg.mode {
                     VipMode::Tcp => None,
                     VipMode::Http | VipMode::Https => {
-                        Some(http::HttpVip::new(cfg, inner.tasks.clone())?)
+                        let (proxy, settings) = http::HttpVip::new(cfg, inner.tasks.clone())?;
+                        http_settings = Some(settings);
+                        Some(proxy)
                     }
                 };
                 let bind_err = |source| LbError::Bind {
@@ -802,6 +820,7 @@ impl Lb {
             reconfigure,
             checkers,
             fresh,
+            http: http_settings,
         })
     }
 }

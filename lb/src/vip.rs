@@ -34,6 +34,9 @@ pub struct VipState {
     pub cfg: VipConfig,
     /// Its pool.
     pub pool: Arc<Pool>,
+    /// An L7 VIP's reloadable proxy settings (certificates, TLS, headers, backend
+    /// client), swapped with the rest of this state.
+    pub(crate) http: Option<Arc<crate::http::Settings>>,
     pub(crate) retries: Counter,
     pub(crate) refused_no_backend: Counter,
     pub(crate) refused_max: Counter,
@@ -41,7 +44,11 @@ pub struct VipState {
 }
 
 impl VipState {
-    pub(crate) fn new(cfg: VipConfig, pool: Arc<Pool>) -> VipState {
+    pub(crate) fn new(
+        cfg: VipConfig,
+        pool: Arc<Pool>,
+        http: Option<Arc<crate::http::Settings>>,
+    ) -> VipState {
         let vip = cfg.name.clone();
         let refused = |reason: &'static str| metrics::counter!(crate::metrics::REFUSED_TOTAL, "vip" => vip.clone(), "reason" => reason);
         VipState {
@@ -51,6 +58,7 @@ impl VipState {
             refused_per_source: refused("max_per_source"),
             cfg,
             pool,
+            http,
         }
     }
 

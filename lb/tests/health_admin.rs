@@ -406,26 +406,38 @@ async fn a_reload_is_seen_whole_by_every_reader() {
     let (lb, _events) = start(&config(false), scripted(Arc::new(AtomicBool::new(true)))).await;
     let lb = Arc::new(lb);
     let stop = Arc::new(AtomicBool::new(false));
+    let looks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = std::thread::spawn({
-        let (lb, stop) = (Arc::clone(&lb), Arc::clone(&stop));
+        let (lb, stop, looks) = (Arc::clone(&lb), Arc::clone(&stop), Arc::clone(&looks));
         move || {
-            let (mut looks, mut mixed) = (0u64, 0u64);
+            let mut mixed = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 let s = lb.status();
                 if s.len() == 2 && s[0].total != s[1].total {
                     mixed += 1;
                 }
-                looks += 1;
+                looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            (looks, mixed)
+            mixed
         }
     });
-    for i in 0..60 {
-        lb.reload(&config(i % 2 == 0)).await.expect("reload");
+    // Reloads go on until the reader has looked often (a busy machine may not run
+    // it at first), bounded in count; an even count ends on the one-backend config.
+    let mut reloads = 0u32;
+    while reloads < 60 || looks.load(std::sync::atomic::Ordering::Relaxed) < 1_000 {
+        assert!(reloads < 200_000, "the reader never got to look");
+        lb.reload(&config(reloads.is_multiple_of(2))).await.expect("reload");
+        reloads += 1;
+        if reloads.is_multiple_of(2) {
+            tokio::task::yield_now().await;
+        }
+    }
+    if !reloads.is_multiple_of(2) {
+        lb.reload(&config(false)).await.expect("reload");
     }
     stop.store(true, std::sync::atomic::Ordering::Release);
-    let (looks, mixed) = reader.join().expect("reader");
-    assert!(looks > 60, "the reader looked only {looks} times");
+    let mixed = reader.join().expect("reader");
+    let looks = looks.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(mixed, 0, "{mixed} of {looks} looks saw two configs at once");
     assert_eq!(
         lb.status().iter().map(|v| v.total).collect::<Vec<_>>(),

@@ -403,12 +403,12 @@ async fn ocsp_response_is_stapled_and_reread_on_reload() {
     }
     let second = [0x30, 0x03, 0x0a, 0x01, 0x01];
     std::fs::write(&ocsp, second).expect("write");
-    p.vip.reload_certs().expect("reload");
+    p.lb.reload_certs(&cfg.name).expect("reload");
     assert_eq!(stapled(&rustls::version::TLS13).await, second);
 
     // A file that is not DER is refused and the served response stays.
     std::fs::write(&ocsp, b"-----BEGIN OCSP-----").expect("write");
-    assert!(p.vip.reload_certs().is_err());
+    assert!(p.lb.reload_certs(&cfg.name).is_err());
     assert_eq!(stapled(&rustls::version::TLS13).await, second);
     let _ = std::fs::remove_dir_all(&dir);
 }

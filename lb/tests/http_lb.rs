@@ -184,3 +184,64 @@ async fn renamed_vip_keeps_its_listener_and_proxy() {
     assert!(p.lb.http("web").is_none());
     assert_eq!(get(p.addr, "/", &[]).await.text(), "ok");
 }
+
+/// A reload swaps an L7 VIP's proxy settings and its pool in one store: a client
+/// asking on one keep-alive connection while reloads flip both (backend `a` with
+/// `Via`, backend `b` without) never gets an answer from one config's backend with
+/// the other config's headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_proxy_settings_and_pool_together() {
+    let a = text_backend("a").await;
+    let b = text_backend("b").await;
+    let config = |first: bool| {
+        if first {
+            vip_config("http", &[("a", a.addr)], "via = true")
+        } else {
+            vip_config("http", &[("b", b.addr)], "")
+        }
+    };
+    let p = start(&config(true)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let addr = p.addr;
+    let client = tokio::spawn({
+        let (stop, asked) = (Arc::clone(&stop), Arc::clone(&asked));
+        async move {
+            let mut c = h1_conn(addr).await;
+            let mut mixed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let resp = tokio::time::timeout(Duration::from_secs(10), c.send_request(req()))
+                    .await
+                    .expect("response in time")
+                    .expect("response");
+                let got = collect(resp).await;
+                let via = got.header("via").is_some();
+                if (got.text() == "a") != via {
+                    mixed.push(format!("{} via={via}", got.text()));
+                }
+                asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            mixed
+        }
+    });
+    // Reloads go on until the client has asked often (a busy machine may not run it
+    // at first), bounded in count.
+    let mut reloads = 0u32;
+    while reloads < 200 || asked.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        assert!(reloads < 100_000, "the client never got to ask");
+        p.lb.reload(&[config(reloads % 2 == 1)])
+            .await
+            .expect("reload");
+        reloads += 1;
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mixed = client.await.expect("client");
+    let asked = asked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        mixed.is_empty(),
+        "{} of {asked} answers mixed two configs: {:?}",
+        mixed.len(),
+        &mixed[..mixed.len().min(5)]
+    );
+}

@@ -10,6 +10,7 @@ mod http_support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
@@ -201,7 +202,7 @@ async fn reloaded_certificate_seen_by_new_connections_old_one_keeps_working() {
 
     std::fs::write(&cert, &new.cert_pem).expect("write");
     std::fs::write(&key, &new.key_pem).expect("write");
-    p.vip.reload_certs().expect("reload");
+    p.lb.reload_certs(&cfg.name).expect("reload");
 
     let s2 = tls_connect(p.addr, "webmail.example.test", &[b"http/1.1"]).await;
     assert_eq!(
@@ -226,7 +227,7 @@ async fn reloaded_certificate_seen_by_new_connections_old_one_keeps_working() {
 
     // A broken key on reload is refused and the current certificate stays.
     std::fs::write(&key, "not a key").expect("write");
-    assert!(p.vip.reload_certs().is_err());
+    assert!(p.lb.reload_certs(&cfg.name).is_err());
     let s3 = tls_connect(p.addr, "webmail.example.test", &[b"http/1.1"]).await;
     assert_eq!(leaf(&s3), new.cert);
 }
@@ -268,5 +269,57 @@ async fn h2_client_that_never_sends_its_preface_is_cut() {
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Clients resume their TLS sessions across a reload, one that changes the TLS 1.2
+/// cipher list too: the new TLS configuration keeps the ticket keys and the session
+/// cache of the one it replaces, so a reload costs no full handshakes.
+#[tokio::test]
+async fn sessions_resume_across_a_reload_that_changes_the_ciphers() {
+    use rustls::HandshakeKind;
+    let b = text_backend("ok").await;
+    let pki = TestPki::new(&["webmail.example.test"]);
+    let cfg = https_cfg(b.addr, &[(&pki.cert_path(), &pki.key_path())]);
+    let p = start(&cfg).await;
+    let client = shared::tls::client_config(false, None, &[b"http/1.1"]).expect("client config");
+    // One request per connection: a TLS 1.3 client stores the server's tickets as it
+    // reads the response.
+    let handshake = || async {
+        let tcp = TcpStream::connect(p.addr).await.expect("connect");
+        let name = shared::tls::server_name("webmail.example.test").expect("name");
+        let s = tokio_rustls::TlsConnector::from(Arc::clone(&client))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        let kind = s.get_ref().1.handshake_kind();
+        let mut c = hyper_h1(s).await;
+        let req = Request::get("/")
+            .header("host", "webmail.example.test")
+            .body(body(""))
+            .expect("req");
+        assert_eq!(
+            collect(c.send_request(req).await.expect("resp"))
+                .await
+                .text(),
+            "ok"
+        );
+        kind
+    };
+    assert_eq!(handshake().await, Some(HandshakeKind::Full));
+    assert_eq!(
+        handshake().await,
+        Some(HandshakeKind::Resumed),
+        "the client resumes at all"
+    );
+    let mut reloaded = cfg.clone();
+    reloaded.http.tls12_ciphers = Some(vec!["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()]);
+    p.lb.reload(std::slice::from_ref(&reloaded))
+        .await
+        .expect("reload");
+    assert_eq!(
+        handshake().await,
+        Some(HandshakeKind::Resumed),
+        "after the reload"
     );
 }

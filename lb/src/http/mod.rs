@@ -46,7 +46,6 @@ pub mod tls;
 
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -210,25 +209,34 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A VIP's reloaded settings and certificates, checked and waiting to be committed
-/// (see [`HttpVip::prepare_reload`]).
-pub struct PreparedReload {
-    settings: Settings,
-    certs: Option<tls::LoadedCerts>,
-    /// A new TLS configuration, when the versions or ciphers changed.
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Everything a reload may change without restarting the listener.
-pub(crate) struct Settings {
-    pub http: HttpVipConfig,
-    pub access_log: bool,
-    pub accept_proxy: bool,
-    pub retries: u32,
-    pub client: Arc<client::BackendClient>,
+/// Everything a reload may change in an L7 VIP without restarting its listener,
+/// built whole by [`HttpVip::prepare`] and served from the lb's snapshot (in
+/// [`crate::VipState`]), so a reload swaps it in the same store as every VIP's config
+/// and pool. Connections take it per request.
+pub struct Settings {
+    pub(crate) http: HttpVipConfig,
+    pub(crate) access_log: bool,
+    pub(crate) accept_proxy: bool,
+    pub(crate) retries: u32,
+    pub(crate) client: Arc<client::BackendClient>,
     /// Identity of the backend-connection settings, to keep the pool across reloads
     /// that do not touch them.
     client_key: ClientKey,
+    /// An HTTPS VIP's certificates (one store per reload; re-read in place by
+    /// [`crate::Lb::reload_certs`]) and the TLS configuration resolving from them.
+    tls: Option<(Arc<CertStore>, Arc<rustls::ServerConfig>)>,
+}
+
+impl Settings {
+    /// The TLS configuration of new handshakes (`None` for plain HTTP).
+    pub(crate) fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|(_, config)| Arc::clone(config))
+    }
+
+    /// An HTTPS VIP's certificates.
+    pub(crate) fn certs(&self) -> Option<&Arc<CertStore>> {
+        self.tls.as_ref().map(|(store, _)| store)
+    }
 }
 
 #[derive(Clone, PartialEq)]
@@ -266,6 +274,24 @@ fn build_settings(
     keep: Option<&Settings>,
     tasks: &Tasks,
 ) -> Result<Settings, SetupError> {
+    let tls = match cfg.mode {
+        VipMode::Tcp => return Err(SetupError::NotHttp(cfg.name.clone())),
+        VipMode::Http => None,
+        VipMode::Https => {
+            let tls_cfg = cfg
+                .tls
+                .as_ref()
+                .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
+            let certs_err = |source| SetupError::Certs {
+                vip: cfg.name.clone(),
+                source,
+            };
+            let store = CertStore::load(tls_cfg, &cfg.http.ocsp).map_err(certs_err)?;
+            let old = keep.and_then(|k| k.tls.as_ref()).map(|(_, c)| c.as_ref());
+            let config = tls::server_config(&store, &cfg.http, old).map_err(certs_err)?;
+            Some((store, config))
+        }
+    };
     let key = ClientKey::of(cfg);
     let client = match keep {
         Some(old) if old.client_key == key => Arc::clone(&old.client),
@@ -309,19 +335,17 @@ fn build_settings(
         retries: cfg.retries,
         client,
         client_key: key,
+        tls,
     })
 }
 
-/// One L7 VIP's proxy: reloadable settings and certificates for HTTPS. It knows
-/// nothing of the VIP's slot: the listener ([`accept_loop`]) is handed the slot, which
-/// admits and counts each connection and holds the current pool.
+/// One L7 VIP's proxy: what lives as long as its listener (name, tasks, counters).
+/// It knows nothing of the VIP's slot: the listener ([`accept_loop`]) is handed the
+/// slot, which admits and counts each connection and, through the lb's snapshot,
+/// holds the current pool and [`Settings`].
 pub struct HttpVip {
     name: String,
     mode: VipMode,
-    settings: ArcSwap<Settings>,
-    certs: Option<Arc<CertStore>>,
-    /// Replaced on a reload that changes the TLS versions or ciphers.
-    tls: Option<ArcSwap<rustls::ServerConfig>>,
     /// Owner of the connection and upgrade tasks.
     tasks: Tasks,
     /// Cached metric handles.
@@ -340,37 +364,19 @@ impl std::fmt::Debug for HttpVip {
 }
 
 impl HttpVip {
-    /// Builds the VIP's proxy from its config; its tasks belong to `tasks`. Loads the
-    /// certificates of an HTTPS VIP and the backend TLS settings; errors name the VIP.
-    pub fn new(cfg: &VipConfig, tasks: Tasks) -> Result<Arc<HttpVip>, SetupError> {
-        let (certs, tls) = match cfg.mode {
-            VipMode::Tcp => return Err(SetupError::NotHttp(cfg.name.clone())),
-            VipMode::Http => (None, None),
-            VipMode::Https => {
-                let tls_cfg = cfg
-                    .tls
-                    .as_ref()
-                    .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
-                let certs_err = |source| SetupError::Certs {
-                    vip: cfg.name.clone(),
-                    source,
-                };
-                let store = CertStore::load(tls_cfg, &cfg.http.ocsp).map_err(certs_err)?;
-                let config = tls::server_config(&store, &cfg.http).map_err(certs_err)?;
-                (Some(store), Some(ArcSwap::new(config)))
-            }
-        };
+    /// Builds the VIP's proxy from its config, with its first [`Settings`]; its tasks
+    /// belong to `tasks`. Loads the certificates of an HTTPS VIP and the backend TLS
+    /// settings; errors name the VIP.
+    pub fn new(cfg: &VipConfig, tasks: Tasks) -> Result<(Arc<HttpVip>, Settings), SetupError> {
         let settings = build_settings(cfg, None, &tasks)?;
-        Ok(Arc::new(HttpVip {
+        let vip = Arc::new(HttpVip {
             name: cfg.name.clone(),
             mode: cfg.mode,
-            settings: ArcSwap::from_pointee(settings),
-            certs,
-            tls,
             tasks,
             counters: VipCounters::default(),
             kill: CancellationToken::new(),
-        }))
+        });
+        Ok((vip, settings))
     }
 
     /// VIP name.
@@ -384,71 +390,18 @@ impl HttpVip {
     }
 
     /// Reads a reloaded config of the same VIP (same listen address and mode; the
-    /// owner restarts the listener otherwise): certificates from the new paths,
-    /// header/timeout/sticky/retry options, backend TLS. Changes nothing: the result
-    /// is put in service by [`HttpVip::commit_reload`] once every VIP of the reload
-    /// has prepared, so an error anywhere leaves all running settings as they are.
-    pub fn prepare_reload(&self, cfg: &VipConfig) -> Result<PreparedReload, SetupError> {
-        let old = self.settings.load_full();
-        let settings = build_settings(cfg, Some(&old), &self.tasks)?;
-        let certs_err = |source| SetupError::Certs {
-            vip: cfg.name.clone(),
-            source,
-        };
-        let (certs, tls) = match &self.certs {
-            Some(store) => {
-                let tls_cfg = cfg
-                    .tls
-                    .as_ref()
-                    .ok_or_else(|| SetupError::NoTls(cfg.name.clone()))?;
-                let loaded = store
-                    .prepare(Some((tls_cfg, &cfg.http.ocsp)))
-                    .map_err(certs_err)?;
-                let changed = old.http.tls_min_version != cfg.http.tls_min_version
-                    || old.http.tls12_ciphers != cfg.http.tls12_ciphers;
-                let tls = if changed {
-                    Some(tls::server_config(store, &cfg.http).map_err(certs_err)?)
-                } else {
-                    None
-                };
-                (Some(loaded), tls)
-            }
-            None => (None, None),
-        };
-        Ok(PreparedReload {
-            settings,
-            certs,
-            tls,
-        })
-    }
-
-    /// Puts a [`HttpVip::prepare_reload`] result in service; cannot fail.
-    pub fn commit_reload(&self, prepared: PreparedReload) {
-        if let (Some(store), Some(certs)) = (&self.certs, prepared.certs) {
-            store.commit(certs);
-        }
-        if let (Some(current), Some(new)) = (&self.tls, prepared.tls) {
-            current.store(new);
-        }
-        self.settings.store(Arc::new(prepared.settings));
-    }
-
-    /// Re-reads the certificate files (same paths) so renewed certificates are served
-    /// to new handshakes; open connections keep theirs. A no-op for plain HTTP. On an
-    /// error the old certificates stay in use.
-    pub fn reload_certs(&self) -> Result<(), CertError> {
-        match &self.certs {
-            Some(store) => store.reload(None),
-            None => Ok(()),
-        }
+    /// owner restarts the listener otherwise) into new [`Settings`]: certificates from
+    /// the new paths, header/timeout/sticky/retry options, backend TLS. Changes
+    /// nothing: the lb puts the result in its next snapshot once every VIP of the
+    /// reload has prepared, so an error anywhere leaves all running settings as they
+    /// are. The backend connection pool is kept when its settings did not change, and
+    /// TLS session tickets and the session cache when the VIP stays HTTPS.
+    pub fn prepare(&self, cfg: &VipConfig, old: &Settings) -> Result<Settings, SetupError> {
+        build_settings(cfg, Some(old), &self.tasks)
     }
 
     /// Closes every client connection now (the end of the drain period).
     pub fn abort_connections(&self) {
         self.kill.cancel();
-    }
-
-    pub(crate) fn settings(&self) -> Arc<Settings> {
-        self.settings.load_full()
     }
 }

@@ -39,7 +39,7 @@ use super::client::{BackendClient, Conn};
 use super::errors::{error_response, local_response, BodyStalled};
 use super::headers::{self, Forwarding};
 use super::interim::{Gate, Interim};
-use super::{empty, sticky, Body, BoxError, HttpVip, RESPONSES_TOTAL};
+use super::{empty, sticky, Body, BoxError, HttpVip, Settings, RESPONSES_TOTAL};
 use crate::access;
 use crate::backend::{Backend, Lease};
 use crate::error::{ProxyError, Side};
@@ -516,10 +516,10 @@ impl HttpVip {
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
         pool: Arc<Pool>,
+        settings: Arc<Settings>,
         interim: Option<Arc<Interim>>,
     ) -> Response<Body> {
         self.count_request();
-        let settings = self.settings();
         let mut req = req;
 
         let host_value = match admit(&req, &settings.http) {

@@ -35,6 +35,7 @@ use super::interim::{Interim, InterimIo};
 use super::proxy::ConnInfo;
 use super::{HttpVip, Settings, REFUSED_TOTAL};
 use crate::vip::{ConnGuard, VipSlot};
+use shared::config::VipMode;
 
 /// Smallest read buffer hyper accepts for HTTP/1.
 const MIN_H1_BUF: usize = 8192;
@@ -216,12 +217,16 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<H
             Err(why) => {
                 metrics::counter!(REFUSED_TOTAL, "vip" => proxy.name.clone(), "reason" => "max_connections").increment(1);
                 tracing::debug!(vip = %proxy.name, %peer, "refused: {why:?}");
-                proxy.tasks.spawn(refuse(tcp, proxy.tls.is_none()));
+                proxy.tasks.spawn(refuse(tcp, proxy.mode != VipMode::Https));
                 continue;
             }
         };
         let guard = Gauged::new(admitted, proxy.connections_gauge());
-        let settings = proxy.settings();
+        // An L7 VIP's state always has its settings; a VIP whose mode a reload changed
+        // is being replaced (new listener) and this loop cancelled.
+        let Some(settings) = state.http.clone() else {
+            break;
+        };
         let (vip, slot, stop) = (Arc::clone(&proxy), Arc::clone(&slot), stop.clone());
         proxy.tasks.spawn(async move {
             let _guard = guard;
@@ -255,7 +260,7 @@ impl HttpVip {
         } else {
             peer
         };
-        match self.tls.as_ref().map(|t| t.load_full()) {
+        match settings.tls_config() {
             None => {
                 // Nothing sent at all is a slowloris too: hyper's timer only starts
                 // with a request head.
@@ -357,29 +362,32 @@ impl HttpVip {
         let first_request = Arc::new(AtomicBool::new(false));
         let seen = Arc::clone(&first_request);
         // Requests on a connection whose VIP a reload removed go on with the pool
-        // it had when they could last see one.
-        let last_pool = std::sync::Mutex::new(slot.state().map(|st| Arc::clone(&st.pool)));
+        // and settings it had when they could last see them.
+        let last = std::sync::Mutex::new(slot.state());
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
             let interim = for_service.clone();
-            // Read per request: a reload swaps the pool under open connections.
-            let pool = {
-                let mut last = shared::sync::lock(&last_pool);
+            // Read per request: a reload swaps the pool and settings under open
+            // connections, both in one snapshot.
+            let state = {
+                let mut last = shared::sync::lock(&last);
                 if let Some(st) = slot.state() {
-                    *last = Some(Arc::clone(&st.pool));
+                    *last = Some(st);
                 }
                 last.clone()
             };
             async move {
-                let Some(pool) = pool else {
+                let Some((pool, Some(settings))) =
+                    state.map(|st| (Arc::clone(&st.pool), st.http.clone()))
+                else {
                     return Ok::<_, Infallible>(crate::http::errors::local_response(
                         hyper::StatusCode::SERVICE_UNAVAILABLE,
                         "503 Service Unavailable: this VIP was removed\n",
                     ));
                 };
-                Ok::<_, Infallible>(vip.handle(req, info, pool, interim).await)
+                Ok::<_, Infallible>(vip.handle(req, info, pool, settings, interim).await)
             }
         });
         let opened = Instant::now();

@@ -227,10 +227,13 @@ impl ResolvesServerCert for Resolver {
 /// `tls_min_version = "1.3"`) TLS 1.2 with the `ring` provider, its TLS 1.2 suites
 /// narrowed to `tls12_ciphers` when set (TLS 1.3 suites are all kept: each is
 /// strong), ALPN `h2` then `http/1.1`, session tickets for cheap resumption, and
-/// certificates from `store` (so a certificate reload needs no new configuration).
+/// certificates from `store` (so renewed certificates need no new configuration).
+/// With the configuration it replaces (`old`, a reload), the ticket keys and the
+/// session cache carry over: clients resume across reloads.
 pub fn server_config(
     store: &Arc<CertStore>,
     http: &HttpVipConfig,
+    old: Option<&rustls::ServerConfig>,
 ) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if let Some(names) = &http.tls12_ciphers {
@@ -259,8 +262,16 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(Arc::clone(store))));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
-        config.ticketer = ticketer;
+    match old {
+        Some(old) => {
+            config.ticketer = Arc::clone(&old.ticketer);
+            config.session_storage = Arc::clone(&old.session_storage);
+        }
+        None => {
+            if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+                config.ticketer = ticketer;
+            }
+        }
     }
     Ok(Arc::new(config))
 }
