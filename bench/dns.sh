@@ -5,6 +5,8 @@
 # secondary).
 # System under test on CPU 1, dnsperf, keepalive targets and dig on CPU 0.
 # Usage: bash bench/dns.sh   (RUNS=5 DURATION=10 FAILOVER_RUNS=$RUNS)
+# PORTICO_BASE=BINARY adds a second Portico build (say, one from before a change) to
+# the qps rounds and a "Portico / base" table.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,8 +23,12 @@ start_ka $DC1
 start_ka $DC2
 
 # ------------------------------------------------------------------ configs
-P_PORT=25353 N_PORT=26353 K_PORT=27353 G_PORT=28353
+P_PORT=25353 N_PORT=26353 K_PORT=27353 G_PORT=28353 BASE_PORT=29353
 portico_conf "$TMP/portico.toml" $P_PORT
+if [[ -n ${PORTICO_BASE:-} ]]; then
+    [[ -x $PORTICO_BASE ]] || die "PORTICO_BASE=$PORTICO_BASE is not an executable"
+    portico_conf "$TMP/portico-base.toml" $BASE_PORT
+fi
 
 # The same names as static A records (the answer while dc1 is up) for NSD and Knot.
 mkdir -p "$TMP/nsd" "$TMP/knot"
@@ -63,11 +69,13 @@ queries_file "$TMP/queries"
 
 # ------------------------------------------------------------------ qps
 declare -A PID PORT
-PORT=([portico]=$P_PORT [nsd]=$N_PORT [knot]=$K_PORT)
+PORT=([portico]=$P_PORT [nsd]=$N_PORT [knot]=$K_PORT [base]=$BASE_PORT)
 SERVERS=(portico nsd knot)
+if [[ -n ${PORTICO_BASE:-} ]]; then SERVERS=(portico base nsd knot); fi
 start_server() {
     case $1 in
     portico) run_sut portico "$PORTICO" run --config "$TMP/portico.toml" ;;
+    base) run_sut portico-base "$PORTICO_BASE" run --config "$TMP/portico-base.toml" ;;
     nsd) run_sut nsd nsd -d -c "$TMP/nsd/nsd.conf" ;;
     knot) run_sut knot knotd -c "$TMP/knot/knot.conf" ;;
     esac
@@ -216,3 +224,16 @@ echo "| gdnsd, tcp_connect interval 2s, timeout 1s, down_thresh 2 | $(fmt "${M[f
 echo "| gdnsd at interval 1s with default thresholds (not configurable: computed, 10 failures x 1 s) | ≈ 9–10 |"
 echo
 echo "Per-run qps: portico [${QPS[portico]% }] nsd [${QPS[nsd]% }] knot [${QPS[knot]% }]; failover s: portico [${FO[portico]% }] gdnsd-default [${FO[gdnsd-default]% }] gdnsd-fall2 [${FO[gdnsd-fall2]% }]"
+
+if [[ -n ${PORTICO_BASE:-} ]]; then
+    M[qps-base]=$(median ${QPS[base]}); M[cpu-base]=$(median ${CPU[base]})
+    echo
+    echo "### Portico ($PORTICO) vs the base build ($PORTICO_BASE)"
+    echo
+    echo "| measure (median of $RUNS) | Portico | base | Portico/base | Portico/Knot | base/Knot |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| queries/s | $(fmt "${M[qps-portico]}") | $(fmt "${M[qps-base]}") | $(ratio "${M[qps-portico]}" "${M[qps-base]}") | $(ratio "${M[qps-portico]}" "${M[qps-knot]}") | $(ratio "${M[qps-base]}" "${M[qps-knot]}") |"
+    echo "| CPU µs per query | $(fmt "${M[cpu-portico]}" 2) | $(fmt "${M[cpu-base]}" 2) | $(ratio "${M[cpu-portico]}" "${M[cpu-base]}") | $(ratio "${M[cpu-portico]}" "${M[cpu-knot]}") | $(ratio "${M[cpu-base]}" "${M[cpu-knot]}") |"
+    echo
+    echo "Per-run qps: base [${QPS[base]% }]"
+fi

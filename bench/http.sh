@@ -8,6 +8,8 @@
 # System under test on CPU 1 (one worker/thread), everything else on CPU 0. For wrk it
 # also prints both cores' busy % (which side bounded the rate) and the kernel share.
 # Usage: bash bench/http.sh   (RUNS=5 DURATION=8 HS_CONNS=1000)
+# PORTICO_BASE=BINARY adds a second Portico build (say, one from before a change),
+# measured in every round right after the first, and a "Portico / base" table.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -90,6 +92,12 @@ backends = [
 probe = { kind = "http", path = "/health", interval = "5s", timeout = "1s" }
 EOF
 
+BASE_HTTP=29080 BASE_HTTPS=29443
+if [[ -n ${PORTICO_BASE:-} ]]; then
+    [[ -x $PORTICO_BASE ]] || die "PORTICO_BASE=$PORTICO_BASE is not an executable"
+    sed -e "s/:$P_HTTP\"/:$BASE_HTTP\"/; s/:$P_HTTPS\"/:$BASE_HTTPS\"/" "$TMP/portico.toml" >"$TMP/portico-base.toml"
+fi
+
 H_HTTP=23080 H_HTTPS=23443
 cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -164,6 +172,11 @@ run_sut portico "$PORTICO" run --config "$TMP/portico.toml"; PID[portico]=$BG_PI
 run_sut haproxy haproxy -db -f "$TMP/haproxy.cfg"; PID[haproxy]=$BG_PID
 run_sut nginx-proxy nginx -p "$TMP/nginx-proxy" -e stderr -c "$TMP/nginx-proxy.conf"; PID[nginx]=$BG_PID
 PROXIES=(portico haproxy nginx)
+if [[ -n ${PORTICO_BASE:-} ]]; then
+    HTTP_PORT[base]=$BASE_HTTP; HTTPS_PORT[base]=$BASE_HTTPS
+    run_sut portico-base "$PORTICO_BASE" run --config "$TMP/portico-base.toml"; PID[base]=$BG_PID
+    PROXIES=(portico base haproxy nginx)
+fi
 for px in "${PROXIES[@]}"; do
     wait_tcp 127.0.0.1 "${HTTP_PORT[$px]}"; wait_tcp 127.0.0.1 "${HTTPS_PORT[$px]}"
 done
@@ -270,3 +283,20 @@ for k in WRK_RPS H2_RPS HS_RATE; do
     echo "Per-run $k: portico [${arr[portico]% }] haproxy [${arr[haproxy]% }] nginx [${arr[nginx]% }]"
     unset -n arr
 done
+
+if [[ -n ${PORTICO_BASE:-} ]]; then
+    echo
+    echo "### Portico ($PORTICO) vs the base build ($PORTICO_BASE)"
+    echo
+    echo "| measure (median of $RUNS) | Portico | base | Portico/base | Portico/HAProxy | base/HAProxy |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for k in WRK_RPS WRK_CPU H2_RPS H2_CPU HS_RATE HS_CPU; do
+        echo "| $k | $(fmt "${M[$k-portico]}" 1) | $(fmt "${M[$k-base]}" 1) | $(ratio "${M[$k-portico]}" "${M[$k-base]}") | $(ratio "${M[$k-portico]}" "${M[$k-haproxy]}") | $(ratio "${M[$k-base]}" "${M[$k-haproxy]}") |"
+    done
+    echo
+    for k in WRK_RPS H2_RPS HS_RATE; do
+        declare -n arr=$k
+        echo "Per-run $k: portico [${arr[portico]% }] base [${arr[base]% }]; paired Portico/base $(paired_ratio "${arr[portico]}" "${arr[base]}")"
+        unset -n arr
+    done
+fi
