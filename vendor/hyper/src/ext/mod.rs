@@ -27,7 +27,8 @@
 //! The extensions in this module can be grouped as follows:
 //!
 //! - **HTTP/1 Reason Phrase**: [`ReasonPhrase`] — Access non-canonical reason phrases in HTTP/1 responses.
-//! - **Informational Responses**: [`on_informational`] — Register callbacks for 1xx HTTP/1 responses on the client.
+//! - **Informational Responses**: [`on_informational`] — Register callbacks for 1xx HTTP/1 responses on the client;
+//!   [`InformationalSender`] — Send 1xx responses from an HTTP/2 server.
 //! - **Header Case Tracking**: Internal types for tracking the original casing and order of headers as received.
 //! - **HTTP/2 Protocol Extensions**: [`Protocol`] — Access the `:protocol` pseudo-header for Extended CONNECT in HTTP/2.
 //!
@@ -62,6 +63,13 @@ pub use informational::on_informational;
 pub(crate) use informational::OnInformational;
 #[cfg(all(feature = "http1", feature = "client", feature = "ffi"))]
 pub(crate) use informational::{on_informational_raw, OnInformationalCallback};
+
+#[cfg(all(feature = "http2", feature = "server"))]
+mod informational_sender;
+#[cfg(all(feature = "http2", feature = "server"))]
+pub use informational_sender::InformationalSender;
+#[cfg(all(feature = "http2", feature = "server"))]
+pub(crate) use informational_sender::{channel as informational_channel, InformationalReceiver};
 
 #[cfg(feature = "http2")]
 /// Extension type representing the `:protocol` pseudo-header in HTTP/2.

@@ -16,7 +16,7 @@ use crate::body::{Body, Incoming as IncomingBody};
 use crate::common::date;
 use crate::common::io::Compat;
 use crate::common::time::Time;
-use crate::ext::Protocol;
+use crate::ext::{InformationalReceiver, Protocol};
 use crate::headers;
 use crate::proto::h2::ping::Recorder;
 use crate::proto::Dispatched;
@@ -56,6 +56,7 @@ pub(crate) struct Config {
     pub(crate) header_table_size: Option<u32>,
     pub(crate) max_header_list_size: u32,
     pub(crate) date_header: bool,
+    pub(crate) informational: bool,
 }
 
 impl Default for Config {
@@ -75,6 +76,7 @@ impl Default for Config {
             max_send_buffer_size: DEFAULT_MAX_SEND_BUF_SIZE,
             max_header_list_size: DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE,
             date_header: true,
+            informational: false,
         }
     }
 }
@@ -90,6 +92,7 @@ pin_project! {
         service: S,
         state: State<T, B>,
         date_header: bool,
+        informational: bool,
         close_pending: bool
     }
 }
@@ -115,6 +118,7 @@ where
     conn: Connection<Compat<T>, SendBuf<B::Data>>,
     closing: Option<crate::Error>,
     date_header: bool,
+    informational: bool,
 }
 
 impl<T, S, B, E> Server<T, S, B, E>
@@ -178,6 +182,7 @@ where
             },
             service,
             date_header: config.date_header,
+            informational: config.informational,
             close_pending: false,
         }
     }
@@ -224,6 +229,7 @@ where
                         conn,
                         closing: None,
                         date_header: me.date_header,
+                        informational: me.informational,
                     })
                 }
                 State::Serving(srv) => {
@@ -305,9 +311,18 @@ where
                             req.extensions_mut().insert(Protocol::from_inner(protocol));
                         }
 
+                        let informational = if self.informational {
+                            let (tx, rx) = crate::ext::informational_channel();
+                            req.extensions_mut().insert(tx);
+                            Some(rx)
+                        } else {
+                            None
+                        };
+
                         let fut = H2Stream::new(
                             service.call(req),
                             connect_parts,
+                            informational,
                             respond,
                             self.date_header,
                             exec.clone(),
@@ -382,6 +397,7 @@ pin_project! {
             #[pin]
             fut: F,
             connect_parts: Option<ConnectParts>,
+            informational: Option<InformationalReceiver>,
         },
         Body {
             #[pin]
@@ -403,16 +419,28 @@ where
     fn new(
         fut: F,
         connect_parts: Option<ConnectParts>,
+        informational: Option<InformationalReceiver>,
         respond: SendResponse<SendBuf<B::Data>>,
         date_header: bool,
         exec: E,
     ) -> H2Stream<F, B, E> {
         H2Stream {
             reply: respond,
-            state: H2StreamState::Service { fut, connect_parts },
+            state: H2StreamState::Service {
+                fut,
+                connect_parts,
+                informational,
+            },
             date_header,
             exec,
         }
+    }
+}
+
+fn send_informational<B: bytes::Buf>(reply: &mut SendResponse<B>, mut res: Response<()>) {
+    super::strip_connection_headers(res.headers_mut(), super::MessageKind::Response);
+    if let Err(_e) = reply.send_informational(res) {
+        debug!("send informational response error: {}", _e);
     }
 }
 
@@ -445,10 +473,25 @@ where
                 H2StreamStateProj::Service {
                     fut: h,
                     connect_parts,
+                    informational,
                 } => {
                     let res = match h.poll(cx) {
-                        Poll::Ready(Ok(r)) => r,
+                        Poll::Ready(Ok(r)) => {
+                            // Informational responses queued before the final one still
+                            // precede it; the queue closes when this state is left.
+                            if let Some(rx) = informational {
+                                while let Some(info) = rx.try_recv() {
+                                    send_informational(me.reply, info);
+                                }
+                            }
+                            r
+                        }
                         Poll::Pending => {
+                            if let Some(rx) = informational {
+                                while let Poll::Ready(info) = rx.poll_recv(cx) {
+                                    send_informational(me.reply, info);
+                                }
+                            }
                             // Response is not yet ready, so we want to check if the client has sent a
                             // RST_STREAM frame which would cancel the current request.
                             if let Poll::Ready(reason) =

@@ -260,6 +260,20 @@ impl<E> Builder<E> {
         self
     }
 
+    /// Enables informational (1xx) responses from the service.
+    ///
+    /// Each request then carries an [`InformationalSender`] in its extensions,
+    /// with which the service can send 1xx responses (such as 103 Early Hints)
+    /// before its final response.
+    ///
+    /// Default is false.
+    ///
+    /// [`InformationalSender`]: crate::ext::InformationalSender
+    pub fn enable_informational(&mut self, enabled: bool) -> &mut Self {
+        self.h2_builder.informational = enabled;
+        self
+    }
+
     /// Sets the header table size.
     ///
     /// This setting informs the peer of the maximum size of the header compression
