@@ -1,13 +1,15 @@
 //! The L7 edge next to real peers: a backend's 103 Early Hints reaches the client
 //! through Portico exactly as it does through HAProxy (before the final response,
-//! while the backend still holds it), and with `allow_connect` a CONNECT crosses
+//! while the backend still holds it), over HTTP/1.1 and to curl over HTTP/2, and
+//! with `allow_connect` a CONNECT crosses
 //! Portico to a real forward proxy (tinyproxy) and tunnels to a TCP service, as it
 //! does when sent to tinyproxy directly.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -166,6 +168,98 @@ fn early_hints_reach_the_client_as_they_do_through_haproxy() {
     assert_eq!(ours.0, reference.0, "the same interim response, as early");
     assert_eq!(ours.1, "HTTP/1.1 200 OK");
     assert_eq!((ours.1, ours.2), (reference.1, reference.2));
+}
+
+/// A GET by curl over HTTP/2 (prior knowledge) through the front at `port`: the
+/// response lines curl printed (`-v`: status lines, lower-cased fields) before the
+/// final response, then the final status line and the body. The backend is released
+/// only once curl has printed a `link` field (curl prints no empty line after an
+/// HTTP/2 interim response), so whatever came with it arrived early.
+fn curl_h2_hinted_get(
+    curl: &Path,
+    port: u16,
+    release: &mpsc::Sender<()>,
+) -> (Vec<String>, String, String) {
+    let mut child = Command::new(curl)
+        .args(["-sS", "-v", "--http2-prior-knowledge", "-m", "10"])
+        .args(["-H", "Host: webmail.example.test"])
+        .arg(format!("http://127.0.0.1:{port}/page"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            // Response lines, `< ` stripped.
+            let Some(l) = line.strip_prefix('<').map(str::trim) else {
+                continue;
+            };
+            let l = if l.starts_with("HTTP/") {
+                l.to_string()
+            } else {
+                l.to_ascii_lowercase()
+            };
+            if !l.is_empty() && tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while !got.iter().any(|l: &String| l.starts_with("link:")) {
+        match lines.recv_timeout(LIMIT) {
+            Ok(l) => got.push(l),
+            Err(_) => panic!("no early link field from curl in time: {got:?}"),
+        }
+    }
+    release.send(()).expect("backend");
+    let mut body = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut body)
+        .expect("body");
+    got.extend(lines.iter());
+    let _ = reader.join();
+    assert!(
+        child.wait().expect("curl").success(),
+        "curl failed: {got:?}"
+    );
+    let at = got
+        .iter()
+        .position(|l| {
+            l.starts_with("HTTP/")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|code| !code.starts_with('1'))
+        })
+        .unwrap_or(got.len());
+    let status = got.get(at).cloned().unwrap_or_default();
+    got.truncate(at);
+    (got, status, body)
+}
+
+#[test]
+fn early_hints_reach_curl_over_http2() {
+    let Some(curl) = tool("curl") else {
+        return;
+    };
+    let dir = TempDir::new("early-hints-h2");
+    let (backend, release) = hinting_backend();
+    let vip = free_port();
+    let portico = Portico::start(&dir, &http_vip(&dir, vip, backend, ""));
+    wait_up(&portico);
+
+    let (early, status, body) = curl_h2_hinted_get(&curl, vip, &release);
+    assert_eq!(
+        early,
+        ["HTTP/2 103", "link: </style.css>; rel=preload"],
+        "the hint, while the backend holds its final response"
+    );
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/2 200", "final"));
 }
 
 #[test]

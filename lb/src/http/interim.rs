@@ -1,16 +1,30 @@
-//! Interim (1xx) responses from backends, forwarded to HTTP/1.1 clients (RFC 9110
-//! §15.2: a proxy forwards the 1xx responses it did not ask for itself).
+//! Interim (1xx) responses from backends, forwarded to clients (RFC 9110 §15.2: a
+//! proxy forwards the 1xx responses it did not ask for itself). hyper's client hands
+//! each 1xx to a per-request callback (`hyper::ext::on_informational`); a [`Gate`],
+//! open from the moment the handler of a request starts until it returns its final
+//! response, relays them to that request's client, by one policy for both protocols:
+//! 100 Continue is not forwarded (`Expect` is answered by this hop), nor is 101 (a
+//! final response of its own, and not part of HTTP/2), nor anything to HTTP/1.0
+//! clients (RFC 9110 §15.2); hop-by-hop fields are removed; a 1xx arriving once the
+//! gate has closed (a late one after a 504, say) is dropped; and a backend cannot
+//! make the proxy hold more than [`MAX_QUEUED`] bytes of them per request.
 //!
-//! hyper's client hands each 1xx to a per-request callback (`hyper::ext::
-//! on_informational`), but its server (1.12) has no way to send one (the server-side
-//! work, hyperium/hyper#3815 and #4114, is open and unreleased): a service returns
-//! exactly one response. So the bytes of a 1xx are written on the client
-//! connection underneath hyper, by [`InterimIo`], at a point where hyper's own output
-//! is at a message boundary:
+//! HTTP/2: hyper's server (vendored with a patch, `vendor/hyper/PORTICO-PATCH.md`,
+//! until hyper releases the same) puts a `hyper::ext::InformationalSender` in each
+//! request's extensions, which queues a 1xx for h2's `SendResponse::send_informational`
+//! on the request's stream while the final response is pending. Connection-specific
+//! fields (`TE` too) are not allowed there, so they are removed. h2 buffers the frames
+//! where the proxy cannot see them drain, so the cap counts every byte relayed for the
+//! request rather than those still queued (hyper also refuses more than 32 waiting
+//! for the stream's task: a burst beyond that loses the rest, as 1xx may).
 //!
-//! * a [`Gate`] is open from the moment the handler of request N starts until it
-//!   returns its final response; only 1xx of that request are queued, and only while
-//!   it is open (a late 1xx after a 504, say, is dropped);
+//! HTTP/1.1: hyper's server has no way to send a 1xx (a service returns exactly one
+//! response), so the bytes of a 1xx are written on the client connection underneath
+//! hyper, by [`InterimIo`], at a point where hyper's own output is at a message
+//! boundary:
+//!
+//! * only 1xx of the request whose gate is open are queued (a connection's gates
+//!   follow one another: [`Interim`] counts them);
 //! * hyper calls the stream's `poll_flush` only once its own write buffer is empty, and
 //!   it reads request N's head only after response N-1 was wholly encoded; so a flush
 //!   that completes while N's gate is open leaves the stream right after the end of
@@ -22,25 +36,32 @@
 //!   response N-1 still draining to a slow client) and the gate has closed, the
 //!   queued 1xx are dropped: 1xx are advisory, a misplaced one would corrupt the
 //!   stream.
-//!
-//! 100 Continue is not forwarded (Expect is answered by this hop), nor are 1xx sent to
-//! HTTP/1.0 clients (RFC 9110 §15.2), and a backend cannot queue more than
-//! [`MAX_QUEUED`] bytes of them per request. HTTP/2 clients get no 1xx: hyper's
-//! HTTP/2 server does not expose h2's `SendResponse::send_informational`.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode, Version};
+use hyper::ext::InformationalSender;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::headers;
 
-/// Most bytes of 1xx responses queued for one request; later ones are dropped (a
-/// backend sending 1xx in a loop to a client that does not read costs no memory).
+/// Most bytes of 1xx responses held for one request (HTTP/1.1: queued and not yet
+/// written; HTTP/2: relayed in all, as HTTP/1.1 would spell them); later ones are
+/// dropped, so a backend sending 1xx in a loop to a client that does not read costs
+/// no memory.
 pub const MAX_QUEUED: usize = 16 * 1024;
+
+/// Whether a backend's 1xx with `status` is relayed: not 100 Continue (this hop
+/// answers `Expect`; the backend never sees one), not 101 (a final response, and
+/// not part of HTTP/2), nothing that is not a 1xx.
+fn relayed(status: StatusCode) -> bool {
+    status.is_informational()
+        && status != StatusCode::CONTINUE
+        && status != StatusCode::SWITCHING_PROTOCOLS
+}
 
 /// The 1xx state of one HTTP/1.1 client connection, shared by its [`InterimIo`], the
 /// handler of the request in flight, and the backend connection's callback.
@@ -84,21 +105,23 @@ impl Interim {
 
     /// Opens the gate for the request whose handler is starting; it closes when the
     /// [`Gate`] is dropped (the handler has its final response).
-    pub fn open(self: &Arc<Self>) -> Gate {
+    fn open(self: &Arc<Self>) -> Gate {
         let mut s = crate::sync::lock(&self.state);
         s.generation += 1;
         s.open = true;
         s.queued.clear();
         Gate {
-            interim: Arc::clone(self),
-            generation: s.generation,
+            sink: Sink::H1 {
+                interim: Arc::clone(self),
+                generation: s.generation,
+            },
         }
     }
 
     /// Queues the 1xx `status`/`headers` for request `generation`, if its gate is
     /// still open, and wakes the connection to write it.
-    fn push(&self, generation: u64, status: StatusCode, hdrs: &http::HeaderMap) {
-        if status == StatusCode::CONTINUE || !status.is_informational() {
+    fn push(&self, generation: u64, status: StatusCode, hdrs: &HeaderMap) {
+        if !relayed(status) {
             return;
         }
         let msg = encode(status, hdrs);
@@ -118,37 +141,165 @@ impl Interim {
             w.wake();
         }
     }
-}
 
-/// The 1xx of one request are accepted while this lives.
-#[derive(Debug)]
-pub struct Gate {
-    interim: Arc<Interim>,
-    generation: u64,
-}
-
-impl Gate {
-    /// Has the 1xx responses to `req` (a request to a backend) queued for the client.
-    pub fn attach<B>(&self, req: &mut http::Request<B>) {
-        let interim = Arc::clone(&self.interim);
-        let generation = self.generation;
-        hyper::ext::on_informational(req, move |res| {
-            interim.push(generation, res.status(), res.headers());
-        });
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let mut s = crate::sync::lock(&self.interim.state);
-        if s.generation == self.generation {
+    fn close(&self, generation: u64) {
+        let mut s = crate::sync::lock(&self.state);
+        if s.generation == generation {
             s.open = false;
         }
     }
 }
 
+/// Where a 1xx for an HTTP/2 stream is handed over (hyper's sender; a recorder in
+/// the unit tests). `false`: it was refused (the final response went, or hyper's
+/// queue is full).
+trait Informational {
+    fn send(&self, res: http::Response<()>) -> bool;
+}
+
+impl Informational for InformationalSender {
+    fn send(&self, res: http::Response<()>) -> bool {
+        InformationalSender::send(self, res).is_ok()
+    }
+}
+
+/// The 1xx state of one HTTP/2 request: its stream's sender, whether its handler
+/// still waits for the final response, and how many bytes it was sent.
+#[derive(Debug)]
+struct H2Interim<S = InformationalSender> {
+    sender: S,
+    /// `(open, sent)`: one lock, so a 1xx cannot slip past the gate's closing.
+    state: Mutex<(bool, usize)>,
+}
+
+impl<S: Informational> H2Interim<S> {
+    fn new(sender: S) -> Self {
+        H2Interim {
+            sender,
+            state: Mutex::new((true, 0)),
+        }
+    }
+
+    /// Hands the 1xx `status`/`headers` to the stream, if the gate is still open and
+    /// the request's budget allows.
+    fn push(&self, status: StatusCode, hdrs: &HeaderMap) {
+        if !relayed(status) {
+            return;
+        }
+        let mut hdrs = hdrs.clone();
+        headers::strip_hop_by_hop(&mut hdrs, false);
+        // `TE: trailers` survives the hop-by-hop rule (it is a request field) but is
+        // a connection-specific field HTTP/2 does not allow in a response.
+        hdrs.remove(http::header::TE);
+        let len = wire_len(status, &hdrs);
+        let mut res = http::Response::new(());
+        *res.status_mut() = status;
+        *res.headers_mut() = hdrs;
+        let mut s = crate::sync::lock(&self.state);
+        let (open, sent) = &mut *s;
+        if !*open {
+            return;
+        }
+        if *sent + len > MAX_QUEUED {
+            tracing::debug!(%status, "too many interim responses from the backend; dropped");
+            return;
+        }
+        if self.sender.send(res) {
+            *sent += len;
+        } else {
+            tracing::debug!(%status, "interim response refused by the HTTP/2 stream; dropped");
+        }
+    }
+
+    fn close(&self) {
+        crate::sync::lock(&self.state).0 = false;
+    }
+}
+
+/// Where the 1xx of one request go.
+#[derive(Debug)]
+enum Sink {
+    /// Written under hyper on an HTTP/1.1 connection, as request `generation`'s.
+    H1 {
+        interim: Arc<Interim>,
+        generation: u64,
+    },
+    /// Handed to hyper's HTTP/2 stream.
+    H2(Arc<H2Interim>),
+}
+
+/// The 1xx of one request are relayed to its client while this lives.
+#[derive(Debug)]
+pub struct Gate {
+    sink: Sink,
+}
+
+impl Gate {
+    /// Opens the gate of the client request `req` whose handler is starting, if its
+    /// client can be sent 1xx: HTTP/1.1 on a connection with `interim` state, HTTP/2
+    /// when hyper gave the request an `InformationalSender` (taken out of its
+    /// extensions here); never HTTP/1.0 (RFC 9110 §15.2).
+    pub fn open<B>(interim: Option<&Arc<Interim>>, req: &mut http::Request<B>) -> Option<Gate> {
+        match req.version() {
+            Version::HTTP_11 => interim.map(Interim::open),
+            Version::HTTP_2 => req
+                .extensions_mut()
+                .remove::<InformationalSender>()
+                .map(|sender| Gate {
+                    sink: Sink::H2(Arc::new(H2Interim::new(sender))),
+                }),
+            _ => None,
+        }
+    }
+
+    /// Has the 1xx responses to `req` (a request to a backend) relayed to the client.
+    pub fn attach<B>(&self, req: &mut http::Request<B>) {
+        match &self.sink {
+            Sink::H1 {
+                interim,
+                generation,
+            } => {
+                let interim = Arc::clone(interim);
+                let generation = *generation;
+                hyper::ext::on_informational(req, move |res| {
+                    interim.push(generation, res.status(), res.headers());
+                });
+            }
+            Sink::H2(h2) => {
+                let h2 = Arc::clone(h2);
+                hyper::ext::on_informational(req, move |res| {
+                    h2.push(res.status(), res.headers());
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        match &self.sink {
+            Sink::H1 {
+                interim,
+                generation,
+            } => interim.close(*generation),
+            Sink::H2(h2) => h2.close(),
+        }
+    }
+}
+
+/// The length of [`encode`]'s output, without building it: the measure of the cap
+/// for both protocols.
+fn wire_len(status: StatusCode, hdrs: &HeaderMap) -> usize {
+    let reason = status.canonical_reason().unwrap_or("").len();
+    let fields: usize = hdrs
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    "HTTP/1.1 000 \r\n\r\n".len() + reason + fields
+}
+
 /// The HTTP/1.1 wire form of an interim response, hop-by-hop fields removed.
-fn encode(status: StatusCode, hdrs: &http::HeaderMap) -> Vec<u8> {
+fn encode(status: StatusCode, hdrs: &HeaderMap) -> Vec<u8> {
     let mut hdrs = hdrs.clone();
     headers::strip_hop_by_hop(&mut hdrs, false);
     let mut out = Vec::with_capacity(64);
@@ -339,7 +490,13 @@ mod tests {
     }
 
     fn push(gate: &Gate, status: StatusCode) {
-        gate.interim.push(gate.generation, status, &hints());
+        match &gate.sink {
+            Sink::H1 {
+                interim,
+                generation,
+            } => interim.push(*generation, status, &hints()),
+            Sink::H2(h2) => h2.push(status, &hints()),
+        }
     }
 
     #[test]
@@ -383,13 +540,11 @@ mod tests {
 
         // A 1xx arriving after its request has its final response is dropped too.
         let third = interim.open();
-        let late = Gate {
-            interim: Arc::clone(&interim),
-            generation: third.generation,
+        let Sink::H1 { generation, .. } = third.sink else {
+            unreachable!("an HTTP/1.1 gate")
         };
         drop(third);
-        push(&late, StatusCode::EARLY_HINTS);
-        drop(late);
+        interim.push(generation, StatusCode::EARLY_HINTS, &hints());
         assert!(flush(&mut io).is_ready());
         assert_eq!(io.inner.out, b"tail-of-1|head-of-2");
     }
@@ -417,5 +572,104 @@ mod tests {
         }
         let queued = crate::sync::lock(&interim.state).queued.len();
         assert!(queued <= MAX_QUEUED && queued > MAX_QUEUED - HINT.len());
+    }
+
+    /// Plays hyper's HTTP/2 stream: records what it accepts, or refuses all.
+    #[derive(Debug, Default)]
+    struct Stream {
+        got: Mutex<Vec<http::Response<()>>>,
+        refuse: bool,
+    }
+
+    impl Informational for Stream {
+        fn send(&self, res: http::Response<()>) -> bool {
+            if !self.refuse {
+                crate::sync::lock(&self.got).push(res);
+            }
+            !self.refuse
+        }
+    }
+
+    fn got(h2: &H2Interim<Stream>) -> Vec<StatusCode> {
+        crate::sync::lock(&h2.sender.got)
+            .iter()
+            .map(|r| r.status())
+            .collect()
+    }
+
+    #[test]
+    fn http2_gets_the_same_1xx_without_connection_fields() {
+        let h2 = H2Interim::new(Stream::default());
+        let mut hdrs = hints();
+        hdrs.insert("connection", http::HeaderValue::from_static("x-hop"));
+        hdrs.insert("x-hop", http::HeaderValue::from_static("1"));
+        hdrs.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        hdrs.insert("te", http::HeaderValue::from_static("trailers"));
+        for status in [
+            StatusCode::CONTINUE,
+            StatusCode::SWITCHING_PROTOCOLS,
+            StatusCode::OK,
+            StatusCode::EARLY_HINTS,
+        ] {
+            h2.push(status, &hdrs);
+        }
+        assert_eq!(got(&h2), [StatusCode::EARLY_HINTS]);
+        let sent = crate::sync::lock(&h2.sender.got);
+        assert_eq!(sent[0].headers(), &hints(), "only the end-to-end Link");
+    }
+
+    #[test]
+    fn http2_1xx_stop_when_the_gate_closes_and_at_the_cap() {
+        let h2 = H2Interim::new(Stream::default());
+        h2.push(StatusCode::PROCESSING, &hints());
+        h2.close();
+        h2.push(StatusCode::EARLY_HINTS, &hints());
+        assert_eq!(
+            got(&h2),
+            [StatusCode::PROCESSING],
+            "nothing after the final"
+        );
+
+        // The cap counts everything relayed: h2 holds the frames out of sight.
+        let h2 = H2Interim::new(Stream::default());
+        for _ in 0..10_000 {
+            h2.push(StatusCode::EARLY_HINTS, &hints());
+        }
+        let n = got(&h2).len();
+        assert_eq!(
+            n,
+            MAX_QUEUED / HINT.len(),
+            "as many as HTTP/1.1 queues at once"
+        );
+
+        // What the stream refused is not counted against the request.
+        let h2 = H2Interim::new(Stream {
+            refuse: true,
+            ..Stream::default()
+        });
+        h2.push(StatusCode::EARLY_HINTS, &hints());
+        assert_eq!(crate::sync::lock(&h2.state).1, 0);
+    }
+
+    #[test]
+    fn the_cap_measures_both_protocols_by_the_http11_form() {
+        for status in [StatusCode::EARLY_HINTS, StatusCode::PROCESSING] {
+            assert_eq!(wire_len(status, &hints()), encode(status, &hints()).len());
+        }
+        assert_eq!(wire_len(StatusCode::EARLY_HINTS, &hints()), HINT.len());
+    }
+
+    #[test]
+    fn only_http11_and_http2_requests_get_a_gate() {
+        let interim = Interim::new();
+        let mut req = http::Request::new(());
+        *req.version_mut() = Version::HTTP_10;
+        assert!(Gate::open(Some(&interim), &mut req).is_none());
+        *req.version_mut() = Version::HTTP_11;
+        assert!(Gate::open(None, &mut req).is_none());
+        assert!(Gate::open(Some(&interim), &mut req).is_some());
+        // HTTP/2 needs the sender hyper puts in the request (the integration tests).
+        *req.version_mut() = Version::HTTP_2;
+        assert!(Gate::open(Some(&interim), &mut req).is_none());
     }
 }

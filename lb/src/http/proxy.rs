@@ -528,10 +528,8 @@ impl HttpVip {
         };
         let trailers = req.version() == Version::HTTP_2 || headers::accepts_trailers(req.headers());
         // The backend's 1xx responses are relayed until this handler has its final
-        // response (no 1xx to an HTTP/1.0 client, RFC 9110 §15.2).
-        let gate = interim
-            .filter(|_| req.version() == Version::HTTP_11)
-            .map(|i| i.open());
+        // response (interim.rs has the rules).
+        let gate = Gate::open(interim.as_ref(), &mut req);
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         // Admitted only with `allow_connect`: a 2xx from the backend opens a tunnel.
         let connect = req.method() == Method::CONNECT;

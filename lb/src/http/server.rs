@@ -356,7 +356,8 @@ impl HttpVip {
     {
         let vip = Arc::clone(self);
         let peer = info.peer;
-        // HTTP/1.1 clients get the backends' 1xx responses, written under hyper.
+        // HTTP/1.1 clients get the backends' 1xx responses written under hyper;
+        // HTTP/2 ones through hyper (`enable_informational`).
         let interim = Interim::new();
         let for_service = (protocols == Protocols::H1).then(|| Arc::clone(&interim));
         let first_request = Arc::new(AtomicBool::new(false));
@@ -426,7 +427,8 @@ impl HttpVip {
                     .max_header_list_size(
                         u32::try_from(settings.http.max_header_size).unwrap_or(u32::MAX),
                     )
-                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .enable_informational(true);
                 let conn = builder.serve_connection(io, service);
                 tokio::pin!(conn);
                 self.drive(
