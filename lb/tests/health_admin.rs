@@ -426,7 +426,9 @@ async fn a_reload_is_seen_whole_by_every_reader() {
     let mut reloads = 0u32;
     while reloads < 60 || looks.load(std::sync::atomic::Ordering::Relaxed) < 1_000 {
         assert!(reloads < 200_000, "the reader never got to look");
-        lb.reload(&config(reloads.is_multiple_of(2))).await.expect("reload");
+        lb.reload(&config(reloads.is_multiple_of(2)))
+            .await
+            .expect("reload");
         reloads += 1;
         if reloads.is_multiple_of(2) {
             tokio::task::yield_now().await;
