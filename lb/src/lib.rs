@@ -108,6 +108,9 @@ pub(crate) struct Snapshot {
     slots: Vec<Arc<VipSlot>>,
     states: Vec<Arc<VipState>>,
     proxies: Vec<Option<Arc<http::HttpVip>>>,
+    /// An L7 VIP's reloadable proxy settings (certificates, TLS, headers, backend
+    /// client), swapped with its state (`http[i]` is `slots[i]`'s).
+    http: Vec<Option<Arc<http::Settings>>>,
     /// One checker per backend of every pool.
     checkers: Vec<Arc<Checker>>,
 }
@@ -139,11 +142,20 @@ impl Snapshot {
 
     /// The state of `slot`, if it is one of this snapshot's.
     pub(crate) fn state_of(&self, slot: &VipSlot) -> Option<&Arc<VipState>> {
-        let i = self
-            .slots
+        self.states.get(self.index_of(slot)?)
+    }
+
+    /// An L7 `slot`'s state and proxy settings, both from this snapshot.
+    pub(crate) fn l7_of(&self, slot: &VipSlot) -> Option<(Arc<VipState>, Arc<http::Settings>)> {
+        let i = self.index_of(slot)?;
+        let settings = self.http.get(i)?.as_ref()?;
+        Some((Arc::clone(self.states.get(i)?), Arc::clone(settings)))
+    }
+
+    fn index_of(&self, slot: &VipSlot) -> Option<usize> {
+        self.slots
             .iter()
-            .position(|s| std::ptr::eq(Arc::as_ptr(s), slot))?;
-        self.states.get(i)
+            .position(|s| std::ptr::eq(Arc::as_ptr(s), slot))
     }
 }
 
@@ -529,7 +541,7 @@ impl Lb {
         let snapshot = self.inner.vips.load();
         let certs = snapshot
             .position(vip)
-            .and_then(|i| snapshot.states[i].http.as_ref()?.certs().cloned())
+            .and_then(|i| snapshot.http.get(i)?.as_ref()?.certs().cloned())
             .ok_or_else(|| http::SetupError::NotHttps(vip.to_string()))?;
         certs
             .reload(None)
@@ -599,6 +611,7 @@ impl Lb {
         let mut slots = Vec::with_capacity(plans.len());
         let mut states = Vec::with_capacity(plans.len());
         let mut proxies = Vec::with_capacity(plans.len());
+        let mut http_settings = Vec::with_capacity(plans.len());
         // New listeners start accepting once the snapshot naming their slots is in.
         let mut listeners = Vec::new();
         let mut checkers = Vec::new();
@@ -632,11 +645,8 @@ impl Lb {
                 plan.backends,
                 inner.tasks.clone(),
             ));
-            let state = Arc::new(VipState::new(
-                plan.cfg.clone(),
-                pool,
-                plan.http.map(Arc::new),
-            ));
+            let state = Arc::new(VipState::new(plan.cfg.clone(), pool));
+            http_settings.push(plan.http.map(Arc::new));
             let (slot, proxy) = match plan.slot {
                 SlotPlan::Reuse { slot, proxy } => {
                     kept_slots.insert(Arc::as_ptr(&slot));
@@ -703,6 +713,7 @@ impl Lb {
             slots,
             states,
             proxies,
+            http: http_settings,
             checkers,
         }));
         for (listener, slot, proxy) in listeners {
@@ -729,7 +740,7 @@ impl Lb {
         let slot = match reuse {
             Some(i) => {
                 let proxy = old.proxies.get(i).cloned().flatten();
-                let running = old.states.get(i).and_then(|st| st.http.as_deref());
+                let running = old.http.get(i).and_then(|s| s.as_deref());
                 http_settings = match (&proxy, running) {
                     (Some(proxy), Some(running)) => Some(proxy.prepare(cfg, running)?),
                     _ => None,

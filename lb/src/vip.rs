@@ -34,9 +34,6 @@ pub struct VipState {
     pub cfg: VipConfig,
     /// Its pool.
     pub pool: Arc<Pool>,
-    /// An L7 VIP's reloadable proxy settings (certificates, TLS, headers, backend
-    /// client), swapped with the rest of this state.
-    pub(crate) http: Option<Arc<crate::http::Settings>>,
     pub(crate) retries: Counter,
     pub(crate) refused_no_backend: Counter,
     pub(crate) refused_max: Counter,
@@ -44,11 +41,7 @@ pub struct VipState {
 }
 
 impl VipState {
-    pub(crate) fn new(
-        cfg: VipConfig,
-        pool: Arc<Pool>,
-        http: Option<Arc<crate::http::Settings>>,
-    ) -> VipState {
+    pub(crate) fn new(cfg: VipConfig, pool: Arc<Pool>) -> VipState {
         let vip = cfg.name.clone();
         let refused = |reason: &'static str| metrics::counter!(crate::metrics::REFUSED_TOTAL, "vip" => vip.clone(), "reason" => reason);
         VipState {
@@ -58,7 +51,6 @@ impl VipState {
             refused_per_source: refused("max_per_source"),
             cfg,
             pool,
-            http,
         }
     }
 
@@ -142,6 +134,13 @@ impl VipSlot {
         let snapshot = self.snapshot.upgrade()?;
         let current = snapshot.load();
         current.state_of(self).cloned()
+    }
+
+    /// The lb's whole current snapshot (for a reader that needs more than this
+    /// slot's [`VipState`] from one load: the L7 proxy's settings); `None` once the
+    /// lb is gone.
+    pub(crate) fn snapshot(&self) -> Option<Arc<crate::Snapshot>> {
+        Some(self.snapshot.upgrade()?.load_full())
     }
 
     /// Waits until the lb opens; false when the slot was cancelled first.

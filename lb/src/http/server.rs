@@ -211,7 +211,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<H
         };
         // Not (or no longer) in the lb's snapshot: a reload removed this VIP and is
         // cancelling the loop.
-        let Some(state) = slot.state() else { break };
+        let Some((state, settings)) = slot.snapshot().and_then(|s| s.l7_of(&slot)) else {
+            break;
+        };
         let admitted = match ConnGuard::admit(&slot, peer.ip(), &state.cfg) {
             Ok(g) => g,
             Err(why) => {
@@ -222,11 +224,6 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<H
             }
         };
         let guard = Gauged::new(admitted, proxy.connections_gauge());
-        // An L7 VIP's state always has its settings; a VIP whose mode a reload changed
-        // is being replaced (new listener) and this loop cancelled.
-        let Some(settings) = state.http.clone() else {
-            break;
-        };
         let (vip, slot, stop) = (Arc::clone(&proxy), Arc::clone(&slot), stop.clone());
         proxy.tasks.spawn(async move {
             let _guard = guard;
@@ -364,7 +361,12 @@ impl HttpVip {
         let seen = Arc::clone(&first_request);
         // Requests on a connection whose VIP a reload removed go on with the pool
         // and settings it had when they could last see them.
-        let last = std::sync::Mutex::new(slot.state());
+        let current = || {
+            slot.snapshot()
+                .and_then(|s| s.l7_of(&slot))
+                .map(|(st, settings)| (Arc::clone(&st.pool), settings))
+        };
+        let last = std::sync::Mutex::new(current());
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
             let vip = Arc::clone(&vip);
@@ -374,15 +376,13 @@ impl HttpVip {
             // connections, both in one snapshot.
             let state = {
                 let mut last = shared::sync::lock(&last);
-                if let Some(st) = slot.state() {
-                    *last = Some(st);
+                if let Some(now) = current() {
+                    *last = Some(now);
                 }
                 last.clone()
             };
             async move {
-                let Some((pool, Some(settings))) =
-                    state.map(|st| (Arc::clone(&st.pool), st.http.clone()))
-                else {
+                let Some((pool, settings)) = state else {
                     return Ok::<_, Infallible>(crate::http::errors::local_response(
                         hyper::StatusCode::SERVICE_UNAVAILABLE,
                         "503 Service Unavailable: this VIP was removed\n",
