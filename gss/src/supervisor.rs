@@ -365,12 +365,12 @@ impl Core {
             return;
         }
         let mut changes: Vec<(String, String)> = Vec::new();
+        // By name, once: a search of the old outcomes per name made a change of
+        // 100,000 names quadratic.
+        let previous: HashMap<&str, &Vec<String>> =
+            prev.outcomes.iter().map(|(n, b)| (n.as_str(), b)).collect();
         for (name, now) in &next.outcomes {
-            let before = prev
-                .outcomes
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, b)| b);
+            let before = previous.get(name.as_str()).copied();
             for (i, s) in now.iter().enumerate() {
                 let was = before.and_then(|b| b.get(i));
                 if was == Some(s) {
