@@ -16,6 +16,7 @@ source "$(dirname "$0")/lib.sh"
 
 VIPS=${VIPS:-"1 100 1000"}
 NAMES_AT=${NAMES_AT:-"100 10000 100000"}
+DURATION=${DURATION:--}   # for machine_line: no timed load here
 
 need python3:python3 dig:bind9-dnsutils taskset:util-linux bc:bc
 build_portico
