@@ -11,14 +11,15 @@ DC1=127.0.0.11 DC2=127.0.0.12   # answers, and where each site's keepalive liste
 declare -A KA_PID
 start_ka() { run_gen "ka-$1" python3 "$BENCH_DIR/helpers.py" listener "$1" $KA_PORT; KA_PID[$1]=$BG_PID; wait_tcp "$1" $KA_PORT; }
 
-# portico_conf FILE PORT [EXTRA]: the gss config, EXTRA (TOML) after the sites.
+# portico_conf FILE PORT [EXTRA]: the gss config for the names in NAMES, EXTRA (TOML)
+# after the sites; GSS_TTL sets the answers' TTL (20).
 portico_conf() {
     {
         cat <<EOC
 [gss]
 listen = "127.0.0.1:$2"
 zone = "$ZONE"
-ttl = 20
+ttl = ${GSS_TTL:-20}
 nameservers = ["ns1.$ZONE"]
 records = ["ns1 3600 A 127.0.0.53"]
 

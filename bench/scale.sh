@@ -80,40 +80,18 @@ source "$(dirname "$0")/gss-common.sh"
 start_ka $DC1
 start_ka $DC2
 
-gss_conf() { # gss_conf FILE N TTL
-    {
-        cat <<EOC
-[admin]
-socket = "$TMP/gss.sock"
-
-[gss]
-listen = "127.0.0.1:25353"
-zone = "$ZONE"
-ttl = $3
-nameservers = ["ns1.$ZONE"]
-records = ["ns1 3600 A 127.0.0.53"]
-
-[[gss.site]]
-name = "dc1"
-keepalives = [ { kind = "tcp", address = "$DC1:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-
-[[gss.site]]
-name = "dc2"
-keepalives = [ { kind = "tcp", address = "$DC2:$KA_PORT" } ]
-probe_defaults = { interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
-EOC
-        awk -v n="$2" -v a="$DC1" -v b="$DC2" 'BEGIN { for (i = 0; i < n; i++) printf "\n[[gss.name]]\nname = \"n%d\"\nsites = [\"dc1\", \"dc2\"]\nanswers = { dc1 = [\"%s\"], dc2 = [\"%s\"] }\n", i, a, b }'
-    } >"$1"
+gss_conf() { # gss_conf FILE N TTL: N names n0..n(N-1), answers with TTL
+    mapfile -t NAMES < <(seq -f "n%.0f" 0 $(($2 - 1)))
+    GSS_TTL=$3 portico_conf "$1" 25353 "$(printf '[admin]\nsocket = "%s"' "$TMP/gss.sock")"
 }
 
 answer() { dig +short +time=1 +tries=1 @127.0.0.1 -p 25353 "$1.$ZONE" A 2>/dev/null || true; }
 
 declare -A G_START G_RSS G_RELOAD G_FO
-for n in $NAMES_AT; do
-    last="n$((n - 1))"
+for size in $NAMES_AT; do
+    last="n$((size - 1))"
     for r in $(seq "$RUNS"); do
-        gss_conf "$TMP/gss.toml" "$n" 20
+        gss_conf "$TMP/gss.toml" "$size" 20
         rm -f "$TMP/gss.sock"
         t0=$(now)
         run_sut gss "$PORTICO" run --config "$TMP/gss.toml"; pid=$BG_PID
@@ -122,13 +100,13 @@ for n in $NAMES_AT; do
             [[ $(answer "$last") == "$DC1" ]] && { up=1; break; }
             sleep 0.05
         done
-        [[ -n $up ]] || die "the gss with $n names did not answer $last with $DC1"
+        [[ -n $up ]] || die "the gss with $size names did not answer $last with $DC1"
         start=$(since "$t0")
         rss=$(rss_kib "$pid")
         wait_admin "$TMP/gss.sock" "show sites"
-        gss_conf "$TMP/gss.toml" "$n" 30
+        gss_conf "$TMP/gss.toml" "$size" 30
         t0=$(now)
-        out=$("$PORTICO" ctl --socket "$TMP/gss.sock" reload 2>&1) || die "gss reload with $n names: $out"
+        out=$("$PORTICO" ctl --socket "$TMP/gss.sock" reload 2>&1) || die "gss reload with $size names: $out"
         reload=$(since "$t0")
         # dc1's keepalive target dies: time to the first answer naming dc2.
         stop "${KA_PID[$DC1]}"
@@ -137,11 +115,11 @@ for n in $NAMES_AT; do
             [[ $(answer "$last") == "$DC2" ]] && { fo=$(since "$t0"); break; }
             sleep 0.005
         done
-        [[ -n $fo ]] || die "no failover with $n names"
+        [[ -n $fo ]] || die "no failover with $size names"
         start_ka $DC1
         stop "$pid"
-        G_START[$n]+="$(ms "$start") "; G_RSS[$n]+="$rss "; G_RELOAD[$n]+="$(ms "$reload") "; G_FO[$n]+="$(ms "$fo") "
-        log "gss $n names run $r: answering in $(ms "$start") ms, RSS $rss KiB; reload $(ms "$reload") ms; failover $(ms "$fo") ms"
+        G_START[$size]+="$(ms "$start") "; G_RSS[$size]+="$rss "; G_RELOAD[$size]+="$(ms "$reload") "; G_FO[$size]+="$(ms "$fo") "
+        log "gss $size names run $r: answering in $(ms "$start") ms, RSS $rss KiB; reload $(ms "$reload") ms; failover $(ms "$fo") ms"
     done
 done
 
