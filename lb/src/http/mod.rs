@@ -210,9 +210,9 @@ pub fn empty() -> Body {
 }
 
 /// Everything a reload may change in an L7 VIP without restarting its listener,
-/// built whole by [`HttpVip::prepare`] and served from the lb's snapshot (in
-/// [`crate::VipState`]), so a reload swaps it in the same store as every VIP's config
-/// and pool. Connections take it per request.
+/// built whole by [`HttpVip::prepare`] and served from the lb's snapshot beside the
+/// VIP's [`crate::VipState`], so a reload swaps it in the same store as every VIP's
+/// config and pool. Connections take both per request, from one load.
 pub struct Settings {
     pub(crate) http: HttpVipConfig,
     pub(crate) access_log: bool,
