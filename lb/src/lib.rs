@@ -543,12 +543,10 @@ impl Lb {
             .position(vip)
             .and_then(|i| snapshot.http.get(i)?.as_ref()?.certs().cloned())
             .ok_or_else(|| http::SetupError::NotHttps(vip.to_string()))?;
-        certs
-            .reload(None)
-            .map_err(|source| http::SetupError::Certs {
-                vip: vip.to_string(),
-                source,
-            })
+        certs.reload().map_err(|source| http::SetupError::Certs {
+            vip: vip.to_string(),
+            source,
+        })
     }
 
     /// The address a VIP's listener is bound to (useful when it asked for port 0).

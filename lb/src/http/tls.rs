@@ -38,19 +38,13 @@ struct Entry {
 /// OCSP response files by the certificate file they staple to (`ocsp`).
 pub type OcspFiles = BTreeMap<PathBuf, PathBuf>;
 
-/// A certificate set read and checked but not yet served (see [`CertStore::prepare`]).
-#[derive(Debug)]
-pub struct LoadedCerts {
-    pairs: Vec<CertPair>,
-    ocsp: OcspFiles,
-    entries: Vec<Entry>,
-}
-
-/// The certificates of one VIP, shared by its resolver and its reload hook.
+/// The certificates of one VIP's settings, shared by its resolver and
+/// [`crate::Lb::reload_certs`]. The files it names are fixed (a config reload builds a
+/// new store); what they hold may be re-read in place.
 #[derive(Debug)]
 pub struct CertStore {
-    pairs: ArcSwap<Vec<CertPair>>,
-    ocsp: ArcSwap<OcspFiles>,
+    pairs: Vec<CertPair>,
+    ocsp: OcspFiles,
     entries: ArcSwap<Vec<Entry>>,
 }
 
@@ -119,45 +113,18 @@ impl CertStore {
             tracing::debug!(names = ?e.names, "certificate loaded");
         }
         Ok(Arc::new(CertStore {
-            pairs: ArcSwap::from_pointee(cfg.certs.clone()),
-            ocsp: ArcSwap::from_pointee(ocsp.clone()),
+            pairs: cfg.certs.clone(),
+            ocsp: ocsp.clone(),
             entries: ArcSwap::from_pointee(entries),
         }))
     }
 
-    /// Re-reads the files (of `cfg` when given, else the current ones), OCSP
-    /// responses included, and swaps the set in; on any error nothing changes and the
-    /// error is returned.
-    pub fn reload(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<(), CertError> {
-        let loaded = self.prepare(cfg)?;
-        self.commit(loaded);
+    /// Re-reads the files, OCSP responses included, and serves the new set to new
+    /// handshakes; on any error nothing changes and the error is returned.
+    pub fn reload(&self) -> Result<(), CertError> {
+        let entries = load_all(&self.pairs, &self.ocsp)?;
+        self.entries.store(Arc::new(entries));
         Ok(())
-    }
-
-    /// The fallible half of a reload: reads and checks the files (of `cfg` when
-    /// given, else the current ones) without serving them, so a config reload can
-    /// check every VIP before any VIP changes.
-    pub fn prepare(&self, cfg: Option<(&TlsConfig, &OcspFiles)>) -> Result<LoadedCerts, CertError> {
-        let (pairs, ocsp) = match cfg {
-            Some((c, o)) => (c.certs.clone(), o.clone()),
-            None => (
-                self.pairs.load().as_ref().clone(),
-                self.ocsp.load().as_ref().clone(),
-            ),
-        };
-        let entries = load_all(&pairs, &ocsp)?;
-        Ok(LoadedCerts {
-            pairs,
-            ocsp,
-            entries,
-        })
-    }
-
-    /// Serves a set from [`CertStore::prepare`] to new handshakes; cannot fail.
-    pub fn commit(&self, loaded: LoadedCerts) {
-        self.entries.store(Arc::new(loaded.entries));
-        self.pairs.store(Arc::new(loaded.pairs));
-        self.ocsp.store(Arc::new(loaded.ocsp));
     }
 
     /// The certificate for `sni` (exact name first, then wildcard, then the default)
@@ -206,7 +173,6 @@ impl CertStore {
     /// The certificate files currently served.
     pub fn files(&self) -> Vec<(PathBuf, PathBuf)> {
         self.pairs
-            .load()
             .iter()
             .map(|p| (p.cert.clone(), p.key.clone()))
             .collect()
