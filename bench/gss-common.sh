@@ -14,6 +14,7 @@ start_ka() { run_gen "ka-$1" python3 "$BENCH_DIR/helpers.py" listener "$1" $KA_P
 # portico_conf FILE PORT [EXTRA]: the gss config for the names in NAMES, EXTRA (TOML)
 # after the sites; GSS_TTL sets the answers' TTL (20).
 portico_conf() {
+    local n
     {
         cat <<EOC
 [gss]
