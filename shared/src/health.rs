@@ -178,16 +178,28 @@ where
         let slot = slot(timing.interval);
         let first = timing.interval.as_secs_f64() / 5.0;
         let delay = Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=first));
+        // One cancellation waiter and one timer for the checker's life, re-armed
+        // each round (timeout, then the next start) instead of registered anew
+        // twice per check: with thousands of backends that is most of a check's
+        // user-space cost besides the connect itself.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let timer = tokio::time::sleep_until(on_grid(Instant::now() + delay, slot));
+        tokio::pin!(timer);
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(on_grid(Instant::now() + delay, slot)) => {}
+            _ = &mut cancelled => return,
+            _ = &mut timer => {}
         }
         loop {
             let round_start = Instant::now();
-            let (result, latency) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = run_once(probe.as_ref(), timing.timeout) => r,
+            timer.as_mut().reset(round_start + timing.timeout);
+            let result = tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
+                r = probe.check() => r,
+                _ = &mut timer => Err(ProbeError::Timeout(timing.timeout)),
             };
+            let latency = round_start.elapsed();
             let transition = machine.observe(result.is_ok());
             let check = CheckResult {
                 error: result.err(),
@@ -196,10 +208,12 @@ where
                 up: machine.state().unwrap_or(false),
             };
             on_result(&check);
-            let next = on_grid(round_start + jittered(timing.interval), slot);
+            timer
+                .as_mut()
+                .reset(on_grid(round_start + jittered(timing.interval), slot));
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(next) => {}
+                _ = &mut cancelled => return,
+                _ = &mut timer => {}
             }
         }
     })

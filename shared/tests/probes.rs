@@ -80,6 +80,39 @@ async fn tcp_probe() {
     );
 }
 
+/// A plain tcp check is half-open: the backend's kernel answers the SYN, the
+/// prober resets before sending the handshake's last ACK, so nothing ever reaches
+/// the listener's accept queue (on loopback the whole exchange has happened by the
+/// time the check returns). A check that completed the handshake left one queued
+/// connection per check, for the application to accept, log and close.
+#[tokio::test]
+async fn a_tcp_check_never_reaches_the_application() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let cfg = kind_cfg(ProbeKind::Tcp);
+    for round in 0..20 {
+        assert_eq!(verdict(&cfg, addr, TIMEOUT).await, "ok", "check {round}");
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("check {round} left a connection to accept: {other:?}"),
+        }
+    }
+    // The listener itself is fine: a real client still gets through.
+    let _client = std::net::TcpStream::connect(addr).expect("client connects");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < deadline, "client never queued");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn smtp_probe() {
     common_behaviours(ProbeKind::Smtp).await;

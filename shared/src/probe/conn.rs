@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{BuildError, ProbeError};
 use crate::config::ProbeConfig;
@@ -90,12 +90,20 @@ pub(crate) struct Endpoint {
     pub(crate) send_proxy: bool,
     /// Implicit TLS right after connecting.
     pub(crate) implicit_tls: Option<TlsParams>,
+    /// The probe's protocol speaks first (HTTP), so the handshake's last ACK can
+    /// ride on the first request (see [`Handshake::DelayedAck`]).
+    pub(crate) client_first: bool,
 }
 
 impl Endpoint {
     /// Connects, sends the PROXY header if configured, and completes implicit TLS.
     pub(crate) async fn open(&self) -> Result<BoxIo, ProbeError> {
-        let mut tcp = connect(self.target).await?;
+        let handshake = if self.send_proxy || self.implicit_tls.is_some() || self.client_first {
+            Handshake::DelayedAck
+        } else {
+            Handshake::Full
+        };
+        let mut tcp = connect(self.target, handshake).await?;
         if self.send_proxy {
             tcp.write_all(crate::proxy_protocol::v2_local())
                 .await
@@ -109,17 +117,48 @@ impl Endpoint {
     }
 }
 
-/// TCP connect with ECONNREFUSED told apart from other failures.
-pub(crate) async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
-    let s = connect_only(target).await?;
-    // Probes are short dialogues; do not let Nagle delay the next command.
+/// How a probe's TCP handshake ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    /// The usual three packets: for protocols where the server speaks first, which
+    /// needs the connection in its accept queue to greet.
+    Full,
+    /// `TCP_QUICKACK` off before connecting (HAProxy's checks do the same): the last
+    /// ACK waits for the first data and rides on it, or, for a connect-only check
+    /// that closes with a reset at once, is never sent. The SYN-ACK already proves a
+    /// listening socket with room in its queue (a full queue drops the SYN), so the
+    /// check says as much as before, while the backend never creates, queues, wakes
+    /// for or logs a connection it did not need: Postfix, for one, writes "connect
+    /// from … lost connection" per completed check.
+    DelayedAck,
+}
+
+/// TCP connect with ECONNREFUSED told apart from other failures; TCP_NODELAY on,
+/// because probes are short dialogues that Nagle would only delay.
+pub(crate) async fn connect(
+    target: SocketAddr,
+    handshake: Handshake,
+) -> Result<TcpStream, ProbeError> {
+    let s = connect_only(target, handshake).await?;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
 
-/// [`connect`] for a check that sends nothing (no socket options set).
-pub(crate) async fn connect_only(target: SocketAddr) -> Result<TcpStream, ProbeError> {
-    match TcpStream::connect(target).await {
+/// [`connect`] without TCP_NODELAY, for a check that sends nothing.
+pub(crate) async fn connect_only(
+    target: SocketAddr,
+    handshake: Handshake,
+) -> Result<TcpStream, ProbeError> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| ProbeError::Connect(e.to_string()))?;
+    if handshake == Handshake::DelayedAck {
+        // Best effort: a kernel without it sends the ACK, as before.
+        let _ = socket2::SockRef::from(&socket).set_quickack(false);
+    }
+    match socket.connect(target).await {
         Ok(s) => Ok(s),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ProbeError::Refused),
         Err(e) => Err(ProbeError::Connect(e.to_string())),

@@ -129,6 +129,7 @@ pub fn build(cfg: &ProbeConfig, target: SocketAddr) -> Result<Arc<dyn Probe>, Bu
         target,
         send_proxy: cfg.send_proxy,
         implicit_tls,
+        client_first: http_like,
     };
     Ok(match cfg.kind {
         ProbeKind::Tcp => Arc::new(tcp::TcpProbe::new(endpoint)),
