@@ -11,8 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::config::{Config, Vip, REAL};
-use common::real::{haproxy, read_file, Dovecot};
-use common::{free_port, poll, tool, wait_listening, Daemon, Portico, TempDir};
+use common::real::{haproxy, read_file, Dovecot, Postfix, PostfixSetup};
+use common::{
+    free_port, http_get, listen_port, poll, tool, wait_listening, Daemon, Portico, TempDir,
+};
 
 fn smtp_sink(port: u16) -> Option<Daemon> {
     let sink = tool("smtp-sink")?;
@@ -283,5 +285,87 @@ fn behind_haproxy_sending_proxy_v2_dovecot_still_sees_the_real_client() {
     assert!(
         logged.contains("rip=127.0.0.8"),
         "the client's address crossed both hops: {logged}"
+    );
+}
+
+/// Probe rounds that passed for `vip/backend`, from `/metrics` on `status`.
+fn probes_passed(status: SocketAddr, vip: &str, backend: &str) -> u64 {
+    let Ok((200, body)) = http_get(status, "/metrics") else {
+        return 0;
+    };
+    let labels = format!("vip=\"{vip}\"");
+    let name = format!("backend=\"{backend}\"");
+    body.lines()
+        .filter(|l| l.starts_with("portico_probe_results_total{"))
+        .filter(|l| l.contains(&labels) && l.contains(&name) && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A plain `tcp` check is half-open: Postfix's kernel answers the SYN, Portico resets
+/// before the last ACK, and `smtpd` never accepts, so twenty checks leave no
+/// "connect from" in the mail log (a completed handshake logs "connect from" and
+/// "lost connection after CONNECT" per check). One real session, straight to
+/// Postfix, shows the log is written.
+#[test]
+fn tcp_checks_never_reach_a_real_postfix() {
+    let dir = TempDir::new("tcp-check-postfix");
+    let port = free_port();
+    let Some(postfix) = Postfix::start_with(
+        &dir,
+        "mx1",
+        &PostfixSetup {
+            listen: &[format!("127.0.0.1:{port}")],
+            main_cf: "",
+            exec_prefix: &[],
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        wait_listening(postfix.addr(), Duration::from_secs(20)),
+        "postfix did not listen:\n{}",
+        postfix.log()
+    );
+    // wait_listening's own connection is logged too: look only past it.
+    let before = poll(Duration::from_secs(10), || {
+        let log = postfix.log();
+        log.contains("disconnect from").then_some(log.len())
+    })
+    .expect("postfix logged the listening check");
+    let (vip, status) = (free_port(), listen_port());
+    let config = Config::admin(&dir)
+        .http(status)
+        .vip(
+            Vip::new("smtp", format!("127.0.0.1:{vip}"))
+                .backend("mx1", postfix.addr())
+                .probe(
+                    "tcp",
+                    r#"interval = "100ms", timeout = "90ms", rise = 1, fall = 2"#,
+                ),
+        )
+        .render();
+    let portico = Portico::start(&dir, &config);
+    wait_up(&portico, "smtp", "mx1");
+    let checked = poll(Duration::from_secs(20), || {
+        (probes_passed(SocketAddr::from(([127, 0, 0, 1], status)), "smtp", "mx1") >= 20)
+            .then_some(())
+    });
+    assert!(checked.is_some(), "20 checks never passed");
+
+    smtp_session(port).expect("one session straight to postfix");
+    let logged = poll(Duration::from_secs(10), || {
+        let log = postfix.log().split_off(before);
+        log.contains("disconnect from").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("postfix never logged the session:\n{}", postfix.log()));
+    let connects = logged
+        .lines()
+        .filter(|l| l.contains(": connect from"))
+        .count();
+    assert_eq!(
+        connects, 1,
+        "only the real session reached smtpd; the checks did not:\n{logged}"
     );
 }

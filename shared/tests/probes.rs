@@ -105,7 +105,10 @@ async fn a_tcp_check_never_reaches_the_application() {
         match listener.accept() {
             Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(tokio::time::Instant::now() < deadline, "client never queued");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "client never queued"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => panic!("accept: {e}"),
