@@ -243,7 +243,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn ctl(socket: &std::path::Path, command: &str) -> ExitCode {
-    let reply = runtime().and_then(|rt| {
+    let reply = runtime(cpus()).and_then(|rt| {
         rt.block_on(shared::admin::server::request(socket, command))
             .map_err(|e| {
                 anyhow::anyhow!(

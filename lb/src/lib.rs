@@ -754,8 +754,14 @@ impl Lb {
                 let worker = i % inner.tasks.workers();
                 let (slot, proxy) = (Arc::clone(&slot), proxy.clone());
                 inner.tasks.spawn_on_worker(worker, async move {
-                    // Registered here, on the worker's own runtime.
-                    let listener = match TcpListener::from_std(socket) {
+                    if !slot.wait_open().await {
+                        return;
+                    }
+                    // A socket bound while the lb held its listeners closed listens
+                    // only now (on one already listening this is a no-op), and is
+                    // registered here, on the worker's own runtime.
+                    let listening = socket2::SockRef::from(&socket).listen(LISTEN_BACKLOG);
+                    let listener = match listening.and_then(|()| TcpListener::from_std(socket)) {
                         Ok(l) => l,
                         Err(e) => {
                             tracing::error!(vip = %slot.local, worker, "listener: {e}");
@@ -815,8 +821,13 @@ impl Lb {
                     .as_ref()
                     .map(|i| i.take_tcp_all("vip", cfg.listen))
                     .unwrap_or_default();
-                let listeners = listen_sockets(cfg.listen, inherited, inner.tasks.workers())
-                    .map_err(bind_err)?;
+                let listeners = listen_sockets(
+                    cfg.listen,
+                    inherited,
+                    inner.tasks.workers(),
+                    inner.opened.is_cancelled(),
+                )
+                .map_err(bind_err)?;
                 let fds = listeners
                     .iter()
                     .filter_map(|l| l.as_fd().try_clone_to_owned().ok())
@@ -923,10 +934,19 @@ impl Lb {
 /// the new ones join its group; if one still cannot be bound, the workers share the
 /// sockets there are (duplicates of the same socket: one accept queue) rather than
 /// fail an upgrade.
+///
+/// With `listen_now` false (the lb holds its listeners closed until [`Lb::open`]),
+/// sockets bound beside handed-over ones are not listening yet: the accept loop
+/// calls `listen` once the lb opens. A successor's new sockets must not join a
+/// handed-over group before it takes over: the kernel would queue clients on them
+/// while its probes run, and reset those clients if it then failed to start. (A new
+/// VIP's own sockets listen at once, as a single listener always did: its clients
+/// wait in the backlog until the lb opens.)
 fn listen_sockets(
     configured: SocketAddr,
     inherited: Vec<std::net::TcpListener>,
     workers: usize,
+    listen_now: bool,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     let handed_over = !inherited.is_empty();
     let mut sockets = inherited;
@@ -934,11 +954,14 @@ fn listen_sockets(
         let _ = socket2::SockRef::from(s).set_reuse_port(true);
     }
     if sockets.is_empty() {
-        sockets.push(bind_listener(configured)?);
+        sockets.push(bind_socket(configured, true)?);
     }
+    // Only sockets joining a handed-over group wait; a group of our own takes no
+    // one else's clients.
+    let listen_now = listen_now || !handed_over;
     let local = sockets[0].local_addr()?;
     while sockets.len() < workers {
-        match bind_listener(local) {
+        match bind_socket(local, listen_now) {
             Ok(l) => sockets.push(l),
             Err(e) if handed_over => {
                 tracing::warn!(
@@ -968,6 +991,15 @@ fn listen_sockets(
 /// and the same user would share it, as with HAProxy and NGINX `reuseport`; one
 /// that does not set it still gets "address in use".)
 pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind_socket(addr, true)
+}
+
+/// The backlog of a VIP's listening sockets.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// As [`bind_listener`]; with `listen` false the socket is bound but not yet
+/// listening (see [`listen_sockets`]).
+fn bind_socket(addr: SocketAddr, listen: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -978,7 +1010,9 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
         socket.set_freebind_ipv6(true)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    if listen {
+        socket.listen(LISTEN_BACKLOG)?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
