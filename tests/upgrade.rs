@@ -824,13 +824,10 @@ fn upgrades_hand_over_every_workers_socket_and_a_successor_with_other_workers_co
         // The running process binds its upgrade socket with its admin socket, once it
         // took over itself.
         poll(Duration::from_secs(20), || {
-            current
-                .ctl_raw(&["help"])
-                .ok()
-                .filter(|(ok, _)| *ok)
-                .map(|_| ())
+            let answers = current.ctl_raw(&["help"]).is_ok_and(|(ok, _)| ok);
+            (answers && dir.path("admin.sock.upgrade").exists()).then_some(())
         })
-        .expect("the running process answers on its admin socket");
+        .expect("the running process answers on its admin and upgrade sockets");
         let log = dir.path(&format!("successor-{workers}.log"));
         let child = std::process::Command::new(bin())
             .args(["run", "--config"])
