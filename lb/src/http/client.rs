@@ -64,6 +64,9 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's idle connections, per backend address (newest last).
+type IdlePool = Mutex<HashMap<SocketAddr, Vec<Idle>>>;
+
 /// Connections of one VIP to its backends.
 pub struct BackendClient {
     tls: Option<BackendTls>,
@@ -71,7 +74,7 @@ pub struct BackendClient {
     idle_timeout: Duration,
     /// One idle pool per data-path worker (one in all without workers), indexed by
     /// [`crate::supervisor::current_worker`].
-    idle: Box<[Mutex<HashMap<SocketAddr, Vec<Idle>>>]>,
+    idle: Box<[IdlePool]>,
     /// Owns the connection drivers, so shutdown ends them rather than leaving
     /// backend connections behind.
     tasks: Tasks,
