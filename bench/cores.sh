@@ -84,7 +84,7 @@ TCP_PORT=([portico]=15202 [base]=15203 [main1]=15204 [haproxy]=15205)
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread $CPUS
-    maxconn $(((NOFILE - 200) / 2))
+    maxconn $(((NOFILE - 1000) / 2))
     maxpipes 200
 defaults
     timeout connect 2s
@@ -130,6 +130,7 @@ if [[ -n ${MAIN1:-} ]]; then
     PROXIES+=(main1)
 fi
 bg haproxy haproxy -db -f "$TMP/haproxy.cfg"; PID[haproxy]=$BG_PID
+sleep 0.5; kill -0 "${PID[haproxy]}" 2>/dev/null || { cat "$TMP/haproxy.log" >&2; die "haproxy did not start"; }
 PROXIES+=(haproxy)
 for px in "${PROXIES[@]}"; do
     wait_tcp 127.0.0.1 "${HTTP_PORT[$px]}"; wait_tcp 127.0.0.1 "${TCP_PORT[$px]}"
