@@ -354,6 +354,8 @@ pub(crate) struct RunOptions {
     pub upgrade_from: Option<PathBuf>,
     /// Logs are JSON (a successor started on SIGUSR2 logs the same way).
     pub log_json: bool,
+    /// The lb's data-path workers ([`lb::LbOptions::workers`]); 0 or 1: none.
+    pub workers: usize,
 }
 
 /// Runs `config` until SIGTERM/SIGINT (or `stop`), then drains up to
@@ -381,6 +383,7 @@ pub(crate) async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result
         stop,
         upgrade_from,
         log_json,
+        workers,
     } = opts;
     // Resolved now: after a package upgrade the path holds the new binary, while
     // this process's own image is the deleted old one.
@@ -449,6 +452,7 @@ pub(crate) async fn run_with(config: Config, opts: RunOptions) -> anyhow::Result
             hold_accept: predecessor.is_some(),
             intents: intents.clone(),
             fleet: fleet.clone(),
+            workers,
             ..lb::LbOptions::default()
         },
     )

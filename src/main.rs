@@ -106,16 +106,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            let cpus = cpus();
             let opts = app::RunOptions {
                 upgrade_from,
                 log_json: log_format == LogFormat::Json,
+                workers: data_workers(cpus),
                 ..app::RunOptions::default()
             };
-            exit(runtime().and_then(|rt| rt.block_on(app::run_with(config, opts))))
+            exit(runtime(cpus).and_then(|rt| rt.block_on(app::run_with(config, opts))))
         }
         Cmd::Demo { log_format } => {
             logging::init(log_format);
-            exit(runtime().and_then(|rt| rt.block_on(demo::run())))
+            exit(runtime(cpus()).and_then(|rt| rt.block_on(demo::run())))
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(
@@ -136,20 +138,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime, sized to the CPUs this process may use: `TOKIO_WORKER_THREADS`
-/// when set (tokio's own knob), else the CPUs its affinity mask and cgroup quota
-/// allow. With one CPU (a proxy pinned to a core, as operators and the benchmarks run
-/// it) the scheduler is single-threaded: a work-stealing pool of one worker still
-/// pays for its cross-thread machinery, and measured behind `taskset -c 1` it made
-/// the proxied clients and backends context-switch about three times as often per
-/// request (they were woken for smaller bursts), which cost both sides CPU.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let threads = std::env::var("TOKIO_WORKER_THREADS")
+/// The CPUs this process may use: `TOKIO_WORKER_THREADS` when set (tokio's own
+/// knob), else the CPUs its affinity mask and cgroup quota allow.
+fn cpus() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
+        .unwrap_or(1)
+}
+
+/// The lb's data-path workers (each a thread with a single-threaded runtime and its
+/// own listening socket per VIP): `PORTICO_WORKERS` when set to a positive number,
+/// else one per usable CPU. One means none: the lb runs on the main runtime, as a
+/// process pinned to one core always did.
+fn data_workers(cpus: usize) -> usize {
+    match std::env::var("PORTICO_WORKERS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::warn!("PORTICO_WORKERS={v:?} is not a positive number; using {cpus}");
+                cpus
+            }
+        },
+        Err(_) => cpus,
+    }
+}
+
+/// The main async runtime (the control plane: probes, admin, status, BGP, the gss;
+/// and the lb's data path when it has no workers), `threads` wide. With one CPU (a proxy pinned to a core, as operators and the benchmarks run
+/// it) the scheduler is single-threaded: a work-stealing pool of one worker still
+/// pays for its cross-thread machinery, and measured behind `taskset -c 1` it made
+/// the proxied clients and backends context-switch about three times as often per
+/// request (they were woken for smaller bursts), which cost both sides CPU.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -220,7 +243,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn ctl(socket: &std::path::Path, command: &str) -> ExitCode {
-    let reply = runtime().and_then(|rt| {
+    let reply = runtime(cpus()).and_then(|rt| {
         rt.block_on(shared::admin::server::request(socket, command))
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -753,3 +753,145 @@ fn the_successor_announces_itself_as_main_pid_and_the_service_never_stops() {
         "{heard:?}"
     );
 }
+
+/// Listening TCP sockets on `port` in this network namespace (`/proc/net/tcp{,6}`,
+/// state `0A`): a VIP has one per data-path worker of its process.
+fn listening_on(port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// `portico_lb_accepted_total{vip="echo",worker=...}` of each worker, from `/metrics`.
+fn accepted_by_worker(http: u16) -> Vec<(String, u64)> {
+    let Ok((200, text)) = common::http_get(SocketAddr::from(([127, 0, 0, 1], http)), "/metrics")
+    else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.starts_with("portico_lb_accepted_total{") && l.contains("vip=\"echo\""))
+        .filter_map(|l| {
+            let worker = l.split("worker=\"").nth(1)?.split('"').next()?.to_string();
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((worker, n as u64))
+        })
+        .collect()
+}
+
+/// With several data-path workers a VIP is several `SO_REUSEPORT` sockets, and every
+/// one must cross: one left behind would close, resetting the clients the kernel
+/// queued on it. Under a load of fresh connections (each hashed to any socket of the
+/// group), upgrades from 2 workers to 3 (the successor opens one more socket, and
+/// only once it takes over), to 1 (it accepts on all three it received) and to 2
+/// lose nothing.
+#[test]
+fn upgrades_hand_over_every_workers_socket_and_a_successor_with_other_workers_copes() {
+    let (e1, e2, ka) = (Echo::start(), Echo::start(), Echo::start());
+    let dir = TempDir::new("upgrade-workers");
+    let (vip, http, dns) = (free_port(), free_port(), free_udp_tcp_port());
+    let cfg = config(&dir, vip, http, dns, e1.addr, e2.addr, ka.addr);
+    let mut current = Portico::start_env(&dir, &cfg, &[("PORTICO_WORKERS", "2")]);
+    assert_eq!(listening_on(vip), 2, "one socket per worker");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let vip_addr = SocketAddr::from(([127, 0, 0, 1], vip));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            load_loop(&stop, &tally, 1_000_000, move |n| {
+                let mut s = TcpStream::connect_timeout(&vip_addr, Duration::from_secs(5))
+                    .map_err(|e| format!("connect: {e}"))?;
+                if echo_roundtrip(&mut s, format!("hello {n}\n").as_bytes()) {
+                    Ok(())
+                } else {
+                    Err("echo lost".to_string())
+                }
+            })
+        })
+        .collect();
+    poll(Duration::from_secs(20), || (tally.ok() > 100).then_some(())).expect("load flowing");
+    for (workers, sockets) in [("3", 3), ("1", 3), ("2", 3)] {
+        // The running process binds its upgrade socket with its admin socket, once it
+        // took over itself.
+        poll(Duration::from_secs(20), || {
+            let answers = current.ctl_raw(&["help"]).is_ok_and(|(ok, _)| ok);
+            (answers && dir.path("admin.sock.upgrade").exists()).then_some(())
+        })
+        .expect("the running process answers on its admin and upgrade sockets");
+        let log = dir.path(&format!("successor-{workers}.log"));
+        let child = std::process::Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&current.config)
+            .arg("--upgrade-from")
+            .arg(dir.path("admin.sock.upgrade"))
+            .env("RUST_LOG", "info")
+            .env("PORTICO_WORKERS", workers)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the successor");
+        let status = current
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the predecessor never handed over to {workers} workers:\n{}\nsuccessor:\n{}",
+                    current.log_text(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        assert!(status.success(), "{status}");
+        current = Portico {
+            child,
+            socket: current.socket.clone(),
+            config: current.config.clone(),
+            log,
+        };
+        // The successor listens on a socket it opened only once it took over.
+        let listening = poll(Duration::from_secs(10), || {
+            (listening_on(vip) == sockets).then_some(())
+        });
+        assert!(
+            listening.is_some(),
+            "{} sockets with {workers} workers after the upgrade, not {sockets}:\n{}",
+            listening_on(vip),
+            current.log_text()
+        );
+        let before = tally.ok();
+        poll(Duration::from_secs(20), || {
+            (tally.ok() > before + 200).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the successor does not serve:\n{}", current.log_text()));
+        // Every worker of the successor accepts (the metric is per worker).
+        let want: usize = workers.parse().expect("n");
+        let spread = poll(Duration::from_secs(20), || {
+            let a = accepted_by_worker(http);
+            (a.len() == want && a.iter().all(|(_, n)| *n > 0)).then_some(a)
+        });
+        assert!(
+            spread.is_some(),
+            "accepts by worker with {workers}: {:?}",
+            accepted_by_worker(http)
+        );
+        assert_eq!(tally.failed(), 0, "lost: {:?}", tally.errors());
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        l.join().expect("load thread");
+    }
+    eprintln!(
+        "through three upgrades: {} round trips, {} lost",
+        tally.ok(),
+        tally.failed()
+    );
+    assert_eq!(tally.failed(), 0, "lost: {:?}", tally.errors());
+}

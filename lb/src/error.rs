@@ -362,6 +362,15 @@ pub enum LbError {
         /// Why.
         message: String,
     },
+    /// The data-path worker threads could not be started.
+    #[error("starting {workers} data-path workers: {source}")]
+    Workers {
+        /// How many were asked for.
+        workers: usize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 #[cfg(test)]

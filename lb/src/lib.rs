@@ -81,6 +81,11 @@ pub struct LbOptions {
     /// The replicas of this pod, when `[cluster]` names one: commands wait for their
     /// acknowledgements, `show backends` and `wait drained` count them.
     pub fleet: Option<Arc<shared::fleet::Fleet>>,
+    /// Data-path workers: with more than one, each is a thread with a
+    /// single-threaded runtime and each VIP has one `SO_REUSEPORT` listening socket
+    /// per worker, accepted on that worker (see [`supervisor`]); with one (the
+    /// default), listeners run on the caller's runtime and no thread is started.
+    pub workers: usize,
 }
 
 impl Default for LbOptions {
@@ -91,6 +96,7 @@ impl Default for LbOptions {
             hold_accept: false,
             intents: Arc::new(IntentStore::memory("local")),
             fleet: None,
+            workers: 1,
         }
     }
 }
@@ -208,17 +214,19 @@ type NewProbe = (Arc<dyn Probe>, ProbeConfig);
 
 /// Where a planned VIP listens.
 enum SlotPlan {
-    /// Same address and mode as a running VIP: keep its listener (and its proxy).
+    /// Same address and mode as a running VIP: keep its listeners (and its proxy).
     Reuse {
         slot: Arc<VipSlot>,
         proxy: Option<Arc<http::HttpVip>>,
     },
-    /// A freshly bound (or inherited) listener, with a duplicate of its descriptor
-    /// for a later handover; L7 VIPs come with their proxy.
+    /// Freshly bound (or inherited) listening sockets, one per data-path worker at
+    /// least (more when a predecessor with more workers handed them over), each with
+    /// a duplicate of its descriptor for a later handover; L7 VIPs come with their
+    /// proxy. Registered with a runtime only in the accept loop, on its worker.
     New {
-        listener: TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         proxy: Option<Arc<http::HttpVip>>,
-        fd: Option<OwnedFd>,
+        fds: Vec<OwnedFd>,
     },
 }
 
@@ -261,7 +269,10 @@ impl Lb {
         events: Arc<EventLog>,
         options: LbOptions,
     ) -> Result<Lb, LbError> {
-        let tasks = Tasks::new();
+        let tasks = Tasks::with_workers(options.workers).map_err(|source| LbError::Workers {
+            workers: options.workers,
+            source,
+        })?;
         let opened = CancellationToken::new();
         if !options.hold_accept {
             opened.cancel();
@@ -298,6 +309,12 @@ impl Lb {
                 })
                 .collect()
         }));
+        if inner.tasks.workers() > 1 {
+            tracing::info!(
+                workers = inner.tasks.workers(),
+                "lb data path: one single-threaded runtime per worker"
+            );
+        }
         let lb = Lb { inner };
         let plan = lb.prepare(vips).await?;
         lb.commit_with(plan, false);
@@ -554,6 +571,18 @@ impl Lb {
         self.inner.slot(vip).map(|s| s.local)
     }
 
+    /// Client connections a VIP's listeners accepted, per data-path worker (index =
+    /// worker; one entry when the lb has no workers); also the metric
+    /// `portico_lb_accepted_total{vip,worker}`.
+    pub fn accepted(&self, vip: &str) -> Option<Vec<u64>> {
+        self.inner.slot(vip).map(|s| s.accepted())
+    }
+
+    /// The data-path workers the lb runs (1: none, all on the caller's runtime).
+    pub fn workers(&self) -> usize {
+        self.inner.tasks.workers()
+    }
+
     /// A VIP's current pool (the L7 proxy selects from it).
     pub fn pool(&self, vip: &str) -> Option<Arc<Pool>> {
         let snap = self.inner.vips.load();
@@ -651,12 +680,15 @@ impl Lb {
                     (slot, proxy)
                 }
                 SlotPlan::New {
-                    listener,
+                    listeners: sockets,
                     proxy,
-                    fd,
+                    fds,
                 } => {
-                    let local = listener.local_addr().unwrap_or(plan.cfg.listen);
-                    if let Some(fd) = fd {
+                    let local = sockets
+                        .first()
+                        .and_then(|l| l.local_addr().ok())
+                        .unwrap_or(plan.cfg.listen);
+                    for fd in fds {
                         let entry = SocketEntry {
                             role: "vip".to_string(),
                             kind: SocketKind::Tcp,
@@ -674,7 +706,7 @@ impl Lb {
                         inner.tasks.clone(),
                         Arc::clone(&inner.totals),
                     ));
-                    listeners.push((listener, Arc::clone(&slot), proxy.clone()));
+                    listeners.push((sockets, Arc::clone(&slot), proxy.clone()));
                     if reload {
                         inner.events.record(
                             format!("vip {}", plan.cfg.name),
@@ -714,10 +746,33 @@ impl Lb {
             http: http_settings,
             checkers,
         }));
-        for (listener, slot, proxy) in listeners {
-            match proxy {
-                None => inner.tasks.spawn(l4::tcp::accept_loop(listener, slot)),
-                Some(proxy) => inner.tasks.spawn(http::accept_loop(listener, slot, proxy)),
+        for (sockets, slot, proxy) in listeners {
+            // Socket i is accepted on worker i (modulo: a predecessor with more
+            // workers handed over more sockets, and each must keep being accepted
+            // on, or the clients the kernel queues on it would wait forever).
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let worker = i % inner.tasks.workers();
+                let (slot, proxy) = (Arc::clone(&slot), proxy.clone());
+                inner.tasks.spawn_on_worker(worker, async move {
+                    if !slot.wait_open().await {
+                        return;
+                    }
+                    // A socket bound while the lb held its listeners closed listens
+                    // only now (on one already listening this is a no-op), and is
+                    // registered here, on the worker's own runtime.
+                    let listening = socket2::SockRef::from(&socket).listen(LISTEN_BACKLOG);
+                    let listener = match listening.and_then(|()| TcpListener::from_std(socket)) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(vip = %slot.local, worker, "listener: {e}");
+                            return;
+                        }
+                    };
+                    match proxy {
+                        None => l4::tcp::accept_loop(listener, slot, worker).await,
+                        Some(proxy) => http::accept_loop(listener, slot, proxy, worker).await,
+                    }
+                });
             }
         }
         drop(intents);
@@ -764,16 +819,23 @@ impl Lb {
                 };
                 let inherited = sync::lock(&inner.inherited)
                     .as_ref()
-                    .and_then(|i| i.take_tcp("vip", cfg.listen));
-                let listener = match inherited {
-                    Some(l) => TcpListener::from_std(l).map_err(bind_err)?,
-                    None => bind_listener(cfg.listen).map_err(bind_err)?,
-                };
-                let fd = listener.as_fd().try_clone_to_owned().ok();
+                    .map(|i| i.take_tcp_all("vip", cfg.listen))
+                    .unwrap_or_default();
+                let listeners = listen_sockets(
+                    cfg.listen,
+                    inherited,
+                    inner.tasks.workers(),
+                    inner.opened.is_cancelled(),
+                )
+                .map_err(bind_err)?;
+                let fds = listeners
+                    .iter()
+                    .filter_map(|l| l.as_fd().try_clone_to_owned().ok())
+                    .collect();
                 SlotPlan::New {
-                    listener,
+                    listeners,
                     proxy,
-                    fd,
+                    fds,
                 }
             }
         };
@@ -864,28 +926,101 @@ impl Lb {
     }
 }
 
-/// Binds a VIP's listener with `IP_FREEBIND`/`IPV6_FREEBIND`, so a replica can
-/// start before its VIP address is on the host (anycast setups put the VIP on a
-/// loopback or dummy interface, sometimes after the balancer starts), and with
-/// `SO_REUSEADDR` as `TcpListener::bind` does.
-pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A VIP's listening sockets: those a predecessor handed over (`inherited`, all of
+/// them: a `SO_REUSEPORT` socket closed would reset the clients queued on it), else
+/// one bound on `configured`; then more bound beside the first (same bound address,
+/// so port 0 gets one port) until there is one per data-path worker. An inherited
+/// socket from a Portico that did not set `SO_REUSEPORT` gets it now, which lets
+/// the new ones join its group; if one still cannot be bound, the workers share the
+/// sockets there are (duplicates of the same socket: one accept queue) rather than
+/// fail an upgrade.
+///
+/// With `listen_now` false (the lb holds its listeners closed until [`Lb::open`]),
+/// sockets bound beside handed-over ones are not listening yet: the accept loop
+/// calls `listen` once the lb opens. A successor's new sockets must not join a
+/// handed-over group before it takes over: the kernel would queue clients on them
+/// while its probes run, and reset those clients if it then failed to start. (A new
+/// VIP's own sockets listen at once, as a single listener always did: its clients
+/// wait in the backlog until the lb opens.)
+fn listen_sockets(
+    configured: SocketAddr,
+    inherited: Vec<std::net::TcpListener>,
+    workers: usize,
+    listen_now: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let handed_over = !inherited.is_empty();
+    let mut sockets = inherited;
+    for s in &sockets {
+        let _ = socket2::SockRef::from(s).set_reuse_port(true);
+    }
+    if sockets.is_empty() {
+        sockets.push(bind_socket(configured, true)?);
+    }
+    // Only sockets joining a handed-over group wait; a group of our own takes no
+    // one else's clients.
+    let listen_now = listen_now || !handed_over;
+    let local = sockets[0].local_addr()?;
+    while sockets.len() < workers {
+        match bind_socket(local, listen_now) {
+            Ok(l) => sockets.push(l),
+            Err(e) if handed_over => {
+                tracing::warn!(
+                    "{local}: cannot open a listening socket per worker beside the \
+                     {} handed over ({e}); the workers share them",
+                    sockets.len()
+                );
+                let shared = sockets.len();
+                while sockets.len() < workers {
+                    let dup = sockets[sockets.len() % shared].try_clone()?;
+                    sockets.push(dup);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sockets)
+}
+
+/// Binds a VIP's listening socket with `IP_FREEBIND`/`IPV6_FREEBIND`, so a replica
+/// can start before its VIP address is on the host (anycast setups put the VIP on a
+/// loopback or dummy interface, sometimes after the balancer starts), with
+/// `SO_REUSEADDR` as `TcpListener::bind` does, and with `SO_REUSEPORT`: each
+/// data-path worker has its own socket on the VIP's address and the kernel spreads
+/// new connections over them. The socket is non-blocking and not yet registered
+/// with a runtime. (A second process binding the same address with `SO_REUSEPORT`
+/// and the same user would share it, as with HAProxy and NGINX `reuseport`; one
+/// that does not set it still gets "address in use".)
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind_socket(addr, true)
+}
+
+/// The backlog of a VIP's listening sockets.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// As [`bind_listener`]; with `listen` false the socket is bound but not yet
+/// listening (see [`listen_sockets`]).
+fn bind_socket(addr: SocketAddr, listen: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv4() {
         socket.set_freebind(true)?;
     } else {
         socket.set_freebind_ipv6(true)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    if listen {
+        socket.listen(LISTEN_BACKLOG)?;
+    }
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 impl Drop for Lb {
     fn drop(&mut self) {
         self.inner.tasks.token().cancel();
+        self.inner.tasks.stop_workers();
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `portico_lb_backend_up` | gauge | vip, backend | 1 while active checks pass |
 //! | `portico_lb_refused_total` | counter | vip, reason (`no_backend`/`max_connections`/`max_per_source`) | clients answered with the protocol's refusal |
 //! | `portico_lb_vip_connections_active` | gauge | vip | client connections open now |
+//! | `portico_lb_accepted_total` | counter | vip, worker | client connections accepted by each data-path worker's listener (`worker="0"` when the lb runs on one runtime), refused ones included |
 //! | `portico_probe_duration_seconds` | histogram | vip, backend | probe conversation time |
 //! | `portico_probe_results_total` | counter | vip, backend, result (`ok`/`fail`) | probe outcomes |
 //! | `portico_bgp_session_up` | gauge | neighbor | 1 while the BGP session is Established |
@@ -44,6 +45,8 @@ pub const BACKEND_UP: &str = "portico_lb_backend_up";
 pub const REFUSED_TOTAL: &str = "portico_lb_refused_total";
 /// `portico_lb_vip_connections_active{vip}`
 pub const VIP_CONNECTIONS_ACTIVE: &str = "portico_lb_vip_connections_active";
+/// `portico_lb_accepted_total{vip,worker}`
+pub const ACCEPTED_TOTAL: &str = "portico_lb_accepted_total";
 /// `portico_probe_duration_seconds{vip,backend}`
 pub const PROBE_DURATION: &str = "portico_probe_duration_seconds";
 /// `portico_probe_results_total{vip,backend,result}`
@@ -76,6 +79,10 @@ pub fn describe() {
         "Clients answered with the protocol's refusal"
     );
     metrics::describe_gauge!(VIP_CONNECTIONS_ACTIVE, "Client connections open now");
+    metrics::describe_counter!(
+        ACCEPTED_TOTAL,
+        "Client connections accepted, by data-path worker"
+    );
     metrics::describe_histogram!(
         PROBE_DURATION,
         metrics::Unit::Seconds,

@@ -98,6 +98,9 @@ pub struct VipSlot {
     pub(crate) tasks: Tasks,
     totals: Arc<Totals>,
     gauge: Gauge,
+    /// Connections accepted per data-path worker: `portico_lb_accepted_total{vip,worker}`
+    /// and its value here ([`VipSlot::accepted`]).
+    accepted: Vec<(Counter, AtomicU64)>,
 }
 
 impl VipSlot {
@@ -112,6 +115,12 @@ impl VipSlot {
     ) -> VipSlot {
         let gauge =
             metrics::gauge!(crate::metrics::VIP_CONNECTIONS_ACTIVE, "vip" => cfg.name.clone());
+        let accepted = (0..tasks.workers())
+            .map(|w| {
+                let c = metrics::counter!(crate::metrics::ACCEPTED_TOTAL, "vip" => cfg.name.clone(), "worker" => w.to_string());
+                (c, AtomicU64::new(0))
+            })
+            .collect();
         VipSlot {
             configured: cfg.listen,
             local,
@@ -124,7 +133,27 @@ impl VipSlot {
             tasks,
             totals,
             gauge,
+            accepted,
         }
+    }
+
+    /// Counts a client connection accepted by worker `worker`'s listener (before
+    /// admission: refused clients count too), so an operator sees how the kernel
+    /// spreads a VIP's connections over the workers.
+    pub(crate) fn count_accept(&self, worker: usize) {
+        if let Some((c, n)) = self.accepted.get(worker % self.accepted.len().max(1)) {
+            c.increment(1);
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Client connections accepted so far by each data-path worker's listener
+    /// (one entry without workers).
+    pub fn accepted(&self) -> Vec<u64> {
+        self.accepted
+            .iter()
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// This slot's current config and pool, from the lb's snapshot; `None` once the
@@ -180,24 +209,39 @@ impl ConnGuard {
         ip: IpAddr,
         cfg: &VipConfig,
     ) -> Result<ConnGuard, Refusal> {
-        let now = slot.active.fetch_add(1, Ordering::AcqRel) + 1;
-        if cfg.max_connections.is_some_and(|max| now > u64::from(max)) {
-            slot.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::MaxConnections);
-        }
+        // Exact with several workers admitting at once: the VIP's count moves by one
+        // compare-and-swap that never goes past the limit (an increment taken back
+        // would, for an instant, refuse a client admitted elsewhere at that moment);
+        // with a per-source limit the whole decision is made under its lock, so the
+        // undo below is seen by no other admission of this VIP.
+        let max = cfg.max_connections.map_or(u64::MAX, u64::from);
+        let take = || {
+            slot.active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .map(|_| ())
+                .map_err(|_| Refusal::MaxConnections)
+        };
         let source = match cfg.max_connections_per_source {
-            Some(max) => {
+            Some(per) => {
                 let mut map = lock(&slot.per_source);
+                take()?;
                 let n = map.entry(ip).or_insert(0);
-                if *n >= max {
-                    drop(map);
+                if *n >= per {
+                    if *n == 0 {
+                        map.remove(&ip);
+                    }
                     slot.active.fetch_sub(1, Ordering::AcqRel);
                     return Err(Refusal::PerSource);
                 }
                 *n += 1;
                 Some(ip)
             }
-            None => None,
+            None => {
+                take()?;
+                None
+            }
         };
         slot.totals.active.fetch_add(1, Ordering::AcqRel);
         slot.gauge.increment(1.0);

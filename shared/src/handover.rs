@@ -333,6 +333,18 @@ impl Inherited {
         Some(l)
     }
 
+    /// Every listening socket `role` had on `configured`, in the order they were
+    /// handed over (several with `SO_REUSEPORT`: an lb VIP has one per data-path
+    /// worker). All are taken: one left behind would close, resetting the clients
+    /// the kernel queued on it.
+    pub fn take_tcp_all(&self, role: &str, configured: SocketAddr) -> Vec<std::net::TcpListener> {
+        self.take(role, SocketKind::Tcp, configured)
+            .into_iter()
+            .map(std::net::TcpListener::from)
+            .filter(|l| l.set_nonblocking(true).is_ok())
+            .collect()
+    }
+
     /// The UDP sockets `role` had on `configured` (several with `SO_REUSEPORT`).
     pub fn take_udp(&self, role: &str, configured: SocketAddr) -> Vec<std::net::UdpSocket> {
         self.take(role, SocketKind::Udp, configured)

@@ -9,6 +9,14 @@
 //! next request, i.e. after the previous response body was fully relayed; upgraded
 //! connections (WebSocket) never return. Idle connections older than the idle bound
 //! are discarded on checkout, newest first (LIFO keeps the warm ones warm).
+//!
+//! The idle pool is per data-path worker ([`crate::supervisor::Tasks::with_workers`]):
+//! a connection is driven by a task on the worker that opened it, so a request on
+//! worker k takes only from pool k and a connection goes back to the pool of the
+//! worker it was opened on. No stealing from another worker's pool: a stolen
+//! connection would keep its driver on the other core and every request on it
+//! would cross cores twice, while a new connection costs one connect per worker
+//! and backend (and the pools fill within the first requests).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +35,7 @@ use crate::backend::Backend;
 use crate::error::ProxyError;
 use crate::supervisor::Tasks;
 
-/// Most idle connections kept per backend.
+/// Most idle connections kept per backend in each worker's pool.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
 /// A byte stream to a backend, plain or TLS.
@@ -56,12 +64,17 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's idle connections, per backend address (newest last).
+type IdlePool = Mutex<HashMap<SocketAddr, Vec<Idle>>>;
+
 /// Connections of one VIP to its backends.
 pub struct BackendClient {
     tls: Option<BackendTls>,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// One idle pool per data-path worker (one in all without workers), indexed by
+    /// [`crate::supervisor::current_worker`].
+    idle: Box<[IdlePool]>,
     /// Owns the connection drivers, so shutdown ends them rather than leaving
     /// backend connections behind.
     tasks: Tasks,
@@ -83,12 +96,15 @@ pub struct Conn {
     /// It came from the pool (a failure may just be a stale keep-alive).
     pub reused: bool,
     addr: SocketAddr,
+    /// The idle pool it goes back to: that of the worker whose runtime drives it.
+    pool: usize,
 }
 
 impl BackendClient {
     /// A client with `tls` to backends (if any), connects bounded by
     /// `connect_timeout`, idle pooled connections kept for `idle_timeout`; the tasks
-    /// driving its connections belong to `tasks`.
+    /// driving its connections belong to `tasks`, which also says how many
+    /// data-path workers (so idle pools) there are.
     pub fn new(
         tls: Option<BackendTls>,
         connect_timeout: Duration,
@@ -99,26 +115,39 @@ impl BackendClient {
             tls,
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(HashMap::new()),
+            idle: (0..tasks.workers())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             tasks,
         }
     }
 
-    /// Idle connections to `addr` right now (tests, debugging).
+    /// Idle connections to `addr` right now, over every worker's pool (tests,
+    /// debugging).
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        crate::sync::lock(&self.idle).get(&addr).map_or(0, Vec::len)
+        self.idle
+            .iter()
+            .map(|pool| crate::sync::lock(pool).get(&addr).map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// The idle pool of the calling thread's worker.
+    fn here(&self) -> usize {
+        crate::supervisor::current_worker().unwrap_or(0) % self.idle.len().max(1)
     }
 
     /// A pooled connection to `backend`, or a new one. `fresh` skips the pool (the
     /// retry after a stale keep-alive).
     pub async fn checkout(&self, backend: &Backend, fresh: bool) -> Result<Conn, ProxyError> {
         let addr = backend.address();
+        let pool = self.here();
         if !fresh {
-            if let Some(sender) = self.take_idle(addr) {
+            if let Some(sender) = self.take_idle(pool, addr) {
                 return Ok(Conn {
                     sender,
                     reused: true,
                     addr,
+                    pool,
                 });
             }
         }
@@ -132,11 +161,12 @@ impl BackendClient {
             sender,
             reused: false,
             addr,
+            pool,
         })
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut idle = crate::sync::lock(&self.idle);
+    fn take_idle(&self, pool: usize, addr: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut idle = crate::sync::lock(self.idle.get(pool)?);
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
@@ -213,7 +243,10 @@ impl BackendClient {
     }
 
     fn park(&self, conn: Conn) {
-        let mut idle = crate::sync::lock(&self.idle);
+        let Some(pool) = self.idle.get(conn.pool) else {
+            return;
+        };
+        let mut idle = crate::sync::lock(pool);
         let list = idle.entry(conn.addr).or_default();
         let now = Instant::now();
         list.retain(|c| now.duration_since(c.since) < self.idle_timeout && !c.sender.is_closed());
@@ -223,5 +256,90 @@ impl BackendClient {
                 since: now,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::config::BackendConfig;
+    use shared::events::EventLog;
+
+    /// Checks a connection out on `worker`, says whether it was pooled, and checks it
+    /// back in there (the connection's driver runs on that worker).
+    async fn round_trip(
+        tasks: &Tasks,
+        client: &Arc<BackendClient>,
+        backend: &Arc<Backend>,
+        worker: usize,
+    ) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (client, backend) = (Arc::clone(client), Arc::clone(backend));
+        tasks.spawn_on_worker(worker, async move {
+            let mut conn = client.checkout(&backend, false).await.expect("connect");
+            let reused = conn.reused;
+            // Parked at once, not by a waiter task that could run after the next
+            // checkout.
+            conn.sender.ready().await.expect("ready");
+            client.checkin(conn);
+            let _ = tx.send(reused);
+        });
+        rx.await.expect("the worker answered")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_worker_takes_only_from_its_own_idle_pool() {
+        // A backend that accepts and keeps every connection open (no request is
+        // sent: an HTTP/1 handshake is local).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let backend = Backend::new(
+            "web",
+            &BackendConfig {
+                name: "web1".into(),
+                address: addr,
+                weight: 1,
+                backup: false,
+            },
+            Arc::new(EventLog::default()),
+        );
+        let tasks = Tasks::with_workers(2).expect("workers");
+        let client = Arc::new(BackendClient::new(
+            None,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            tasks.clone(),
+        ));
+        assert!(
+            !round_trip(&tasks, &client, &backend, 0).await,
+            "first on 0: new"
+        );
+        assert!(
+            round_trip(&tasks, &client, &backend, 0).await,
+            "0 reuses its own"
+        );
+        assert!(
+            !round_trip(&tasks, &client, &backend, 1).await,
+            "1 does not take 0's connection"
+        );
+        assert!(
+            round_trip(&tasks, &client, &backend, 1).await,
+            "1 reuses its own"
+        );
+        assert!(round_trip(&tasks, &client, &backend, 0).await);
+        assert_eq!(client.idle_count(addr), 2, "one idle per worker");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(tasks.shutdown(Duration::from_secs(5)).await);
     }
 }

@@ -186,8 +186,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
 /// the slot admits and counts each connection and gives each request its current
 /// pool; `proxy` serves them. Stopping closes the listener and asks every connection
 /// to finish gracefully (in-flight requests complete, idle keep-alives close, HTTP/2
-/// gets GOAWAY); [`HttpVip::abort_connections`] ends the stragglers.
-pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<HttpVip>) {
+/// gets GOAWAY); [`HttpVip::abort_connections`] ends the stragglers. `listener` is
+/// one of the slot's sockets, the one of data-path worker `worker` (this runs on
+/// that worker's runtime, and so do the connections it spawns).
+pub async fn accept_loop(
+    listener: TcpListener,
+    slot: Arc<VipSlot>,
+    proxy: Arc<HttpVip>,
+    worker: usize,
+) {
     if !slot.wait_open().await {
         return;
     }
@@ -209,6 +216,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, proxy: Arc<H
                 }
             }
         };
+        slot.count_accept(worker);
         // Not (or no longer) in the lb's snapshot: a reload removed this VIP and is
         // cancelling the loop.
         let Some((state, settings)) = slot.snapshot().and_then(|s| s.l7_of(&slot)) else {

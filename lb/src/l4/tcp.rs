@@ -40,9 +40,11 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// Pause after an accept error (e.g. out of file descriptors) so it cannot spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts clients of `slot` until its token is cancelled (reload removal,
+/// Accepts clients of `slot` on one of its listening sockets (the one of data-path
+/// worker `worker`, whose runtime this runs on, so every connection task spawned
+/// here stays there) until its token is cancelled (reload removal,
 /// `stop_accepting`, shutdown). Dropping out of the loop closes the listening socket.
-pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
+pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>, worker: usize) {
     if !slot.wait_open().await {
         return;
     }
@@ -61,6 +63,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, slot: Arc<VipSlot>) {
                 }
             }
         };
+        slot.count_accept(worker);
         // Not (or no longer) in the lb's snapshot: a reload removed this VIP and is
         // cancelling the loop.
         let Some(state) = slot.state() else { return };

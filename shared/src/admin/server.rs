@@ -109,22 +109,32 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// the same path while this process drains).
 pub struct SocketGuard {
     path: PathBuf,
-    inode: Option<u64>,
+    inode: Option<FileId>,
+}
+
+/// What tells one socket file from another at the same path: the inode number
+/// alone does not, since a number freed when this process closed its listener (the
+/// upgrade socket closes at the handover) is handed to the next file created, which
+/// may be the successor's socket; the change time (set when it was created) does.
+type FileId = (u64, u64, i64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 impl SocketGuard {
     /// Guards the socket just bound at `path`.
     pub fn new(path: PathBuf) -> SocketGuard {
-        use std::os::unix::fs::MetadataExt;
-        let inode = std::fs::symlink_metadata(&path).ok().map(|m| m.ino());
+        let inode = file_id(&path);
         SocketGuard { path, inode }
     }
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let now = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
+        let now = file_id(&self.path);
         if now.is_some() && now == self.inode {
             let _ = std::fs::remove_file(&self.path);
         }
