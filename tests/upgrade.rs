@@ -20,6 +20,7 @@ use common::{
     bin, echo_roundtrip, free_port, free_udp_tcp_port, poll, query_a, query_a_tcp, Echo, Portico,
     TempDir,
 };
+use shared::testing::listening_sockets;
 
 fn config(
     dir: &TempDir,
@@ -754,25 +755,6 @@ fn the_successor_announces_itself_as_main_pid_and_the_service_never_stops() {
     );
 }
 
-/// Listening TCP sockets on `port` in this network namespace (`/proc/net/tcp{,6}`,
-/// state `0A`): a VIP has one per data-path worker of its process.
-fn listening_on(port: u16) -> usize {
-    let port = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
-                })
-                .count()
-        })
-        .sum()
-}
-
 /// `portico_lb_accepted_total{vip="echo",worker=...}` of each worker, from `/metrics`.
 fn accepted_by_worker(http: u16) -> Vec<(String, u64)> {
     let Ok((200, text)) = common::http_get(SocketAddr::from(([127, 0, 0, 1], http)), "/metrics")
@@ -802,7 +784,7 @@ fn upgrades_hand_over_every_workers_socket_and_a_successor_with_other_workers_co
     let (vip, http, dns) = (free_port(), free_port(), free_udp_tcp_port());
     let cfg = config(&dir, vip, http, dns, e1.addr, e2.addr, ka.addr);
     let mut current = Portico::start_env(&dir, &cfg, &[("PORTICO_WORKERS", "2")]);
-    assert_eq!(listening_on(vip), 2, "one socket per worker");
+    assert_eq!(listening_sockets(vip), 2, "one socket per worker");
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let vip_addr = SocketAddr::from(([127, 0, 0, 1], vip));
@@ -858,12 +840,12 @@ fn upgrades_hand_over_every_workers_socket_and_a_successor_with_other_workers_co
         };
         // The successor listens on a socket it opened only once it took over.
         let listening = poll(Duration::from_secs(10), || {
-            (listening_on(vip) == sockets).then_some(())
+            (listening_sockets(vip) == sockets).then_some(())
         });
         assert!(
             listening.is_some(),
             "{} sockets with {workers} workers after the upgrade, not {sockets}:\n{}",
-            listening_on(vip),
+            listening_sockets(vip),
             current.log_text()
         );
         let before = tally.ok();

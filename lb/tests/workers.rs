@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use lb::LbOptions;
 use shared::config::MailProtocol;
-use shared::testing::{Behaviour, FakeKind, FakeServer};
+use shared::testing::{listening_sockets, Behaviour, FakeKind, FakeServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,25 +22,6 @@ fn two_workers() -> LbOptions {
         workers: 2,
         ..scripted(Arc::new(AtomicBool::new(true)))
     }
-}
-
-/// Listening TCP sockets on `port` in this network namespace (from
-/// `/proc/net/tcp{,6}`: state `0A` is LISTEN).
-fn listening_on(port: u16) -> usize {
-    let port = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
-                })
-                .count()
-        })
-        .sum()
 }
 
 async fn echo_once(addr: SocketAddr, msg: &[u8]) {
@@ -64,7 +45,11 @@ async fn each_worker_has_its_socket_and_accepts_connections() {
     let (lb, _e) = start(&[cfg], two_workers()).await;
     assert_eq!(lb.workers(), 2);
     let a = addr(&lb, "echo");
-    assert_eq!(listening_on(a.port()), 2, "one listening socket per worker");
+    assert_eq!(
+        listening_sockets(a.port()),
+        2,
+        "one listening socket per worker"
+    );
     // The kernel hashes each new connection (by its source port) to one socket:
     // 64 connections land on both with overwhelming probability (2^-63 otherwise).
     for i in 0..64u32 {
@@ -86,10 +71,10 @@ async fn a_reload_removing_a_vip_closes_every_workers_socket() {
     let gone = vip("gone", MailProtocol::None, &[("e", echo.addr())]);
     let (lb, _e) = start(&[keep.clone(), gone], two_workers()).await;
     let (k, g) = (addr(&lb, "keep"), addr(&lb, "gone"));
-    assert_eq!(listening_on(g.port()), 2);
+    assert_eq!(listening_sockets(g.port()), 2);
     echo_once(g, b"before\n").await;
     lb.reload(&[keep]).await.expect("reload");
-    eventually(WAIT, || listening_on(g.port()) == 0)
+    eventually(WAIT, || listening_sockets(g.port()) == 0)
         .await
         .expect("every socket of the removed VIP closed");
     // A socket left open in the group would take about half of these.
@@ -99,7 +84,11 @@ async fn a_reload_removing_a_vip_closes_every_workers_socket() {
             "connection refused on the removed VIP"
         );
     }
-    assert_eq!(listening_on(k.port()), 2, "the kept VIP keeps both sockets");
+    assert_eq!(
+        listening_sockets(k.port()),
+        2,
+        "the kept VIP keeps both sockets"
+    );
     for i in 0..16u32 {
         echo_once(k, format!("after {i}\n").as_bytes()).await;
     }
@@ -200,7 +189,7 @@ async fn held_listeners_open_on_every_worker() {
         w.await.expect("served after open");
     }
     lb.stop_accepting();
-    eventually(WAIT, || listening_on(a.port()) == 0)
+    eventually(WAIT, || listening_sockets(a.port()) == 0)
         .await
         .expect("stop_accepting closes every worker's socket");
 }

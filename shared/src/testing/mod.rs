@@ -528,3 +528,23 @@ async fn accept_loop(
         });
     }
 }
+
+/// Listening TCP sockets on `port` in this network namespace, from
+/// `/proc/net/tcp{,6}` (state `0A`): a VIP has one per data-path worker of its
+/// process, so tests of the workers and of upgrades count them.
+pub fn listening_sockets(port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+                })
+                .count()
+        })
+        .sum()
+}
