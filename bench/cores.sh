@@ -29,29 +29,7 @@ raise_nofile
 # ------------------------------------------------------------------ backends
 B1=18080 B2=18081 IPERF=25201
 mkdir -p "$TMP/nginx-backend"
-cat >"$TMP/nginx-backend.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $TMP/nginx-backend/nginx.pid;
-error_log $TMP/nginx-backend/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx-backend/body;
-    proxy_temp_path $TMP/nginx-backend/proxy;
-    fastcgi_temp_path $TMP/nginx-backend/fastcgi;
-    uwsgi_temp_path $TMP/nginx-backend/uwsgi;
-    scgi_temp_path $TMP/nginx-backend/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    server {
-        listen 127.0.0.1:$B1 backlog=4096;
-        listen 127.0.0.1:$B2 backlog=4096;
-        location / { default_type text/plain; return 200 "hello from the backend\n"; }
-        location = /health { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
+nginx_backend_conf "$TMP/nginx-backend" $B1 $B2 >"$TMP/nginx-backend.conf"
 bg nginx-backend nginx -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf"
 bg iperf3-server iperf3 -s -B 127.0.0.1 -p $IPERF
 wait_tcp 127.0.0.1 $B1; wait_tcp 127.0.0.1 $B2; wait_tcp 127.0.0.1 $IPERF

@@ -40,27 +40,7 @@ error_log $1/error.log warn;
 events { worker_connections 8192; }
 EOF
 }
-{
-    nginx_common "$TMP/nginx-backend"
-    cat <<EOF
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx-backend/body;
-    proxy_temp_path $TMP/nginx-backend/proxy;
-    fastcgi_temp_path $TMP/nginx-backend/fastcgi;
-    uwsgi_temp_path $TMP/nginx-backend/uwsgi;
-    scgi_temp_path $TMP/nginx-backend/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    server {
-        listen 127.0.0.1:$B1 backlog=4096;
-        listen 127.0.0.1:$B2 backlog=4096;
-        location / { default_type text/plain; return 200 "hello from the backend\n"; }
-        location = /health { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
-} >"$TMP/nginx-backend.conf"
+nginx_backend_conf "$TMP/nginx-backend" $B1 $B2 >"$TMP/nginx-backend.conf"
 nginx -t -q -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf" || die "backend nginx config invalid"
 run_gen nginx-backend nginx -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf"
 wait_tcp 127.0.0.1 $B1; wait_tcp 127.0.0.1 $B2

@@ -183,3 +183,32 @@ raise_nofile() {
     NOFILE=$(ulimit -n)
     ((NOFILE >= 65536)) || log "open-file limit is $NOFILE (hard limit; could not raise it to 65536)"
 }
+
+# nginx_backend_conf DIR PORT1 PORT2: the backend nginx that http.sh and cores.sh proxy
+# to (one worker, two listeners = two backends, keep-alive, a 23-byte 200 on /, "ok"
+# on /health), its pid, log and temp files under DIR.
+nginx_backend_conf() {
+    cat <<EOF
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        listen 127.0.0.1:$3 backlog=4096;
+        location / { default_type text/plain; return 200 "hello from the backend\n"; }
+        location = /health { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+}
