@@ -31,12 +31,9 @@ run_gen smtp-target smtp-sink -u nobody 0.0.0.0:$SMTP_PORT 4096
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=backend.example.test -keyout "$TMP/backend.key" -out "$TMP/backend.crt" 2>/dev/null
 mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 8192; }
+{
+    nginx_common "$TMP/nginx"
+    cat <<EOF
 http {
     access_log off;
     client_body_temp_path $TMP/nginx;
@@ -53,6 +50,7 @@ http {
     }
 }
 EOF
+} >"$TMP/nginx.conf"
 run_gen https-target nginx -c "$TMP/nginx.conf" -p "$TMP/nginx"
 wait_tcp 127.0.0.1 $TCP_PORT
 wait_tcp 127.0.0.1 $SMTP_PORT

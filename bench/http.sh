@@ -31,15 +31,6 @@ cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
 # ------------------------------------------------------------------ backends
 B1=18080 B2=18081
 mkdir -p "$TMP/nginx-backend" "$TMP/nginx-proxy"
-nginx_common() { # nginx_common DIR
-    cat <<EOF
-daemon off;
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; }
-EOF
-}
 nginx_backend_conf "$TMP/nginx-backend" $B1 $B2 >"$TMP/nginx-backend.conf"
 nginx -t -q -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf" || die "backend nginx config invalid"
 run_gen nginx-backend nginx -p "$TMP/nginx-backend" -e stderr -c "$TMP/nginx-backend.conf"

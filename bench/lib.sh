@@ -184,16 +184,24 @@ raise_nofile() {
     ((NOFILE >= 65536)) || log "open-file limit is $NOFILE (hard limit; could not raise it to 65536)"
 }
 
-# nginx_backend_conf DIR PORT1 PORT2: the backend nginx that http.sh and cores.sh proxy
-# to (one worker, two listeners = two backends, keep-alive, a 23-byte 200 on /, "ok"
-# on /health), its pid, log and temp files under DIR.
-nginx_backend_conf() {
+# nginx_common DIR: the top of every nginx config the scripts write: one worker in
+# the foreground, its pid and error log under DIR.
+nginx_common() { # nginx_common DIR
     cat <<EOF
 daemon off;
 worker_processes 1;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
 events { worker_connections 8192; }
+EOF
+}
+
+# nginx_backend_conf DIR PORT1 PORT2: the backend nginx that http.sh and cores.sh proxy
+# to (one worker, two listeners = two backends, keep-alive, a 23-byte 200 on /, "ok"
+# on /health), its pid, log and temp files under DIR.
+nginx_backend_conf() {
+    nginx_common "$1"
+    cat <<EOF
 http {
     access_log off;
     client_body_temp_path $1/body;
