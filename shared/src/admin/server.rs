@@ -109,7 +109,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// the same path while this process drains).
 pub struct SocketGuard {
     path: PathBuf,
-    inode: Option<FileId>,
+    file: Option<FileId>,
 }
 
 /// What tells one socket file from another at the same path: the inode number
@@ -127,15 +127,15 @@ fn file_id(path: &Path) -> Option<FileId> {
 impl SocketGuard {
     /// Guards the socket just bound at `path`.
     pub fn new(path: PathBuf) -> SocketGuard {
-        let inode = file_id(&path);
-        SocketGuard { path, inode }
+        let file = file_id(&path);
+        SocketGuard { path, file }
     }
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         let now = file_id(&self.path);
-        if now.is_some() && now == self.inode {
+        if now.is_some() && now == self.file {
             let _ = std::fs::remove_file(&self.path);
         }
     }
