@@ -8,6 +8,17 @@
 # System under test on CPU 1 (one worker/thread), everything else on CPU 0. For wrk it
 # also prints both cores' busy % (which side bounded the rate) and the kernel share.
 # Usage: bash bench/http.sh   (RUNS=5 DURATION=8 HS_CONNS=1000)
+#
+# FIXED=1 measures at a fixed offered load instead, below every proxy's saturation, what
+# each proxy *spends*: CPU µs per operation (user and kernel, from /proc/PID/stat over the
+# generator's run), the rate achieved, and p50/p99 latency from h2load's per-request log:
+#   1. HTTP/1.1 keep-alive, H1_CONNS (24) connections, H1_RATE (12,000) req/s in all
+#   2. HTTPS HTTP/2, 16 connections x 10 streams, H2_RATE (8,000) req/s in all
+#   3. new TLS handshakes, HS_CONNS connections opened HS_PER_SEC (200) a second, one
+#      request each
+# With FIXED=1 the certificate is ECDSA P-256 (KEY=rsa for RSA 2048).
+# Usage: FIXED=1 bash bench/http.sh   (RUNS=5 DURATION=8 H1_RATE=12000 H2_RATE=8000
+#                                      HS_PER_SEC=200 HS_CONNS=1000)
 # PORTICO_BASE=BINARY adds a second Portico build (say, one from before a change),
 # measured in every round right after the first, and a "Portico / base" table.
 set -euo pipefail
@@ -21,9 +32,17 @@ need haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client openssl:ope
 build_portico
 raise_nofile
 
+FIXED=${FIXED:-0}
+if ((FIXED)); then KEY=${KEY:-ec}; else KEY=${KEY:-rsa}; fi
+case $KEY in
+    rsa) KEYGEN=(-newkey rsa:2048) ;;
+    ec) KEYGEN=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+    *) die "KEY=$KEY: rsa or ec" ;;
+esac
+
 # ------------------------------------------------------------------ TLS material
-# RSA 2048 self-signed (what `openssl req` makes by default), the same for all three.
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench.example.test" \
+# Self-signed (RSA 2048 is what `openssl req` makes by default), the same for all three.
+openssl req -x509 "${KEYGEN[@]}" -nodes -days 2 -subj "/CN=bench.example.test" \
     -addext "subjectAltName=DNS:bench.example.test,IP:127.0.0.1" \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
@@ -162,6 +181,68 @@ for i in $(seq 100); do
     sleep 0.2
 done
 ((ok)) || die "a proxy does not answer 200"
+
+# ------------------------------------------------------------------ fixed offered load
+if ((FIXED)); then
+    H1_RATE=${H1_RATE:-12000} H1_CONNS=${H1_CONNS:-24} H2_RATE=${H2_RATE:-8000}
+    HS_PER_SEC=${HS_PER_SEC:-200}
+    # pct LOG P: the P-th percentile of h2load's per-request times (µs, third column), in ms.
+    pct() { sort -n -k3,3 "$1" | awk -v p="$2" '{ a[NR] = $3 } END { if (NR == 0) { print "nan"; exit }
+        i = int(NR * p / 100 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.3f", a[i] / 1000 }'; }
+    # measure KIND PX H2LOAD-ARGS...: one fixed-rate run through PX, recorded under KIND.
+    declare -A F_RATE F_CPU F_SYS F_P50 F_P99
+    measure() {
+        local kind=$1 px=$2 c0 c1 k0 k1 ok rate failed
+        shift 2
+        rm -f "$TMP/lat.log"
+        c0=$(cpu_ticks "${PID[$px]}"); k0=$(cpu_ticks "${PID[$px]}" sys)
+        taskset -c "$GEN_CPU" h2load "$@" --log-file="$TMP/lat.log" >"$TMP/h2load.out" 2>&1 || true
+        c1=$(cpu_ticks "${PID[$px]}"); k1=$(cpu_ticks "${PID[$px]}" sys)
+        ok=$(awk '/^requests:/ {print $8}' "$TMP/h2load.out")
+        failed=$(awk '/^requests:/ {print $10 + $12 + $14}' "$TMP/h2load.out")
+        ((failed == 0)) || log "WARNING ($px, $kind): $(grep '^requests:' "$TMP/h2load.out")"
+        [[ ${ok:-0} -gt 0 ]] || { cat "$TMP/h2load.out" >&2; die "h2load through $px ($kind) completed nothing"; }
+        rate=$(awk '/^finished in/ {print $4}' "$TMP/h2load.out")
+        F_RATE[$kind-$px]+="$rate "
+        F_CPU[$kind-$px]+="$(cpu_us_per_op $((c1 - c0)) "$ok") "
+        F_SYS[$kind-$px]+="$(cpu_us_per_op $((k1 - k0)) "$ok") "
+        F_P50[$kind-$px]+="$(pct "$TMP/lat.log" 50) "
+        F_P99[$kind-$px]+="$(pct "$TMP/lat.log" 99) "
+        log "run $r $kind $px: $rate/s, $(cpu_us_per_op $((c1 - c0)) "$ok") us CPU/op ($(cpu_us_per_op $((k1 - k0)) "$ok") kernel), p50 $(pct "$TMP/lat.log" 50) ms, p99 $(pct "$TMP/lat.log" 99) ms"
+    }
+    for r in $(seq "$RUNS"); do
+        for px in "${PROXIES[@]}"; do
+            measure h1 "$px" --h1 -D "$DURATION" -c "$H1_CONNS" --rps $((H1_RATE / H1_CONNS)) "http://127.0.0.1:${HTTP_PORT[$px]}/"
+            measure h2 "$px" -D "$DURATION" -c 16 -m 10 --rps $((H2_RATE / 16)) "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+            # Connections opened evenly (HS_PER_SEC / 100 every 10 ms), not in a burst a second.
+            measure hs "$px" -n "$HS_CONNS" -c "$HS_CONNS" -m 1 -r $(((HS_PER_SEC + 99) / 100)) --rate-period 10ms "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+        done
+    done
+    echo
+    echo "### HTTP at a fixed offered load: Portico vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}') vs NGINX $(nginx -v 2>&1 | cut -d/ -f2)"
+    echo
+    echo "$(machine_line), KEY=$KEY, H1_RATE=$H1_RATE (H1_CONNS=$H1_CONNS), H2_RATE=$H2_RATE, HS_PER_SEC=$HS_PER_SEC (HS_CONNS=$HS_CONNS)"
+    echo
+    echo "| work (median of $RUNS) | system | rate achieved /s | CPU µs per op | of which kernel | p50 ms | p99 ms | CPU ÷ HAProxy, paired per run (range) | CPU ÷ NGINX |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for kind in h1 h2 hs; do
+        case $kind in
+            h1) label="HTTP/1.1 keep-alive request" ;;
+            h2) label="HTTP/2 over TLS request" ;;
+            hs) label="new TLS connection + 1 request" ;;
+        esac
+        for px in "${PROXIES[@]}"; do
+            echo "| $label | $px | $(fmt "$(median ${F_RATE[$kind-$px]})" 0) | $(fmt "$(median ${F_CPU[$kind-$px]})" 1) | $(fmt "$(median ${F_SYS[$kind-$px]})" 1) | $(fmt "$(median ${F_P50[$kind-$px]})" 2) | $(fmt "$(median ${F_P99[$kind-$px]})" 2) | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-haproxy]}") | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-nginx]}") |"
+        done
+    done
+    echo
+    for kind in h1 h2 hs; do
+        for px in "${PROXIES[@]}"; do
+            echo "Per-run $kind $px: CPU µs/op [${F_CPU[$kind-$px]% }] rate [${F_RATE[$kind-$px]% }] p99 [${F_P99[$kind-$px]% }]"
+        done
+    done
+    exit 0
+fi
 
 # to_ms VALUE_WITH_UNIT (wrk: 812.00us, 1.23ms, 1.02s)
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print "nan" }'; }
