@@ -108,7 +108,7 @@ port_of() { # port_of PROXY TEST
     esac
 }
 PROXIES=(portico haproxy)
-declare -A SMTP_RATE SMTP_CPU BULK_GBPS BULK_CPU IDLE_KIB GEN_BUSY SUT_BUSY
+declare -A SMTP_RATE SMTP_CPU SMTP_SYS BULK_GBPS BULK_CPU BULK_SYS IDLE_KIB GEN_BUSY SUT_BUSY
 
 # ------------------------------------------------------------------ 1 + 2
 start_proxy portico
@@ -117,19 +117,19 @@ start_proxy haproxy
 for r in $(seq "$RUNS"); do
     for px in "${PROXIES[@]}"; do
         port=$(port_of "$px" smtp)
-        c0=$(cpu_ticks "${PID[$px]}"); t0=$(date +%s.%N)
+        c0=$(cpu_ticks "${PID[$px]}"); k0=$(cpu_ticks "${PID[$px]}" sys); t0=$(date +%s.%N)
         g0=$(core_ticks "$GEN_CPU"); s0=$(core_ticks "$SUT_CPU")
         taskset -c "$GEN_CPU" smtp-source -s "$SMTP_SESSIONS" -l 100 -m "$SMTP_MSGS" -C 3 \
             -M bench.example.test -f from@example.test -t to@example.test \
             127.0.0.1:"$port" >"$TMP/smtp-source.log" 2>&1 || { cat "$TMP/smtp-source.log" >&2; die "smtp-source via $px failed"; }
-        t1=$(date +%s.%N); c1=$(cpu_ticks "${PID[$px]}")
+        t1=$(date +%s.%N); c1=$(cpu_ticks "${PID[$px]}"); k1=$(cpu_ticks "${PID[$px]}" sys)
         g1=$(core_ticks "$GEN_CPU"); s1=$(core_ticks "$SUT_CPU")
         # Which core bounds the rate: the generators' (smtp-source + sinks) or the proxy's.
         gb=$(core_busy "$g0" "$g1"); sb=$(core_busy "$s0" "$s1")
         GEN_BUSY[$px]+="$gb "; SUT_BUSY[$px]+="$sb "
         rate=$(awk -v n="$SMTP_MSGS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
         cpu=$(cpu_us_per_op $((c1 - c0)) "$SMTP_MSGS")
-        SMTP_RATE[$px]+="$rate "; SMTP_CPU[$px]+="$cpu "
+        SMTP_RATE[$px]+="$rate "; SMTP_CPU[$px]+="$cpu "; SMTP_SYS[$px]+="$(cpu_us_per_op $((k1 - k0)) "$SMTP_MSGS") "
         log "run $r smtp  $px: $rate sessions/s, $cpu us CPU/session, busy: generators' core $gb %, proxy's core $sb %"
     done
 done
@@ -137,14 +137,15 @@ done
 for r in $(seq "$RUNS"); do
     for px in "${PROXIES[@]}"; do
         port=$(port_of "$px" iperf)
-        c0=$(cpu_ticks "${PID[$px]}")
+        c0=$(cpu_ticks "${PID[$px]}"); k0=$(cpu_ticks "${PID[$px]}" sys)
         taskset -c "$GEN_CPU" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J >"$TMP/iperf.json" 2>"$TMP/iperf.err" \
             || { cat "$TMP/iperf.json" "$TMP/iperf.err" >&2; die "iperf3 via $px failed"; }
-        c1=$(cpu_ticks "${PID[$px]}")
+        c1=$(cpu_ticks "${PID[$px]}"); k1=$(cpu_ticks "${PID[$px]}" sys)
         read -r gbps bytes < <(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["end"]["sum_received"]; print("%.3f %d" % (e["bits_per_second"]/1e9, e["bytes"]))' "$TMP/iperf.json")
         # CPU per GiB moved, in milliseconds.
         cpu=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.1f", t * 1000 / hz / (b / 2^30) }')
         BULK_GBPS[$px]+="$gbps "; BULK_CPU[$px]+="$cpu "
+        BULK_SYS[$px]+="$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN { printf "%.1f", t * 1000 / hz / (b / 2^30) }') "
         log "run $r bulk  $px: $gbps Gbit/s, $cpu ms CPU/GiB"
         sleep 1
     done
@@ -190,11 +191,13 @@ echo
 echo "| measure (median of $RUNS) | Portico | HAProxy | Portico/HAProxy |"
 echo "|---|---:|---:|---:|"
 echo "| SMTP sessions/s (smtp-source -s $SMTP_SESSIONS, 100 B) | $(fmt "$sp") | $(fmt "$sh") | $(ratio "$sp" "$sh") |"
-echo "| CPU µs per SMTP session | $(fmt "$cp" 1) | $(fmt "$ch" 1) | $(ratio "$cp" "$ch") |"
+echo "| CPU µs per SMTP session (ratio: paired per run, range) | $(fmt "$cp" 1) | $(fmt "$ch" 1) | $(paired_ratio "${SMTP_CPU[portico]}" "${SMTP_CPU[haproxy]}") |"
+echo "| of which kernel µs | $(fmt "$(m "${SMTP_SYS[portico]}")" 1) | $(fmt "$(m "${SMTP_SYS[haproxy]}")" 1) | |"
 echo "| SMTP: generators' core (smtp-source + sinks) busy % | $(fmt "$(m "${GEN_BUSY[portico]}")") | $(fmt "$(m "${GEN_BUSY[haproxy]}")") | |"
 echo "| SMTP: proxy's core busy % | $(fmt "$(m "${SUT_BUSY[portico]}")") | $(fmt "$(m "${SUT_BUSY[haproxy]}")") | |"
 echo "| bulk Gbit/s (iperf3, ${DURATION}s) | $(fmt "$bp" 2) | $(fmt "$bh" 2) | $(ratio "$bp" "$bh") |"
-echo "| CPU ms per GiB relayed | $(fmt "$gp" 1) | $(fmt "$gh" 1) | $(ratio "$gp" "$gh") |"
+echo "| CPU ms per GiB relayed (ratio: paired per run, range) | $(fmt "$gp" 1) | $(fmt "$gh" 1) | $(paired_ratio "${BULK_CPU[portico]}" "${BULK_CPU[haproxy]}") |"
+echo "| of which kernel ms | $(fmt "$(m "${BULK_SYS[portico]}")" 1) | $(fmt "$(m "${BULK_SYS[haproxy]}")" 1) | |"
 echo "| RSS KiB per idle proxied connection ($IDLE_CONNS open) | $(fmt "$ip" 2) | $(fmt "$ih" 2) | $(ratio "$ip" "$ih") |"
 echo
 echo "Per-run values: SMTP/s portico [${SMTP_RATE[portico]% }] haproxy [${SMTP_RATE[haproxy]% }]; Gbit/s portico [${BULK_GBPS[portico]% }] haproxy [${BULK_GBPS[haproxy]% }]; KiB/conn portico [${IDLE_KIB[portico]% }] haproxy [${IDLE_KIB[haproxy]% }]"
