@@ -5,6 +5,9 @@
 # secondary).
 # System under test on CPU 1, dnsperf, keepalive targets and dig on CPU 0.
 # Usage: bash bench/dns.sh   (RUNS=5 DURATION=10 FAILOVER_RUNS=$RUNS)
+# FIXED_QPS=N offers a fixed N queries/s (dnsperf -Q) instead of as many as dnsperf can send,
+# below every server's saturation: the CPU row is then what each server spends per answer
+# at the same load (FAILOVER_RUNS=0 skips the failover rounds).
 # PORTICO_BASE=BINARY adds a second Portico build (say, one from before a change) to
 # the qps rounds and a "Portico / base" table.
 set -euo pipefail
@@ -96,7 +99,7 @@ for s in "${SERVERS[@]}"; do
         c0=$(cpu_ticks "${PID[$s]}")
         /usr/bin/time -o "$TMP/gen.time" -f '%U %S %e' \
             taskset -c "$GEN_CPU" dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$TMP/queries" -l "$DURATION" \
-            -c 1 -T 1 -q "$DNSPERF_OUTSTANDING" >"$TMP/dnsperf.out" 2>&1 || { cat "$TMP/dnsperf.out" >&2; die "dnsperf against $s failed"; }
+            -c 1 -T 1 -q "$DNSPERF_OUTSTANDING" ${FIXED_QPS:+-Q "$FIXED_QPS"} >"$TMP/dnsperf.out" 2>&1 || { cat "$TMP/dnsperf.out" >&2; die "dnsperf against $s failed"; }
         # How busy the generator's core was: at ~100 % the rate is dnsperf's ceiling,
         # not the server's capacity (read the CPU-per-query row then).
         gen=$(awk 'END { if ($3 > 0) printf "%.0f", 100 * ($1 + $2) / $3; else print "nan" }' "$TMP/gen.time")
@@ -182,6 +185,7 @@ failover_once() {
 
 declare -A FO
 FO_KINDS=(portico gdnsd-default gdnsd-fall2)
+for k in "${FO_KINDS[@]}"; do FO[$k]=""; done # FAILOVER_RUNS=0: reported as n/a
 for r in $(seq "$FAILOVER_RUNS"); do
     for k in "${FO_KINDS[@]}"; do
         case $k in
@@ -205,7 +209,7 @@ awk -v a="${M[qps-knot]}" -v b="${M[qps-nsd]}" 'BEGIN { exit !(a > b) }' && best
 echo
 echo "### DNS: Portico gss vs NSD $(nsd -v 2>&1 | awk 'NR==1 {print $3}') vs Knot $(knotd -V | awk '{print $NF}')"
 echo
-echo "$(machine_line), dnsperf -c 1 -T 1 -q $DNSPERF_OUTSTANDING -l $DURATION over ${#NAMES[@]} names (A), UDP"
+echo "$(machine_line), dnsperf -c 1 -T 1 -q $DNSPERF_OUTSTANDING${FIXED_QPS:+ -Q $FIXED_QPS} -l $DURATION over ${#NAMES[@]} names (A), UDP"
 echo
 echo "| measure (median of $RUNS) | Portico | NSD | Knot | Portico/NSD | Portico/Knot |"
 echo "|---|---:|---:|---:|---:|---:|"
