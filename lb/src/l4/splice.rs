@@ -217,7 +217,10 @@ mod tests {
         };
         // SAFETY: an fcntl query on a descriptor we own.
         let default = unsafe { libc::fcntl(plain.1.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        assert!(pipe.cap > usize::try_from(default).expect("size"), "{default}");
+        assert!(
+            pipe.cap > usize::try_from(default).expect("size"),
+            "{default}"
+        );
     }
 
     #[test]
