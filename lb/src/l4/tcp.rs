@@ -121,8 +121,10 @@ fn serve(
         )
         .await;
         closed(&state, peer, &lease, started, relayed);
-        // Admission is given back only now, with the connection closed (on the early
-        // return above, when the future is dropped).
+        // Admission (and the lb-wide count a drain waits on) is given back only with
+        // both sockets closed; on the early return above, when the future is dropped.
+        drop(backend);
+        drop(client);
         drop(guard);
     }
 }
