@@ -245,3 +245,51 @@ async fn a_reload_swaps_proxy_settings_and_pool_together() {
         &mixed[..mixed.len().min(5)]
     );
 }
+
+#[tokio::test]
+async fn connections_stopped_before_their_first_request_still_get_it_answered() {
+    // Clients that connected a moment before a drain (binary upgrade, reload removal,
+    // shutdown) may have their first request in flight; a graceful shutdown at once
+    // would find an idle connection and close it, losing the request, and clients
+    // retry only on reused connections. Before the fix each of these connections
+    // lost its request half the time (which of the stop and the request hyper saw
+    // first), so eight of them all answered cannot happen by chance.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNS: u64 = 8;
+    let b = text_backend("ok").await;
+    let cfg = vip_config("http", &[("web1", b.addr)], "");
+    let lb = Lb::start(std::slice::from_ref(&cfg), Arc::new(EventLog::default()))
+        .await
+        .expect("lb starts");
+    let addr = lb.local_addr("web").expect("bound");
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    for _ in 0..500 {
+        if lb.active_connections() == CONNS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lb.active_connections(), CONNS, "all accepted");
+    lb.stop_accepting();
+    for tcp in &mut conns {
+        tcp.write_all(b"GET /owa/ HTTP/1.1\r\nHost: webmail.example.test\r\n\r\n")
+            .await
+            .expect("request");
+    }
+    for (i, tcp) in conns.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+            .await
+            .expect("answered and closed in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "connection {i}: {text:?}");
+        assert!(text.contains("connection: close"), "connection {i}: {text}");
+        assert!(text.ends_with("ok"), "connection {i}: {text}");
+    }
+    assert!(lb.wait_idle(Duration::from_secs(5)).await, "drained");
+    lb.shutdown().await;
+}

@@ -365,7 +365,7 @@ impl HttpVip {
         // HTTP/2 ones through hyper (`enable_informational`).
         let interim = Interim::new();
         let for_service = (protocols == Protocols::H1).then(|| Arc::clone(&interim));
-        let first_request = Arc::new(AtomicBool::new(false));
+        let first_request = Arc::new(FirstRequest::default());
         let seen = Arc::clone(&first_request);
         // Requests on a connection whose VIP a reload removed go on with the pool
         // and settings it had when they could last see them.
@@ -376,7 +376,7 @@ impl HttpVip {
         };
         let last = std::sync::Mutex::new(current());
         let service = service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
+            seen.arrived();
             let vip = Arc::clone(&vip);
             let info = Arc::clone(&info);
             let interim = for_service.clone();
@@ -481,7 +481,7 @@ impl HttpVip {
         &self,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
-        first_request: &AtomicBool,
+        first_request: &FirstRequest,
         peer: SocketAddr,
         settings: &Settings,
         stop: &CancellationToken,
@@ -496,25 +496,78 @@ impl HttpVip {
         let first = tokio::time::sleep(settings.http.header_timeout);
         tokio::pin!(first);
         let mut first_armed = true;
+        let mut stopping = false;
         loop {
             tokio::select! {
                 r = conn.as_mut() => return r,
                 _ = first.as_mut(), if first_armed => {
                     first_armed = false;
-                    if !first_request.load(Ordering::Relaxed) {
+                    if !first_request.seen() {
                         tracing::debug!(vip = %self.name, %peer, "no request within header_timeout; closing");
                         return Ok(());
                     }
                 }
-                _ = stop.cancelled() => {
-                    graceful(conn.as_mut());
-                    return tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = self.kill.cancelled() => Ok(()),
-                    };
+                _ = stop.cancelled(), if !stopping => {
+                    if first_request.seen() {
+                        return self.finish(conn, &graceful).await;
+                    }
+                    // Not one request yet: the client may already have sent one that
+                    // is still unread in the socket, and hyper, seeing an idle
+                    // connection, would close on it at once, losing the request (a
+                    // client retries only on a reused connection). The connection
+                    // gets what is left of its first-request time instead.
+                    stopping = true;
+                }
+                _ = first_request.wait(), if stopping => {
+                    return self.finish(conn, &graceful).await;
                 }
                 _ = self.kill.cancelled() => return Ok(()),
             }
+        }
+    }
+
+    /// Asks `conn` to finish gracefully (an HTTP/1 request in flight completes and the
+    /// connection closes; HTTP/2 gets GOAWAY) and drives it until it has, or until the
+    /// VIP's connections are killed.
+    async fn finish<C>(
+        &self,
+        mut conn: Pin<&mut C>,
+        graceful: &impl Fn(Pin<&mut C>),
+    ) -> Result<(), hyper::Error>
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        graceful(conn.as_mut());
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.kill.cancelled() => Ok(()),
+        }
+    }
+}
+
+/// Whether a connection's first request has reached the service, and a wake-up for a
+/// drain waiting for it.
+#[derive(Default)]
+struct FirstRequest {
+    seen: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            // Stores a permit when nobody waits yet, so the wake-up is never lost.
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    async fn wait(&self) {
+        if !self.seen() {
+            self.notify.notified().await;
         }
     }
 }
