@@ -187,9 +187,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replayed<I> {
 /// pool; `proxy` serves them. Stopping closes the listener and asks every connection
 /// to finish gracefully (in-flight requests complete, idle keep-alives close, HTTP/2
 /// gets GOAWAY; a connection still waiting for its first request gets it answered
-/// first, within `header_timeout`); [`HttpVip::abort_connections`] ends the stragglers. `listener` is
-/// one of the slot's sockets, the one of data-path worker `worker` (this runs on
-/// that worker's runtime, and so do the connections it spawns).
+/// first, within `header_timeout`); [`HttpVip::abort_connections`] ends the
+/// stragglers. `listener` is one of the slot's sockets, the one of data-path worker
+/// `worker` (this runs on that worker's runtime, and so do the connections it
+/// spawns).
 pub async fn accept_loop(
     listener: TcpListener,
     slot: Arc<VipSlot>,
