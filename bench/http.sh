@@ -16,7 +16,10 @@
 #   2. HTTPS HTTP/2, 16 connections x 10 streams, H2_RATE (8,000) req/s in all
 #   3. new TLS handshakes, HS_CONNS connections opened HS_PER_SEC (200) a second, one
 #      request each
-# With FIXED=1 the certificate is ECDSA P-256 (KEY=rsa for RSA 2048).
+# With FIXED=1 the certificate is ECDSA P-256 (KEY=rsa for RSA 2048). HS_BURST=1 opens
+# each second's HS_PER_SEC connections at once instead (a reconnect storm, as after a
+# site fails over), and the table adds the mean time to first byte (TCP connect, TLS
+# handshake and the request). FIXED_KINDS="hs" runs only some of h1, h2, hs.
 # Usage: FIXED=1 bash bench/http.sh   (RUNS=5 DURATION=8 H1_RATE=12000 H2_RATE=8000
 #                                      HS_PER_SEC=200 HS_CONNS=1000)
 # PORTICO_BASE=BINARY adds a second Portico build (say, one from before a change),
@@ -185,12 +188,12 @@ done
 # ------------------------------------------------------------------ fixed offered load
 if ((FIXED)); then
     H1_RATE=${H1_RATE:-12000} H1_CONNS=${H1_CONNS:-24} H2_RATE=${H2_RATE:-8000}
-    HS_PER_SEC=${HS_PER_SEC:-200}
+    HS_PER_SEC=${HS_PER_SEC:-200} HS_BURST=${HS_BURST:-0} FIXED_KINDS=${FIXED_KINDS:-h1 h2 hs}
     # pct LOG P: the P-th percentile of h2load's per-request times (µs, third column), in ms.
     pct() { sort -n -k3,3 "$1" | awk -v p="$2" '{ a[NR] = $3 } END { if (NR == 0) { print "nan"; exit }
         i = int(NR * p / 100 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.3f", a[i] / 1000 }'; }
     # measure KIND PX H2LOAD-ARGS...: one fixed-rate run through PX, recorded under KIND.
-    declare -A F_RATE F_CPU F_SYS F_P50 F_P99
+    declare -A F_RATE F_CPU F_SYS F_P50 F_P99 F_TTFB
     measure() {
         local kind=$1 px=$2 c0 c1 k0 k1 ok rate failed
         shift 2
@@ -208,37 +211,45 @@ if ((FIXED)); then
         F_SYS[$kind-$px]+="$(cpu_us_per_op $((k1 - k0)) "$ok") "
         F_P50[$kind-$px]+="$(pct "$TMP/lat.log" 50) "
         F_P99[$kind-$px]+="$(pct "$TMP/lat.log" 99) "
+        # h2load's summary: "time to 1st byte:  MIN MAX MEAN SD ...", per connection.
+        F_TTFB[$kind-$px]+="$(awk '/^time to 1st byte:/ { v = $7; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; printf "%.3f", v }' "$TMP/h2load.out") "
         log "run $r $kind $px: $rate/s, $(cpu_us_per_op $((c1 - c0)) "$ok") us CPU/op ($(cpu_us_per_op $((k1 - k0)) "$ok") kernel), p50 $(pct "$TMP/lat.log" 50) ms, p99 $(pct "$TMP/lat.log" 99) ms"
     }
     for r in $(seq "$RUNS"); do
         for px in "${PROXIES[@]}"; do
-            measure h1 "$px" --h1 -D "$DURATION" -c "$H1_CONNS" --rps $((H1_RATE / H1_CONNS)) "http://127.0.0.1:${HTTP_PORT[$px]}/"
-            measure h2 "$px" -D "$DURATION" -c 16 -m 10 --rps $((H2_RATE / 16)) "https://127.0.0.1:${HTTPS_PORT[$px]}/"
-            # Connections opened evenly (HS_PER_SEC / 100 every 10 ms), not in a burst a second.
-            measure hs "$px" -n "$HS_CONNS" -c "$HS_CONNS" -m 1 -r $(((HS_PER_SEC + 99) / 100)) --rate-period 10ms "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+            [[ " $FIXED_KINDS " == *" h1 "* ]] && measure h1 "$px" --h1 -D "$DURATION" -c "$H1_CONNS" --rps $((H1_RATE / H1_CONNS)) "http://127.0.0.1:${HTTP_PORT[$px]}/"
+            [[ " $FIXED_KINDS " == *" h2 "* ]] && measure h2 "$px" -D "$DURATION" -c 16 -m 10 --rps $((H2_RATE / 16)) "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+            if [[ " $FIXED_KINDS " == *" hs "* ]]; then
+                if ((HS_BURST)); then
+                    measure hs "$px" -n "$HS_CONNS" -c "$HS_CONNS" -m 1 -r "$HS_PER_SEC" --rate-period 1s "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+                else
+                    # Connections opened evenly (HS_PER_SEC / 100 every 10 ms), not in a burst a second.
+                    measure hs "$px" -n "$HS_CONNS" -c "$HS_CONNS" -m 1 -r $(((HS_PER_SEC + 99) / 100)) --rate-period 10ms "https://127.0.0.1:${HTTPS_PORT[$px]}/"
+                fi
+            fi
         done
     done
     echo
     echo "### HTTP at a fixed offered load: Portico vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}') vs NGINX $(nginx -v 2>&1 | cut -d/ -f2)"
     echo
-    echo "$(machine_line), KEY=$KEY, H1_RATE=$H1_RATE (H1_CONNS=$H1_CONNS), H2_RATE=$H2_RATE, HS_PER_SEC=$HS_PER_SEC (HS_CONNS=$HS_CONNS)"
+    echo "$(machine_line), KEY=$KEY, H1_RATE=$H1_RATE (H1_CONNS=$H1_CONNS), H2_RATE=$H2_RATE, HS_PER_SEC=$HS_PER_SEC (HS_CONNS=$HS_CONNS, HS_BURST=$HS_BURST)"
     echo
-    echo "| work (median of $RUNS) | system | rate achieved /s | CPU µs per op | of which kernel | p50 ms | p99 ms | CPU ÷ HAProxy, paired per run (range) | CPU ÷ NGINX |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    for kind in h1 h2 hs; do
+    echo "| work (median of $RUNS) | system | rate achieved /s | CPU µs per op | of which kernel | p50 ms | p99 ms | mean time to 1st byte ms | CPU ÷ HAProxy, paired per run (range) | CPU ÷ NGINX |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for kind in $FIXED_KINDS; do
         case $kind in
             h1) label="HTTP/1.1 keep-alive request" ;;
             h2) label="HTTP/2 over TLS request" ;;
             hs) label="new TLS connection + 1 request" ;;
         esac
         for px in "${PROXIES[@]}"; do
-            echo "| $label | $px | $(fmt "$(median ${F_RATE[$kind-$px]})" 0) | $(fmt "$(median ${F_CPU[$kind-$px]})" 1) | $(fmt "$(median ${F_SYS[$kind-$px]})" 1) | $(fmt "$(median ${F_P50[$kind-$px]})" 2) | $(fmt "$(median ${F_P99[$kind-$px]})" 2) | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-haproxy]}") | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-nginx]}") |"
+            echo "| $label | $px | $(fmt "$(median ${F_RATE[$kind-$px]})" 0) | $(fmt "$(median ${F_CPU[$kind-$px]})" 1) | $(fmt "$(median ${F_SYS[$kind-$px]})" 1) | $(fmt "$(median ${F_P50[$kind-$px]})" 2) | $(fmt "$(median ${F_P99[$kind-$px]})" 2) | $(fmt "$(median ${F_TTFB[$kind-$px]})" 2) | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-haproxy]}") | $(paired_ratio "${F_CPU[$kind-$px]}" "${F_CPU[$kind-nginx]}") |"
         done
     done
     echo
-    for kind in h1 h2 hs; do
+    for kind in $FIXED_KINDS; do
         for px in "${PROXIES[@]}"; do
-            echo "Per-run $kind $px: CPU µs/op [${F_CPU[$kind-$px]% }] rate [${F_RATE[$kind-$px]% }] p99 [${F_P99[$kind-$px]% }]"
+            echo "Per-run $kind $px: CPU µs/op [${F_CPU[$kind-$px]% }] rate [${F_RATE[$kind-$px]% }] p50 [${F_P50[$kind-$px]% }] p99 [${F_P99[$kind-$px]% }] ttfb [${F_TTFB[$kind-$px]% }]"
         done
     done
     exit 0
