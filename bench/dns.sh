@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# DNS benchmark: Portico's gss vs NSD and Knot serving the same zone, one after the
-# other, driven by dnsperf for the same length; then the end-to-end failover time of
+# DNS benchmark: Portico's gss vs NSD and Knot serving the same zone, all running, each
+# driven in turn by dnsperf for the same length, round after round (interleaved, so a
+# slow spell of the machine falls on all of them); then the end-to-end failover time of
 # Portico and gdnsd (primary's keepalive target dies -> first answer naming the
 # secondary).
 # System under test on CPU 1, dnsperf, keepalive targets and dig on CPU 0.
@@ -93,9 +94,9 @@ start_server() {
 }
 
 declare -A QPS LOST CPU GEN
-for s in "${SERVERS[@]}"; do
-    start_server "$s"
-    for r in $(seq "$RUNS"); do
+for s in "${SERVERS[@]}"; do start_server "$s"; done
+for r in $(seq "$RUNS"); do
+    for s in "${SERVERS[@]}"; do
         c0=$(cpu_ticks "${PID[$s]}")
         /usr/bin/time -o "$TMP/gen.time" -f '%U %S %e' \
             taskset -c "$GEN_CPU" dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$TMP/queries" -l "$DURATION" \
@@ -113,8 +114,8 @@ for s in "${SERVERS[@]}"; do
         QPS[$s]+="$qps "; LOST[$s]+="$lost "; CPU[$s]+="$cpu "; GEN[$s]+="$gen "
         log "run $r dnsperf $s: $qps qps, $lost lost, $cpu us CPU/query, dnsperf at $gen % of its core"
     done
-    stop "${PID[$s]}"
 done
+for s in "${SERVERS[@]}"; do stop "${PID[$s]}"; done
 
 # ------------------------------------------------------------------ failover
 # gdnsd: simplefo between the same two addresses, each watched by tcp_connect on the
@@ -211,11 +212,11 @@ echo "### DNS: Portico gss vs NSD $(nsd -v 2>&1 | awk 'NR==1 {print $3}') vs Kno
 echo
 echo "$(machine_line), dnsperf -c 1 -T 1 -q $DNSPERF_OUTSTANDING${FIXED_QPS:+ -Q $FIXED_QPS} -l $DURATION over ${#NAMES[@]} names (A), UDP"
 echo
-echo "| measure (median of $RUNS) | Portico | NSD | Knot | Portico/NSD | Portico/Knot |"
+echo "| measure (median of $RUNS) | Portico | NSD | Knot | Portico/NSD, paired per round (range) | Portico/Knot, paired per round (range) |"
 echo "|---|---:|---:|---:|---:|---:|"
-echo "| queries/s | $(fmt "${M[qps-portico]}") | $(fmt "${M[qps-nsd]}") | $(fmt "${M[qps-knot]}") | $(ratio "${M[qps-portico]}" "${M[qps-nsd]}") | $(ratio "${M[qps-portico]}" "${M[qps-knot]}") |"
+echo "| queries/s | $(fmt "${M[qps-portico]}") | $(fmt "${M[qps-nsd]}") | $(fmt "${M[qps-knot]}") | $(paired_ratio "${QPS[portico]}" "${QPS[nsd]}") | $(paired_ratio "${QPS[portico]}" "${QPS[knot]}") |"
 echo "| queries lost | $(fmt "${M[lost-portico]}") | $(fmt "${M[lost-nsd]}") | $(fmt "${M[lost-knot]}") | | |"
-echo "| CPU µs per query | $(fmt "${M[cpu-portico]}" 2) | $(fmt "${M[cpu-nsd]}" 2) | $(fmt "${M[cpu-knot]}" 2) | $(ratio "${M[cpu-portico]}" "${M[cpu-nsd]}") | $(ratio "${M[cpu-portico]}" "${M[cpu-knot]}") |"
+echo "| CPU µs per query | $(fmt "${M[cpu-portico]}" 2) | $(fmt "${M[cpu-nsd]}" 2) | $(fmt "${M[cpu-knot]}" 2) | $(paired_ratio "${CPU[portico]}" "${CPU[nsd]}") | $(paired_ratio "${CPU[portico]}" "${CPU[knot]}") |"
 echo "| dnsperf's own CPU, % of its core | $(fmt "${M[gen-portico]}") | $(fmt "${M[gen-nsd]}") | $(fmt "${M[gen-knot]}") | | |"
 echo
 echo "Portico / best of NSD and Knot ($best): $(ratio "${M[qps-portico]}" "${M[qps-$best]}")x queries/s."
@@ -227,6 +228,7 @@ echo "| gdnsd $(gdnsd -c /nonexistent checkconf 2>&1 | awk '/version/ {print $4;
 echo "| gdnsd, tcp_connect interval 2s, timeout 1s, down_thresh 2 | $(fmt "${M[fo-gdnsd-fall2]}" 2) |"
 echo "| gdnsd at interval 1s with default thresholds (not configurable: computed, 10 failures x 1 s) | ≈ 9–10 |"
 echo
+echo "Per-run CPU µs/query: portico [${CPU[portico]% }] nsd [${CPU[nsd]% }] knot [${CPU[knot]% }]"
 echo "Per-run qps: portico [${QPS[portico]% }] nsd [${QPS[nsd]% }] knot [${QPS[knot]% }]; failover s: portico [${FO[portico]% }] gdnsd-default [${FO[gdnsd-default]% }] gdnsd-fall2 [${FO[gdnsd-fall2]% }]"
 
 if [[ -n ${PORTICO_BASE:-} ]]; then
