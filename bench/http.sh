@@ -185,6 +185,9 @@ for i in $(seq 100); do
 done
 ((ok)) || die "a proxy does not answer 200"
 
+# to_ms VALUE_WITH_UNIT (wrk, h2load: 812.00us, 1.23ms, 1.02s)
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print "nan" }'; }
+
 # ------------------------------------------------------------------ fixed offered load
 if ((FIXED)); then
     H1_RATE=${H1_RATE:-12000} H1_CONNS=${H1_CONNS:-24} H2_RATE=${H2_RATE:-8000}
@@ -212,7 +215,7 @@ if ((FIXED)); then
         F_P50[$kind-$px]+="$(pct "$TMP/lat.log" 50) "
         F_P99[$kind-$px]+="$(pct "$TMP/lat.log" 99) "
         # h2load's summary: "time to 1st byte:  MIN MAX MEAN SD ...", per connection.
-        F_TTFB[$kind-$px]+="$(awk '/^time to 1st byte:/ { v = $7; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0; else if (v ~ /s$/) v = v * 1000; printf "%.3f", v }' "$TMP/h2load.out") "
+        F_TTFB[$kind-$px]+="$(to_ms "$(awk '/^time to 1st byte:/ {print $7}' "$TMP/h2load.out")") "
         log "run $r $kind $px: $rate/s, $(cpu_us_per_op $((c1 - c0)) "$ok") us CPU/op ($(cpu_us_per_op $((k1 - k0)) "$ok") kernel), p50 $(pct "$TMP/lat.log" 50) ms, p99 $(pct "$TMP/lat.log" 99) ms"
     }
     for r in $(seq "$RUNS"); do
@@ -254,9 +257,6 @@ if ((FIXED)); then
     done
     exit 0
 fi
-
-# to_ms VALUE_WITH_UNIT (wrk: 812.00us, 1.23ms, 1.02s)
-to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print "nan" }'; }
 
 declare -A WRK_RPS WRK_P99 WRK_CPU WRK_SYS WRK_GEN WRK_SUT H2_RPS H2_CPU HS_RATE HS_CPU
 for r in $(seq "$RUNS"); do
